@@ -1,0 +1,25 @@
+"""One error hierarchy: the CLI turns any KernelscaleError into one line on stderr and exit 2."""
+
+
+class KernelscaleError(Exception):
+    """Base class of every error kernelscale raises on bad input."""
+
+
+class InvalidCheckpointError(KernelscaleError, ValueError):
+    """A checkpoint file that breaks the safetensors format's rules."""
+
+
+class InvalidOptionError(KernelscaleError, ValueError):
+    """An option or argument with a bad value."""
+
+
+class BackendUnavailableError(KernelscaleError, RuntimeError):
+    """A backend was forced where it cannot run."""
+
+
+class UnsupportedTensorError(KernelscaleError, TypeError):
+    """A tensor of a kind that cannot be resized (integer, bool, too few dimensions)."""
+
+
+class GeometryError(KernelscaleError, ValueError):
+    """A layer whose new geometry cannot be expressed (e.g. a fractional padding)."""

@@ -1,0 +1,421 @@
+"""The plan: which tensors change, how, and what the manifest records (DESIGN §5).
+
+A plan is frozen data computed from names, shapes and dtypes alone, so it can be built from a
+safetensors header before any tensor is read; ``inspect``/``--dry-run`` print it and both the
+streaming converter and :func:`kernelscale.resize_state_dict` execute it.
+
+Default rule on a bare state dict: a floating tensor named ``*weight`` with 3–5 dims and some
+spatial size > 1 is a conv kernel; everything else is copied byte for byte. A tensor is resized
+when it is a default-rule candidate or named by a grid or absorb rule, matches an include glob
+(when any are given), and matches no exclude glob. Layer rules refine scale and method.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+from kernelscale.dtypes import RESIZABLE
+from kernelscale.errors import InvalidOptionError
+from kernelscale.transforms import (
+    ALIGNS,
+    METHODS,
+    MODES,
+    Coef,
+    build_axis_resize,
+    build_kernel_resize,
+    normalise_scales,
+    validate_coef,
+    validate_scale,
+)
+
+FORMAT_VERSION = 1
+Scale = Union[float, tuple[float, ...]]
+
+
+def _check_choice(what: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise InvalidOptionError(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
+
+
+def _scale_value(scale: Any, where: str) -> Scale:
+    if isinstance(scale, (list, tuple)):
+        if not 1 <= len(scale) <= 3:
+            raise InvalidOptionError(f"{where}: give 1 to 3 scales, got {tuple(scale)!r}")
+        return tuple(validate_scale(s, name=where) for s in scale)
+    return validate_scale(scale, name=where)
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """Overrides for the tensors whose name (or module name, without ``.weight``) matches ``pattern``.
+
+    ``scale`` 1 leaves the matching layers untouched. Fields left None keep the global option.
+    """
+
+    pattern: str
+    scale: Optional[Scale] = None
+    method: Optional[str] = None
+    mode: Optional[str] = None
+    align: Optional[str] = None
+    coef: Optional[Coef] = None
+
+    def __post_init__(self) -> None:
+        where = f"layer rule {self.pattern!r}"
+        if self.scale is not None:
+            object.__setattr__(self, "scale", _scale_value(self.scale, where))
+        if self.method is not None:
+            _check_choice("method", self.method, METHODS)
+        if self.mode is not None:
+            _check_choice("mode", self.mode, MODES)
+        if self.align is not None:
+            _check_choice("align", self.align, ALIGNS)
+        if self.coef is not None:
+            object.__setattr__(self, "coef", validate_coef(self.coef))
+
+
+@dataclass(frozen=True)
+class ResizeOptions:
+    """Every option of a resize job; one object serves the CLI and the Python API.
+
+    ``scale``: one number or one per spatial axis (applied to the last axes of each kernel).
+    ``grids``: ``(name, (C, H, W))`` pairs declaring Linear weights over a flattened grid.
+    ``absorb``: globs of layers that take the scale into their stride (DESIGN §5).
+    ``geometry_only``: with ``method="dilate"``, keep the weights and record ``dilation *= s``.
+    """
+
+    scale: Scale
+    method: str = "interp"
+    mode: str = "linear"
+    align: str = "taps"
+    coef: Coef = "mass"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    absorb: tuple[str, ...] = ()
+    grids: tuple[tuple[str, tuple[int, int, int]], ...] = ()
+    layers: tuple[LayerRule, ...] = ()
+    geometry_only: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", _scale_value(self.scale, "scale"))
+        _check_choice("method", self.method, METHODS)
+        _check_choice("mode", self.mode, MODES)
+        _check_choice("align", self.align, ALIGNS)
+        object.__setattr__(self, "coef", validate_coef(self.coef))
+        for what in ("include", "exclude", "absorb"):
+            value = getattr(self, what)
+            if isinstance(value, str):
+                value = (value,)
+            object.__setattr__(self, what, tuple(value))
+        grids = dict(self.grids) if not isinstance(self.grids, Mapping) else self.grids
+        object.__setattr__(self, "grids", tuple((str(k), _grid_shape(k, v)) for k, v in dict(grids).items()))
+        layers = tuple(r if isinstance(r, LayerRule) else LayerRule(**r) for r in self.layers)
+        object.__setattr__(self, "layers", layers)
+        if self.geometry_only and self.method != "dilate":
+            raise InvalidOptionError(f"geometry-only surgery is re-dilation: method must be 'dilate', got {self.method!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The options as JSON-able data, for the manifest."""
+        return {
+            "scale": list(self.scale) if isinstance(self.scale, tuple) else self.scale,
+            "method": self.method,
+            "mode": self.mode,
+            "align": self.align,
+            "coef": self.coef,
+            "include": list(self.include),
+            "exclude": list(self.exclude),
+            "absorb": list(self.absorb),
+            "grids": {name: list(shape) for name, shape in self.grids},
+            "layers": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(r).items() if v is not None} for r in self.layers],
+            "geometry_only": self.geometry_only,
+        }
+
+
+def _grid_shape(name: str, shape: Any) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise InvalidOptionError(f"grid {name!r}: expected C,H,W, got {shape!r}") from None
+    if len(values) != 3 or min(values) < 1:
+        raise InvalidOptionError(f"grid {name!r}: expected three positive sizes C,H,W, got {shape!r}")
+    return values  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """What the planner knows of a tensor: its name, safetensors dtype name and shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """The decision for one tensor.
+
+    ``action``: ``"copy"`` (byte for byte), ``"resize"`` (new weight) or ``"geometry"`` (weight
+    bytes unchanged, the loader dilates). ``record`` is the manifest entry (None for copies).
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    action: str
+    reason: str
+    new_shape: tuple[int, ...]
+    kind: str = "other"
+    method: str = ""
+    mode: str = ""
+    align: str = ""
+    coef: Coef = ""
+    scales: tuple[float, ...] = ()
+    absorb: bool = False
+    grid: Optional[tuple[int, int, int]] = None
+    record: Optional[Mapping[str, Any]] = field(default=None, compare=False)
+
+    @property
+    def changed(self) -> bool:
+        return self.action != "copy"
+
+    @property
+    def flop_growth(self) -> float:
+        """Multiply-adds per output sample, new over old (the spatial taps ratio)."""
+        if self.action != "resize" or self.kind != "conv":
+            return 1.0
+        return math.prod(self.new_shape[2:]) / math.prod(self.shape[2:])
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The decisions for every tensor, in input order, and the options that produced them."""
+
+    entries: tuple[TensorPlan, ...]
+    options: ResizeOptions
+
+    def __iter__(self):
+        return iter(self.entries)
+
+    def __getitem__(self, name: str) -> TensorPlan:
+        for entry in self.entries:
+            if entry.name == name:
+                return entry
+        raise KeyError(name)
+
+    @property
+    def changed(self) -> tuple[TensorPlan, ...]:
+        return tuple(e for e in self.entries if e.changed)
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest of DESIGN §5: format version, tool version, options, changed tensors."""
+        from kernelscale import __version__
+
+        return {
+            "format_version": FORMAT_VERSION,
+            "tool": "kernelscale",
+            "tool_version": __version__,
+            "options": self.options.to_json(),
+            "tensors": {e.name: dict(e.record) for e in self.entries if e.record is not None},
+        }
+
+    def describe(self) -> list[str]:
+        """One line per tensor: name, dtype, shape, and what happens and why."""
+        lines = []
+        for e in self.entries:
+            shape = "×".join(map(str, e.shape)) or "scalar"
+            if e.changed:
+                new = "×".join(map(str, e.new_shape))
+                growth = f", FLOPs ×{e.flop_growth:.2f}" if e.kind == "conv" else ""
+                lines.append(f"{e.name}  {e.dtype}  {shape} -> {new}  {e.action}: {e.reason}{growth}")
+            else:
+                lines.append(f"{e.name}  {e.dtype}  {shape}  copy: {e.reason}")
+        return lines
+
+
+def module_name(name: str) -> str:
+    """The layer a tensor belongs to: ``a.b.weight`` → ``a.b``."""
+    return name[: -len(".weight")] if name.endswith(".weight") else name
+
+
+def _matches(name: str, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(module_name(name), pattern)
+
+
+def _first_match(name: str, patterns: Iterable[str]) -> Optional[str]:
+    return next((p for p in patterns if _matches(name, p)), None)
+
+
+def is_conv_candidate(spec: TensorSpec) -> tuple[bool, str]:
+    """The default rule of DESIGN §5, with the reason for the decision."""
+    if spec.dtype not in RESIZABLE:
+        return False, f"not a floating tensor ({spec.dtype})"
+    if not spec.name.endswith("weight"):
+        return False, "not a weight"
+    if not 3 <= len(spec.shape) <= 5:
+        return False, f"{len(spec.shape)}-D: not a conv kernel" + (" (declare a grid to resize a Linear)" if len(spec.shape) == 2 else "")
+    if all(k == 1 for k in spec.shape[2:]):
+        return False, "1×1 kernel: commutes with any upsampler"
+    return True, "conv kernel"
+
+
+def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
+    """Decide what happens to every tensor; raise InvalidOptionError for rules that match nothing.
+
+    Include, absorb and layer-rule globs and grid names must each match at least one tensor
+    (a typo would otherwise silently do nothing); exclude globs need not.
+    """
+    specs = list(specs)
+    names = {s.name for s in specs}
+    grids = dict(options.grids)
+    grid_tensor = {}
+    for grid_name in grids:
+        tensor = grid_name if grid_name in names else f"{grid_name}.weight"
+        if tensor not in names:
+            raise InvalidOptionError(f"grid {grid_name!r}: no tensor named {grid_name!r} or {grid_name + '.weight'!r}")
+        grid_tensor[tensor] = grids[grid_name]
+    for what, patterns in (("--include", options.include), ("--absorb", options.absorb), ("layer rule", [r.pattern for r in options.layers])):
+        for pattern in patterns:
+            if not any(_matches(n, pattern) for n in names):
+                raise InvalidOptionError(f"{what} {pattern!r} matches no tensor")
+
+    entries = []
+    extra_side = "after"
+    for spec in specs:
+        entry = _plan_one(spec, options, grid_tensor.get(spec.name))
+        if entry.record is not None and any(entry.record["centre_offset"]):
+            entry = replace(entry, record={**entry.record, "pad_extra": extra_side})
+            extra_side = "before" if extra_side == "after" else "after"
+        entries.append(entry)
+    return Plan(tuple(entries), options)
+
+
+def _copy(spec: TensorSpec, reason: str) -> TensorPlan:
+    return TensorPlan(spec.name, spec.dtype, spec.shape, "copy", reason, spec.shape)
+
+
+def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[tuple[int, int, int]]) -> TensorPlan:
+    absorb = _first_match(spec.name, options.absorb) is not None
+    if grid is not None:
+        if spec.dtype not in RESIZABLE:
+            raise InvalidOptionError(f"grid for {spec.name}: cannot resize a {spec.dtype} tensor")
+        if len(spec.shape) != 2 or spec.shape[1] != math.prod(grid):
+            raise InvalidOptionError(f"grid {grid!r} for {spec.name}: {math.prod(grid)} cells, but the tensor has shape {spec.shape}")
+        why = "declared grid"
+    else:
+        candidate, why = is_conv_candidate(spec)
+        if absorb and not candidate:
+            raise InvalidOptionError(f"--absorb matches {spec.name}, which is not a conv kernel: {why}")
+        if not candidate:
+            return _copy(spec, why)
+    if options.include and _first_match(spec.name, options.include) is None:
+        return _copy(spec, "not matched by --include")
+    excluded = _first_match(spec.name, options.exclude)
+    if excluded is not None:
+        return _copy(spec, f"excluded by {excluded!r}")
+
+    rule = next((r for r in options.layers if _matches(spec.name, r.pattern)), None)
+    pick = lambda attr: getattr(rule, attr) if rule is not None and getattr(rule, attr) is not None else getattr(options, attr)  # noqa: E731
+    method, mode, align, coef, scale = pick("method"), pick("mode"), pick("align"), pick("coef"), pick("scale")
+    source = f"layer rule {rule.pattern!r}" if rule is not None else why
+
+    if grid is not None:
+        return _plan_grid(spec, grid, scale, method, mode, coef, source, rule)
+    spatial = spec.shape[2:]
+    scales = _kernel_scales(scale, len(spatial), spec.name)
+    if all(s == 1.0 for s in scales):
+        return _copy(spec, f"scale 1 ({source})")
+    if absorb:
+        return _plan_conv(spec, scales, method, mode, "cells", coef, f"absorbs the scale ({source})", absorb=True)
+    if method == "dilate" and options.geometry_only:
+        return _plan_geometry(spec, scales, source)
+    return _plan_conv(spec, scales, method, mode, align, coef, source)
+
+
+def _kernel_scales(scale: Scale, ndim: int, name: str) -> tuple[float, ...]:
+    if isinstance(scale, tuple) and len(scale) != ndim:
+        if len(scale) < ndim:
+            raise InvalidOptionError(f"{name}: {len(scale)} scales {scale!r} for a kernel with {ndim} spatial axes")
+        scale = scale[-ndim:]
+    return normalise_scales(scale, ndim, name=name)
+
+
+def _named(name: str, build, *args):
+    try:
+        return build(*args)
+    except InvalidOptionError as exc:
+        raise InvalidOptionError(f"{name}: {exc}") from None
+
+
+def _plan_conv(spec: TensorSpec, scales, method, mode, align, coef, reason: str, absorb: bool = False) -> TensorPlan:
+    spatial = tuple(spec.shape[2:])
+    operator = _named(spec.name, build_kernel_resize, spatial, scales, method, mode, align, coef)
+    if absorb and any(not float(s).is_integer() for s in scales):
+        raise InvalidOptionError(f"{spec.name}: an absorbing layer needs integer scales, got {scales!r}")
+    new_shape = tuple(spec.shape[:2]) + operator.out_shape
+    record = {
+        "kind": "conv",
+        "method": method,
+        "mode": mode,
+        "align": align,
+        "coef": coef,
+        "scale": list(scales),
+        "old_spatial": list(spatial),
+        "new_spatial": list(operator.out_shape),
+        "centre_offset": [a.centre_offset if not absorb else 0.0 for a in operator.axes],
+        "absorb": absorb,
+        "dilation": None,
+    }
+    return TensorPlan(spec.name, spec.dtype, spec.shape, "resize", f"{method}/{mode}/{align} ({reason})", new_shape,
+                      "conv", method, mode, align, coef, scales, absorb, None, record)
+
+
+def _plan_geometry(spec: TensorSpec, scales, reason: str) -> TensorPlan:
+    factors = []
+    for s in scales:
+        if not float(s).is_integer():
+            raise InvalidOptionError(f"{spec.name}: re-dilation needs integer scales, got {scales!r}")
+        factors.append(int(s))
+    spatial = tuple(spec.shape[2:])
+    record = {
+        "kind": "conv",
+        "method": "dilate",
+        "mode": None,
+        "align": "taps",
+        "coef": None,
+        "scale": list(scales),
+        "old_spatial": list(spatial),
+        "new_spatial": list(spatial),
+        "centre_offset": [0.0] * len(spatial),
+        "absorb": False,
+        "dilation": [f if k > 1 else 1 for f, k in zip(factors, spatial)],
+    }
+    return TensorPlan(spec.name, spec.dtype, spec.shape, "geometry", f"re-dilation, weights unchanged ({reason})", spec.shape,
+                      "conv", "dilate", "", "taps", "", tuple(scales), False, None, record)
+
+
+def _plan_grid(spec: TensorSpec, grid, scale, method, mode, coef, source: str, rule) -> TensorPlan:
+    c, h, w = grid
+    scales = _kernel_scales(scale, 2, spec.name)
+    if method == "dilate":
+        raise InvalidOptionError(f"{spec.name}: a grid is resized with interp (cells) or pinv, not dilate")
+    grid_coef = coef if rule is not None and rule.coef is not None else ("paper" if coef == "mass" else coef)
+    axes = [_named(spec.name, build_axis_resize, n, s, method, mode, "cells", grid_coef) for n, s in zip((h, w), scales)]
+    new_shape = (spec.shape[0], c * axes[0].k_out * axes[1].k_out)
+    record = {
+        "kind": "grid",
+        "method": method,
+        "mode": mode,
+        "align": "cells",
+        "coef": grid_coef,
+        "scale": list(scales),
+        "grid": [c, h, w],
+        "old_spatial": [h, w],
+        "new_spatial": [axes[0].k_out, axes[1].k_out],
+        "centre_offset": [0.0, 0.0],
+        "absorb": False,
+        "dilation": None,
+    }
+    return TensorPlan(spec.name, spec.dtype, spec.shape, "resize", f"grid {c}×{h}×{w} ({source})", new_shape,
+                      "grid", method, mode, "cells", grid_coef, scales, False, grid, record)

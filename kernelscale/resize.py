@@ -1,0 +1,288 @@
+"""Apply resize operators to weight tensors, and derive the new layer geometry.
+
+Accepts torch tensors on any device and numpy arrays and returns the same kind. float16 and
+bfloat16 are computed in float32 and rounded once; float64 stays float64 (DESIGN §2, §7).
+The operator matrices come from :mod:`kernelscale.transforms`; the arithmetic is dispatched to
+the torch reference or the Triton kernels by :mod:`kernelscale.dispatch`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from kernelscale import dispatch
+from kernelscale.errors import GeometryError, InvalidOptionError, UnsupportedTensorError
+from kernelscale.transforms import (
+    Coef,
+    KernelResize,
+    build_axis_resize,
+    build_kernel_resize,
+    normalise_scales,
+    validate_coef,
+)
+
+TensorLike = Union[torch.Tensor, np.ndarray]
+IntOrTuple = Union[int, Sequence[int]]
+
+# The Triton dense kernel keeps R in registers: up to 64 input and 256 output taps.
+DENSE_MAX_IN = 64
+DENSE_MAX_OUT = 256
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Per spatial axis: kernel size, padding (exact, possibly fractional), stride, dilation."""
+
+    kernel_size: tuple[int, ...]
+    padding: tuple[float, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+
+    def integer_padding(self, name: str = "layer") -> tuple[int, ...]:
+        """The padding as integers; GeometryError naming the layer when one is fractional or < 0."""
+        out = []
+        for p in self.padding:
+            if p < 0 or abs(p - round(p)) > 1e-9:
+                raise GeometryError(
+                    f"{name}: the new padding would be {self.padding!r}; a conv padding must be a "
+                    "non-negative integer (choose align='taps', another scale, or round explicitly)"
+                )
+            out.append(int(round(p)))
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class ResizedConv:
+    """A resized conv weight (same kind and dtype as the input) and the layer's new geometry."""
+
+    weight: TensorLike
+    geometry: ConvGeometry
+    operator: Optional[KernelResize]
+
+
+def _as_tuple(value: IntOrTuple, ndim: int, what: str, name: str) -> tuple[int, ...]:
+    if isinstance(value, (int, np.integer)):
+        return (int(value),) * ndim
+    value = tuple(int(v) for v in value)
+    if len(value) != ndim:
+        raise InvalidOptionError(f"{name}: {what} {value!r} does not have {ndim} entries")
+    return value
+
+
+def _to_torch(weight: TensorLike, name: str) -> torch.Tensor:
+    if isinstance(weight, np.ndarray):
+        if not np.issubdtype(weight.dtype, np.floating):
+            raise UnsupportedTensorError(f"{name}: cannot resize a tensor of dtype {weight.dtype}; only floating weights")
+        return torch.from_numpy(np.ascontiguousarray(weight))
+    if isinstance(weight, torch.Tensor):
+        if not weight.is_floating_point() or weight.dtype.itemsize == 1:
+            raise UnsupportedTensorError(f"{name}: cannot resize a tensor of dtype {weight.dtype}; only float16/bfloat16/float32/float64")
+        return weight
+    raise UnsupportedTensorError(f"{name}: expected a torch tensor or numpy array, got {type(weight).__name__}")
+
+
+def _like_input(result: torch.Tensor, original: TensorLike) -> TensorLike:
+    return result.numpy() if isinstance(original, np.ndarray) else result
+
+
+def _torch_matrix(matrix: np.ndarray, x: torch.Tensor) -> torch.Tensor:
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return torch.tensor(matrix, dtype=dtype, device=x.device)
+
+
+def apply_kernel_resize(
+    slices: torch.Tensor,
+    operator: KernelResize,
+    out_dtype: Optional[torch.dtype] = None,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Apply ``operator`` to a batch of kernel slices ``(N, *k_in)`` → ``(N, *k_out)``.
+
+    Dense (one product with R_1⊗…⊗R_d) when the kernel has ≤ 64 input and ≤ 256 output taps;
+    otherwise separable, one axis at a time. Accumulation in float32 (float64 for float64 input),
+    one rounding to ``out_dtype`` (default: the input's dtype).
+    """
+    out_dtype = out_dtype or slices.dtype
+    n = slices.shape[0]
+    k_in, k_out = operator.in_shape, operator.out_shape
+    n_in, n_out = int(np.prod(k_in)), int(np.prod(k_out))
+    if n_in <= DENSE_MAX_IN and n_out <= DENSE_MAX_OUT:
+        out = dispatch.apply_dense(slices.reshape(n, n_in), _torch_matrix(operator.dense(), slices), out_dtype, backend=backend)
+        return out.reshape(n, *k_out)
+    if len(k_in) <= 2:
+        rows = operator.axes[0].matrix if len(k_in) == 2 else np.ones((1, 1))
+        cols = operator.axes[-1].matrix
+        x3 = slices.reshape(n, k_in[0] if len(k_in) == 2 else 1, k_in[-1])
+        out = dispatch.apply_separable(x3, _torch_matrix(rows, slices), _torch_matrix(cols, slices), out_dtype, backend=backend)
+        return out.reshape(n, *k_out)
+    compute = torch.float64 if slices.dtype == torch.float64 else torch.float32
+    out = slices.to(compute)
+    for axis, a in enumerate(operator.axes):
+        out = torch.movedim(torch.tensordot(out, _torch_matrix(a.matrix, out), dims=([axis + 1], [1])), -1, axis + 1)
+    return out.to(out_dtype)
+
+
+def resize_kernel(
+    weight: TensorLike,
+    scale: Union[float, Sequence[float]],
+    *,
+    method: str = "interp",
+    mode: str = "linear",
+    align: str = "taps",
+    coef: Coef = "mass",
+    name: str = "weight",
+    out_dtype: Optional[torch.dtype] = None,
+    backend: Optional[str] = None,
+) -> TensorLike:
+    """Resize a conv weight ``(C_out, C_in/groups, *k)`` (or transposed ``(C_in, C_out/groups, *k)``).
+
+    The last ``d = weight.ndim - 2`` axes (d = 1, 2, 3) are spatial; ``scale`` is one number or
+    one per spatial axis. Returns ``(…, *k')`` of the same kind (torch/numpy), device and dtype.
+    Satisfies T1 (dilate), T2/T3 (interp taps), T4 (mass), T5 (s = 1 returns ``weight`` itself).
+    """
+    x = _to_torch(weight, name)
+    if not 3 <= x.ndim <= 5:
+        raise UnsupportedTensorError(f"{name}: a conv weight has 3 to 5 dims (C, C, *k), got shape {tuple(x.shape)}")
+    operator = _operator(x.shape[2:], scale, method, mode, align, coef, name)
+    if operator.is_identity and (out_dtype is None or out_dtype == x.dtype):
+        return weight
+    lead = x.shape[:2]
+    out = apply_kernel_resize(x.reshape(-1, *x.shape[2:]), operator, out_dtype, backend)
+    return _like_input(out.reshape(*lead, *operator.out_shape), weight)
+
+
+def _operator(spatial: Sequence[int], scale, method, mode, align, coef, name: str) -> KernelResize:
+    try:
+        return build_kernel_resize(tuple(int(k) for k in spatial), scale, method, mode, align, coef)
+    except InvalidOptionError as exc:
+        raise InvalidOptionError(f"{name} (kernel {tuple(spatial)}): {exc}") from None
+
+
+def new_padding(k: int, k_new: int, scale: float, padding: float, dilation: int = 1, dilation_new: int = 1) -> float:
+    """DESIGN §3 geometry rule for one axis: keep the window-centre offset, scaled.
+
+    δ = (k−1)·d/2 − p in input pixels; p' = (k'−1)·d'/2 − s·δ in output pixels. Also right for
+    a stride-1 transposed conv (its equivalent conv has padding (k−1)d − p, and the rule is
+    symmetric under that map). "Same" convs (δ = 0) stay "same".
+    """
+    delta = (k - 1) * dilation / 2 - padding
+    return (k_new - 1) * dilation_new / 2 - scale * delta
+
+
+def resize_conv(
+    weight: TensorLike,
+    scale: Union[float, Sequence[float]],
+    *,
+    padding: IntOrTuple = 0,
+    stride: IntOrTuple = 1,
+    dilation: IntOrTuple = 1,
+    method: str = "interp",
+    mode: str = "linear",
+    align: str = "taps",
+    coef: Coef = "mass",
+    absorb: bool = False,
+    geometry_only: bool = False,
+    name: str = "weight",
+    out_dtype: Optional[torch.dtype] = None,
+    backend: Optional[str] = None,
+) -> ResizedConv:
+    """Resize a conv weight and derive the layer's new geometry (DESIGN §3, §5).
+
+    - default: the weight via :func:`resize_kernel`; stride kept; padding by :func:`new_padding`.
+    - ``geometry_only`` (``method="dilate"`` only): weights unchanged, ``dilation *= s``; equal to
+      the zero-inserted kernel by construction (T1), at the original kernel's cost.
+    - ``absorb``: the layer takes the scale in its stride (stride' = stride·s, k' = k·s, cells
+      alignment, p' = s·p), so every layer downstream is untouched.
+
+    Padding is returned exact; ``geometry.integer_padding()`` refuses a fractional one.
+    """
+    x = _to_torch(weight, name)
+    ndim = x.ndim - 2
+    if not 1 <= ndim <= 3:
+        raise UnsupportedTensorError(f"{name}: a conv weight has 3 to 5 dims, got shape {tuple(x.shape)}")
+    scales = _named_scales(scale, ndim, name)
+    kernel = tuple(int(k) for k in x.shape[2:])
+    pad = _as_tuple(padding, ndim, "padding", name)
+    stride_t = _as_tuple(stride, ndim, "stride", name)
+    dil = _as_tuple(dilation, ndim, "dilation", name)
+
+    if geometry_only:
+        if method != "dilate":
+            raise InvalidOptionError(f"{name}: geometry-only surgery is re-dilation; method must be 'dilate', got {method!r}")
+        factors = tuple(_integer_factor(s, name, "dilation") for s in scales)
+        new_dil = tuple(d * f if k > 1 else d for d, f, k in zip(dil, factors, kernel))
+        pads = tuple(new_padding(k, k, s, p, d, nd) for k, s, p, d, nd in zip(kernel, scales, pad, dil, new_dil))
+        return ResizedConv(weight, ConvGeometry(kernel, pads, stride_t, new_dil), None)
+
+    if absorb:
+        if align != "cells" or method not in ("interp", "pinv"):
+            raise InvalidOptionError(f"{name}: an absorbing layer is resized with align='cells' and method interp or pinv")
+        factors = tuple(_integer_factor(s, name, "stride") for s in scales)
+        resized = resize_kernel(weight, scales, method=method, mode=mode, align="cells", coef=coef, name=name, out_dtype=out_dtype, backend=backend)
+        new_kernel = tuple(int(k) for k in resized.shape[2:])
+        geometry = ConvGeometry(new_kernel, tuple(float(p * f) for p, f in zip(pad, factors)), tuple(st * f for st, f in zip(stride_t, factors)), dil)
+        return ResizedConv(resized, geometry, _operator(kernel, scales, method, mode, "cells", coef, name))
+
+    operator = _operator(kernel, scales, method, mode, align, coef, name)
+    resized = resize_kernel(weight, scales, method=method, mode=mode, align=align, coef=coef, name=name, out_dtype=out_dtype, backend=backend)
+    pads = tuple(new_padding(k, kn, s, p, d, d) for k, kn, s, p, d in zip(kernel, operator.out_shape, scales, pad, dil))
+    return ResizedConv(resized, ConvGeometry(operator.out_shape, pads, stride_t, dil), operator)
+
+
+def _named_scales(scale, ndim: int, name: str) -> tuple[float, ...]:
+    try:
+        return normalise_scales(scale, ndim, name=name)
+    except InvalidOptionError as exc:
+        raise InvalidOptionError(str(exc)) from None
+
+
+def _integer_factor(s: float, name: str, what: str) -> int:
+    if not float(s).is_integer():
+        raise InvalidOptionError(f"{name}: {what} can only grow by an integer scale, got {s!r}")
+    return int(s)
+
+
+def resize_grid_linear(
+    weight: TensorLike,
+    grid: Sequence[int],
+    scale: Union[float, Sequence[float]],
+    *,
+    method: str = "interp",
+    mode: str = "linear",
+    align: str = "cells",
+    coef: Coef = "paper",
+    name: str = "weight",
+    out_dtype: Optional[torch.dtype] = None,
+    backend: Optional[str] = None,
+) -> TensorLike:
+    """Resize a Linear weight ``(out, C·H·W)`` whose input is a flattened ``(C, H, W)`` grid.
+
+    Rows are reshaped to the grid, each ``(H, W)`` plane resized (cells by default, coefficient
+    HW/(H'W'); or ``method="pinv"``), and flattened back: ``(out, C·H'·W')``. T6: with pinv,
+    ``W' · flatten(U x) = W · flatten(x)`` exactly for U the cells upsampler of ``mode``.
+    """
+    x = _to_torch(weight, name)
+    grid = tuple(int(g) for g in grid)
+    if len(grid) != 3 or min(grid) < 1:
+        raise InvalidOptionError(f"{name}: a grid is (C, H, W) with positive sizes, got {grid!r}")
+    c, h, w = grid
+    if x.ndim != 2 or x.shape[1] != c * h * w:
+        raise InvalidOptionError(f"{name}: grid {grid!r} has {c * h * w} cells but the weight has shape {tuple(x.shape)}")
+    sh, sw = _named_scales(scale, 2, name)
+    validate_coef(coef)
+    try:
+        axes = (build_axis_resize(h, sh, method, mode, align, coef), build_axis_resize(w, sw, method, mode, align, coef))
+    except InvalidOptionError as exc:
+        raise InvalidOptionError(f"{name} (grid {grid!r}): {exc}") from None
+    operator = KernelResize(axes)
+    if operator.is_identity and (out_dtype is None or out_dtype == x.dtype):
+        return weight
+    planes = x.reshape(x.shape[0] * c, h, w)
+    out = dispatch.apply_separable(
+        planes, _torch_matrix(axes[0].matrix, x), _torch_matrix(axes[1].matrix, x), out_dtype or x.dtype, backend=backend
+    )
+    return _like_input(out.reshape(x.shape[0], c * axes[0].k_out * axes[1].k_out), weight)

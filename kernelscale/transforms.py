@@ -1,0 +1,360 @@
+"""Resize operators: the matrix R that maps a kernel's taps to the resized kernel's taps.
+
+Pure functions of (kernel size, scale, options) returning float64 numpy matrices
+(DESIGN §3). Every method is linear on the spatial axes: per axis a matrix ``R`` of shape
+``(k_out, k_in)``; a d-dimensional kernel is resized by ``R_1 ⊗ … ⊗ R_d``. Builders are cached,
+so an operator is built once per distinct (size, scale, options) and reused for every tensor.
+
+Conventions (DESIGN §2): tap ``t`` of a size-``k`` kernel sits at offset ``t - (k-1)/2`` from the
+kernel centre, in input pixels; a scale ``s`` makes one input pixel ``s`` output pixels.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence, Union
+
+import numpy as np
+
+from kernelscale.errors import InvalidOptionError
+
+METHODS = ("interp", "dilate", "pinv")
+MODES = ("nearest", "linear", "cubic", "lanczos3")
+ALIGNS = ("taps", "cells")
+COEF_MODES = ("mass", "paper")
+
+Coef = Union[str, float]
+
+# Half-width of each interpolation kernel's support, in input pixels.
+SUPPORT_RADIUS = {"nearest": 0.5, "linear": 1.0, "cubic": 2.0, "lanczos3": 3.0}
+
+# Keys' cubic convolution parameter used by torch's and OpenCV's bicubic.
+CUBIC_A = -0.75
+
+
+def interpolation_kernel(mode: str) -> Callable[[np.ndarray], np.ndarray]:
+    """Return φ for ``mode``: a vectorised function of the offset x in input pixels.
+
+    nearest is the symmetric box (1 inside, ½ on the edges |x| = ½, so that φ sampled at step
+    1/s sums to exactly s for integer s); linear is the triangle; cubic is Keys' kernel with
+    a = -0.75; lanczos3 is sinc(x)·sinc(x/3) on |x| < 3, exactly 0 at non-zero integers.
+    """
+    _check_choice("mode", mode, MODES)
+    if mode == "nearest":
+        return lambda x: np.where(np.abs(x) < 0.5, 1.0, np.where(np.abs(x) == 0.5, 0.5, 0.0))
+    if mode == "linear":
+        return lambda x: np.clip(1.0 - np.abs(x), 0.0, None)
+    if mode == "cubic":
+        return _keys_cubic
+    return _lanczos3
+
+
+def _keys_cubic(x: np.ndarray) -> np.ndarray:
+    a = CUBIC_A
+    ax = np.abs(np.asarray(x, dtype=np.float64))
+    near = ((a + 2) * ax - (a + 3)) * ax * ax + 1
+    far = ((a * ax - 5 * a) * ax + 8 * a) * ax - 4 * a
+    return np.where(ax <= 1, near, np.where(ax < 2, far, 0.0))
+
+
+def _lanczos3(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    value = np.sinc(x) * np.sinc(x / 3.0)
+    integer = (x == np.round(x)) & (x != 0)
+    return np.where((np.abs(x) < 3) & ~integer, value, np.where(x == 0, 1.0, 0.0))
+
+
+def tap_offsets(k: int) -> np.ndarray:
+    """Offsets of a size-k kernel's taps from its centre: ``-(k-1)/2 … (k-1)/2``."""
+    return np.arange(k, dtype=np.float64) - (k - 1) / 2
+
+
+@dataclass(frozen=True)
+class AxisResize:
+    """The resize of one spatial axis: ``new_taps = matrix @ old_taps``.
+
+    ``matrix`` has shape ``(k_out, k_in)``, float64, read-only, coefficient folded in.
+    ``centre_offset`` is the sub-pixel part, in output pixels, of the padding a 'same' conv
+    would need after this resize (0 for ``align="taps"``, ½ for cells with an even k_out from
+    an odd k_in): the half-pixel shift that padding cannot express.
+    """
+
+    matrix: np.ndarray = field(repr=False)
+    k_in: int
+    k_out: int
+    scale: float
+    method: str
+    mode: str
+    align: str
+    coef: Coef
+
+    @property
+    def centre_offset(self) -> float:
+        return float(((self.k_out - 1) / 2 - self.scale * (self.k_in - 1) / 2) % 1.0)
+
+
+def validate_scale(scale: object, *, name: str = "scale") -> float:
+    """Return ``scale`` as a float, or raise InvalidOptionError naming it when not finite and > 0."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)):
+        raise InvalidOptionError(f"{name}: scale must be a number, got {scale!r}")
+    value = float(scale)
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidOptionError(f"{name}: scale must be finite and > 0, got {scale!r}")
+    return value
+
+
+def validate_coef(coef: object) -> Coef:
+    """Return ``coef`` normalised: ``"mass"``, ``"paper"`` or a finite float."""
+    if isinstance(coef, str):
+        _check_choice("coef", coef, COEF_MODES)
+        return coef
+    if isinstance(coef, bool) or not isinstance(coef, (int, float, np.integer, np.floating)):
+        raise InvalidOptionError(f"coef must be 'mass', 'paper' or a number, got {coef!r}")
+    if not math.isfinite(float(coef)):
+        raise InvalidOptionError(f"coef must be finite, got {coef!r}")
+    return float(coef)
+
+
+def _check_choice(what: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise InvalidOptionError(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
+
+
+def _is_integer(s: float) -> bool:
+    return float(s).is_integer()
+
+
+@functools.lru_cache(maxsize=1024)
+def build_axis_resize(
+    k: int,
+    scale: float,
+    method: str = "interp",
+    mode: str = "linear",
+    align: str = "taps",
+    coef: Coef = "mass",
+) -> AxisResize:
+    """Build the resize matrix R ``(k_out, k)`` of one axis (DESIGN §3 table).
+
+    - ``interp``/``taps``: R[u, t] = c·φ(u/s − t) over every new tap u (offset from the centre,
+      in output pixels) where φ ≠ 0; for s < 1 the splat R[u, t] ∝ φ(u − s·t). Satisfies T2:
+      for integer s, R equals dilation by s followed by the filter c·h_s, h_s[u] = φ(u/s).
+    - ``interp``/``cells``: exactly ``F.interpolate(K, size=round(k·s), align_corners=False)``
+      (nearest → 'nearest-exact'; s < 1 with antialiasing), times c.
+    - ``dilate``: zero insertion R[s·t, t] = 1, integer s ≥ 1; exact by T1.
+    - ``pinv``: R = pinv(Bᵀ) with B the cells upsampler matrix, so ⟨R w, B x⟩ = ⟨w, x⟩ (T6).
+      The coefficient does not apply.
+
+    ``coef``: ``"mass"`` normalises every column of R to sum 1 (T4: Σ K' = Σ K);
+    ``"paper"`` multiplies by 1/s (for s ≥ 1; the splat of s < 1 already conserves mass);
+    a float multiplies the unnormalised matrix. Size-1 axes and s = 1 give the identity.
+    Raises InvalidOptionError for a bad method, mode, align, coef or scale.
+    """
+    scale = validate_scale(scale)
+    _check_choice("method", method, METHODS)
+    _check_choice("mode", mode, MODES)
+    _check_choice("align", align, ALIGNS)
+    coef = validate_coef(coef)
+    if isinstance(k, bool) or int(k) != k or k < 1:
+        raise InvalidOptionError(f"kernel size must be a positive integer, got {k!r}")
+    k = int(k)
+
+    if k == 1 or scale == 1.0:
+        matrix = np.eye(k)
+    elif method == "dilate":
+        matrix = _dilate_matrix(k, scale)
+    elif method == "pinv":
+        matrix = np.linalg.pinv(cells_upsampler(k, _cells_size(k, scale), mode).T)
+    elif align == "cells":
+        matrix = _apply_coef(cells_upsampler(k, _cells_size(k, scale), mode), coef, k / _cells_size(k, scale))
+    else:
+        matrix = _apply_coef(_taps_matrix(k, scale, mode), coef, 1.0 / scale if scale > 1 else 1.0)
+    matrix = np.ascontiguousarray(matrix, dtype=np.float64)
+    matrix.flags.writeable = False
+    return AxisResize(matrix, k, matrix.shape[0], scale, method, mode, align, coef)
+
+
+def _apply_coef(raw: np.ndarray, coef: Coef, paper: float) -> np.ndarray:
+    if coef == "mass":
+        return raw / raw.sum(axis=0, keepdims=True)
+    if coef == "paper":
+        return raw * paper
+    return raw * float(coef)
+
+
+def _cells_size(k: int, scale: float) -> int:
+    size = math.floor(k * scale + 0.5)
+    if size < 1:
+        raise InvalidOptionError(f"scale {scale!r} empties a kernel of size {k} (round({k}·{scale}) = 0)")
+    return size
+
+
+def _new_tap_offsets(k: int, scale: float, reach: float) -> np.ndarray:
+    """Symmetric new-tap offsets |u| ≤ reach: integers when k is odd or s an even integer."""
+    half = not (k % 2 == 1 or (_is_integer(scale) and int(scale) % 2 == 0))
+    n = math.floor(reach - 0.5 + 1e-9) if half else math.floor(reach + 1e-9)
+    if half:
+        return np.arange(-n - 0.5, n + 0.5 + 1e-9, 1.0) if reach >= 0.5 - 1e-9 else np.array([-0.5, 0.5])
+    return np.arange(-n, n + 1, dtype=np.float64)
+
+
+def _taps_matrix(k: int, scale: float, mode: str) -> np.ndarray:
+    phi = interpolation_kernel(mode)
+    radius = SUPPORT_RADIUS[mode]
+    t = tap_offsets(k)
+    if scale >= 1:
+        u = _new_tap_offsets(k, scale, scale * ((k - 1) / 2 + radius))
+        raw = phi((u[:, None] - scale * t[None, :]) / scale)
+    else:
+        u = _new_tap_offsets(k, scale, scale * (k - 1) / 2 + radius)
+        raw = phi(u[:, None] - scale * t[None, :])
+    return _trim_zero_rows(raw)
+
+
+def _trim_zero_rows(raw: np.ndarray) -> np.ndarray:
+    """Drop all-zero rows symmetrically from both ends, keeping the kernel centred."""
+    nonzero = np.flatnonzero(np.any(raw != 0, axis=1))
+    cut = min(nonzero[0], raw.shape[0] - 1 - nonzero[-1])
+    return raw[cut : raw.shape[0] - cut]
+
+
+def _dilate_matrix(k: int, scale: float) -> np.ndarray:
+    if not _is_integer(scale) or scale < 1:
+        raise InvalidOptionError(f"method 'dilate' needs an integer scale >= 1, got {scale!r}")
+    s = int(scale)
+    matrix = np.zeros(((k - 1) * s + 1, k))
+    matrix[np.arange(k) * s, np.arange(k)] = 1.0
+    return matrix
+
+
+@functools.lru_cache(maxsize=1024)
+def cells_upsampler(n_in: int, n_out: int, mode: str) -> np.ndarray:
+    """The matrix B ``(n_out, n_in)`` of ``F.interpolate(x, size=n_out, align_corners=False)``.
+
+    nearest uses torch's 'nearest-exact' (cell centres, DESIGN §2), linear and cubic torch's
+    (bi)linear/(bi)cubic with clamped edges, antialiased when n_out < n_in; lanczos3, which torch
+    lacks, uses the same cell mapping with clamped edges and rows normalised to sum 1.
+    Rows of B are the weights of each output sample. Read-only.
+    """
+    _check_choice("mode", mode, MODES)
+    if mode == "lanczos3":
+        matrix = _lanczos_cells(n_in, n_out)
+    else:
+        matrix = _torch_cells(n_in, n_out, mode)
+    matrix.flags.writeable = False
+    return matrix
+
+
+def _torch_cells(n_in: int, n_out: int, mode: str) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    basis = torch.eye(n_in, dtype=torch.float64).reshape(n_in, 1, n_in, 1)
+    torch_mode = {"nearest": "nearest-exact", "linear": "bilinear", "cubic": "bicubic"}[mode]
+    kwargs = {} if mode == "nearest" else {"align_corners": False, "antialias": n_out < n_in}
+    out = F.interpolate(basis, size=(n_out, 1), mode=torch_mode, **kwargs)
+    return out.reshape(n_in, n_out).T.numpy().copy()
+
+
+def _lanczos_cells(n_in: int, n_out: int) -> np.ndarray:
+    ratio = n_in / n_out
+    width = max(ratio, 1.0)
+    centres = (np.arange(n_out) + 0.5) * ratio - 0.5
+    matrix = np.zeros((n_out, n_in))
+    reach = math.ceil(3 * width) + 1
+    for j, c in enumerate(centres):
+        for i in range(math.floor(c) - reach, math.floor(c) + reach + 1):
+            matrix[j, min(max(i, 0), n_in - 1)] += _lanczos3(np.array((c - i) / width))
+    return matrix / matrix.sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class KernelResize:
+    """The resize of a d-dimensional kernel: one AxisResize per spatial axis.
+
+    ``dense()`` is ``R_1 ⊗ … ⊗ R_d`` of shape ``(prod k_out, prod k_in)`` (row-major tap order,
+    matching ``weight.reshape(-1, prod k_in)``).
+    """
+
+    axes: tuple[AxisResize, ...]
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(a.k_in for a in self.axes)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return tuple(a.k_out for a in self.axes)
+
+    @property
+    def is_identity(self) -> bool:
+        return all(a.k_in == a.k_out and np.array_equal(a.matrix, np.eye(a.k_in)) for a in self.axes)
+
+    def dense(self) -> np.ndarray:
+        return _kron_all(tuple(a.matrix for a in self.axes))
+
+
+def _kron_all(matrices: tuple[np.ndarray, ...]) -> np.ndarray:
+    out = np.ones((1, 1))
+    for m in matrices:
+        out = np.kron(out, m)
+    return out
+
+
+def normalise_scales(scale: Union[float, Sequence[float]], ndim: int, *, name: str = "scale") -> tuple[float, ...]:
+    """Expand a scalar scale to ``ndim`` axes, or check a per-axis sequence has ``ndim`` entries."""
+    if isinstance(scale, (list, tuple, np.ndarray)):
+        if len(scale) != ndim:
+            raise InvalidOptionError(f"{name}: {len(scale)} scales given for {ndim} spatial axes: {tuple(scale)!r}")
+        return tuple(validate_scale(s, name=name) for s in scale)
+    return (validate_scale(scale, name=name),) * ndim
+
+
+def build_kernel_resize(
+    kernel_shape: Sequence[int],
+    scale: Union[float, Sequence[float]],
+    method: str = "interp",
+    mode: str = "linear",
+    align: str = "taps",
+    coef: Coef = "mass",
+) -> KernelResize:
+    """Build the resize of a kernel with spatial shape ``kernel_shape`` (d = 1, 2 or 3 axes).
+
+    ``scale`` is one number or one per axis. A user float ``coef`` is the constant for the whole
+    kernel and is folded into the first resized axis; ``"mass"``/``"paper"`` act per axis.
+    """
+    scales = normalise_scales(scale, len(kernel_shape))
+    coef = validate_coef(coef)
+    per_axis_coef: Coef = coef if isinstance(coef, str) else 1.0
+    axes = [build_axis_resize(int(k), s, method, mode, align, per_axis_coef) for k, s in zip(kernel_shape, scales)]
+    if not isinstance(coef, str) and coef != 1.0 and method != "pinv":
+        resized = [i for i, a in enumerate(axes) if a.k_in > 1 and a.scale != 1.0]
+        if resized:
+            i = resized[0]
+            a = axes[i]
+            matrix = a.matrix * coef
+            matrix.flags.writeable = False
+            axes[i] = AxisResize(matrix, a.k_in, a.k_out, a.scale, a.method, a.mode, a.align, coef)
+    return KernelResize(tuple(axes))
+
+
+def filter_taps(mode: str, scale: int) -> np.ndarray:
+    """h_s of T2: φ sampled at step 1/s on the output grid, h_s[u] = φ(u/s); sums to ≈ s."""
+    phi = interpolation_kernel(mode)
+    n = math.ceil(SUPPORT_RADIUS[mode] * scale)
+    u = np.arange(-n, n + 1, dtype=np.float64)
+    return _trim_zero_rows(phi(u / scale)[:, None])[:, 0]
+
+
+def frequency_response(mode: str, scale: int, omega: np.ndarray, coef: Coef = "mass") -> np.ndarray:
+    """c·ĥ_s(ω): the DTFT of the T2 filter at ω radians per output sample (real, h_s symmetric).
+
+    c = 1/Σh_s for ``"mass"``, 1/s for ``"paper"``, or the given float. T3 bounds the relative
+    error of interp by max |1 − c·ĥ_s(ω)| over the input's band, ω ≤ 2π·ν₀/s.
+    """
+    h = filter_taps(mode, scale)
+    u = np.arange(h.size) - (h.size - 1) / 2
+    c = 1.0 / h.sum() if coef == "mass" else (1.0 / scale if coef == "paper" else float(coef))
+    omega = np.asarray(omega, dtype=np.float64)
+    return c * np.cos(omega[..., None] * u).dot(h)
