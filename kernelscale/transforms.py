@@ -177,7 +177,10 @@ def build_axis_resize(
 
 def _apply_coef(raw: np.ndarray, coef: Coef, paper: float) -> np.ndarray:
     if coef == "mass":
-        return raw / raw.sum(axis=0, keepdims=True)
+        sums = raw.sum(axis=0, keepdims=True)
+        if np.any(sums == 0):
+            raise InvalidOptionError(f"coef 'mass': a tap has no weight after resizing ({raw.shape[1]} -> {raw.shape[0]} taps)")
+        return raw / sums
     if coef == "paper":
         return raw * paper
     return raw * float(coef)
@@ -232,14 +235,18 @@ def _dilate_matrix(k: int, scale: float) -> np.ndarray:
 def cells_upsampler(n_in: int, n_out: int, mode: str) -> np.ndarray:
     """The matrix B ``(n_out, n_in)`` of ``F.interpolate(x, size=n_out, align_corners=False)``.
 
-    nearest uses torch's 'nearest-exact' (cell centres, DESIGN §2), linear and cubic torch's
-    (bi)linear/(bi)cubic with clamped edges, antialiased when n_out < n_in; lanczos3, which torch
-    lacks, uses the same cell mapping with clamped edges and rows normalised to sum 1.
+    nearest uses torch's 'nearest-exact' (cell centres, DESIGN §2; at a tie it takes the right
+    neighbour) and, when n_out < n_in, the antialiased box (exact area overlaps) so no tap is
+    dropped; linear and cubic are torch's (bi)linear/(bi)cubic with clamped edges, antialiased
+    when n_out < n_in; lanczos3, which torch lacks, uses the same cell mapping with clamped
+    edges and rows normalised to sum 1.
     Rows of B are the weights of each output sample. Read-only.
     """
     _check_choice("mode", mode, MODES)
     if mode == "lanczos3":
         matrix = _lanczos_cells(n_in, n_out)
+    elif mode == "nearest" and n_out < n_in:
+        matrix = _area_cells(n_in, n_out)
     else:
         matrix = _torch_cells(n_in, n_out, mode)
     matrix.flags.writeable = False
@@ -250,11 +257,20 @@ def _torch_cells(n_in: int, n_out: int, mode: str) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    basis = torch.eye(n_in, dtype=torch.float64).reshape(n_in, 1, n_in, 1)
+    # The resized axis is the last one: torch's antialiased path mishandles a size-1 last axis.
+    basis = torch.eye(n_in, dtype=torch.float64).reshape(n_in, 1, 1, n_in)
     torch_mode = {"nearest": "nearest-exact", "linear": "bilinear", "cubic": "bicubic"}[mode]
     kwargs = {} if mode == "nearest" else {"align_corners": False, "antialias": n_out < n_in}
-    out = F.interpolate(basis, size=(n_out, 1), mode=torch_mode, **kwargs)
+    out = F.interpolate(basis, size=(1, n_out), mode=torch_mode, **kwargs)
     return out.reshape(n_in, n_out).T.numpy().copy()
+
+
+def _area_cells(n_in: int, n_out: int) -> np.ndarray:
+    edges_out = np.arange(n_out + 1) * (n_in / n_out)
+    lo = np.maximum(edges_out[:-1, None], np.arange(n_in)[None, :])
+    hi = np.minimum(edges_out[1:, None], np.arange(n_in)[None, :] + 1)
+    overlap = np.clip(hi - lo, 0.0, None)
+    return overlap / overlap.sum(axis=1, keepdims=True)
 
 
 def _lanczos_cells(n_in: int, n_out: int) -> np.ndarray:

@@ -1,0 +1,606 @@
+"""Streaming, validating reader and writer for the safetensors format.
+
+File layout (https://github.com/huggingface/safetensors): an 8-byte little-endian u64 N, then N
+bytes of UTF-8 JSON mapping each tensor name to {"dtype", "shape", "data_offsets": [begin, end]}
+plus an optional "__metadata__" object of string → string, then the data section. Offsets are
+relative to the data section; sorted by offset, the tensors tile it exactly from 0 to its end.
+
+The reader checks every one of those rules before it trusts a number from the file, reads tensor
+bytes with positioned reads (POSIX ``os.pread``/``os.preadv``; no mmap, so resident memory stays
+bounded by what the caller holds) and raises :class:`InvalidCheckpointError` naming the file for
+any violation. The writer lays out the whole header from a list of specs before the first data
+byte, then takes the tensors one at a time, so peak memory is one tensor plus a constant. Both
+assume a little-endian host, as safetensors itself does.
+
+This module is pure I/O: it imports nothing from kernelscale except the error hierarchy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from typing import IO, Any, BinaryIO, Iterable, Iterator, Sequence, Union
+
+import torch
+
+from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+MAX_HEADER_SIZE = 100_000_000
+"""Largest header length accepted, in bytes (the reference implementation's limit)."""
+
+DEFAULT_CHUNK_SIZE = 64 << 20
+
+LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
+
+DTYPE_ITEMSIZE: dict[str, int] = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "F8_E8M0": 1,
+}
+"""Bytes per element of every dtype name this module accepts, as safetensors spells them."""
+
+_TORCH_ATTR: dict[str, str] = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U64": "uint64",
+    "U32": "uint32",
+    "U16": "uint16",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E8M0": "float8_e8m0fnu",
+}
+_TO_TORCH: dict[str, torch.dtype] = {
+    name: getattr(torch, attr) for name, attr in _TORCH_ATTR.items() if hasattr(torch, attr)
+}
+_FROM_TORCH: dict[torch.dtype, str] = {dtype: name for name, dtype in _TO_TORCH.items()}
+
+_TENSOR_KEYS = ("dtype", "shape", "data_offsets")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a safetensors dtype name ("F16" → torch.float16, "F8_E4M3" →
+    torch.float8_e4m3fn). Raises InvalidCheckpointError for a name not in DTYPE_ITEMSIZE or one
+    this torch build has no dtype for."""
+    if name not in DTYPE_ITEMSIZE:
+        raise InvalidCheckpointError(f"unknown safetensors dtype {name!r}")
+    if name not in _TO_TORCH:
+        raise InvalidCheckpointError(
+            f"dtype {name} needs torch.{_TORCH_ATTR[name]}, which torch {torch.__version__} lacks"
+        )
+    return _TO_TORCH[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The safetensors name of a torch dtype (torch.bfloat16 → "BF16"). Raises
+    InvalidOptionError for a dtype safetensors cannot store here (complex, quantized, …)."""
+    try:
+        return _FROM_TORCH[dtype]
+    except (KeyError, TypeError):
+        raise InvalidOptionError(f"torch dtype {dtype} has no safetensors name") from None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor's header entry. ``start``/``end`` are absolute byte offsets in the file,
+    ``nbytes == end - start == prod(shape) * DTYPE_ITEMSIZE[dtype]``."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+def _pairs_without_duplicates(path: str):
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise InvalidCheckpointError(f"{path}: header has the key {key!r} twice")
+            out[key] = value
+        return out
+
+    return hook
+
+
+def _reject_constant(token: str) -> None:
+    raise ValueError(f"{token} is not valid JSON")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_tensor_entry(path: str, name: str, entry: object, data_start: int) -> TensorInfo:
+    if not isinstance(entry, dict):
+        raise InvalidCheckpointError(
+            f"{path}: header entry {name!r} is a {type(entry).__name__}, not an object"
+        )
+    missing = [key for key in _TENSOR_KEYS if key not in entry]
+    if missing:
+        raise InvalidCheckpointError(f"{path}: tensor {name!r} lacks {', '.join(missing)}")
+    dtype = entry["dtype"]
+    if not isinstance(dtype, str) or dtype not in DTYPE_ITEMSIZE:
+        raise InvalidCheckpointError(
+            f"{path}: tensor {name!r} has unknown dtype {dtype!r} "
+            f"(known: {' '.join(DTYPE_ITEMSIZE)})"
+        )
+    shape = entry["shape"]
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise InvalidCheckpointError(
+            f"{path}: tensor {name!r} has shape {shape!r}; expected a list of non-negative integers"
+        )
+    offsets = entry["data_offsets"]
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_is_int(o) and o >= 0 for o in offsets)
+    ):
+        raise InvalidCheckpointError(
+            f"{path}: tensor {name!r} has data_offsets {offsets!r}; "
+            "expected [begin, end] as non-negative integers"
+        )
+    begin, end = offsets
+    if end < begin:
+        raise InvalidCheckpointError(
+            f"{path}: tensor {name!r} has data_offsets [{begin}, {end}] with end before begin"
+        )
+    expected = DTYPE_ITEMSIZE[dtype]
+    for d in shape:
+        expected *= d
+    if end - begin != expected:
+        raise InvalidCheckpointError(
+            f"{path}: tensor {name!r} of dtype {dtype} and shape {tuple(shape)} needs "
+            f"{expected} bytes but data_offsets [{begin}, {end}] span {end - begin}"
+        )
+    return TensorInfo(name, dtype, tuple(shape), data_start + begin, data_start + end)
+
+
+def _parse_header(
+    path: str, raw: bytes, data_start: int, data_size: int
+) -> tuple[dict[str, str], dict[str, TensorInfo]]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidCheckpointError(
+            f"{path}: header is not valid UTF-8 (byte {exc.start} of the header)"
+        ) from None
+    if not text.startswith("{"):
+        raise InvalidCheckpointError(
+            f"{path}: header does not start with '{{'; not a safetensors file or a corrupt header"
+        )
+    try:
+        obj = json.loads(
+            text,
+            object_pairs_hook=_pairs_without_duplicates(path),
+            parse_constant=_reject_constant,
+        )
+    except InvalidCheckpointError:
+        raise
+    except RecursionError:
+        raise InvalidCheckpointError(f"{path}: header JSON is nested too deeply") from None
+    except ValueError as exc:
+        raise InvalidCheckpointError(f"{path}: header is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidCheckpointError(
+            f"{path}: header JSON is a {type(obj).__name__}, not an object"
+        )
+
+    metadata: dict[str, str] = {}
+    entries: list[TensorInfo] = []
+    for name, entry in obj.items():
+        if name == "__metadata__":
+            if isinstance(entry, dict) and any(key in entry for key in _TENSOR_KEYS):
+                raise InvalidCheckpointError(
+                    f"{path}: a tensor may not be named '__metadata__' (the name is reserved)"
+                )
+            if not isinstance(entry, dict):
+                raise InvalidCheckpointError(
+                    f"{path}: __metadata__ is a {type(entry).__name__}, "
+                    "expected an object of string to string"
+                )
+            for key, value in entry.items():
+                if not isinstance(value, str):
+                    raise InvalidCheckpointError(
+                        f"{path}: __metadata__ value of {key!r} is a {type(value).__name__}, "
+                        "expected a string"
+                    )
+            metadata = entry
+        else:
+            entries.append(_parse_tensor_entry(path, name, entry, data_start))
+
+    ordered = sorted(entries, key=lambda t: (t.start, t.end))
+    cursor = data_start
+    for info in ordered:
+        if info.start != cursor:
+            what = "overlaps the previous tensor" if info.start < cursor else "leaves a gap"
+            raise InvalidCheckpointError(
+                f"{path}: tensor {info.name!r} at data_offsets "
+                f"[{info.start - data_start}, {info.end - data_start}] {what} "
+                f"(expected it to begin at {cursor - data_start}); "
+                "tensors must tile the data section contiguously"
+            )
+        cursor = info.end
+    if cursor - data_start > data_size:
+        raise InvalidCheckpointError(
+            f"{path}: tensors end at data offset {cursor - data_start}, beyond the data section "
+            f"of {data_size} bytes (file truncated?)"
+        )
+    if cursor - data_start != data_size:
+        raise InvalidCheckpointError(
+            f"{path}: tensors end at data offset {cursor - data_start} but the data section "
+            f"has {data_size} bytes; trailing bytes are not allowed"
+        )
+    return metadata, {info.name: info for info in ordered}
+
+
+def _pread_exact(fd: int, size: int, offset: int, path: str) -> bytes:
+    parts: list[bytes] = []
+    remaining = size
+    while remaining:
+        part = os.pread(fd, remaining, offset)
+        if not part:
+            raise InvalidCheckpointError(
+                f"{path}: file ended at byte {offset} while reading {size} bytes "
+                "(truncated or changed while open)"
+            )
+        parts.append(part)
+        remaining -= len(part)
+        offset += len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _read_into(fd: int, view: memoryview, offset: int, path: str) -> None:
+    filled = 0
+    while filled < len(view):
+        got = os.preadv(fd, [view[filled:]], offset + filled)
+        if not got:
+            raise InvalidCheckpointError(
+                f"{path}: file ended at byte {offset + filled} while reading "
+                f"{len(view)} bytes (truncated or changed while open)"
+            )
+        filled += got
+
+
+class SafetensorsReader:
+    """A validated, open safetensors file.
+
+    ``SafetensorsReader(path)`` reads and checks the header at once and raises
+    InvalidCheckpointError (message names the file and the broken rule) for: a file shorter than
+    8 bytes, a Git LFS pointer, a header length beyond the file or above MAX_HEADER_SIZE, a header
+    that is not UTF-8 or not a JSON object or repeats a key, an unknown dtype, a shape whose byte
+    size differs from its offsets, tensors that overlap, leave gaps or do not end exactly at the
+    end of the file, and ``__metadata__`` that is not string → string. A file that cannot be
+    opened raises InvalidCheckpointError too. No allocation depends on an unchecked length.
+
+    ``metadata`` is the ``__metadata__`` dict ({} when absent); ``tensors`` maps name →
+    TensorInfo in file order (ascending data offset). Use as a context manager or call close().
+    """
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = os.fspath(path)
+        try:
+            self._file: BinaryIO | None = open(self.path, "rb", buffering=0)
+        except OSError as exc:
+            raise InvalidCheckpointError(
+                f"{self.path}: cannot open: {exc.strerror or exc}"
+            ) from exc
+        try:
+            self.metadata, self.tensors = self._read_header()
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_header(self) -> tuple[dict[str, str], dict[str, TensorInfo]]:
+        path = self.path
+        fd = self._fd
+        size = os.fstat(fd).st_size
+        if size == 0:
+            raise InvalidCheckpointError(f"{path}: file is empty, not a safetensors file")
+        head = _pread_exact(fd, min(size, len(LFS_POINTER_PREFIX)), 0, path)
+        if head.startswith(LFS_POINTER_PREFIX):
+            raise InvalidCheckpointError(
+                f"{path}: this is a Git LFS pointer, not the weights; "
+                "fetch the real file with `git lfs pull`"
+            )
+        if size < 8:
+            raise InvalidCheckpointError(
+                f"{path}: file has {size} bytes, too short for the 8-byte header length"
+            )
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if header_len > MAX_HEADER_SIZE:
+            raise InvalidCheckpointError(
+                f"{path}: header length {header_len} exceeds the {MAX_HEADER_SIZE}-byte limit "
+                "(corrupt file or not safetensors)"
+            )
+        if 8 + header_len > size:
+            raise InvalidCheckpointError(
+                f"{path}: header length {header_len} runs past the end of the {size}-byte file "
+                "(truncated or not safetensors)"
+            )
+        raw = _pread_exact(fd, header_len, 8, path)
+        data_start = 8 + header_len
+        return _parse_header(path, raw, data_start, size - data_start)
+
+    @property
+    def _fd(self) -> int:
+        if self._file is None:
+            raise InvalidOptionError(f"{self.path}: reader is closed")
+        return self._file.fileno()
+
+    def _info(self, name: str) -> TensorInfo:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise InvalidOptionError(f"{self.path}: no tensor named {name!r}") from None
+
+    def read_bytes(self, name: str) -> bytes:
+        """The raw little-endian bytes of tensor ``name`` (len == its nbytes)."""
+        info = self._info(name)
+        return _pread_exact(self._fd, info.nbytes, info.start, self.path)
+
+    def iter_chunks(self, name: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
+        """The raw bytes of tensor ``name`` as consecutive chunks of at most ``chunk_size``
+        bytes; nothing for an empty tensor. Memory held: one chunk."""
+        if not _is_int(chunk_size) or chunk_size <= 0:
+            raise InvalidOptionError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        info = self._info(name)
+        fd = self._fd
+        offset = info.start
+        while offset < info.end:
+            size = min(chunk_size, info.end - offset)
+            yield _pread_exact(fd, size, offset, self.path)
+            offset += size
+
+    def read_tensor(self, name: str) -> torch.Tensor:
+        """Tensor ``name`` as a new CPU torch tensor of its dtype and shape (BF16 →
+        torch.bfloat16, F8_E4M3 → torch.float8_e4m3fn, BOOL → torch.bool, …)."""
+        info = self._info(name)
+        dtype = torch_dtype(info.dtype)
+        if info.nbytes == 0:
+            return torch.empty(info.shape, dtype=dtype)
+        buffer = bytearray(info.nbytes)
+        _read_into(self._fd, memoryview(buffer), info.start, self.path)
+        return torch.frombuffer(buffer, dtype=dtype).reshape(info.shape)
+
+    def close(self) -> None:
+        """Close the file; idempotent."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> "SafetensorsReader":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def read_header(path: PathLike) -> tuple[dict[str, str], dict[str, TensorInfo]]:
+    """``(metadata, tensors)`` of a safetensors file, validated exactly as SafetensorsReader
+    does, without reading any tensor data. For planners and ``inspect``."""
+    with SafetensorsReader(path) as reader:
+        return reader.metadata, reader.tensors
+
+
+TensorSpec = tuple[str, str, Sequence[int]]
+
+
+def encode_header(
+    specs: Sequence[TensorSpec], metadata: dict[str, str] | None = None
+) -> tuple[bytes, list[TensorInfo]]:
+    """The exact bytes a SafetensorsWriter puts before the data (8-byte length + JSON header),
+    and each tensor's TensorInfo with absolute offsets in the output file.
+
+    ``specs`` is an ordered list of (name, dtype name, shape); data is laid out contiguously in
+    that order. The JSON is compact, ``__metadata__`` comes first with its keys sorted and gets
+    ``"format": "pt"`` unless the caller gave a format, and the header is padded with spaces to
+    a multiple of 8 bytes, as the reference writer does. Same inputs → same bytes. Raises
+    InvalidOptionError for a duplicate or reserved name, an unknown dtype, a bad shape,
+    non-string metadata or a header above MAX_HEADER_SIZE."""
+    meta = dict(metadata or {})
+    for key, value in meta.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise InvalidOptionError(
+                f"metadata must map strings to strings; {key!r} → {type(value).__name__}"
+            )
+    meta.setdefault("format", "pt")
+
+    header: dict[str, Any] = {"__metadata__": {key: meta[key] for key in sorted(meta)}}
+    layout: list[tuple[str, str, tuple[int, ...], int, int]] = []
+    offset = 0
+    for spec in specs:
+        name, dtype, shape = spec
+        if not isinstance(name, str) or name == "__metadata__":
+            raise InvalidOptionError(f"invalid tensor name {name!r}")
+        if name in header:
+            raise InvalidOptionError(f"tensor {name!r} appears twice in the specs")
+        if dtype not in DTYPE_ITEMSIZE:
+            raise InvalidOptionError(f"tensor {name!r} has unknown dtype {dtype!r}")
+        shape = tuple(shape)
+        if not all(_is_int(d) and d >= 0 for d in shape):
+            raise InvalidOptionError(
+                f"tensor {name!r} has shape {shape!r}; expected non-negative integers"
+            )
+        nbytes = DTYPE_ITEMSIZE[dtype]
+        for d in shape:
+            nbytes *= d
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        layout.append((name, dtype, shape, offset, offset + nbytes))
+        offset += nbytes
+
+    try:
+        raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidOptionError(f"header has a string that is not valid Unicode: {exc}") from None
+    raw += b" " * (-len(raw) % 8)
+    if len(raw) > MAX_HEADER_SIZE:
+        raise InvalidOptionError(
+            f"header would be {len(raw)} bytes, above the {MAX_HEADER_SIZE}-byte limit"
+        )
+    data_start = 8 + len(raw)
+    infos = [
+        TensorInfo(name, dtype, shape, data_start + begin, data_start + end)
+        for name, dtype, shape, begin, end in layout
+    ]
+    return struct.pack("<Q", len(raw)) + raw, infos
+
+
+class SafetensorsWriter:
+    """Streams one safetensors file whose header is fixed up front.
+
+    ``SafetensorsWriter(target, specs, metadata)`` computes the header with encode_header and
+    writes it at once; then each tensor is given exactly once, in the order of ``specs``, by
+    ``write_tensor`` or ``write_raw``. ``target`` is a path (opened "wb", closed by close()) or a
+    writable binary file object (written from its current position, flushed but left open).
+    close() / leaving the ``with`` block raises InvalidOptionError if any tensor was not written.
+    Misuse (wrong order, wrong dtype, wrong byte count) raises InvalidOptionError. Atomic
+    replacement is the caller's job; fsync() makes the bytes durable first.
+
+    ``tensors`` holds each TensorInfo with absolute offsets; ``file_size`` is the final size.
+    """
+
+    def __init__(
+        self,
+        target: Union[PathLike, IO[bytes]],
+        specs: Sequence[TensorSpec],
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        head, infos = encode_header(specs, metadata)
+        self.tensors: dict[str, TensorInfo] = {info.name: info for info in infos}
+        self._order = infos
+        self._next = 0
+        self.file_size = len(head) + sum(info.nbytes for info in infos)
+        if hasattr(target, "write"):
+            self._file = target
+            self._owns_file = False
+            self.path = getattr(target, "name", "<file object>")
+        else:
+            self.path = os.fspath(target)  # type: ignore[arg-type]
+            self._file = open(self.path, "wb")
+            self._owns_file = True
+        self._closed = False
+        self._file.write(head)
+
+    def _expect(self, name: str) -> TensorInfo:
+        if self._closed:
+            raise InvalidOptionError(f"{self.path}: writer is closed")
+        if name not in self.tensors:
+            raise InvalidOptionError(f"{self.path}: tensor {name!r} is not in the header")
+        if self._next >= len(self._order) or self._order[self._next].name != name:
+            if self._order.index(self.tensors[name]) < self._next:
+                raise InvalidOptionError(f"{self.path}: tensor {name!r} was already written")
+            raise InvalidOptionError(
+                f"{self.path}: tensor {name!r} written out of order; "
+                f"expected {self._order[self._next].name!r} next"
+            )
+        return self._order[self._next]
+
+    def write_tensor(self, name: str, data: torch.Tensor) -> None:
+        """Write tensor ``name`` as the contiguous raw bytes of ``data`` (any device). Its
+        dtype must be the spec's and its nbytes the spec's byte count; the shape may differ."""
+        info = self._expect(name)
+        if not isinstance(data, torch.Tensor):
+            raise InvalidOptionError(
+                f"{self.path}: tensor {name!r}: expected a torch.Tensor, got {type(data).__name__}"
+            )
+        got = dtype_name(data.dtype)
+        if got != info.dtype:
+            raise InvalidOptionError(
+                f"{self.path}: tensor {name!r} was declared {info.dtype} but is {got}"
+            )
+        nbytes = data.numel() * data.element_size()
+        if nbytes != info.nbytes:
+            raise InvalidOptionError(
+                f"{self.path}: tensor {name!r} was declared {info.shape} ({info.nbytes} bytes) "
+                f"but has shape {tuple(data.shape)} ({nbytes} bytes)"
+            )
+        if nbytes:
+            flat = data.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+            self._file.write(memoryview(flat.numpy()))
+        self._next += 1
+
+    def write_raw(self, name: str, chunks: Iterable[bytes]) -> None:
+        """Write tensor ``name`` from raw little-endian byte chunks (bytes-like objects), each
+        written as it arrives; their total length must equal the spec's byte count."""
+        info = self._expect(name)
+        written = 0
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B")
+            if written + view.nbytes > info.nbytes:
+                raise InvalidOptionError(
+                    f"{self.path}: raw data for tensor {name!r} exceeds its {info.nbytes} bytes"
+                )
+            self._file.write(view)
+            written += view.nbytes
+        if written != info.nbytes:
+            raise InvalidOptionError(
+                f"{self.path}: raw data for tensor {name!r} has {written} bytes, "
+                f"expected {info.nbytes}"
+            )
+        self._next += 1
+
+    def fsync(self) -> None:
+        """Flush Python's buffer and ask the OS to commit the file to disk."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def _finish(self, check: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._file.flush()
+        finally:
+            if self._owns_file:
+                self._file.close()
+        if check and self._next < len(self._order):
+            missing = [info.name for info in self._order[self._next :]]
+            raise InvalidOptionError(
+                f"{self.path}: closed with {len(missing)} tensor(s) not written: "
+                f"{', '.join(map(repr, missing[:5]))}{' …' if len(missing) > 5 else ''}"
+            )
+
+    def close(self) -> None:
+        """Flush (and close, if the writer opened it) the file, then raise InvalidOptionError if
+        any tensor of the header was not written. Idempotent."""
+        self._finish(check=True)
+
+    def __enter__(self) -> "SafetensorsWriter":
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self._finish(check=exc_type is None)
