@@ -1,0 +1,144 @@
+"""The resize engine: tensor kinds, dtypes, conv families and the geometry rule (DESIGN §2–§3, §7)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernelscale import new_padding, resize_conv, resize_grid_linear, resize_kernel
+from kernelscale.transforms import build_kernel_resize
+
+
+def reference(weight: torch.Tensor, scale, **options) -> torch.Tensor:
+    """float64 R_1⊗…⊗R_d applied slice by slice."""
+    op = build_kernel_resize(weight.shape[2:], scale, **options)
+    flat = weight.double().reshape(-1, int(np.prod(weight.shape[2:])))
+    return (flat @ torch.tensor(op.dense()).T).reshape(*weight.shape[:2], *op.out_shape)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5), (4, 3, 3, 3), (2, 2, 3, 3, 3), (6, 1, 3, 3)])
+def test_every_dimensionality_matches_the_float64_reference(shape):
+    weight = torch.randn(*shape, dtype=torch.float64)
+    for mode in ("linear", "cubic"):
+        torch.testing.assert_close(resize_kernel(weight, 2, mode=mode), reference(weight, 2, mode=mode), rtol=0, atol=1e-13)
+
+
+def test_large_3d_kernels_take_the_separable_path():
+    weight = torch.randn(2, 2, 3, 3, 3, dtype=torch.float64)  # cubic: 11³ = 1331 taps > the dense limit
+    torch.testing.assert_close(resize_kernel(weight, 2, mode="cubic"), reference(weight, 2, mode="cubic"), rtol=0, atol=1e-13)
+
+
+def test_long_1d_kernel_takes_the_separable_path():
+    weight = torch.randn(3, 1, 256, dtype=torch.float64)
+    torch.testing.assert_close(resize_kernel(weight, 2), reference(weight, 2), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_computed_in_float32_and_rounded_once(dtype):
+    weight = torch.randn(8, 4, 3, 3).to(dtype)
+    out = resize_kernel(weight, 2, mode="cubic")
+    assert out.dtype == dtype
+    expected = reference(weight.float(), 2, mode="cubic").float().to(dtype)  # one rounding from ≈ exact
+    # float32 accumulation of 9 terms may flip the final rounding only at ties: at most one ulp.
+    ulp = {torch.float16: 2**-10, torch.bfloat16: 2**-7}[dtype]
+    torch.testing.assert_close(out.float(), expected.float(), rtol=ulp, atol=ulp * 2**-14)
+
+
+def test_float64_stays_float64_and_numpy_returns_numpy():
+    array = np.random.default_rng(0).standard_normal((2, 3, 3, 3))
+    out = resize_kernel(array, 2)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float64 and out.shape == (2, 3, 7, 7)
+    np.testing.assert_allclose(out, reference(torch.tensor(array), 2).numpy(), atol=1e-14)
+    out32 = resize_kernel(array.astype(np.float32), 2)
+    assert out32.dtype == np.float32
+
+
+def test_out_dtype_rounds_once():
+    weight = torch.randn(3, 3, 3, 3)
+    out = resize_kernel(weight, 2, out_dtype=torch.bfloat16)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, reference(weight, 2).float().to(torch.bfloat16), rtol=2**-7, atol=0)
+
+
+def test_per_axis_and_fractional_scales():
+    weight = torch.randn(2, 2, 3, 5, dtype=torch.float64)
+    out = resize_kernel(weight, (1.0, 2.0))
+    assert out.shape == (2, 2, 3, 11)
+    torch.testing.assert_close(out, reference(weight, (1.0, 2.0)), rtol=0, atol=1e-14)
+    assert resize_kernel(weight, 1.5).shape == (2, 2, 5, 9)  # |u| ≤ 1.5·((k−1)/2 + 1)
+
+
+def test_grouped_and_transposed_weights_resize_their_spatial_axes_only():
+    depthwise = torch.randn(16, 1, 3, 3, dtype=torch.float64)
+    transposed = torch.randn(4, 8, 4, 4, dtype=torch.float64)  # (C_in, C_out/groups, k, k)
+    assert resize_kernel(depthwise, 2).shape == (16, 1, 7, 7)
+    torch.testing.assert_close(resize_kernel(transposed, 2), reference(transposed, 2))
+
+
+@pytest.mark.parametrize("k, p, s, expected", [
+    (3, 1, 2, 3.0),   # same conv 3×3 → 7×7: p' = 3
+    (3, 0, 2, 1.0),   # valid conv keeps its crop, scaled: δ = 1 → p' = 3 − 2
+    (5, 2, 2, 5.0),
+    (1, 0, 2, 0.0),
+])
+def test_geometry_rule(k, p, s, expected):
+    new_k = resize_conv(torch.randn(2, 2, k, k), s, padding=p).weight.shape[-1]
+    assert new_padding(k, new_k, s, p) == expected
+
+
+def test_same_conv_stays_same_on_a_real_layer():
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    out = resize_conv(conv.weight.detach(), 2, padding=1)
+    x = torch.randn(1, 3, 10, 12)
+    y = F.conv2d(x, out.weight, padding=out.geometry.integer_padding())
+    assert y.shape[-2:] == x.shape[-2:]
+
+
+def test_cells_padding_is_fractional_and_refused_by_integer_padding():
+    out = resize_conv(torch.randn(2, 2, 3, 3), 2, padding=1, align="cells")
+    assert out.geometry.padding == (2.5, 2.5)
+    with pytest.raises(ValueError, match="conv1"):
+        out.geometry.integer_padding("conv1")
+
+
+def test_geometry_only_dilation_equals_the_zero_inserted_kernel():
+    weight = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    x = torch.randn(1, 3, 20, 20, dtype=torch.float64)
+    geo = resize_conv(weight, 2, padding=1, method="dilate", geometry_only=True)
+    full = resize_conv(weight, 2, padding=1, method="dilate")
+    assert geo.weight is weight and geo.geometry.dilation == (2, 2) and full.geometry.kernel_size == (5, 5)
+    a = F.conv2d(x, weight, padding=geo.geometry.integer_padding(), dilation=geo.geometry.dilation)
+    b = F.conv2d(x, full.weight, padding=full.geometry.integer_padding())
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+
+
+def test_absorb_scales_stride_and_keeps_patches_aligned():
+    weight = torch.randn(8, 3, 4, 4, dtype=torch.float64)
+    out = resize_conv(weight, 2, stride=4, absorb=True, align="cells", method="pinv")
+    assert out.geometry.stride == (8, 8) and out.geometry.kernel_size == (8, 8) and out.geometry.padding == (0.0, 0.0)
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    # pinv absorbs exactly when each patch is upsampled on its own: compare patch by patch.
+    patches = x.unfold(2, 4, 4).unfold(3, 4, 4)  # (1, 3, 4, 4, 4, 4)
+    up_patches = F.interpolate(patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, 4, 4), scale_factor=2, mode="bilinear", align_corners=False)
+    low = torch.einsum("ocij,pcij->po", weight, patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, 4, 4))
+    high = torch.einsum("ocij,pcij->po", out.weight, up_patches)
+    torch.testing.assert_close(high, low, rtol=0, atol=1e-12)
+    assert F.conv2d(up, out.weight, stride=8).shape == F.conv2d(x, weight, stride=4).shape
+
+
+def test_grid_linear_shapes_and_coefficient():
+    weight = torch.ones(5, 2 * 4 * 4, dtype=torch.float64)
+    out = resize_grid_linear(weight, (2, 4, 4), 2)
+    assert out.shape == (5, 2 * 8 * 8)
+    # coefficient HW/(H'W'): a constant input keeps its response, W'·1 = W·1.
+    torch.testing.assert_close(out.sum(1), weight.sum(1))
+
+
+def test_cuda_tensors_stay_on_their_device():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    weight = torch.randn(4, 4, 3, 3, device="cuda")
+    assert resize_kernel(weight, 2).device == weight.device
