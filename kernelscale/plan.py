@@ -24,6 +24,7 @@ from kernelscale.transforms import (
     METHODS,
     MODES,
     Coef,
+    DisperseParams,
     build_axis_resize,
     build_kernel_resize,
     normalise_scales,
@@ -97,9 +98,12 @@ class ResizeOptions:
     grids: tuple[tuple[str, tuple[int, int, int]], ...] = ()
     layers: tuple[LayerRule, ...] = ()
     geometry_only: bool = False
+    disperse: DisperseParams = DisperseParams()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", _scale_value(self.scale, "scale"))
+        if isinstance(self.disperse, Mapping):
+            object.__setattr__(self, "disperse", DisperseParams(**self.disperse))
         _check_choice("method", self.method, METHODS)
         _check_choice("mode", self.mode, MODES)
         _check_choice("align", self.align, ALIGNS)
@@ -130,6 +134,7 @@ class ResizeOptions:
             "grids": {name: list(shape) for name, shape in self.grids},
             "layers": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(r).items() if v is not None} for r in self.layers],
             "geometry_only": self.geometry_only,
+            "disperse": vars(self.disperse).copy(),
         }
 
 
@@ -175,6 +180,7 @@ class TensorPlan:
     absorb: bool = False
     grid: Optional[tuple[int, int, int]] = None
     record: Optional[Mapping[str, Any]] = field(default=None, compare=False)
+    disperse: DisperseParams = DisperseParams()
 
     @property
     def changed(self) -> bool:
@@ -330,7 +336,7 @@ def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[tuple[int
         return _plan_conv(spec, scales, method, mode, "cells", coef, f"absorbs the scale ({source})", absorb=True)
     if method == "dilate" and options.geometry_only:
         return _plan_geometry(spec, scales, source)
-    return _plan_conv(spec, scales, method, mode, align, coef, source)
+    return _plan_conv(spec, scales, method, mode, align, coef, source, disperse=options.disperse)
 
 
 def _kernel_scales(scale: Scale, ndim: int, name: str) -> tuple[float, ...]:
@@ -348,9 +354,10 @@ def _named(name: str, build, *args):
         raise InvalidOptionError(f"{name}: {exc}") from None
 
 
-def _plan_conv(spec: TensorSpec, scales, method, mode, align, coef, reason: str, absorb: bool = False) -> TensorPlan:
+def _plan_conv(spec: TensorSpec, scales, method, mode, align, coef, reason: str, absorb: bool = False,
+               disperse: DisperseParams = DisperseParams()) -> TensorPlan:
     spatial = tuple(spec.shape[2:])
-    operator = _named(spec.name, build_kernel_resize, spatial, scales, method, mode, align, coef)
+    operator = _named(spec.name, build_kernel_resize, spatial, scales, method, mode, align, coef, disperse)
     if absorb and any(not float(s).is_integer() for s in scales):
         raise InvalidOptionError(f"{spec.name}: an absorbing layer needs integer scales, got {scales!r}")
     new_shape = tuple(spec.shape[:2]) + operator.out_shape
@@ -363,12 +370,16 @@ def _plan_conv(spec: TensorSpec, scales, method, mode, align, coef, reason: str,
         "scale": list(scales),
         "old_spatial": list(spatial),
         "new_spatial": list(operator.out_shape),
-        "centre_offset": [a.centre_offset if not absorb else 0.0 for a in operator.axes],
+        "centre_offset": [a.centre_offset if not absorb else 0.0 for a in operator.axes] or [0.0] * len(spatial),
         "absorb": absorb,
         "dilation": None,
     }
-    return TensorPlan(spec.name, spec.dtype, spec.shape, "resize", f"{method}/{mode}/{align} ({reason})", new_shape,
-                      "conv", method, mode, align, coef, scales, absorb, None, record)
+    label = f"{method}/{mode}/{align}"
+    if method == "disperse":
+        record.update(mode=None, coef=None, disperse={**vars(disperse), "size": operator.out_shape[0], "relative_loss": operator.relative_loss})
+        label = f"disperse k'={operator.out_shape[0]} m={disperse.probe} eta={disperse.eta}"
+    return TensorPlan(spec.name, spec.dtype, spec.shape, "resize", f"{label} ({reason})", new_shape,
+                      "conv", method, mode, align, coef, scales, absorb, None, record, disperse)
 
 
 def _plan_geometry(spec: TensorSpec, scales, reason: str) -> TensorPlan:

@@ -18,6 +18,7 @@ from kernelscale import dispatch
 from kernelscale.errors import GeometryError, InvalidOptionError, UnsupportedTensorError
 from kernelscale.transforms import (
     Coef,
+    DisperseParams,
     KernelResize,
     build_axis_resize,
     build_kernel_resize,
@@ -113,6 +114,9 @@ def apply_kernel_resize(
     if n_in <= DENSE_MAX_IN and n_out <= DENSE_MAX_OUT:
         out = dispatch.apply_dense(slices.reshape(n, n_in), _torch_matrix(operator.dense(), slices), out_dtype, backend=backend)
         return out.reshape(n, *k_out)
+    if not operator.separable:  # a dense operator beyond the fused kernel's register budget
+        out = dispatch.apply_dense(slices.reshape(n, n_in), _torch_matrix(operator.dense(), slices), out_dtype, backend="torch")
+        return out.reshape(n, *k_out)
     if len(k_in) <= 2:
         rows = operator.axes[0].matrix if len(k_in) == 2 else np.ones((1, 1))
         cols = operator.axes[-1].matrix
@@ -137,6 +141,7 @@ def resize_kernel(
     name: str = "weight",
     out_dtype: Optional[torch.dtype] = None,
     backend: Optional[str] = None,
+    disperse: DisperseParams = DisperseParams(),
 ) -> TensorLike:
     """Resize a conv weight ``(C_out, C_in/groups, *k)`` (or transposed ``(C_in, C_out/groups, *k)``).
 
@@ -147,7 +152,7 @@ def resize_kernel(
     x = _to_torch(weight, name)
     if not 3 <= x.ndim <= 5:
         raise UnsupportedTensorError(f"{name}: a conv weight has 3 to 5 dims (C, C, *k), got shape {tuple(x.shape)}")
-    operator = _operator(x.shape[2:], scale, method, mode, align, coef, name)
+    operator = _operator(x.shape[2:], scale, method, mode, align, coef, name, disperse)
     if operator.is_identity and (out_dtype is None or out_dtype == x.dtype):
         return weight
     lead = x.shape[:2]
@@ -155,9 +160,9 @@ def resize_kernel(
     return _like_input(out.reshape(*lead, *operator.out_shape), weight)
 
 
-def _operator(spatial: Sequence[int], scale, method, mode, align, coef, name: str) -> KernelResize:
+def _operator(spatial: Sequence[int], scale, method, mode, align, coef, name: str, disperse: DisperseParams = DisperseParams()) -> KernelResize:
     try:
-        return build_kernel_resize(tuple(int(k) for k in spatial), scale, method, mode, align, coef)
+        return build_kernel_resize(tuple(int(k) for k in spatial), scale, method, mode, align, coef, disperse)
     except InvalidOptionError as exc:
         raise InvalidOptionError(f"{name} (kernel {tuple(spatial)}): {exc}") from None
 
@@ -189,6 +194,7 @@ def resize_conv(
     name: str = "weight",
     out_dtype: Optional[torch.dtype] = None,
     backend: Optional[str] = None,
+    disperse: DisperseParams = DisperseParams(),
 ) -> ResizedConv:
     """Resize a conv weight and derive the layer's new geometry (DESIGN §3, §5).
 
@@ -227,8 +233,9 @@ def resize_conv(
         geometry = ConvGeometry(new_kernel, tuple(float(p * f) for p, f in zip(pad, factors)), tuple(st * f for st, f in zip(stride_t, factors)), dil)
         return ResizedConv(resized, geometry, _operator(kernel, scales, method, mode, "cells", coef, name))
 
-    operator = _operator(kernel, scales, method, mode, align, coef, name)
-    resized = resize_kernel(weight, scales, method=method, mode=mode, align=align, coef=coef, name=name, out_dtype=out_dtype, backend=backend)
+    operator = _operator(kernel, scales, method, mode, align, coef, name, disperse)
+    resized = resize_kernel(weight, scales, method=method, mode=mode, align=align, coef=coef, name=name, out_dtype=out_dtype,
+                            backend=backend, disperse=disperse)
     pads = tuple(new_padding(k, kn, s, p, d, d) for k, kn, s, p, d in zip(kernel, operator.out_shape, scales, pad, dil))
     return ResizedConv(resized, ConvGeometry(operator.out_shape, pads, stride_t, dil), operator)
 

@@ -42,7 +42,7 @@ def apply_entry(
         return resize_grid_linear(tensor, entry.grid, entry.scales, method=entry.method, mode=entry.mode, align=entry.align,
                                   coef=entry.coef, name=entry.name, out_dtype=out_dtype, backend=backend)
     return resize_kernel(tensor, entry.scales, method=entry.method, mode=entry.mode, align=entry.align, coef=entry.coef,
-                         name=entry.name, out_dtype=out_dtype, backend=backend)
+                         name=entry.name, out_dtype=out_dtype, backend=backend, disperse=entry.disperse)
 
 
 def resize_state_dict(

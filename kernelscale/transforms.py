@@ -14,13 +14,13 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
 from kernelscale.errors import InvalidOptionError
 
-METHODS = ("interp", "dilate", "pinv")
+METHODS = ("interp", "dilate", "pinv", "disperse")
 MODES = ("nearest", "linear", "cubic", "lanczos3")
 ALIGNS = ("taps", "cells")
 COEF_MODES = ("mass", "paper")
@@ -160,6 +160,8 @@ def build_axis_resize(
         raise InvalidOptionError(f"kernel size must be a positive integer, got {k!r}")
     k = int(k)
 
+    if method == "disperse":
+        raise InvalidOptionError("method 'disperse' is not separable: build it with build_kernel_resize")
     if k == 1 or scale == 1.0:
         matrix = np.eye(k)
     elif method == "dilate":
@@ -286,28 +288,57 @@ def _lanczos_cells(n_in: int, n_out: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class DisperseParams:
+    """Settings of method ``disperse``: new kernel size (default (k−1)s+1), probe size m, weight η."""
+
+    size: Optional[int] = None
+    probe: int = 7
+    eta: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.size is not None and (isinstance(self.size, bool) or int(self.size) != self.size or self.size < 1):
+            raise InvalidOptionError(f"disperse size must be a positive odd integer, got {self.size!r}")
+        if isinstance(self.probe, bool) or int(self.probe) != self.probe or self.probe < 2:
+            raise InvalidOptionError(f"disperse probe must be an integer >= 2, got {self.probe!r}")
+        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not math.isfinite(self.eta) or self.eta < 0:
+            raise InvalidOptionError(f"disperse eta must be a finite number >= 0, got {self.eta!r}")
+
+
+@dataclass(frozen=True)
 class KernelResize:
-    """The resize of a d-dimensional kernel: one AxisResize per spatial axis.
+    """The resize of a d-dimensional kernel: one AxisResize per spatial axis, or one dense
+    non-separable matrix (method ``disperse``).
 
     ``dense()`` is ``R_1 ⊗ … ⊗ R_d`` of shape ``(prod k_out, prod k_in)`` (row-major tap order,
-    matching ``weight.reshape(-1, prod k_in)``).
+    matching ``weight.reshape(-1, prod k_in)``). ``relative_loss`` is the disperse calibration's.
     """
 
     axes: tuple[AxisResize, ...]
+    matrix: Optional[np.ndarray] = field(default=None, repr=False)
+    relative_loss: Optional[float] = None
+    dense_shapes: Optional[tuple[tuple[int, ...], tuple[int, ...]]] = None
 
     @property
     def in_shape(self) -> tuple[int, ...]:
-        return tuple(a.k_in for a in self.axes)
+        return self.dense_shapes[0] if self.dense_shapes else tuple(a.k_in for a in self.axes)
 
     @property
     def out_shape(self) -> tuple[int, ...]:
-        return tuple(a.k_out for a in self.axes)
+        return self.dense_shapes[1] if self.dense_shapes else tuple(a.k_out for a in self.axes)
+
+    @property
+    def separable(self) -> bool:
+        return self.matrix is None
 
     @property
     def is_identity(self) -> bool:
+        if self.matrix is not None:
+            return False
         return all(a.k_in == a.k_out and np.array_equal(a.matrix, np.eye(a.k_in)) for a in self.axes)
 
     def dense(self) -> np.ndarray:
+        if self.matrix is not None:
+            return self.matrix
         return _kron_all(tuple(a.matrix for a in self.axes))
 
 
@@ -334,14 +365,19 @@ def build_kernel_resize(
     mode: str = "linear",
     align: str = "taps",
     coef: Coef = "mass",
+    disperse: DisperseParams = DisperseParams(),
 ) -> KernelResize:
     """Build the resize of a kernel with spatial shape ``kernel_shape`` (d = 1, 2 or 3 axes).
 
     ``scale`` is one number or one per axis. A user float ``coef`` is the constant for the whole
     kernel and is folded into the first resized axis; ``"mass"``/``"paper"`` act per axis.
+    ``disperse`` (method ``"disperse"`` only): see :mod:`kernelscale.disperse`; the kernel must
+    have equal odd sizes and equal integer scales on every axis.
     """
     scales = normalise_scales(scale, len(kernel_shape))
     coef = validate_coef(coef)
+    if method == "disperse":
+        return _disperse_resize(tuple(int(k) for k in kernel_shape), scales, disperse)
     per_axis_coef: Coef = coef if isinstance(coef, str) else 1.0
     axes = [build_axis_resize(int(k), s, method, mode, align, per_axis_coef) for k, s in zip(kernel_shape, scales)]
     if not isinstance(coef, str) and coef != 1.0 and method != "pinv":
@@ -353,6 +389,21 @@ def build_kernel_resize(
             matrix.flags.writeable = False
             axes[i] = AxisResize(matrix, a.k_in, a.k_out, a.scale, a.method, a.mode, a.align, coef)
     return KernelResize(tuple(axes))
+
+
+def _disperse_resize(kernel_shape: tuple[int, ...], scales: tuple[float, ...], params: DisperseParams) -> KernelResize:
+    from kernelscale.disperse import disperse_matrix
+
+    if len(set(kernel_shape)) != 1 or len(set(scales)) != 1:
+        raise InvalidOptionError(f"method 'disperse' needs a square kernel and one scale, got kernel {kernel_shape} and scales {scales}")
+    k, s = kernel_shape[0], scales[0]
+    if s == 1.0:
+        return build_kernel_resize(kernel_shape, scales, "interp")
+    if not float(s).is_integer():
+        raise InvalidOptionError(f"method 'disperse' needs an integer scale >= 1, got {s!r}")
+    size = params.size if params.size is not None else (k - 1) * int(s) + 1
+    matrix, loss = disperse_matrix(k, int(size), float(s), int(params.probe), float(params.eta), len(kernel_shape))
+    return KernelResize((), matrix, loss, (kernel_shape, (int(size),) * len(kernel_shape)))
 
 
 def filter_taps(mode: str, scale: int) -> np.ndarray:
