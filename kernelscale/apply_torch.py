@@ -1,0 +1,73 @@
+"""Pure-torch application of a resize matrix R to a batch of kernel slices (DESIGN §3, §7).
+
+This is the reference every other backend must equal, and the CPU default. Both functions take
+R with the coefficient already folded in, accumulate in float32 (float64 for float64 input) and
+round once, at the end, to ``out_dtype`` (DESIGN §6: fp16/bf16 computed in fp32, rounded once).
+
+Never imports triton or ``kernelscale.triton_ops``: dispatch is the only module that sees both.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernelscale.errors import InvalidOptionError
+
+_FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _check_dtypes(x: torch.Tensor, out_dtype: torch.dtype, what: str) -> None:
+    if x.dtype not in _FLOATING:
+        raise InvalidOptionError(f"{what}: input dtype {x.dtype} is not one of float16/bfloat16/float32/float64")
+    if out_dtype not in _FLOATING:
+        raise InvalidOptionError(f"{what}: out_dtype {out_dtype} is not one of float16/bfloat16/float32/float64")
+
+
+def _check_matrix(matrix: torch.Tensor, k_in: int, what: str, role: str) -> None:
+    if matrix.ndim != 2 or matrix.shape[1] != k_in:
+        raise InvalidOptionError(
+            f"{what}: {role} has shape {tuple(matrix.shape)}, expected (k_out, {k_in}) to match the input"
+        )
+
+
+def apply_dense_torch(x: torch.Tensor, matrix: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """Apply one dense map to every row: ``(N, K_in) → (N, K_out)``, ``y[n] = R · x[n]``.
+
+    ``x`` may have any strides and dtype float16/bfloat16/float32/float64; ``matrix`` is R
+    ``(K_out, K_in)`` with the coefficient folded in (float32, or float64 for float64 input; it
+    is converted to the compute dtype if not). Computes ``x.to(compute) @ R.T`` with compute =
+    float64 for float64 input, float32 otherwise, and casts once. Returns a contiguous
+    ``(N, K_out)`` tensor of ``out_dtype`` on ``x``'s device.
+    """
+    _check_dtypes(x, out_dtype, "apply_dense")
+    if x.ndim != 2:
+        raise InvalidOptionError(f"apply_dense: input has shape {tuple(x.shape)}, expected (N, K_in)")
+    _check_matrix(matrix, x.shape[1], "apply_dense", "matrix")
+    compute = _compute_dtype(x)
+    r = matrix.to(device=x.device, dtype=compute)
+    return (x.to(compute) @ r.T).to(out_dtype).contiguous()
+
+
+def apply_separable_torch(
+    x: torch.Tensor, row_matrix: torch.Tensor, col_matrix: torch.Tensor, out_dtype: torch.dtype
+) -> torch.Tensor:
+    """Apply a separable map to every plane: ``(N, H, W) → (N, H', W')``, ``y[n] = A · x[n] · Bᵀ``.
+
+    ``row_matrix`` is A ``(H', H)``, ``col_matrix`` is B ``(W', W)``; the coefficient is folded
+    into them. A 1-D signal is the case ``H = H' = 1`` (A is the 1×1 coefficient). Accumulates
+    in float32 (float64 for float64 input), multiplying ``(A · x[n]) · Bᵀ`` in that order, and
+    casts once. Returns a contiguous tensor of ``out_dtype``.
+    """
+    _check_dtypes(x, out_dtype, "apply_separable")
+    if x.ndim != 3:
+        raise InvalidOptionError(f"apply_separable: input has shape {tuple(x.shape)}, expected (N, H, W)")
+    _check_matrix(row_matrix, x.shape[1], "apply_separable", "row_matrix")
+    _check_matrix(col_matrix, x.shape[2], "apply_separable", "col_matrix")
+    compute = _compute_dtype(x)
+    a = row_matrix.to(device=x.device, dtype=compute)
+    b = col_matrix.to(device=x.device, dtype=compute)
+    return torch.matmul(torch.matmul(a, x.to(compute)), b.T).to(out_dtype).contiguous()
