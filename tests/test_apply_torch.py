@@ -164,3 +164,19 @@ def test_torch_path_does_not_import_triton():
 
     source = open(mod.__file__).read()
     assert "import triton" not in source and "triton_ops" not in source.split('"""', 2)[2]
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float16, torch.float32])
+def test_cpu_row_blocks_match_one_product(out_dtype):
+    """Above CPU_BLOCK_ROWS the rows are processed in cache-sized blocks. A BLAS may order a
+    row's 9-term float32 sum differently per block size (≤ 9·2⁻²⁴ relative to Σ|x·r|), which can
+    flip the final rounding by one ulp of the output dtype at most."""
+    from kernelscale.apply_torch import CPU_BLOCK_ROWS
+
+    x = torch.randn(2 * CPU_BLOCK_ROWS + 123, 9).half()
+    r = torch.randn(49, 9)
+    expected = torch.cat([(x[i : i + 1000].float() @ r.T) for i in range(0, x.shape[0], 1000)]).to(out_dtype)
+    got = apply_dense_torch(x, r, out_dtype)
+    ulp = {torch.float16: 2**-10, torch.float32: 2**-23}[out_dtype]
+    bound = 9 * 2**-24 * (x.float().abs() @ r.abs().T) + ulp * expected.float().abs()
+    assert torch.all((got.float() - expected.float()).abs() <= bound + 2**-24)
