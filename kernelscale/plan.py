@@ -78,6 +78,36 @@ class LayerRule:
 
 
 @dataclass(frozen=True)
+class AttentionRule:
+    """Bake an attention temperature into query projections (ScaleCrafter and others).
+
+    When a self-attention layer's token count grows from ``tokens`` to ``new_tokens`` (default
+    ``tokens·s²``, an image level), its logits are scaled by √(log n' / log n). Multiplying the
+    query projection's weight and bias (the tensors matching ``pattern``, e.g. ``*attn1.to_q``)
+    by that factor carries the correction in the checkpoint for any loader.
+    """
+
+    pattern: str
+    tokens: int
+    new_tokens: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        for what in ("tokens", "new_tokens"):
+            value = getattr(self, what)
+            if value is not None and (isinstance(value, bool) or int(value) != value or value < 2):
+                raise InvalidOptionError(f"attention rule {self.pattern!r}: {what} must be an integer >= 2, got {value!r}")
+
+    def factor(self, scale: Scale) -> float:
+        """√(log n' / log n), n' = new_tokens or tokens·∏s over two image axes."""
+        if self.new_tokens is not None:
+            new = self.new_tokens
+        else:
+            scales = scale if isinstance(scale, tuple) else (scale, scale)
+            new = self.tokens * math.prod(scales[-2:])
+        return math.sqrt(math.log(new) / math.log(self.tokens))
+
+
+@dataclass(frozen=True)
 class ResizeOptions:
     """Every option of a resize job; one object serves the CLI and the Python API.
 
@@ -99,6 +129,7 @@ class ResizeOptions:
     layers: tuple[LayerRule, ...] = ()
     geometry_only: bool = False
     disperse: DisperseParams = DisperseParams()
+    attention: tuple[AttentionRule, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", _scale_value(self.scale, "scale"))
@@ -117,6 +148,8 @@ class ResizeOptions:
         object.__setattr__(self, "grids", tuple((str(k), _grid_shape(k, v)) for k, v in dict(grids).items()))
         layers = tuple(r if isinstance(r, LayerRule) else LayerRule(**r) for r in self.layers)
         object.__setattr__(self, "layers", layers)
+        attention = tuple(r if isinstance(r, AttentionRule) else AttentionRule(**r) for r in self.attention)
+        object.__setattr__(self, "attention", attention)
         if self.geometry_only and self.method != "dilate":
             raise InvalidOptionError(f"geometry-only surgery is re-dilation: method must be 'dilate', got {self.method!r}")
 
@@ -135,6 +168,7 @@ class ResizeOptions:
             "layers": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(r).items() if v is not None} for r in self.layers],
             "geometry_only": self.geometry_only,
             "disperse": vars(self.disperse).copy(),
+            "attention": [{k: v for k, v in vars(r).items() if v is not None} for r in self.attention],
         }
 
 
@@ -281,7 +315,8 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
         if tensor not in names:
             raise InvalidOptionError(f"grid {grid_name!r}: no tensor named {grid_name!r} or {grid_name + '.weight'!r}")
         grid_tensor[tensor] = grids[grid_name]
-    for what, patterns in (("--include", options.include), ("--absorb", options.absorb), ("layer rule", [r.pattern for r in options.layers])):
+    for what, patterns in (("--include", options.include), ("--absorb", options.absorb), ("layer rule", [r.pattern for r in options.layers]),
+                           ("attention rule", [r.pattern for r in options.attention])):
         for pattern in patterns:
             if not any(_matches(n, pattern) for n in names):
                 raise InvalidOptionError(f"{what} {pattern!r} matches no tensor")
@@ -290,7 +325,7 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
     extra_side = "after"
     for spec in specs:
         entry = _plan_one(spec, options, grid_tensor.get(spec.name))
-        if entry.record is not None and any(entry.record["centre_offset"]):
+        if entry.record is not None and any(entry.record.get("centre_offset") or ()):
             entry = replace(entry, record={**entry.record, "pad_extra": extra_side})
             extra_side = "before" if extra_side == "after" else "after"
         entries.append(entry)
@@ -301,7 +336,26 @@ def _copy(spec: TensorSpec, reason: str) -> TensorPlan:
     return TensorPlan(spec.name, spec.dtype, spec.shape, "copy", reason, spec.shape)
 
 
+def _attention_rule(name: str, rules: Sequence[AttentionRule]) -> Optional[AttentionRule]:
+    """The rule matching a query projection's weight or bias (``x.to_q.weight`` / ``x.to_q.bias``)."""
+    layer = name.rsplit(".", 1)[0] if name.endswith((".weight", ".bias")) else name
+    return next((r for r in rules if fnmatch.fnmatchcase(name, r.pattern) or fnmatch.fnmatchcase(layer, r.pattern)), None)
+
+
+def _plan_attention(spec: TensorSpec, rule: AttentionRule, scale: Scale) -> TensorPlan:
+    if spec.dtype not in RESIZABLE:
+        raise InvalidOptionError(f"attention rule {rule.pattern!r} matches {spec.name}, a {spec.dtype} tensor")
+    factor = rule.factor(scale)
+    record = {"kind": "attention", "factor": factor, "tokens": rule.tokens,
+              "new_tokens": rule.new_tokens, "scale": list(scale) if isinstance(scale, tuple) else [scale]}
+    return TensorPlan(spec.name, spec.dtype, spec.shape, "resize", f"attention temperature ×{factor:.4f} (rule {rule.pattern!r})",
+                      spec.shape, "attention", record=record)
+
+
 def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[tuple[int, int, int]]) -> TensorPlan:
+    attention = _attention_rule(spec.name, options.attention)
+    if attention is not None:
+        return _plan_attention(spec, attention, options.scale)
     absorb = _first_match(spec.name, options.absorb) is not None
     if grid is not None:
         if spec.dtype not in RESIZABLE:

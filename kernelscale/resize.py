@@ -293,3 +293,10 @@ def resize_grid_linear(
         planes, _torch_matrix(axes[0].matrix, x), _torch_matrix(axes[1].matrix, x), out_dtype or x.dtype, backend=backend
     )
     return _like_input(out.reshape(x.shape[0], c * axes[0].k_out * axes[1].k_out), weight)
+
+
+def scale_tensor(tensor: TensorLike, factor: float, out_dtype: Optional[torch.dtype] = None, name: str = "weight") -> TensorLike:
+    """``factor · tensor`` computed in float32 (float64 for float64) and rounded once; same kind."""
+    x = _to_torch(tensor, name)
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return _like_input((x.to(compute) * factor).to(out_dtype or x.dtype), tensor)

@@ -9,7 +9,7 @@ import torch
 
 from kernelscale.dtypes import dtype_name
 from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, plan_tensors
-from kernelscale.resize import TensorLike, resize_grid_linear, resize_kernel
+from kernelscale.resize import TensorLike, resize_grid_linear, resize_kernel, scale_tensor
 
 
 def spec_of(name: str, tensor: TensorLike) -> TensorSpec:
@@ -38,6 +38,8 @@ def apply_entry(
     """Execute one plan entry on its tensor; copies and geometry-only entries return ``tensor`` itself."""
     if entry.action != "resize":
         return tensor
+    if entry.kind == "attention":
+        return scale_tensor(tensor, entry.record["factor"], out_dtype)
     if entry.kind == "grid":
         return resize_grid_linear(tensor, entry.grid, entry.scales, method=entry.method, mode=entry.mode, align=entry.align,
                                   coef=entry.coef, name=entry.name, out_dtype=out_dtype, backend=backend)

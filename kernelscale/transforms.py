@@ -77,8 +77,8 @@ class AxisResize:
 
     ``matrix`` has shape ``(k_out, k_in)``, float64, read-only, coefficient folded in.
     ``centre_offset`` is the sub-pixel part, in output pixels, of the padding a 'same' conv
-    would need after this resize (0 for ``align="taps"``, ½ for cells with an even k_out from
-    an odd k_in): the half-pixel shift that padding cannot express.
+    would need after this resize by the DESIGN §3 rule (0 for ``align="taps"``, ½ for cells
+    with an even k_out from an odd k_in): the half-pixel shift that padding cannot express.
     """
 
     matrix: np.ndarray = field(repr=False)
@@ -92,7 +92,10 @@ class AxisResize:
 
     @property
     def centre_offset(self) -> float:
-        return float(((self.k_out - 1) / 2 - self.scale * (self.k_in - 1) / 2) % 1.0)
+        # A 'same' conv (odd k, δ = 0) needs p' = (k'−1)/2; an even kernel's typical padding
+        # has δ = ½, p' = (k'−1)/2 − s/2. The fractional part is what padding cannot express.
+        delta = 0.0 if self.k_in % 2 == 1 else 0.5
+        return float(((self.k_out - 1) / 2 - self.scale * delta) % 1.0)
 
 
 def validate_scale(scale: object, *, name: str = "scale") -> float:
