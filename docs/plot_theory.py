@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import sys
-import types
 from pathlib import Path
 
 import matplotlib
@@ -27,17 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
 
-def load_transforms():
-    """Import kernelscale.transforms without running the package __init__ (which pulls in the
-    resize engine and its backends): transforms depends only on numpy, torch and errors.py."""
-    if "kernelscale" not in sys.modules:
-        package = types.ModuleType("kernelscale")
-        package.__path__ = [str(ROOT / "kernelscale")]
-        sys.modules["kernelscale"] = package
-    return importlib.import_module("kernelscale.transforms")
-
-
-T = load_transforms()
+T = importlib.import_module("kernelscale.transforms")
 MODES = T.MODES  # nearest, linear, cubic, lanczos3
 COLOURS = {"nearest": "tab:blue", "linear": "tab:orange", "cubic": "tab:green", "lanczos3": "tab:red"}
 BANDS = (0.1, 0.25, 0.4)  # ν₀, cycles per low-res sample
