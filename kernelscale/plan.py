@@ -463,10 +463,10 @@ def _plan_geometry(spec: TensorSpec, scales, reason: str) -> TensorPlan:
 def _plan_grid(spec: TensorSpec, grid, scale, method, mode, coef, source: str, rule) -> TensorPlan:
     c, h, w = grid
     scales = _kernel_scales(scale, 2, spec.name)
-    if method == "dilate":
-        if rule is not None and rule.method == "dilate":
-            raise InvalidOptionError(f"{spec.name}: a grid is resized with interp (cells) or pinv, not dilate")
-        method, source = "interp", f"{source}; dilation does not apply to a grid"
+    if method not in ("interp", "pinv"):
+        if rule is not None and rule.method == method:
+            raise InvalidOptionError(f"{spec.name}: a grid is resized with interp (cells) or pinv, not {method}")
+        method, source = "interp", f"{source}; {method} does not apply to a grid"
     grid_coef = coef if rule is not None and rule.coef is not None else ("paper" if coef == "mass" else coef)
     axes = [_named(spec.name, build_axis_resize, n, s, method, mode, "cells", grid_coef) for n, s in zip((h, w), scales)]
     new_shape = (spec.shape[0], c * axes[0].k_out * axes[1].k_out)
