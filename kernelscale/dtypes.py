@@ -1,4 +1,4 @@
-"""Dtype names as safetensors spells them, and their torch and numpy counterparts."""
+"""Dtype names as safetensors spells them, their sizes, and their torch and numpy counterparts."""
 
 from __future__ import annotations
 
@@ -9,21 +9,23 @@ import torch
 
 from kernelscale.errors import UnsupportedTensorError
 
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
+DTYPE_ITEMSIZE: dict[str, int] = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2,
+    "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+    "U64": 8, "U32": 4, "U16": 2, "U8": 1,
+    "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
 }
-for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"), ("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64")):
-    if hasattr(torch, _attr):
-        TORCH_DTYPES[_name] = getattr(torch, _attr)
+"""Bytes per element of every dtype name kernelscale reads, as safetensors spells them."""
+
+TORCH_ATTR: dict[str, str] = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
+    "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8",
+    "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "F8_E8M0": "float8_e8m0fnu",
+}
+
+TORCH_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, attr) for name, attr in TORCH_ATTR.items() if hasattr(torch, attr)}
+"""The torch dtype of each name this torch build has."""
 
 DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in TORCH_DTYPES.items()}
 
@@ -32,20 +34,20 @@ RESIZABLE = ("F64", "F32", "F16", "BF16")
 
 
 def dtype_name(dtype: Union[str, torch.dtype, np.dtype]) -> str:
-    """The safetensors name ("F16", "BF16", …) of a torch or numpy dtype, or a name itself."""
+    """The safetensors name ("F16", "BF16", …) of a torch or numpy dtype, or a name itself.
+
+    Raises UnsupportedTensorError for a dtype safetensors has no name for.
+    """
     if isinstance(dtype, str):
-        if dtype in TORCH_DTYPES or dtype.startswith("F8"):
+        if dtype in DTYPE_ITEMSIZE:
             return dtype
         raise UnsupportedTensorError(f"unknown dtype name {dtype!r}")
     if isinstance(dtype, torch.dtype):
         if dtype in DTYPE_NAMES:
             return DTYPE_NAMES[dtype]
-        raise UnsupportedTensorError(f"unsupported torch dtype {dtype}")
-    np_dtype = np.dtype(dtype)
-    probe = torch.from_numpy(np.zeros(1, dtype=np_dtype)).dtype
-    return DTYPE_NAMES[probe]
-
-
-def of_tensor(value: object) -> str:
-    """The safetensors dtype name of a torch tensor or numpy array."""
-    return dtype_name(value.dtype)  # type: ignore[attr-defined]
+        raise UnsupportedTensorError(f"torch dtype {dtype} has no safetensors name")
+    try:
+        probe = torch.from_numpy(np.zeros(1, dtype=np.dtype(dtype))).dtype
+    except TypeError:
+        raise UnsupportedTensorError(f"numpy dtype {dtype} has no safetensors name") from None
+    return dtype_name(probe)

@@ -25,6 +25,7 @@ from typing import IO, Any, BinaryIO, Iterable, Iterator, Sequence, Union
 
 import torch
 
+from kernelscale.dtypes import DTYPE_ITEMSIZE, TORCH_ATTR as _TORCH_ATTR, TORCH_DTYPES
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -36,47 +37,7 @@ DEFAULT_CHUNK_SIZE = 64 << 20
 
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
 
-DTYPE_ITEMSIZE: dict[str, int] = {
-    "F64": 8,
-    "F32": 4,
-    "F16": 2,
-    "BF16": 2,
-    "I64": 8,
-    "I32": 4,
-    "I16": 2,
-    "I8": 1,
-    "U64": 8,
-    "U32": 4,
-    "U16": 2,
-    "U8": 1,
-    "BOOL": 1,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
-    "F8_E8M0": 1,
-}
-"""Bytes per element of every dtype name this module accepts, as safetensors spells them."""
-
-_TORCH_ATTR: dict[str, str] = {
-    "F64": "float64",
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "I64": "int64",
-    "I32": "int32",
-    "I16": "int16",
-    "I8": "int8",
-    "U64": "uint64",
-    "U32": "uint32",
-    "U16": "uint16",
-    "U8": "uint8",
-    "BOOL": "bool",
-    "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2",
-    "F8_E8M0": "float8_e8m0fnu",
-}
-_TO_TORCH: dict[str, torch.dtype] = {
-    name: getattr(torch, attr) for name, attr in _TORCH_ATTR.items() if hasattr(torch, attr)
-}
+_TO_TORCH = TORCH_DTYPES
 _FROM_TORCH: dict[torch.dtype, str] = {dtype: name for name, dtype in _TO_TORCH.items()}
 
 _TENSOR_KEYS = ("dtype", "shape", "data_offsets")
