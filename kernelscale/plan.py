@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
@@ -112,8 +113,13 @@ class ResizeOptions:
     """Every option of a resize job; one object serves the CLI and the Python API.
 
     ``scale``: one number or one per spatial axis (applied to the last axes of each kernel).
+    ``coef``: None (the default) means ``"mass"`` for conv kernels and ``"paper"`` — HW/(H'W'),
+    DESIGN §5 — for grids.
     ``grids``: ``(name, (C, H, W))`` pairs declaring Linear weights over a flattened grid.
-    ``absorb``: globs of layers that take the scale into their stride (DESIGN §5).
+    ``absorb``: globs of layers that take the scale into their stride (DESIGN §5). Everything
+    downstream of them sees the original resolution, so when absorb globs are given only the
+    absorbing layers, declared grids and tensors matching an include glob change
+    (``absorb_only``, resolved to ``bool(absorb)`` unless set).
     ``geometry_only``: with ``method="dilate"``, keep the weights and record ``dilation *= s``.
     """
 
@@ -121,7 +127,7 @@ class ResizeOptions:
     method: str = "interp"
     mode: str = "linear"
     align: str = "taps"
-    coef: Coef = "mass"
+    coef: Optional[Coef] = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     absorb: tuple[str, ...] = ()
@@ -130,6 +136,7 @@ class ResizeOptions:
     geometry_only: bool = False
     disperse: DisperseParams = DisperseParams()
     attention: tuple[AttentionRule, ...] = ()
+    absorb_only: Optional[bool] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", _scale_value(self.scale, "scale"))
@@ -138,12 +145,15 @@ class ResizeOptions:
         _check_choice("method", self.method, METHODS)
         _check_choice("mode", self.mode, MODES)
         _check_choice("align", self.align, ALIGNS)
-        object.__setattr__(self, "coef", validate_coef(self.coef))
+        if self.coef is not None:
+            object.__setattr__(self, "coef", validate_coef(self.coef))
         for what in ("include", "exclude", "absorb"):
             value = getattr(self, what)
             if isinstance(value, str):
                 value = (value,)
             object.__setattr__(self, what, tuple(value))
+        if self.absorb_only is None:
+            object.__setattr__(self, "absorb_only", bool(self.absorb))
         grids = dict(self.grids) if not isinstance(self.grids, Mapping) else self.grids
         object.__setattr__(self, "grids", tuple((str(k), _grid_shape(k, v)) for k, v in dict(grids).items()))
         layers = tuple(r if isinstance(r, LayerRule) else LayerRule(**r) for r in self.layers)
@@ -167,6 +177,7 @@ class ResizeOptions:
             "grids": {name: list(shape) for name, shape in self.grids},
             "layers": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(r).items() if v is not None} for r in self.layers],
             "geometry_only": self.geometry_only,
+            "absorb_only": self.absorb_only,
             "disperse": vars(self.disperse).copy(),
             "attention": [{k: v for k, v in vars(r).items() if v is not None} for r in self.attention],
         }
@@ -321,15 +332,20 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
             if not any(_matches(n, pattern) for n in names):
                 raise InvalidOptionError(f"{what} {pattern!r} matches no tensor")
 
-    entries = []
-    extra_side = "after"
-    for spec in specs:
-        entry = _plan_one(spec, options, grid_tensor.get(spec.name))
-        if entry.record is not None and any(entry.record.get("centre_offset") or ()):
-            entry = replace(entry, record={**entry.record, "pad_extra": extra_side})
-            extra_side = "before" if extra_side == "after" else "after"
-        entries.append(entry)
+    entries = [_plan_one(spec, options, grid_tensor.get(spec.name)) for spec in specs]
+    # The extra padding pixel of a half-pixel kernel alternates sides from layer to layer. A
+    # state dict has no topology, so "next layer" is the next name in natural order (conv2
+    # before conv10): the same for a module's state dict and for any file order of its tensors.
+    half_pixel = sorted((i for i, e in enumerate(entries) if e.record is not None and any(e.record.get("centre_offset") or ())),
+                        key=lambda i: natural_key(entries[i].name))
+    for turn, i in enumerate(half_pixel):
+        entries[i] = replace(entries[i], record={**entries[i].record, "pad_extra": ("after", "before")[turn % 2]})
     return Plan(tuple(entries), options)
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key reading digit runs as numbers: ``down.2.conv`` before ``down.10.conv``."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
 
 def _copy(spec: TensorSpec, reason: str) -> TensorPlan:
@@ -369,8 +385,11 @@ def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[tuple[int
             raise InvalidOptionError(f"--absorb matches {spec.name}, which is not a conv kernel: {why}")
         if not candidate:
             return _copy(spec, why)
-    if options.include and _first_match(spec.name, options.include) is None:
+    included = _first_match(spec.name, options.include) is not None
+    if options.include and not included:
         return _copy(spec, "not matched by --include")
+    if options.absorb_only and grid is None and not absorb and not included:
+        return _copy(spec, "after an absorbing layer: sees the original resolution (--include to resize it)")
     excluded = _first_match(spec.name, options.exclude)
     if excluded is not None:
         return _copy(spec, f"excluded by {excluded!r}")
@@ -378,6 +397,8 @@ def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[tuple[int
     rule = next((r for r in options.layers if _matches(spec.name, r.pattern)), None)
     pick = lambda attr: getattr(rule, attr) if rule is not None and getattr(rule, attr) is not None else getattr(options, attr)  # noqa: E731
     method, mode, align, coef, scale = pick("method"), pick("mode"), pick("align"), pick("coef"), pick("scale")
+    if coef is None:
+        coef = "paper" if grid is not None else "mass"
     source = f"layer rule {rule.pattern!r}" if rule is not None else why
 
     if grid is not None:
@@ -467,7 +488,7 @@ def _plan_grid(spec: TensorSpec, grid, scale, method, mode, coef, source: str, r
         if rule is not None and rule.method == method:
             raise InvalidOptionError(f"{spec.name}: a grid is resized with interp (cells) or pinv, not {method}")
         method, source = "interp", f"{source}; {method} does not apply to a grid"
-    grid_coef = coef if rule is not None and rule.coef is not None else ("paper" if coef == "mass" else coef)
+    grid_coef = coef
     axes = [_named(spec.name, build_axis_resize, n, s, method, mode, "cells", grid_coef) for n, s in zip((h, w), scales)]
     new_shape = (spec.shape[0], c * axes[0].k_out * axes[1].k_out)
     record = {

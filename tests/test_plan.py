@@ -105,3 +105,23 @@ def test_scale_tuple_applies_to_the_last_axes():
     plan = plan_state_dict(sd, scale=(1, 2))
     assert plan["c2.weight"].new_shape == (2, 2, 3, 7)
     assert plan["c1.weight"].new_shape == (2, 2, 7)
+
+
+def test_absorb_leaves_downstream_layers_alone_unless_included():
+    sd = {"front.weight": torch.randn(16, 1, 4), "body.weight": torch.randn(16, 16, 3)}
+    plan = plan_state_dict(sd, scale=2, absorb=["front"])
+    assert plan["body.weight"].action == "copy" and "absorbing" in plan["body.weight"].reason
+    assert plan_state_dict(sd, scale=2, absorb=["front"], include=["front", "body"])["body.weight"].action == "resize"
+
+
+def test_pad_extra_alternates_in_natural_name_order_whatever_the_input_order():
+    names = ["conv10.weight", "conv2.weight", "conv1.weight"]
+    sd = {n: torch.randn(2, 2, 3, 3) for n in names}
+    plan = plan_state_dict(sd, scale=2, align="cells")
+    assert [plan[f"conv{i}.weight"].record["pad_extra"] for i in (1, 2, 10)] == ["after", "before", "after"]
+
+
+def test_grid_coefficient_defaults_to_hw_ratio_and_honours_an_explicit_choice():
+    sd = {"fc.weight": torch.randn(3, 2 * 4 * 4)}
+    assert plan_state_dict(sd, scale=2, grids={"fc": (2, 4, 4)})["fc.weight"].coef == "paper"
+    assert plan_state_dict(sd, scale=2, grids={"fc": (2, 4, 4)}, coef="mass")["fc.weight"].coef == "mass"
