@@ -1,0 +1,923 @@
+"""The nn.Module adapter: resize a live module in place, or load a converted checkpoint into one.
+
+    report = kernelscale.nn.supersample(model, 2)                       # DESIGN §3 defaults
+    report = kernelscale.nn.supersample(model, 2, method="dilate", geometry_only=True, pools=True)
+    report = kernelscale.nn.load(model, "model_x2.safetensors")         # written by `kernelscale convert`
+    print(report)                                                      # one line per changed layer
+
+Both run the plan of :mod:`kernelscale.plan` on the module's state-dict names, shapes and dtypes,
+so the adapter and ``kernelscale convert`` make identical decisions and produce identical weights;
+the new layer geometry is derived from the module's own padding, stride and dilation plus the
+per-tensor record (DESIGN §5) by one function, :func:`record_geometry`, shared by both paths.
+
+Geometry (DESIGN §3): ``p' = (k'−1)·d'/2 − s·δ`` with ``δ = (k−1)·d/2 − p``; stride kept, except an
+absorbing layer (stride·s, p' = s·p) and re-dilation (dilation·s, weights unchanged). A layer whose
+new geometry cannot be expressed exactly is refused with a :class:`GeometryError` naming the layer
+and the value, before anything is modified:
+
+- a padding that is negative, or fractional (a half-pixel one is accepted with
+  ``padding="asymmetric"``: the extra pixel goes on the side the record's ``pad_extra`` names,
+  alternating layer to layer, applied by a forward pre-hook that ``F.pad``s the input while the
+  conv's own padding is set to 0; the state-dict keys do not change);
+- ``padding_mode="reflect"``: PyTorch mirrors about the edge sample's centre, which does not scale
+  (zeros, replicate and circular padding of ``U x`` equal ``U`` of the padded ``x`` for nearest U);
+  accepted with ``allow_reflect=True``;
+- a strided layer whose output would not stay s× the original for inputs that are a multiple of
+  its stride (the feature pyramid would change shape), e.g. a stride-2 conv with kernel 2 and
+  padding 0 — absorb it instead; a strided transposed conv resized by zero insertion
+  (``dilate``) with ``gcd(stride, s) > 1``, which leaves output phases empty;
+- a tensor the plan resizes whose layer is not a Conv, ConvTranspose or Linear (a custom module),
+  or a conv whose weight the state dict does not show (a parametrization, weight_norm).
+
+Strided layers that are accepted carry a sub-pixel offset of ``(s−1)(σ−1)/2`` output-grid pixels
+(DESIGN §4) when no integer padding reaches the ideal grid; the report lists it per layer. A
+half-pixel padding on a *strided* conv goes on the side that puts its windows on the ideal grid
+(a stride-2 conv resized 3 → 6 by cells is then exact), not on the record's alternating side.
+
+Pools (``pools=True``): a MaxPool/AvgPool window keeps its scene extent and its centre: k·s or
+(k−1)·s+1 wide, with the padding nearest the aligned one among those that keep the output s×
+larger; stride-1 pools get the rule exactly, MaxPool2d(2) at s = 2 becomes (4, stride 2,
+padding 1), exactly aligned.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernelscale.errors import GeometryError, InvalidCheckpointError, InvalidOptionError, UnsupportedTensorError
+from kernelscale.plan import FORMAT_VERSION, Plan, ResizeOptions, TensorSpec, plan_tensors
+from kernelscale.resize import new_padding
+from kernelscale.state_dict import apply_entry
+
+__all__ = ["LayerChange", "SupersampleReport", "load", "plan_module", "read_manifest", "record_geometry", "supersample"]
+
+MANIFEST_KEY = "kernelscale"
+# The fields a loader needs from each kind of manifest record (docs/format.md).
+_RECORD_FIELDS = {
+    "conv": ("scale", "old_spatial", "new_spatial"),
+    "grid": ("scale", "grid", "old_spatial", "new_spatial"),
+    "attention": ("factor",),
+}
+PADDINGS = ("exact", "asymmetric")
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+_POOL_NDIM = {1: (nn.MaxPool1d, nn.AvgPool1d), 2: (nn.MaxPool2d, nn.AvgPool2d), 3: (nn.MaxPool3d, nn.AvgPool3d)}
+_PAD_MODES = {"zeros": "constant", "circular": "circular", "replicate": "replicate", "reflect": "reflect"}
+
+# Input lengths L = σ·m on which a layer's output size is checked (out'(s·L) = s·out(L)): for such
+# L the output is m plus a constant once the window fits, so a few m suffice; m where the window
+# does not fit yet are skipped.
+_SIZE_CHECK_MULTIPLES = range(4, 12)
+
+Padding = Union[int, tuple[int, int]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+@dataclass(frozen=True)
+class LayerChange:
+    """What happened to one layer.
+
+    ``kernel_size``/``stride``/``dilation`` are per spatial axis. ``padding`` is per axis too: an
+    int, or a ``(before, after)`` pair when the layer pads asymmetrically. For a Linear over a grid
+    the kernel fields hold the grid ``(C, H, W)`` and the others are empty. ``offset`` is, per
+    axis, how far the layer's window centres sit from the ideal high-res grid, in pixels of the
+    grid its padding is counted on (positive: further along the axis): 0 when exact, ±½ for a
+    stride-1 layer padded half a pixel asymmetrically, ``(s−1)(σ−1)/2`` for a kept stride σ whose
+    alignment no integer padding reaches (DESIGN §4).
+    """
+
+    name: str
+    layer: str
+    action: str
+    method: str
+    old_kernel_size: tuple[int, ...]
+    new_kernel_size: tuple[int, ...]
+    old_padding: tuple[Padding, ...] = ()
+    new_padding: tuple[Padding, ...] = ()
+    old_stride: tuple[int, ...] = ()
+    new_stride: tuple[int, ...] = ()
+    old_dilation: tuple[int, ...] = ()
+    new_dilation: tuple[int, ...] = ()
+    old_weight_shape: Optional[tuple[int, ...]] = None
+    new_weight_shape: Optional[tuple[int, ...]] = None
+    offset: tuple[float, ...] = ()
+
+    def describe(self) -> str:
+        """One line: ``name (Layer) action method: k a→b, p a→b, stride a→b, dilation a→b``."""
+        def arrow(old, new, what):
+            return f"{what} {_fmt(old)}" if old == new else f"{what} {_fmt(old)}→{_fmt(new)}"
+
+        if self.action == "attention":
+            return f"{self.name} ({self.layer}) attention {self.method}"
+        parts = [arrow(self.old_kernel_size, self.new_kernel_size, "grid" if self.action == "grid" else "k")]
+        if self.action != "grid":
+            parts += [arrow(self.old_padding, self.new_padding, "p"), arrow(self.old_stride, self.new_stride, "stride"),
+                      arrow(self.old_dilation, self.new_dilation, "dilation")]
+        if any(self.offset):
+            parts.append(f"offset {_fmt(tuple(round(o, 3) for o in self.offset))} px")
+        return f"{self.name} ({self.layer}) {self.action} {self.method}: " + ", ".join(parts)
+
+
+def _fmt(values: tuple) -> str:
+    if not values:
+        return "-"
+    text = [f"{v[0]}+{v[1]}" if isinstance(v, tuple) else (f"{v:g}" if isinstance(v, float) else str(v)) for v in values]
+    return text[0] if len(set(text)) == 1 else "(" + ",".join(text) + ")"
+
+
+@dataclass(frozen=True)
+class SupersampleReport:
+    """The layers :func:`supersample` or :func:`load` changed, in module order, and the ones it left.
+
+    Iterates, indexes (by position or layer name) and prints as one line per changed layer.
+    ``skipped`` holds ``(layer name, reason)`` for every conv, Linear (and, with ``pools=True``,
+    pool) layer left as it was. ``manifest`` is the DESIGN §5 manifest of the change.
+    """
+
+    layers: tuple[LayerChange, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
+    manifest: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __iter__(self) -> Iterator[LayerChange]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, key: Union[int, str]) -> LayerChange:
+        if isinstance(key, str):
+            for change in self.layers:
+                if change.name == key:
+                    return change
+            raise KeyError(key)
+        return self.layers[key]
+
+    def names(self) -> list[str]:
+        return [c.name for c in self.layers]
+
+    def __str__(self) -> str:
+        lines = [c.describe() for c in self.layers]
+        lines.append(f"{len(self.layers)} layers changed, {len(self.skipped)} left unchanged")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """A layer's geometry per spatial axis; ``pads`` are (before, after) pairs."""
+
+    kernel: tuple[int, ...]
+    pads: tuple[tuple[int, int], ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    output_padding: tuple[int, ...] = ()
+
+    @property
+    def padding(self) -> tuple[float, ...]:
+        return tuple((b + a) / 2 for b, a in self.pads)
+
+    def padding_report(self) -> tuple[Padding, ...]:
+        return tuple(b if b == a else (b, a) for b, a in self.pads)
+
+
+def _tuple(value: Any, ndim: int) -> tuple[int, ...]:
+    if isinstance(value, (int, float)):
+        return (int(value),) * ndim
+    value = tuple(int(v) for v in value)
+    return value * ndim if len(value) == 1 and ndim > 1 else value
+
+
+def _layer_geometry(layer: nn.Module) -> _Geometry:
+    """The geometry a conv, transposed conv or pool layer has now, pre-hook padding included."""
+    if isinstance(layer, _POOLS):
+        ndim = _pool_ndim(layer)
+        kernel = _tuple(layer.kernel_size, ndim)
+        stride = _tuple(layer.stride if layer.stride is not None else layer.kernel_size, ndim)
+        pad = _tuple(layer.padding, ndim)
+        dilation = _tuple(getattr(layer, "dilation", 1), ndim)
+        return _Geometry(kernel, tuple((p, p) for p in pad), stride, dilation)
+    ndim = layer.weight.ndim - 2
+    kernel = tuple(int(k) for k in layer.weight.shape[2:])
+    dilation = _tuple(layer.dilation, ndim)
+    hook_pad = getattr(layer, "kernelscale_pad", None)
+    if hook_pad:
+        pads = tuple((hook_pad[2 * (ndim - 1 - i)], hook_pad[2 * (ndim - 1 - i) + 1]) for i in range(ndim))
+    elif layer.padding == "valid":
+        pads = ((0, 0),) * ndim
+    elif layer.padding == "same":
+        totals = [d * (k - 1) for d, k in zip(dilation, kernel)]
+        pads = tuple((t // 2, t - t // 2) for t in totals)
+    else:
+        pads = tuple((p, p) for p in _tuple(layer.padding, ndim))
+    output_padding = _tuple(layer.output_padding, ndim) if isinstance(layer, _TRANSPOSED) else ()
+    return _Geometry(kernel, pads, _tuple(layer.stride, ndim), dilation, output_padding)
+
+
+def _pool_ndim(layer: nn.Module) -> int:
+    return next(d for d, kinds in _POOL_NDIM.items() if isinstance(layer, kinds))
+
+
+def _out_len(kind: str, n: int, g: _Geometry, axis: int, ceil_mode: bool = False) -> int:
+    """Output length of one axis for input length ``n`` (PyTorch's formulas)."""
+    k, (b, a), st, d = g.kernel[axis], g.pads[axis], g.stride[axis], g.dilation[axis]
+    if kind == "transposed":
+        return (n - 1) * st - b - a + d * (k - 1) + g.output_padding[axis] + 1
+    span = n + b + a - d * (k - 1) - 1
+    if not ceil_mode:
+        return span // st + 1
+    out = -(-span // st) + 1
+    return out - 1 if (out - 1) * st >= n + b else out
+
+
+def _sizes_consistent(kind: str, old: _Geometry, new: _Geometry, axis: int, scale: float, ratio: float,
+                      ceil_mode: bool = False) -> Optional[tuple[int, int, int]]:
+    """None when the new layer maps s·L samples to ratio·out(L) for every tested L (a multiple of
+    the old stride); else the first counter-example ``(L, expected, got)``."""
+    step = old.stride[axis]
+    for m in _SIZE_CHECK_MULTIPLES:
+        n = step * m
+        n_new = n * scale
+        if not float(n_new).is_integer() or _out_len(kind, n, old, axis, ceil_mode) < 1:
+            continue
+        expected = _out_len(kind, n, old, axis, ceil_mode) * ratio
+        got = _out_len(kind, int(n_new), new, axis, ceil_mode)
+        if got != expected:
+            return n, expected, got
+    return None
+
+
+def _pads_from(name: str, exact: tuple[float, ...], sides: Sequence[str], allow_half: bool) -> tuple[tuple[int, int], ...]:
+    """Integer (before, after) pads per axis for the exact paddings; a half-integer one puts its
+    extra pixel on that axis's side when ``allow_half``. GeometryError naming the layer otherwise."""
+    pads = []
+    for p, side in zip(exact, sides):
+        if p < -1e-9:
+            raise GeometryError(f"{name}: the geometry rule gives a negative padding {_fmt(exact)}; the layer cannot be resized this way")
+        if abs(p - round(p)) < 1e-9:
+            pads.append((int(round(p)), int(round(p))))
+        elif abs(p - math.floor(p) - 0.5) < 1e-9 and allow_half:
+            low = int(math.floor(p))
+            pads.append((low, low + 1) if side == "after" else (low + 1, low))
+        elif abs(p - math.floor(p) - 0.5) < 1e-9:
+            raise GeometryError(
+                f"{name}: the new padding would be {_fmt(exact)}, half a pixel off the grid; "
+                "pass padding='asymmetric' to put the extra pixel on one side, or use align='taps'"
+            )
+        else:
+            raise GeometryError(f"{name}: the new padding would be {_fmt(exact)}, which no integer padding expresses")
+    return tuple(pads)
+
+
+def record_geometry(name: str, layer_kind: str, record: Mapping[str, Any], old_kernel: Sequence[int],
+                    padding: Sequence[float], stride: Sequence[int], dilation: Sequence[int]
+                    ) -> tuple[tuple[int, ...], tuple[float, ...], tuple[int, ...], tuple[int, ...]]:
+    """New ``(kernel_size, exact padding, stride, dilation)`` of a conv from its own geometry and a
+    manifest record (DESIGN §3 geometry rule, §5 record); the reference for any loader.
+
+    ``layer_kind`` is ``"conv"`` or ``"transposed"``; ``padding`` may be a half-integer (an
+    asymmetric layer's mean). Re-dilation (``record["dilation"]`` set): dilation·f, weights
+    unchanged, p' by the rule with the new dilation (= s·p). Absorb: stride·s, p' = s·p.
+    Otherwise k' from the record, stride and dilation kept, p' = (k'−1)·d/2 − s·((k−1)·d/2 − p).
+    Raises GeometryError for an absorbing transposed conv (its output, not its input, would grow).
+    """
+    scales = _axis_scales(record["scale"], len(old_kernel))
+    new_kernel = tuple(int(k) for k in record["new_spatial"])
+    if record.get("dilation"):
+        factors = tuple(int(f) for f in record["dilation"])
+        new_dil = tuple(d * f for d, f in zip(dilation, factors))
+        pads = tuple(new_padding(k, k, s, p, d, nd) for k, s, p, d, nd in zip(old_kernel, scales, padding, dilation, new_dil))
+        return tuple(old_kernel), pads, tuple(stride), new_dil
+    if record.get("absorb"):
+        if layer_kind == "transposed":
+            raise GeometryError(f"{name}: a transposed conv cannot absorb the scale (its output, not its input, "
+                                "would grow); drop it from absorb")
+        bad = [s for s in scales if not s.is_integer()]
+        if bad:
+            raise GeometryError(f"{name}: an absorbing layer's stride grows by the scale, which must be an integer, got {scales!r}")
+        new_stride = tuple(int(st * s) for st, s in zip(stride, scales))
+        return new_kernel, tuple(s * p for s, p in zip(scales, padding)), new_stride, tuple(dilation)
+    pads = tuple(new_padding(k, kn, s, p, d, d) for k, kn, s, p, d in zip(old_kernel, new_kernel, scales, padding, dilation))
+    return new_kernel, pads, tuple(stride), tuple(dilation)
+
+
+def _conv_change(name: str, layer: nn.Module, record: Mapping[str, Any], padding_opt: str, side_fallback: str
+                 ) -> tuple[_Geometry, _Geometry, tuple[float, ...]]:
+    """(old geometry, new geometry, offset) of a conv layer under ``record``, or GeometryError."""
+    transposed = isinstance(layer, _TRANSPOSED)
+    kind = "transposed" if transposed else "conv"
+    old = _layer_geometry(layer)
+    old_spatial = tuple(int(k) for k in record["old_spatial"])
+    if old.kernel != old_spatial:
+        raise GeometryError(f"{name}: the layer's kernel is {_fmt(old.kernel)} but the record was made for {_fmt(old_spatial)}")
+    kernel, exact, stride, dilation = record_geometry(name, kind, record, old.kernel, old.padding, old.stride, old.dilation)
+    scales = _axis_scales(record["scale"], len(kernel))
+    if transposed and any(b != a for b, a in old.pads):
+        raise GeometryError(f"{name}: asymmetric padding on a transposed conv is not supported")
+    if transposed and any(abs(p - round(p)) > 1e-9 for p in exact):
+        raise GeometryError(f"{name}: the new padding of this transposed conv would be {_fmt(exact)}; a transposed conv "
+                            "cannot crop half a pixel (use align='taps')")
+    absorb = bool(record.get("absorb"))
+    # Where the window centres would sit on the ideal output grid: a kept stride σ adds (s−1)(σ−1)/2
+    # (DESIGN §4); an absorbing layer's patches are exact.
+    aligned = tuple(p if absorb else p + (s - 1) * (st - 1) / 2 for p, s, st in zip(exact, scales, old.stride))
+    side = record.get("pad_extra") or side_fallback
+    # A half-pixel padding on a strided layer: the side that puts the window centres on the ideal
+    # grid (e.g. a stride-2 conv resized 3 → 6 at s = 2 is aligned exactly with pads (3, 2)) beats
+    # alternation, which only cancels the shifts of stride-1 layers.
+    sides = tuple(_aligned_side(p, a, side) if st > 1 else side for p, a, st in zip(exact, aligned, old.stride))
+    pads = _pads_from(name, exact, sides, allow_half=padding_opt == "asymmetric")
+    new = _Geometry(kernel, pads, stride, dilation, old.output_padding)
+    is_dilate = record.get("method") == "dilate"
+    for axis, (s, st) in enumerate(zip(scales, old.stride)):
+        if transposed and st > 1 and is_dilate and math.gcd(st, int(s)) > 1:
+            raise GeometryError(
+                f"{name}: a stride-{st} transposed conv re-dilated by {s:g} leaves output phases empty "
+                f"(gcd({st}, {s:g}) > 1); use method='interp'")
+        bad = _sizes_consistent(kind, old, new, axis, s, 1 if absorb else s)
+        if bad is not None:
+            n, expected, got = bad
+            raise GeometryError(
+                f"{name}: stride {st}, kernel {old.kernel[axis]}, padding {_fmt(old.padding_report()[axis:axis + 1])}: "
+                f"with the new kernel {kernel[axis]} and padding {_fmt(new.padding_report()[axis:axis + 1])} an input of "
+                f"{int(n * s)} gives {got} outputs, not {expected:g} (the feature pyramid would change shape); "
+                "absorb the scale in this layer or exclude it")
+    offset = tuple(a - b for a, (b, _) in zip(aligned, pads))
+    return old, new, offset
+
+
+def _aligned_side(exact: float, aligned: float, default: str) -> str:
+    low, high = math.floor(exact), math.ceil(exact)
+    if low == high or abs(aligned - low) == abs(aligned - high):
+        return default
+    return "before" if abs(aligned - high) < abs(aligned - low) else "after"
+
+
+def _axis_scales(scale: Any, ndim: int) -> tuple[float, ...]:
+    values = tuple(float(s) for s in (scale if isinstance(scale, (list, tuple)) else [scale]))
+    if len(values) == 1:
+        return values * ndim
+    if len(values) < ndim:
+        raise InvalidOptionError(f"{len(values)} scales {values!r} for a layer with {ndim} spatial axes")
+    return values[-ndim:]
+
+
+def _pool_change(name: str, layer: nn.Module, scales: tuple[float, ...]) -> Optional[tuple[_Geometry, _Geometry, tuple[float, ...]]]:
+    """New window of a MaxPool/AvgPool: the same scene extent, centred by the geometry rule.
+
+    Per axis, among the footprints k·s ("cells", the same scene extent) and (k−1)·s+1 ("taps",
+    the extent between the outer window centres), and the integer paddings nearest the aligned
+    p* = (k'−1)/2 − s·δ + (s−1)(σ−1)/2, keep those whose output stays s× the original (for inputs
+    a multiple of the stride; exactly, for stride 1) and pick the one nearest p*, cells first.
+    Stride-1 windows get the rule exactly ((k−1)s+1, p' = s·p); MaxPool2d(2) at s = 2 becomes
+    window 4, stride 2, padding 1, exactly aligned. None when nothing changes.
+    """
+    old = _layer_geometry(layer)
+    if any(d != 1 for d in old.dilation):
+        raise GeometryError(f"{name}: a dilated pool ({_fmt(old.dilation)}) is not supported")
+    if getattr(layer, "divisor_override", None):
+        raise GeometryError(f"{name}: divisor_override={layer.divisor_override} would have to grow with the window; not supported")
+    ceil_mode = bool(getattr(layer, "ceil_mode", False))
+    kernel, pads, offsets = [], [], []
+    for axis, s in enumerate(scales):
+        k, p, st = old.kernel[axis], old.padding[axis], old.stride[axis]
+        if s == 1.0:
+            kernel.append(k)
+            pads.append((int(p), int(p)))
+            offsets.append(0.0)
+            continue
+        best = None
+        for rank, size in enumerate((k * s, (k - 1) * s + 1)):
+            if not float(size).is_integer() or size < 1:
+                continue
+            size = int(size)
+            aligned = (size - 1) / 2 - s * ((k - 1) / 2 - p) + (s - 1) * (st - 1) / 2
+            for pad in sorted({math.floor(aligned + 1e-9), math.ceil(aligned - 1e-9)}):
+                if pad < 0 or pad > size // 2:
+                    continue
+                trial_old = _Geometry((k,), ((int(p), int(p)),), (st,), (1,))
+                trial_new = _Geometry((size,), ((pad, pad),), (st,), (1,))
+                if _sizes_consistent("pool", trial_old, trial_new, 0, s, s, ceil_mode) is not None:
+                    continue
+                key = (abs(pad - aligned), rank, pad)
+                if best is None or key < best[0]:
+                    best = (key, size, pad, aligned - pad)
+        if best is None:
+            raise GeometryError(f"{name}: no window of a {type(layer).__name__} with kernel {k}, stride {st}, padding {int(p)} "
+                                f"keeps its output {s:g}× larger at scale {s:g}")
+        _, size, pad, offset = best
+        kernel.append(size)
+        pads.append((pad, pad))
+        offsets.append(offset)
+    new = _Geometry(tuple(kernel), tuple(pads), old.stride, old.dilation)
+    if new == old:
+        return None
+    return old, new, tuple(offsets)
+
+
+# ---------------------------------------------------------------------------------------------
+# Patching layers
+
+
+def _asymmetric_pad_hook(layer: nn.Module, args: tuple) -> Optional[tuple]:
+    """Forward pre-hook of a conv with asymmetric padding: F.pad the input by ``layer.kernelscale_pad``
+    (F.pad order: last axis first, (before, after) per axis) in the layer's padding mode."""
+    pad = getattr(layer, "kernelscale_pad", None)
+    if not pad:
+        return None
+    return (F.pad(args[0], pad, mode=_PAD_MODES[layer.padding_mode]), *args[1:])
+
+
+def _set_conv_geometry(layer: nn.Module, g: _Geometry) -> None:
+    from torch.nn.modules.utils import _reverse_repeat_tuple
+
+    layer.kernel_size = g.kernel
+    layer.stride = g.stride
+    layer.dilation = g.dilation
+    if all(b == a for b, a in g.pads):
+        layer.padding = tuple(b for b, _ in g.pads)
+        if hasattr(layer, "kernelscale_pad"):
+            layer.kernelscale_pad = None
+    else:
+        layer.padding = (0,) * len(g.pads)
+        if not hasattr(layer, "kernelscale_pad"):
+            layer.register_forward_pre_hook(_asymmetric_pad_hook)
+        layer.kernelscale_pad = tuple(v for b, a in reversed(g.pads) for v in (b, a))
+    layer._reversed_padding_repeated_twice = _reverse_repeat_tuple(layer.padding, 2)
+
+
+def _set_pool_geometry(layer: nn.Module, g: _Geometry) -> None:
+    layer.kernel_size = g.kernel
+    layer.padding = tuple(b for b, _ in g.pads)
+    layer.stride = g.stride
+
+
+@dataclass
+class _Pending:
+    """A change computed and checked, not yet applied. ``tensors``: attribute → new data."""
+
+    layer: nn.Module
+    change: Optional[LayerChange]
+    geometry: Optional[_Geometry] = None
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    in_features: Optional[int] = None
+
+
+def _apply(pending: Sequence[_Pending]) -> None:
+    for p in pending:
+        for attr, data in p.tensors.items():
+            # New data in the same Parameter object, so optimisers and hooks holding it keep working.
+            with torch.no_grad():
+                getattr(p.layer, attr).data = data
+        if isinstance(p.layer, _POOLS):
+            _set_pool_geometry(p.layer, p.geometry)
+        elif p.geometry is not None:
+            _set_conv_geometry(p.layer, p.geometry)
+        if p.in_features is not None:
+            p.layer.in_features = p.in_features
+
+
+def _check_layer(name: str, layer: nn.Module, tensor_name: str, allow_reflect: bool, kind: str = "conv") -> str:
+    """``"conv"``, ``"transposed"`` or ``"linear"`` for a layer whose planned tensor the adapter can
+    patch; GeometryError naming it otherwise. Attention records (a scaled query projection) may
+    name any tensor of the layer; conv and grid records only its ``weight``."""
+    attr = _owner(tensor_name)[1]
+    if kind == "attention":
+        if not isinstance(getattr(layer, attr, None), torch.Tensor):
+            raise GeometryError(f"{tensor_name}: the plan scales it, but {name!r} has no tensor attribute {attr!r}")
+        return "attention"
+    if attr != "weight" or not isinstance(layer, _CONVS + _TRANSPOSED + (nn.Linear,)):
+        raise GeometryError(
+            f"{tensor_name}: the plan resizes it, but it belongs to a {type(layer).__name__} "
+            f"(attribute {attr!r}), which kernelscale.nn cannot patch; exclude it or patch it yourself")
+    if isinstance(layer, nn.Linear):
+        return "linear"
+    if getattr(layer, "padding_mode", "zeros") == "reflect" and not allow_reflect:
+        raise GeometryError(
+            f"{name}: padding_mode='reflect' mirrors about the edge sample, which does not scale with the "
+            "input; pass allow_reflect=True to accept the border error")
+    return "transposed" if isinstance(layer, _TRANSPOSED) else "conv"
+
+
+def _change_entry(name: str, layer: nn.Module, record: Mapping[str, Any], padding: str, side_fallback: str,
+                  old_shape: tuple[int, ...], new_shape: tuple[int, ...]) -> tuple[LayerChange, Optional[_Geometry], Optional[int]]:
+    """The LayerChange (and new geometry or in_features) of one planned or recorded tensor."""
+    if record["kind"] == "attention":
+        change = LayerChange(name, type(layer).__name__, "attention", f"temperature ×{float(record['factor']):.4f}", (), (),
+                             old_weight_shape=old_shape, new_weight_shape=new_shape)
+        return change, None, None
+    if record["kind"] == "grid":
+        c, h, w = (int(v) for v in record["grid"])
+        if layer.in_features != c * h * w:
+            raise GeometryError(f"{name}: in_features {layer.in_features} is not the grid {c}×{h}×{w}")
+        nh, nw = (int(v) for v in record["new_spatial"])
+        change = LayerChange(name, type(layer).__name__, "grid", _method_label(record), (c, h, w), (c, nh, nw),
+                             old_weight_shape=old_shape, new_weight_shape=new_shape)
+        return change, None, c * nh * nw
+    old, new, offset = _conv_change(name, layer, record, padding, side_fallback)
+    action = "absorb" if record.get("absorb") else ("geometry" if record.get("dilation") else "resize")
+    change = LayerChange(name, type(layer).__name__, action, _method_label(record), old.kernel, new.kernel,
+                         old.padding_report(), new.padding_report(), old.stride, new.stride, old.dilation, new.dilation,
+                         old_shape, new_shape, offset)
+    return change, new, None
+
+
+def _method_label(record: Mapping[str, Any]) -> str:
+    if record.get("dilation"):
+        return "dilate (geometry only)"
+    if record.get("method") in ("dilate", "disperse"):
+        return record["method"]
+    return "/".join(str(record.get(k)) for k in ("method", "mode", "align"))
+
+
+def _check_padding_option(padding: str) -> None:
+    if padding not in PADDINGS:
+        raise InvalidOptionError(f"unknown padding {padding!r}; expected one of {', '.join(PADDINGS)}")
+
+
+class _Sides:
+    """Alternates the half-pixel side for records that carry no ``pad_extra``."""
+
+    def __init__(self) -> None:
+        self.side = "after"
+
+    def take(self, record: Mapping[str, Any]) -> str:
+        if record.get("pad_extra") or not any(record.get("centre_offset") or ()):
+            return self.side
+        side, self.side = self.side, ("before" if self.side == "after" else "after")
+        return side
+
+
+# ---------------------------------------------------------------------------------------------
+# Pools
+
+
+def _matches(name: str, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def _pool_changes(module: nn.Module, options: ResizeOptions) -> tuple[list[_Pending], list[tuple[str, str]]]:
+    """Scale every MaxPool/AvgPool matched by the options (include/exclude/layer rules by layer name)."""
+    pending, skipped = [], []
+    for name, layer in module.named_modules():
+        if not isinstance(layer, _POOLS):
+            continue
+        if options.include and not any(_matches(name, p) for p in options.include):
+            skipped.append((name, "not matched by include"))
+            continue
+        excluded = next((p for p in options.exclude if _matches(name, p)), None)
+        if excluded is not None:
+            skipped.append((name, f"excluded by {excluded!r}"))
+            continue
+        rule = next((r for r in options.layers if _matches(name, r.pattern)), None)
+        scale = rule.scale if rule is not None and rule.scale is not None else options.scale
+        ndim = _pool_ndim(layer)
+        result = _pool_change(name, layer, _axis_scales(scale, ndim))
+        if result is None:
+            skipped.append((name, "scale 1"))
+            continue
+        old, new, offset = result
+        change = LayerChange(name, type(layer).__name__, "pool", "window", old.kernel, new.kernel, old.padding_report(),
+                             new.padding_report(), old.stride, new.stride, old.dilation, new.dilation, offset=offset)
+        pending.append(_Pending(layer, change, new))
+    return pending, skipped
+
+
+def _check_hidden_weights(module: nn.Module, state: Mapping[str, Any], options: ResizeOptions) -> None:
+    """Refuse a conv whose weight the state dict does not show (a parametrization or weight_norm
+    stores it as other tensors): the plan cannot see it, so it would silently stay unscaled."""
+    for name, layer in module.named_modules():
+        if not isinstance(layer, _CONVS + _TRANSPOSED) or (f"{name}.weight" if name else "weight") in state:
+            continue
+        if all(k == 1 for k in layer.weight.shape[2:]):
+            continue
+        if any(_matches(name, p) for p in options.exclude) or (options.include and not any(_matches(name, p) for p in options.include)):
+            continue
+        raise GeometryError(f"{name}: its weight is not in the state dict (a parametrization or weight_norm?), so the plan "
+                            "cannot resize it; remove the parametrization first, or exclude the layer")
+
+
+def _one_change_per_layer(pending: Sequence[_Pending]) -> None:
+    """Keep the report to one line per layer (an attention rule scales a weight and its bias)."""
+    seen: set[str] = set()
+    for p in pending:
+        if p.change is not None:
+            if p.change.name in seen:
+                p.change = None
+            else:
+                seen.add(p.change.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# supersample
+
+
+def _owner(tensor_name: str) -> tuple[str, str]:
+    """``("a.b", "weight")`` for ``"a.b.weight"``; ``("", "weight")`` for a root module's own tensor."""
+    layer, _, attr = tensor_name.rpartition(".")
+    return layer, attr
+
+
+def _spec(name: str, tensor: torch.Tensor) -> TensorSpec:
+    from kernelscale.dtypes import dtype_name
+
+    try:
+        dtype = dtype_name(tensor.dtype)
+    except (UnsupportedTensorError, KeyError):
+        dtype = str(tensor.dtype)
+    return TensorSpec(name, dtype, tuple(int(d) for d in tensor.shape))
+
+
+def plan_module(module: nn.Module, options: ResizeOptions) -> Plan:
+    """The plan ``kernelscale convert`` would make for a checkpoint of ``module`` (its state dict)."""
+    return plan_tensors((_spec(n, t) for n, t in module.state_dict(keep_vars=True).items()), options)
+
+
+def supersample(
+    module: nn.Module,
+    scale: Union[float, Sequence[float]],
+    *,
+    pools: bool = False,
+    padding: str = "exact",
+    allow_reflect: bool = False,
+    backend: Optional[str] = None,
+    **plan_options: Any,
+) -> SupersampleReport:
+    """Resize ``module`` in place to run on inputs sampled ``scale``× more finely; return the report.
+
+    ``plan_options`` are :class:`~kernelscale.plan.ResizeOptions`' fields (method, mode, align,
+    coef, include, exclude, absorb, grids, layers, geometry_only, disperse). The plan is made on the
+    module's state dict exactly as ``kernelscale convert`` makes it on a checkpoint of the module,
+    and weights are produced by the same :func:`~kernelscale.state_dict.apply_entry`, so the two
+    agree bit for bit. Conv1d/2d/3d and ConvTranspose1d/2d/3d get the resized weight and the
+    geometry of :func:`record_geometry`; a Linear named in ``grids`` gets its resized weight and
+    ``in_features``; with ``pools=True`` every MaxPool/AvgPool window is scaled (module
+    docstring). ``padding="asymmetric"`` accepts half-pixel paddings (align="cells" even
+    kernels); ``allow_reflect`` accepts ``padding_mode="reflect"``. ``backend`` picks where R is
+    applied (kernelscale.dispatch).
+
+    Everything is planned and checked before the first layer is touched: on an error (GeometryError
+    naming the layer, InvalidOptionError for bad options) the module is unchanged.
+    Guarantees are the methods': exact for stride-1 layers under T1 (dilate) and T6 (pinv grids),
+    bounded by T3 for interp; strided layers carry the offset listed in the report.
+    """
+    _check_padding_option(padding)
+    options = ResizeOptions(scale=scale, **plan_options)
+    plan = plan_module(module, options)
+    state = module.state_dict(keep_vars=True)
+    _check_hidden_weights(module, state, options)
+    layers = dict(module.named_modules())
+    pending: list[_Pending] = []
+    skipped: list[tuple[str, str]] = []
+    seen: set[int] = set()
+    sides = _Sides()
+    for entry in plan:
+        name, attr = _owner(entry.name)
+        layer = layers.get(name)
+        if not entry.changed:
+            if isinstance(layer, _CONVS + _TRANSPOSED + (nn.Linear,)) and attr == "weight":
+                skipped.append((name, entry.reason))
+            continue
+        if layer is None:
+            raise GeometryError(f"{entry.name}: the plan resizes it, but no layer named {name!r} owns it; exclude it")
+        _check_layer(name, layer, entry.name, allow_reflect, entry.kind)
+        tensor = state[entry.name]
+        if id(tensor) in seen:
+            raise GeometryError(f"{entry.name}: this tensor is shared with another layer; untie it before resizing")
+        seen.add(id(tensor))
+        change, geometry, in_features = _change_entry(name, layer, entry.record, padding, sides.take(entry.record),
+                                                      entry.shape, entry.new_shape)
+        tensors = {}
+        if entry.action == "resize":
+            tensors[attr] = apply_entry(entry, tensor.detach(), backend=backend)
+        pending.append(_Pending(layer, change, geometry, tensors, in_features))
+    if pools:
+        pool_pending, pool_skipped = _pool_changes(module, options)
+        pending += pool_pending
+        skipped += pool_skipped
+    _apply(pending)
+    return SupersampleReport(_ordered_changes(pending, layers), tuple(skipped), plan.manifest())
+
+
+def _ordered_changes(pending: Sequence[_Pending], layers: Mapping[str, nn.Module]) -> tuple[LayerChange, ...]:
+    _one_change_per_layer(pending)
+    order = {name: i for i, name in enumerate(layers)}
+    changes = [p.change for p in pending if p.change is not None]
+    return tuple(sorted(changes, key=lambda c: order[c.name]))
+
+
+# ---------------------------------------------------------------------------------------------
+# load
+
+
+def _checkpoint_files(path: Union[str, os.PathLike]) -> list[Path]:
+    """The safetensors files of a checkpoint: one file, the shards of an index, or a folder's files."""
+    path = Path(path)
+    if path.is_dir():
+        indexes = sorted(path.glob("*.safetensors.index.json"))
+        if len(indexes) > 1:
+            raise InvalidCheckpointError(f"{path}: several shard indexes ({', '.join(p.name for p in indexes)}); name one")
+        if indexes:
+            return _checkpoint_files(indexes[0])
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise InvalidCheckpointError(f"{path}: no .safetensors file in this folder")
+        return files
+    if path.name.endswith(".json"):
+        try:
+            index = json.loads(path.read_text(encoding="utf-8"))
+            weight_map = index["weight_map"]
+            shards = sorted(set(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise InvalidCheckpointError(f"{path}: not a shard index with a weight_map ({exc})") from None
+        return [path.parent / shard for shard in shards]
+    if not path.exists():
+        raise InvalidCheckpointError(f"{path}: no such file or folder")
+    return [path]
+
+
+def _parse_manifest(text: str, where: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(text)
+    except ValueError as exc:
+        raise InvalidCheckpointError(f"{where}: the {MANIFEST_KEY!r} metadata is not JSON ({exc})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("tensors"), dict):
+        raise InvalidCheckpointError(f"{where}: the {MANIFEST_KEY!r} metadata is not a kernelscale manifest (no 'tensors' table)")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise InvalidCheckpointError(
+            f"{where}: manifest format version {version!r} is not one this kernelscale reads ({FORMAT_VERSION}); "
+            "convert the checkpoint again or upgrade kernelscale")
+    for tensor, record in manifest["tensors"].items():
+        kind = record.get("kind") if isinstance(record, dict) else None
+        if kind not in _RECORD_FIELDS:
+            raise InvalidCheckpointError(f"{where}: manifest record of {tensor!r} has unknown kind {kind!r} "
+                                         f"(this kernelscale reads {', '.join(_RECORD_FIELDS)})")
+        lacking = [k for k in _RECORD_FIELDS[kind] if k not in record]
+        if lacking:
+            raise InvalidCheckpointError(f"{where}: manifest record of {tensor!r} lacks {', '.join(lacking)}")
+    return manifest
+
+
+def _open(path: Path):
+    from kernelscale.safetensors_io import SafetensorsReader
+
+    return SafetensorsReader(path)
+
+
+def _read_headers(files: Sequence[Path]) -> tuple[Optional[dict[str, Any]], dict[str, tuple[Path, tuple[int, ...]]]]:
+    """(merged manifest or None, tensor name → (file, shape)). Errors name the file and the conflict."""
+    manifest: Optional[dict[str, Any]] = None
+    where: dict[str, tuple[Path, tuple[int, ...]]] = {}
+    for path in files:
+        with _open(path) as reader:
+            for name, info in reader.tensors.items():
+                if name in where:
+                    raise InvalidCheckpointError(f"{path}: tensor {name!r} is also in {where[name][0]}")
+                where[name] = (path, tuple(info.shape))
+            text = reader.metadata.get(MANIFEST_KEY)
+        if text is None:
+            continue
+        part = _parse_manifest(text, path)
+        if manifest is None:
+            manifest = {**part, "tensors": dict(part["tensors"])}
+            continue
+        if part.get("options") != manifest.get("options"):
+            raise InvalidCheckpointError(f"{path}: its manifest's options differ from the other shards'")
+        for tensor, record in part["tensors"].items():
+            if manifest["tensors"].setdefault(tensor, record) != record:
+                raise InvalidCheckpointError(f"{path}: its manifest record of {tensor!r} differs from another shard's")
+    return manifest, where
+
+
+def read_manifest(path: Union[str, os.PathLike]) -> Optional[dict[str, Any]]:
+    """The kernelscale manifest of a converted checkpoint (file, folder or shard index), merged
+    over its files; None for a checkpoint that carries none. Raises InvalidCheckpointError for a
+    malformed manifest or an unknown format version."""
+    return _read_headers(_checkpoint_files(path))[0]
+
+
+def _listing(names: Sequence[str], limit: int = 8) -> str:
+    names = sorted(names)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(repr(n) for n in names[:limit]) + more
+
+
+def load(
+    module: nn.Module,
+    path: Union[str, os.PathLike],
+    *,
+    pools: bool = False,
+    padding: str = "exact",
+    allow_reflect: bool = False,
+) -> SupersampleReport:
+    """Load a checkpoint written by ``kernelscale convert`` into ``module`` (the original
+    architecture), reshaping its layers as the manifest records; return the report.
+
+    ``path``: a .safetensors file, a folder of them, or a ``*.safetensors.index.json`` shard index.
+    For each record (DESIGN §5) the layer's kernel size, padding, stride and dilation come from
+    :func:`record_geometry` applied to the layer's own geometry; Linear grids get the new
+    ``in_features``. ``pools=True`` scales MaxPool/AvgPool windows by the manifest's options, as
+    :func:`supersample` does. A checkpoint without a manifest loads as it is.
+
+    Strict: a module tensor missing from the files, a file tensor the module lacks, a shape other
+    than the record's, a record for a layer whose kernel differs from the record's old shape, or a
+    manifest of an unknown format version is an InvalidCheckpointError or GeometryError naming it.
+    Everything is read and checked before the module is touched.
+    """
+    _check_padding_option(padding)
+    files = _checkpoint_files(path)
+    manifest, where = _read_headers(files)
+    records = manifest["tensors"] if manifest is not None else {}
+    state = module.state_dict(keep_vars=True)
+    missing = [n for n in state if n not in where]
+    unexpected = [n for n in where if n not in state]
+    if missing:
+        raise InvalidCheckpointError(f"{path}: missing tensors the module needs: {_listing(missing)}")
+    if unexpected:
+        raise InvalidCheckpointError(f"{path}: unexpected tensors the module does not have: {_listing(unexpected)}")
+    stray = [n for n in records if n not in state]
+    if stray:
+        raise InvalidCheckpointError(f"{path}: the manifest records tensors the checkpoint does not hold: {_listing(stray)}")
+
+    layers = dict(module.named_modules())
+    pending: list[_Pending] = []
+    sides = _Sides()
+    reshaped: dict[str, tuple[int, ...]] = {}
+    for name, tensor in state.items():
+        record = records.get(name)
+        file_shape = where[name][1]
+        if record is None:
+            if file_shape != tuple(tensor.shape):
+                raise InvalidCheckpointError(
+                    f"{path}: {name!r} has shape {file_shape} in the checkpoint but "
+                    f"{tuple(tensor.shape)} in the module, and the manifest does not record a resize")
+            continue
+        layer_name, _ = _owner(name)
+        layer = layers.get(layer_name)
+        if layer is None:
+            raise GeometryError(f"{name}: the manifest records it, but no layer named {layer_name!r} owns it")
+        _check_layer(layer_name, layer, name, allow_reflect, record["kind"])
+        expected = _expected_shape(name, tuple(tensor.shape), record)
+        if file_shape != expected:
+            raise InvalidCheckpointError(f"{path}: {name!r} has shape {file_shape} but its record says {expected}")
+        change, geometry, in_features = _change_entry(layer_name, layer, record, padding, sides.take(record),
+                                                      tuple(tensor.shape), expected)
+        pending.append(_Pending(layer, change, geometry, {}, in_features))
+        reshaped[name] = expected
+    skipped: list[tuple[str, str]] = []
+    if pools and manifest is not None:
+        opts = dict(manifest["options"])
+        options = ResizeOptions(scale=opts["scale"], include=tuple(opts.get("include", ())), exclude=tuple(opts.get("exclude", ())),
+                                layers=tuple(opts.get("layers", ())))
+        pool_pending, skipped = _pool_changes(module, options)
+        pending += pool_pending
+
+    tensors: dict[str, torch.Tensor] = {}
+    by_file: dict[Path, list[str]] = {}
+    for name, (file, _) in where.items():
+        by_file.setdefault(file, []).append(name)
+    for file, names in by_file.items():
+        with _open(file) as reader:
+            for name in names:
+                tensors[name] = reader.read_tensor(name)
+
+    _apply(pending)
+    with torch.no_grad():
+        for name, shape in reshaped.items():
+            param = state[name]
+            param.data = torch.empty(shape, dtype=param.dtype, device=param.device)
+        module.load_state_dict(tensors, strict=True)
+    return SupersampleReport(_ordered_changes(pending, layers), tuple(skipped), manifest or {})
+
+
+def _expected_shape(name: str, shape: tuple[int, ...], record: Mapping[str, Any]) -> tuple[int, ...]:
+    if record["kind"] == "attention":
+        return shape
+    if record["kind"] == "grid":
+        c, h, w = (int(v) for v in record["grid"])
+        if len(shape) != 2 or shape[1] != c * h * w:
+            raise GeometryError(f"{name}: the module's weight {shape} is not over the recorded grid {c}×{h}×{w}")
+        nh, nw = (int(v) for v in record["new_spatial"])
+        return (shape[0], c * nh * nw)
+    old = tuple(int(k) for k in record["old_spatial"])
+    if tuple(shape[2:]) != old:
+        raise GeometryError(f"{name}: the module's kernel is {shape[2:]} but the record was made for {old}")
+    return tuple(shape[:2]) + tuple(int(k) for k in record["new_spatial"])
