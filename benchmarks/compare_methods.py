@@ -49,7 +49,7 @@ def accuracy_at(state: dict, options: dict, scale: float) -> tuple[float, float]
     model = DigitsCNN()
     model.load_state_dict(state)
     try:
-        ksnn.supersample(model, scale, grids=GRID, padding="asymmetric" if options.get("align") == "cells" else "error", **options)
+        ksnn.supersample(model, scale, grids=GRID, padding="asymmetric" if options.get("align") == "cells" or options.get("method") == "pinv" else "exact", **options)
     except Exception as exc:  # a method the adapter refuses for this network
         print(f"  ({options}: {exc})", file=sys.stderr)
         return None
