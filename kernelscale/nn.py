@@ -43,7 +43,6 @@ padding 1), exactly aligned.
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -55,19 +54,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernelscale.errors import GeometryError, InvalidCheckpointError, InvalidOptionError, UnsupportedTensorError
-from kernelscale.plan import FORMAT_VERSION, Plan, ResizeOptions, TensorSpec, plan_tensors
+from kernelscale.checkpoint import checkpoint_files, open_file, read_headers, read_manifest
+from kernelscale.plan import Plan, ResizeOptions, TensorSpec, plan_tensors
 from kernelscale.resize import new_padding
 from kernelscale.state_dict import apply_entry
 
 __all__ = ["LayerChange", "SupersampleReport", "load", "plan_module", "read_manifest", "record_geometry", "supersample"]
 
-MANIFEST_KEY = "kernelscale"
-# The fields a loader needs from each kind of manifest record (docs/format.md).
-_RECORD_FIELDS = {
-    "conv": ("scale", "old_spatial", "new_spatial"),
-    "grid": ("scale", "grid", "old_spatial", "new_spatial"),
-    "attention": ("factor",),
-}
 PADDINGS = ("exact", "asymmetric")
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -727,93 +720,6 @@ def _ordered_changes(pending: Sequence[_Pending], layers: Mapping[str, nn.Module
 # load
 
 
-def _checkpoint_files(path: Union[str, os.PathLike]) -> list[Path]:
-    """The safetensors files of a checkpoint: one file, the shards of an index, or a folder's files."""
-    path = Path(path)
-    if path.is_dir():
-        indexes = sorted(path.glob("*.safetensors.index.json"))
-        if len(indexes) > 1:
-            raise InvalidCheckpointError(f"{path}: several shard indexes ({', '.join(p.name for p in indexes)}); name one")
-        if indexes:
-            return _checkpoint_files(indexes[0])
-        files = sorted(path.glob("*.safetensors"))
-        if not files:
-            raise InvalidCheckpointError(f"{path}: no .safetensors file in this folder")
-        return files
-    if path.name.endswith(".json"):
-        try:
-            index = json.loads(path.read_text(encoding="utf-8"))
-            weight_map = index["weight_map"]
-            shards = sorted(set(weight_map.values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise InvalidCheckpointError(f"{path}: not a shard index with a weight_map ({exc})") from None
-        return [path.parent / shard for shard in shards]
-    if not path.exists():
-        raise InvalidCheckpointError(f"{path}: no such file or folder")
-    return [path]
-
-
-def _parse_manifest(text: str, where: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads(text)
-    except ValueError as exc:
-        raise InvalidCheckpointError(f"{where}: the {MANIFEST_KEY!r} metadata is not JSON ({exc})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("tensors"), dict):
-        raise InvalidCheckpointError(f"{where}: the {MANIFEST_KEY!r} metadata is not a kernelscale manifest (no 'tensors' table)")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise InvalidCheckpointError(
-            f"{where}: manifest format version {version!r} is not one this kernelscale reads ({FORMAT_VERSION}); "
-            "convert the checkpoint again or upgrade kernelscale")
-    for tensor, record in manifest["tensors"].items():
-        kind = record.get("kind") if isinstance(record, dict) else None
-        if kind not in _RECORD_FIELDS:
-            raise InvalidCheckpointError(f"{where}: manifest record of {tensor!r} has unknown kind {kind!r} "
-                                         f"(this kernelscale reads {', '.join(_RECORD_FIELDS)})")
-        lacking = [k for k in _RECORD_FIELDS[kind] if k not in record]
-        if lacking:
-            raise InvalidCheckpointError(f"{where}: manifest record of {tensor!r} lacks {', '.join(lacking)}")
-    return manifest
-
-
-def _open(path: Path):
-    from kernelscale.safetensors_io import SafetensorsReader
-
-    return SafetensorsReader(path)
-
-
-def _read_headers(files: Sequence[Path]) -> tuple[Optional[dict[str, Any]], dict[str, tuple[Path, tuple[int, ...]]]]:
-    """(merged manifest or None, tensor name → (file, shape)). Errors name the file and the conflict."""
-    manifest: Optional[dict[str, Any]] = None
-    where: dict[str, tuple[Path, tuple[int, ...]]] = {}
-    for path in files:
-        with _open(path) as reader:
-            for name, info in reader.tensors.items():
-                if name in where:
-                    raise InvalidCheckpointError(f"{path}: tensor {name!r} is also in {where[name][0]}")
-                where[name] = (path, tuple(info.shape))
-            text = reader.metadata.get(MANIFEST_KEY)
-        if text is None:
-            continue
-        part = _parse_manifest(text, path)
-        if manifest is None:
-            manifest = {**part, "tensors": dict(part["tensors"])}
-            continue
-        if part.get("options") != manifest.get("options"):
-            raise InvalidCheckpointError(f"{path}: its manifest's options differ from the other shards'")
-        for tensor, record in part["tensors"].items():
-            if manifest["tensors"].setdefault(tensor, record) != record:
-                raise InvalidCheckpointError(f"{path}: its manifest record of {tensor!r} differs from another shard's")
-    return manifest, where
-
-
-def read_manifest(path: Union[str, os.PathLike]) -> Optional[dict[str, Any]]:
-    """The kernelscale manifest of a converted checkpoint (file, folder or shard index), merged
-    over its files; None for a checkpoint that carries none. Raises InvalidCheckpointError for a
-    malformed manifest or an unknown format version."""
-    return _read_headers(_checkpoint_files(path))[0]
-
-
 def _listing(names: Sequence[str], limit: int = 8) -> str:
     names = sorted(names)
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
@@ -843,8 +749,8 @@ def load(
     Everything is read and checked before the module is touched.
     """
     _check_padding_option(padding)
-    files = _checkpoint_files(path)
-    manifest, where = _read_headers(files)
+    files = checkpoint_files(path)
+    manifest, where = read_headers(files)
     records = manifest["tensors"] if manifest is not None else {}
     state = module.state_dict(keep_vars=True)
     missing = [n for n in state if n not in where]
@@ -895,7 +801,7 @@ def load(
     for name, (file, _) in where.items():
         by_file.setdefault(file, []).append(name)
     for file, names in by_file.items():
-        with _open(file) as reader:
+        with open_file(file) as reader:
             for name in names:
                 tensors[name] = reader.read_tensor(name)
 

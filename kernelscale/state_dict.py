@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Union
 
-import numpy as np
 import torch
 
 from kernelscale.dtypes import dtype_name
