@@ -182,6 +182,81 @@ def certify_grid(
         y_new = np.einsum("ochw,chw->o", w_new_, up)
         err += float(((y_new - y_old) ** 2).sum())
         ref += float((y_old**2).sum())
-    dc = float((w_new_.sum(axis=(2, 3)) * w_old.sum(axis=(2, 3))).sum() * (h * w) / (h_new * w_new) / (w_old.sum(axis=(2, 3)) ** 2).sum())
+    # A flat input upsamples to a flat input, so the DC gain is each row's sum over all cells.
+    dc_old, dc_new = w_old.sum(axis=(1, 2, 3)), w_new_.sum(axis=(1, 2, 3))
+    dc = float((dc_new * dc_old).sum() / (dc_old**2).sum())
     return LayerCertificate(name, record.get("method", ""), tuple(original.shape), tuple(converted.shape),
                             math.sqrt(err / ref) if ref > 0 else 0.0, 0.0, dc)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Certificates of every changed layer of a converted checkpoint, and a summary."""
+
+    layers: tuple[LayerCertificate, ...]
+    band: float
+
+    @property
+    def worst(self) -> Optional[LayerCertificate]:
+        return max(self.layers, key=lambda c: c.structure_error, default=None)
+
+    def failures(self, tol: Optional[float]) -> tuple[LayerCertificate, ...]:
+        """Layers whose structure error exceeds ``tol`` (none when ``tol`` is None)."""
+        return () if tol is None else tuple(c for c in self.layers if c.structure_error > tol)
+
+    def table(self) -> list[str]:
+        """One line per layer, then the summary."""
+        width = max((len(c.name) for c in self.layers), default=4)
+        lines = [f"{'layer':<{width}}  {'method':<8}  {'shape':>21}  structure  alias  dc gain"]
+        for c in self.layers:
+            shapes = f"{'×'.join(map(str, c.old_shape[2:] or c.old_shape))}→{'×'.join(map(str, c.new_shape[2:] or c.new_shape))}"
+            lines.append(f"{c.name:<{width}}  {c.method:<8}  {shapes:>21}  {c.structure_error:9.2e}  {c.alias_gain:5.3f}  {c.dc_gain_ratio:7.4f}")
+        worst = self.worst
+        if worst is not None:
+            mean = sum(c.structure_error for c in self.layers) / len(self.layers)
+            lines.append(f"{len(self.layers)} changed layers; structure error (band ν₀ = {self.band}): mean {mean:.2e}, "
+                         f"worst {worst.structure_error:.2e} ({worst.name})")
+        else:
+            lines.append("no changed layer to verify")
+        return lines
+
+    def to_json(self) -> dict[str, Any]:
+        worst = self.worst
+        return {"band": self.band, "layers": [c.to_json() for c in self.layers],
+                "worst": worst.to_json() if worst is not None else None}
+
+
+def verify_checkpoints(
+    original: Any,
+    converted: Any,
+    *,
+    band: float = 0.25,
+    probes: int = 4,
+    seed: int = 0,
+    max_channels: int = 64,
+) -> VerifyReport:
+    """Certify every tensor the converted checkpoint's manifest records against the original.
+
+    Both are a .safetensors file, a shard index or a folder (kernelscale.checkpoint). Geometry-only
+    records are certified with their dilation; attention records (no spatial change) are skipped.
+    Raises InvalidCheckpointError when the converted checkpoint has no manifest or a recorded
+    tensor is missing from the original.
+    """
+    from kernelscale.checkpoint import checkpoint_files, open_file, read_headers
+
+    manifest, converted_where = read_headers(checkpoint_files(converted))
+    if manifest is None:
+        raise InvalidOptionError(f"{converted}: no kernelscale manifest; is it a converted checkpoint?")
+    _, original_where = read_headers(checkpoint_files(original))
+    certificates = []
+    for name, record in manifest["tensors"].items():
+        if record.get("kind") == "attention":
+            continue
+        if name not in original_where:
+            raise InvalidOptionError(f"{original}: has no tensor {name!r}, which {converted} records as resized")
+        with open_file(original_where[name][0]) as reader:
+            old = reader.read_tensor(name)
+        with open_file(converted_where[name][0]) as reader:
+            new = reader.read_tensor(name)
+        certificates.append(certify_record(name, old, new, record, band=band, probes=probes, seed=seed, max_channels=max_channels))
+    return VerifyReport(tuple(certificates), band)

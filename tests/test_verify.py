@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -74,3 +76,29 @@ def test_grid_record_is_certified():
     new, manifest = resize_state_dict(sd, plan=plan)
     cert = certify_record("fc.weight", sd["fc.weight"], new["fc.weight"], manifest["tensors"]["fc.weight"])
     assert cert.structure_error < 1e-10  # T6: pinv is exact on inputs upsampled by its upsampler
+
+
+def test_grid_dc_gain_is_kept_by_the_hw_coefficient():
+    sd = {"fc.weight": torch.tensor(np.random.default_rng(2).standard_normal((4, 2 * 6 * 6)))}
+    new, manifest = resize_state_dict(sd, 2, grids={"fc": (2, 6, 6)})
+    cert = certify_record("fc.weight", sd["fc.weight"], new["fc.weight"], manifest["tensors"]["fc.weight"])
+    # Linear cells at integer s: every column of R sums to s·(1/s) = 1, so each row keeps its sum.
+    assert cert.dc_gain_ratio == pytest.approx(1.0, abs=1e-12)
+
+
+def test_verify_checkpoints_reads_the_manifest(tmp_path):
+    from safetensors.torch import save_file
+
+    from kernelscale.verify import verify_checkpoints
+
+    sd = {"a.weight": kernels(), "b.weight": kernels(seed=1), "a.bias": torch.zeros(6, dtype=torch.float64)}
+    new, manifest = resize_state_dict(sd, 2, method="dilate", layers=[{"pattern": "b", "method": "interp"}])
+    save_file(sd, str(tmp_path / "orig.safetensors"))
+    save_file(new, str(tmp_path / "new.safetensors"), metadata={"kernelscale": json.dumps(manifest)})
+    report = verify_checkpoints(tmp_path / "orig.safetensors", tmp_path / "new.safetensors")
+    by_name = {c.name: c for c in report.layers}
+    assert set(by_name) == {"a.weight", "b.weight"}
+    assert by_name["a.weight"].structure_error < 1e-12 < by_name["b.weight"].structure_error
+    assert [c.name for c in report.failures(1e-6)] == ["b.weight"]
+    assert report.failures(None) == ()
+    assert "worst" in report.table()[-1]
