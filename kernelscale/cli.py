@@ -1,0 +1,503 @@
+"""The command line: ``kernelscale convert`` and ``kernelscale inspect`` (docs/cli.md).
+
+A thin parse → validate → run front end over :mod:`kernelscale.convert`; every option maps to a
+field of :class:`~kernelscale.plan.ResizeOptions` or a keyword of ``convert_checkpoint``.
+Subcommands live in a registry (:func:`register_command`), so a new one is one
+:class:`Command` with an ``add_arguments`` and a ``run`` function.
+
+Exit codes: 0 success; 2 bad input or usage (one line ``kernelscale: error: …`` on stderr, never a
+traceback — set ``KERNELSCALE_DEBUG=1`` to get one); 130 interrupted (Ctrl-C); 143 terminated
+(SIGTERM); 1 an internal error. Temp files are removed before exiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import textwrap
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+from kernelscale import __version__
+from kernelscale.errors import InvalidOptionError, KernelscaleError
+from kernelscale.transforms import ALIGNS, METHODS, MODES
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+DEBUG_ENV = "KERNELSCALE_DEBUG"
+
+
+class UsageError(Exception):
+    """A command line argparse rejected."""
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that ``finally`` blocks remove temp files."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+_FORMATTER = argparse.RawDescriptionHelpFormatter
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, one-line help, long description, arguments and action.
+
+    ``run(args)`` returns the exit code; it raises KernelscaleError for bad input, which
+    :func:`main` prints as one line with exit code 2.
+    """
+
+    name: str
+    help: str
+    description: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    epilog: str = ""
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def register_command(command: Command) -> Command:
+    """Add a subcommand to :func:`build_parser` (later registrations of a name replace earlier ones)."""
+    COMMANDS[command.name] = command
+    return command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``kernelscale`` parser with every registered subcommand."""
+    parser = _Parser(
+        prog="kernelscale",
+        description=textwrap.fill("Training-free resolution scaling of trained networks by weight surgery: resize the conv "
+                                  "kernels of a checkpoint so the network runs on inputs sampled S times more finely.", 100),
+        epilog="examples:\n"
+               "  kernelscale convert model.safetensors model_x2.safetensors --scale 2\n"
+               "  kernelscale inspect model.safetensors --scale 2      # preview what convert would do\n"
+               "Run 'kernelscale COMMAND --help' for a command's options; docs/cli.md has more.",
+        formatter_class=_FORMATTER,
+    )
+    parser.add_argument("--version", action="version", version=f"kernelscale {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    for command in COMMANDS.values():
+        p = sub.add_parser(command.name, help=command.help, description=textwrap.fill(command.description, 100),
+                           epilog=command.epilog, formatter_class=_FORMATTER)
+        command.add_arguments(p)
+        p.set_defaults(_command=command)
+    return parser
+
+
+# --- planning options shared by convert and inspect ----------------------------------------------
+
+
+def add_planning_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that decide what happens to each tensor (fields of ResizeOptions).
+
+    Every default is None so that a value given on the command line can be told apart from one
+    read from --plan: flags override the plan file.
+    """
+    g = parser.add_argument_group("planning (which tensors change, and how)")
+    g.add_argument("--scale", metavar="S[,S...]",
+                   help="how many times more finely the inputs are sampled: one number for every spatial axis, or one "
+                        "per axis (applied to the last axes of each kernel). Below 1 subsamples. Required unless --plan "
+                        "sets it. Example: --scale 2, --scale 2,1.5")
+    g.add_argument("--method", choices=METHODS,
+                   help="how kernels are resized (default: interp). interp: interpolate the kernel and scale it by the "
+                        "coefficient; dilate: insert zeros (ScaleCrafter re-dilation, exact on any shift-invariant "
+                        "upsampler); pinv: pseudo-inverse of the upsampler (FlexiViT; exact on inputs upsampled by it); "
+                        "disperse: ScaleCrafter's dispersed convolution. Example: --method dilate")
+    g.add_argument("--mode", choices=MODES,
+                   help="interpolation kernel for interp and pinv (default: linear). Example: --mode cubic")
+    g.add_argument("--align", choices=ALIGNS,
+                   help="taps (default): new taps keep the kernel centred, odd sizes stay odd (3x3 -> 7x7 at S=2, "
+                        "linear); cells: exactly F.interpolate of the kernel, as in the paper (3x3 -> 6x6, half-pixel "
+                        "shift). Example: --align cells")
+    g.add_argument("--coef", metavar="mass|paper|FLOAT",
+                   help="the constant the resized kernel is scaled by (default: mass). mass: every tap's mass is "
+                        "kept, so the DC gain is exact; paper: 1/prod(S); or a number. Example: --coef paper")
+    g.add_argument("--geometry-only", action="store_true", default=None,
+                   help="re-dilation that keeps the weights: record dilation *= S in the manifest and leave every "
+                        "weight byte as it is (implies --method dilate; integer scales only)")
+    g.add_argument("--include", action="append", metavar="GLOB",
+                   help="resize only tensors whose name (or layer name, without .weight) matches; repeatable; each "
+                        "glob must match some tensor. Default: every conv kernel. Example: --include 'down_blocks.*'")
+    g.add_argument("--exclude", action="append", metavar="GLOB",
+                   help="never resize tensors matching GLOB; repeatable. Example: --exclude conv_in --exclude 'decoder.*'")
+    g.add_argument("--absorb", action="append", metavar="GLOB",
+                   help="layers that take the scale into their stride (stride*S, kernel*S, cells alignment) so every "
+                        "layer after them is untouched: patch embeddings, STFT front ends; repeatable. "
+                        "Example: --absorb patch_embed.proj")
+    g.add_argument("--grid", action="append", metavar="NAME=C,H,W",
+                   help="declare a Linear weight whose input is a flattened C x H x W grid, so its rows are resized as "
+                        "images (NAME is the tensor or its layer); repeatable. Example: --grid fc=32,4,4")
+    g.add_argument("--plan", metavar="FILE",
+                   help="read options from a plan file: TOML (*.toml), JSON (*.json) or ScaleCrafter's 'name:factor' "
+                        "settings text (any other name; listed layers get their factor, others keep scale 1). Flags "
+                        "given here override the file's values. Example: --plan sd15_x2.toml")
+
+
+def parse_scale(text: str) -> Any:
+    """``"2"`` → 2.0, ``"2,1.5"`` → (2.0, 1.5); InvalidOptionError for anything else."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise InvalidOptionError(f"--scale {text!r}: expected a number or comma-separated numbers, e.g. 2 or 2,1.5") from None
+    return values[0] if len(values) == 1 else values
+
+
+def parse_coef(text: str) -> Any:
+    """``mass``, ``paper`` or a number."""
+    if text in ("mass", "paper"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidOptionError(f"--coef {text!r}: expected mass, paper or a number") from None
+
+
+def parse_grid(text: str) -> tuple[str, tuple[int, int, int]]:
+    """``NAME=C,H,W`` → ``(NAME, (C, H, W))``."""
+    name, sep, dims = text.partition("=")
+    try:
+        values = tuple(int(v) for v in dims.split(","))
+    except ValueError:
+        values = ()
+    if not sep or not name.strip() or len(values) != 3 or min(values) < 1:
+        raise InvalidOptionError(f"--grid {text!r}: expected NAME=C,H,W with three positive integers, e.g. fc=32,4,4")
+    return name.strip(), values  # type: ignore[return-value]
+
+
+def options_from_args(args: argparse.Namespace, *, require_scale: bool = True):
+    """ResizeOptions from the plan file (if any) overridden by the flags; None when no scale is
+    given and ``require_scale`` is False (inspect without planning)."""
+    from kernelscale.plan import ResizeOptions
+    from kernelscale.plan_file import load_plan_file
+
+    fields: dict[str, Any] = dict(load_plan_file(args.plan)) if args.plan else {}
+    if args.scale is not None:
+        fields["scale"] = parse_scale(args.scale)
+    for key in ("method", "mode", "align"):
+        if getattr(args, key) is not None:
+            fields[key] = getattr(args, key)
+    if args.coef is not None:
+        fields["coef"] = parse_coef(args.coef)
+    if args.geometry_only:
+        fields["geometry_only"] = True
+        if args.method is None:
+            fields["method"] = "dilate"
+    for key in ("include", "exclude", "absorb"):
+        if getattr(args, key):
+            fields[key] = tuple(getattr(args, key))
+    if args.grid:
+        grids = dict(fields.get("grids") or {})
+        grids.update(parse_grid(g) for g in args.grid)
+        fields["grids"] = grids
+    if "scale" not in fields:
+        if require_scale:
+            raise InvalidOptionError("give --scale (e.g. --scale 2), or a --plan file that sets scale")
+        if len(fields) > 0:
+            raise InvalidOptionError("planning options need --scale (or a --plan file that sets scale)")
+        return None
+    return ResizeOptions(**fields)
+
+
+# --- convert -----------------------------------------------------------------------------------
+
+
+def _add_convert_arguments(p: argparse.ArgumentParser) -> None:
+    from kernelscale.convert import DEVICES, OUTPUT_DTYPES
+
+    p.add_argument("input", metavar="IN",
+                   help="a .safetensors file, a sharded checkpoint's *.safetensors.index.json, or a model folder "
+                        "(diffusers or Hugging Face layout). Never modified.")
+    p.add_argument("output", metavar="OUT",
+                   help="where the result goes: a file for a file; a folder for a folder (other files are copied); "
+                        "for a shard index, a folder or the output index's path (shards are written beside it)")
+    add_planning_arguments(p)
+    g = p.add_argument_group("output")
+    g.add_argument("--dtype", choices=tuple(OUTPUT_DTYPES), default="keep",
+                   help="dtype of the floating tensors written (default: keep). float16/bfloat16/float32 apply to "
+                        "every F64/F32/F16/BF16 tensor: resized ones are computed in float32 and rounded once, the "
+                        "others cast; integer, bool and float8 tensors are always copied byte for byte. "
+                        "Example: --dtype float16")
+    g.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where resizing runs (default: auto = CUDA when available, else CPU). Example: --device cpu")
+    g.add_argument("--dry-run", action="store_true",
+                   help="plan and check everything (input, options, OUT, free space), print what would happen to "
+                        "each tensor, and write nothing")
+    g.add_argument("--force", action="store_true",
+                   help="replace OUT if it exists (never when OUT is the input itself)")
+    g.add_argument("--json", action="store_true",
+                   help="print the summary (with --dry-run: the plan) as JSON on stdout instead of text on stderr")
+
+
+def _plan_json(plan) -> list[dict[str, Any]]:
+    files = []
+    for fp in plan.files:
+        tensors = []
+        for i, e in enumerate(fp.entries):
+            item = {"name": e.name, "dtype": e.dtype, "shape": list(e.shape), "action": fp.operation(i), "reason": e.reason,
+                    "new_shape": list(e.new_shape), "out_dtype": fp.out_dtypes[i]}
+            if e.record is not None:
+                item["record"] = dict(e.record)
+            tensors.append(item)
+        files.append({"input": fp.src, "output": fp.rel, "bytes_out": fp.bytes_out, "tensors": tensors})
+    return files
+
+
+def _keep_freed_blocks() -> None:
+    """Let glibc reuse freed multi-MB blocks instead of returning them to the kernel (mmap'd
+    chunks up to 64 MiB come from the heap, which is trimmed only above 512 MiB free).
+
+    Why: a conversion allocates and frees a few 8–16 MiB buffers per block; with the defaults each
+    came back as fresh pages, 0.3–0.7 M page faults for SD 1.5 at --scale 2 (~1 s of kernel time on
+    2 cores); with these, 0.05 M. Process-wide, so only the command line does it, not the API."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from kernelscale.convert import convert_checkpoint
+
+    options = options_from_args(args)
+    if not args.dry_run:
+        _keep_freed_blocks()
+    summary = convert_checkpoint(args.input, args.output, options, dtype=args.dtype, device=args.device, force=args.force,
+                                 progress=None, dry_run=args.dry_run)
+    for path in summary.cleaned:
+        _stderr(f"kernelscale: removed {path}, left by an interrupted run")
+    if args.dry_run and not args.json:
+        _stdout("\n".join(summary.plan.describe()))
+    for note in summary.notes:
+        _stderr(f"kernelscale: note: {note}")
+    if args.json:
+        data = summary.to_json()
+        if args.dry_run:
+            data["plan"] = _plan_json(summary.plan)
+        _stdout(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        _stderr(f"kernelscale: {summary.describe()}")
+    return EXIT_OK
+
+
+register_command(Command(
+    name="convert",
+    help="resize a checkpoint's conv kernels for inputs sampled S times more finely",
+    description="Convert IN to OUT, streaming one tensor at a time: conv kernels are resized, everything else is "
+                "copied byte for byte, and a manifest of every change goes into the output's metadata. IN is never "
+                "modified; OUT appears only once it is complete and checked.",
+    epilog="examples:\n"
+           "  kernelscale convert unet.safetensors unet_x2.safetensors --scale 2\n"
+           "  kernelscale convert sd15/ sd15_x2/ --scale 2 --exclude 'encoder.*' --exclude 'decoder.*'\n"
+           "  kernelscale convert model.safetensors.index.json out/ --scale 2 --dtype bfloat16\n"
+           "  kernelscale convert unet.safetensors redilated.safetensors --scale 2 --geometry-only\n"
+           "  kernelscale convert digits.safetensors digits_x2.safetensors --scale 2 --grid fc=32,4,4 --dry-run",
+    add_arguments=_add_convert_arguments,
+    run=run_convert,
+))
+
+
+# --- inspect -----------------------------------------------------------------------------------
+
+
+def _add_inspect_arguments(p: argparse.ArgumentParser) -> None:
+    from kernelscale.convert import OUTPUT_DTYPES
+
+    p.add_argument("path", metavar="PATH", help="a .safetensors file, a *.safetensors.index.json or a model folder")
+    add_planning_arguments(p)
+    p.add_argument("--dtype", choices=tuple(OUTPUT_DTYPES), default="keep",
+                   help="with --scale: preview the output dtypes convert --dtype would write (default: keep)")
+    p.add_argument("--json", action="store_true", help="print JSON on stdout for scripts")
+
+
+def _record_text(record: dict[str, Any]) -> str:
+    kind = record.get("kind")
+    if kind == "attention":
+        return f"attention temperature ×{record.get('factor', 1.0):.4f}"
+    scale = "×" + ",".join(f"{s:g}" for s in record.get("scale") or [])
+    old, new = _dims(record.get("old_spatial")), _dims(record.get("new_spatial"))
+    text = f"{record.get('method')}"
+    if record.get("mode"):
+        text += f"/{record.get('mode')}"
+    if record.get("align"):
+        text += f"/{record.get('align')}"
+    text += f" {scale} {old} -> {new}"
+    if kind == "grid":
+        text = f"grid {_dims(record.get('grid'))}: " + text
+    if record.get("dilation"):
+        text += f", dilation {_dims(record['dilation'])}"
+    if record.get("absorb"):
+        text += ", absorbs the scale (stride ×S)"
+    if record.get("pad_extra"):
+        text += f", extra padding {record['pad_extra']}"
+    return text
+
+
+def _dims(values: Optional[Sequence[Any]]) -> str:
+    return "×".join(str(v) for v in values) if values else "-"
+
+
+def _manifest_of(metadata: dict[str, str]) -> Optional[dict[str, Any]]:
+    from kernelscale.convert import MANIFEST_KEY
+
+    if MANIFEST_KEY not in metadata:
+        return None
+    try:
+        manifest = json.loads(metadata[MANIFEST_KEY])
+    except ValueError:
+        raise InvalidOptionError(f"the '{MANIFEST_KEY}' metadata is not valid JSON") from None
+    if not isinstance(manifest, dict):
+        raise InvalidOptionError(f"the '{MANIFEST_KEY}' metadata is not a JSON object")
+    return manifest
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from kernelscale.convert import MANIFEST_KEY, describe_entries, plan_checkpoint, scan_checkpoint, shape_text
+
+    scan = scan_checkpoint(args.path)
+    options = options_from_args(args, require_scale=False)
+    plan = plan_checkpoint(args.path, options, dtype=args.dtype, scan=scan) if options is not None else None
+    planned = {fp.src: fp for fp in plan.files} if plan is not None else {}
+    files_json, lines = [], []
+    for source in scan.files:
+        manifest = _manifest_of(source.metadata)
+        metadata = {k: v for k, v in source.metadata.items() if k != MANIFEST_KEY}
+        records = (manifest or {}).get("tensors") or {}
+        fp = planned.get(source.path)
+        label = source.rel or source.path
+        lines.append(f"== {label} ==  {len(source.tensors)} tensors"
+                     + (f"; metadata: {json.dumps(metadata, sort_keys=True, ensure_ascii=False)}" if metadata else ""))
+        tensors = []
+        if fp is not None:
+            lines.extend(describe_entries(fp.entries, fp.out_dtypes))
+        for i, t in enumerate(source.tensors):
+            item: dict[str, Any] = {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)}
+            if t.name in records:
+                item["record"] = records[t.name]
+            if fp is not None:
+                e = fp.entries[i]
+                item.update(action=fp.operation(i), reason=e.reason, new_shape=list(e.new_shape), out_dtype=fp.out_dtypes[i])
+                if e.record is not None:
+                    item["planned_record"] = dict(e.record)
+            else:
+                line = f"{t.name}  {t.dtype}  {shape_text(t.shape)}"
+                if t.name in records:
+                    line += f"  converted: {_record_text(records[t.name])}"
+                lines.append(line)
+            tensors.append(item)
+        if manifest is not None:
+            opts = manifest.get("options") or {}
+            shown = " ".join(f"{k}={json.dumps(opts[k])}" for k in ("scale", "method", "mode", "align", "coef") if k in opts)
+            lines.append(f"manifest: format_version {manifest.get('format_version')}, {manifest.get('tool', 'kernelscale')} "
+                         f"{manifest.get('tool_version')}; options: {shown}; {len(records)} changed tensor(s)")
+        files_json.append({"path": source.path, "rel": source.rel, "metadata": metadata, "manifest": manifest, "tensors": tensors})
+    notes = list(plan.notes) if plan is not None else []
+    if args.json:
+        _stdout(json.dumps({"path": scan.src, "layout": scan.layout, "files": files_json, "notes": notes,
+                            "other_files": [rel for _, rel in scan.others], "skipped_files": list(scan.skipped)},
+                           indent=2, sort_keys=True, ensure_ascii=False))
+    else:
+        _stdout("\n".join(lines))
+        for note in notes:
+            _stderr(f"kernelscale: note: {note}")
+    return EXIT_OK
+
+
+register_command(Command(
+    name="inspect",
+    help="list a checkpoint's tensors, what convert would do to each, and a converted file's manifest",
+    description="One line per tensor: name, dtype, shape; with --scale (and any planning option of convert) also "
+                "what convert would do to it and why; for a converted file, the manifest record of each changed tensor.",
+    epilog="examples:\n"
+           "  kernelscale inspect model.safetensors\n"
+           "  kernelscale inspect model.safetensors --scale 2 --method dilate\n"
+           "  kernelscale inspect model_x2.safetensors --json | jq '.files[0].manifest.options'",
+    add_arguments=_add_inspect_arguments,
+    run=run_inspect,
+))
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+def _stdout(text: str) -> None:
+    if text:
+        print(text, file=sys.stdout, flush=True)
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, KernelscaleError) and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def _fail(message: str) -> int:
+    _stderr(f"kernelscale: error: {message}")
+    return EXIT_USAGE
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; return the exit code (see the module docstring)."""
+    debug = os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except UsageError as exc:
+            return _fail(str(exc))
+        except SystemExit as exc:  # --help, --version
+            return exc.code if isinstance(exc.code, int) else EXIT_OK
+        return args._command.run(args)
+    except KeyboardInterrupt:
+        _stderr("kernelscale: interrupted; no output was written")
+        return EXIT_INTERRUPTED
+    except _Terminated:
+        _stderr("kernelscale: terminated; no output was written")
+        return EXIT_TERMINATED
+    except (KernelscaleError, OSError) as exc:
+        if debug:
+            raise
+        return _fail(_one_line(exc))
+    except Exception as exc:  # a bug: still one line, with the way to get the traceback
+        if debug:
+            raise
+        _stderr(f"kernelscale: internal error: {type(exc).__name__}: {_one_line(exc)} (set {DEBUG_ENV}=1 for a traceback)")
+        return EXIT_INTERNAL
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""The command line: conversions end to end, one line and exit 2 for every bad input, 130 on
+Ctrl-C, nothing left behind by kill -9, and a diffusers UNet folder converted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from kernelscale import __version__
+from kernelscale import cli
+from kernelscale.cli import Command, build_parser, main, options_from_args, register_command
+from kernelscale.safetensors_io import read_header
+from test_convert import leftovers, mixed_state_dict, save, save_sharded, sha256
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kernelscale.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def call(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture()
+def checkpoint(tmp_path: Path) -> Path:
+    return save(mixed_state_dict(), tmp_path / "in.safetensors", {"author": "tests"})
+
+
+# --- convert and inspect -----------------------------------------------------------------------
+
+
+def test_convert_prints_notes_and_a_summary(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    out = tmp_path / "out.safetensors"
+    code, stdout, stderr = call(capsys, "convert", checkpoint, out, "--scale", "2", "--grid", "head=8,2,2")
+    assert code == 0 and stdout == ""
+    lines = stderr.splitlines()
+    assert lines[0].startswith("kernelscale: note: in.safetensors: 6 tensor(s) changed shape") and "kernelscale.nn.load" in lines[0]
+    assert lines[-1].startswith(f"kernelscale: {checkpoint} -> {out}: 1 file(s); tensors: 6 resized, 5 copied;")
+    assert "MB/s" in lines[-1]
+    assert read_header(out)[1]["head.weight"].shape == (10, 8 * 4 * 4)
+
+
+def test_json_summary_on_stdout(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    code, stdout, stderr = call(capsys, "convert", checkpoint, tmp_path / "out.safetensors", "--scale", "2", "--json", "--dtype", "bfloat16")
+    summary = json.loads(stdout)
+    assert code == 0 and summary["tensors_resized"] == 5 and summary["dtype"] == "bfloat16" and summary["mb_per_s"] >= 0
+    assert summary["loading"][0]["stock_loadable"] is False and summary["notes"]
+    assert [line.split(":")[1] for line in stderr.splitlines()] == [" note"]  # the summary goes to stdout only
+
+
+def test_dry_run_lists_every_decision_and_writes_nothing(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    out = tmp_path / "out.safetensors"
+    code, stdout, stderr = call(capsys, "convert", checkpoint, out, "--scale", "2", "--method", "dilate", "--dry-run")
+    assert code == 0 and not out.exists()
+    assert "stem.weight  F32  8×3×3×3 -> 8×3×5×5  resize: dilate/linear/taps (conv kernel)" in stdout
+    assert stderr.splitlines()[-1].startswith("kernelscale: dry run:")
+    code, stdout, _ = call(capsys, "convert", checkpoint, out, "--scale", "2", "--dry-run", "--json")
+    data = json.loads(stdout)
+    assert data["dry_run"] and {t["name"]: t["action"] for t in data["plan"][0]["tensors"]}["stem.bias"] == "copy"
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_geometry_only_implies_dilate_and_flags_override_the_plan_file(tmp_path: Path, checkpoint: Path) -> None:
+    plan = tmp_path / "plan.toml"
+    plan.write_text('scale = 3\nmode = "cubic"\ninclude = ["stem"]\n[grids]\nhead = [8, 2, 2]\n')
+    args = build_parser().parse_args(["convert", str(checkpoint), "o", "--plan", str(plan), "--scale", "2", "--include", "block.*",
+                                      "--grid", "head=2,4,4", "--geometry-only"])
+    options = options_from_args(args)
+    assert options.scale == 2.0 and options.mode == "cubic" and options.include == ("block.*",)
+    assert options.grids == (("head", (2, 4, 4)),) and options.method == "dilate" and options.geometry_only
+
+
+def test_inspect_plain_planned_and_converted(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    code, stdout, _ = call(capsys, "inspect", checkpoint)
+    assert code == 0 and "steps  I64  2" in stdout and '"author": "tests"' in stdout
+    code, stdout, _ = call(capsys, "inspect", checkpoint, "--scale", "2", "--dtype", "float16")
+    assert "stem.weight  F32  8×3×3×3 -> 8×3×7×7 as F16  resize:" in stdout and "stem.bias  F32  8 as F16  cast:" in stdout
+    out = tmp_path / "out.safetensors"
+    assert main(["convert", str(checkpoint), str(out), "--scale", "2"]) == 0
+    capsys.readouterr()
+    code, stdout, _ = call(capsys, "inspect", out)
+    assert "stem.weight  F32  8×3×7×7  converted: interp/linear/taps ×2,2 3×3 -> 7×7" in stdout
+    assert "manifest: format_version 1, kernelscale" in stdout
+    code, stdout, _ = call(capsys, "inspect", out, "--json")
+    data = json.loads(stdout)
+    assert data["files"][0]["manifest"]["format_version"] == 1 and "kernelscale" not in data["files"][0]["metadata"]
+    assert {t["name"]: t.get("record", {}).get("new_spatial") for t in data["files"][0]["tensors"]}["block.conv.weight"] == [7, 7]
+
+
+def test_inspect_sharded_checkpoint(tmp_path: Path, capsys) -> None:
+    index = save_sharded(mixed_state_dict(), tmp_path / "in", shards=2)
+    code, stdout, _ = call(capsys, "inspect", index, "--scale", "2")
+    assert code == 0 and "== model-00001-of-00002.safetensors ==" in stdout and "== model-00002-of-00002.safetensors ==" in stdout
+
+
+def test_version_help_and_registry(capsys) -> None:
+    code, stdout, _ = call(capsys, "--version")
+    assert code == 0 and stdout.strip() == f"kernelscale {__version__}"
+    for command in ("convert", "inspect"):
+        code, stdout, _ = call(capsys, command, "--help")
+        assert code == 0 and "Example" in stdout and "--scale" in stdout
+    register_command(Command("hello", "say hello", "Says hello.", lambda p: p.add_argument("--name", default="you"),
+                             lambda args: print(f"hello {args.name}") or 0))
+    try:
+        code, stdout, _ = call(capsys, "hello", "--name", "verify")
+        assert code == 0 and stdout == "hello verify\n"
+    finally:
+        del cli.COMMANDS["hello"]
+
+
+def test_debug_env_reraises(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("KERNELSCALE_DEBUG", "1")
+    with pytest.raises(Exception, match="no such file"):
+        main(["convert", str(tmp_path / "missing.safetensors"), str(tmp_path / "o.safetensors"), "--scale", "2"])
+
+
+# --- every bad input: exit 2, one line, no traceback, no OUT, input unchanged ------------------
+
+
+def _header_file(path: Path, header: bytes | dict, data: bytes = b"", length: int | None = None) -> Path:
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw) if length is None else length) + raw + data)
+    return path
+
+
+def _truncated(tmp: Path) -> Path:
+    path = save(mixed_state_dict(), tmp / "in.safetensors")
+    blob = path.read_bytes()
+    path.write_bytes(blob[:-7])
+    return path
+
+
+BAD_INPUTS = {
+    "truncated file": (_truncated, [], "truncated"),
+    "corrupt header": (lambda t: _header_file(t / "in.safetensors", b"{not json at all"), [], "not valid JSON"),
+    "oversized header": (lambda t: _header_file(t / "in.safetensors", b"{}", length=1 << 40), [], "exceeds"),
+    "overlapping offsets": (lambda t: _header_file(t / "in.safetensors", {
+        "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+        "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, bytes(12)), [], "overlaps"),
+    "unknown dtype": (lambda t: _header_file(t / "in.safetensors", {"a": {"dtype": "F12", "shape": [1], "data_offsets": [0, 2]}},
+                                             bytes(2)), [], "unknown dtype"),
+    "empty file": (lambda t: _header_file(t / "in.safetensors", b"", length=0) and (t / "in.safetensors").write_bytes(b"")
+                   or t / "in.safetensors", [], "empty"),
+    "git lfs pointer": (lambda t: (t / "in.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\n")
+                        and t / "in.safetensors", [], "LFS"),
+    "missing input": (lambda t: t / "absent.safetensors", [], "no such file"),
+    "scale zero": (None, ["--scale", "0"], "scale must be finite and > 0"),
+    "scale negative": (None, ["--scale=-2"], "scale must be finite and > 0"),
+    "scale not a number": (None, ["--scale", "two"], "expected a number"),
+    "scale nan per axis": (None, ["--scale", "2,nan"], "finite"),
+    "no scale": (None, ["@noscale"], "give --scale"),
+    "grid for a missing tensor": (None, ["--grid", "nothing=1,2,2"], "grid 'nothing'"),
+    "grid of the wrong size": (None, ["--grid", "head=3,3,3"], "27 cells"),
+    "grid syntax": (None, ["--grid", "head=8x2x2"], "NAME=C,H,W"),
+    "include matching nothing": (None, ["--include", "nope*"], "--include 'nope*' matches no tensor"),
+    "absorb on a bias": (None, ["--absorb", "stem.bias"], "not a conv kernel"),
+    "bad coef": (None, ["--coef", "lots"], "--coef 'lots'"),
+    "bad method": (None, ["--method", "magic"], "invalid choice: 'magic'"),
+    "unknown flag": (None, ["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    "missing plan file": (None, ["--plan", "/nonexistent/plan.toml"], "cannot read"),
+    "geometry-only with interp": (None, ["--geometry-only", "--method", "interp"], "must be 'dilate'"),
+    "output exists": (None, ["@exists"], "exists; add --force"),
+    "output is the input": (None, ["@same", "--force"], "is the input itself"),
+    "output folder missing": (None, ["@nofolder"], "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_line(tmp_path: Path, capsys, case: str) -> None:
+    make, extra, needle = BAD_INPUTS[case]
+    src = make(tmp_path) if make else save(mixed_state_dict(), tmp_path / "in.safetensors")
+    out = tmp_path / "out.safetensors"
+    args = ["convert", str(src), str(out), "--scale", "2"]
+    if "--scale" in extra or "@noscale" in extra:
+        args = args[:-2]
+    for item in extra:
+        if item == "@exists":
+            out.write_bytes(b"keep me")
+        elif item == "@same":
+            args[2] = str(src)
+        elif item == "@nofolder":
+            args[2] = str(tmp_path / "no" / "such" / "out.safetensors")
+        elif item != "@noscale":
+            args.append(item)
+    before = sha256(src) if src.exists() else None
+    code, stdout, stderr = call(capsys, *args)
+    assert code == 2, stderr
+    assert stdout == ""
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kernelscale: error: "), stderr
+    assert needle in lines[0] and "Traceback" not in stderr
+    if src.exists():
+        assert sha256(src) == before
+    if case == "output exists":
+        assert out.read_bytes() == b"keep me"
+    elif case != "output is the input":
+        assert not out.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_cuda_without_a_gpu_is_a_usage_error(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, _, stderr = call(capsys, "convert", checkpoint, tmp_path / "o.safetensors", "--scale", "2", "--device", "cuda")
+    assert code == 2 and stderr.startswith("kernelscale: error: --device cuda") and len(stderr.splitlines()) == 1
+
+
+# --- as a process: no traceback, no progress bar when piped, interrupts --------------------------
+
+
+def test_process_errors_and_pipes_are_quiet(tmp_path: Path, checkpoint: Path) -> None:
+    bad = _truncated(tmp_path / "bad") if (tmp_path / "bad").mkdir() is None else None
+    result = run_cli("convert", bad, tmp_path / "o.safetensors", "--scale", "2")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("kernelscale: error: ") and "Traceback" not in result.stderr
+    result = run_cli("convert", checkpoint, tmp_path / "o.safetensors", "--scale", "2", "--json")
+    assert result.returncode == 0 and json.loads(result.stdout)["tensors_resized"] == 5
+    assert "\r" not in result.stderr and "%|" not in result.stderr  # no progress bar when stderr is a pipe
+
+
+def _slow_conversion(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
+    g = torch.Generator().manual_seed(2)
+    src = save({f"layer{i}.weight": torch.randn(4, 4, 3, 3, generator=g) for i in range(40)}, tmp_path / "in.safetensors")
+    out = tmp_path / "out.safetensors"
+    proc = subprocess.Popen([sys.executable, "-m", "kernelscale.cli", "convert", str(src), str(out), "--scale", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "KERNELSCALE_TEST_SLOW_WRITE": "0.25"})
+    deadline = time.monotonic() + 60
+    while not leftovers(tmp_path):  # the temp file appears once planning is done and writing starts
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(0.5)
+    return proc, src, out
+
+
+def test_kill_9_leaves_no_output_and_the_next_run_cleans_up(tmp_path: Path, capsys) -> None:
+    proc, src, out = _slow_conversion(tmp_path)
+    before = sha256(src)
+    proc.kill()
+    proc.communicate()
+    assert not out.exists()
+    stray = leftovers(tmp_path)
+    assert stray == [f".out.safetensors.kernelscale-tmp-{proc.pid}"]
+    code, _, stderr = call(capsys, "convert", src, out, "--scale", "2")
+    assert code == 0 and f"removed {tmp_path / stray[0]}, left by an interrupted run" in stderr
+    assert leftovers(tmp_path) == [] and sha256(src) == before
+    assert safetensors.torch.load_file(str(out))["layer39.weight"].shape == (4, 4, 7, 7)
+
+
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_interrupt_removes_temp_files(tmp_path: Path, sig: int, code: int, word: str) -> None:
+    proc, _, out = _slow_conversion(tmp_path)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert stderr.splitlines() == [f"kernelscale: {word}; no output was written"]
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+# --- a diffusers UNet folder ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def unet_folder(tmp_path_factory) -> Path:
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    model = diffusers.UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        sample_size=16, norm_num_groups=8)
+    root = tmp_path_factory.mktemp("pipeline")
+    model.save_pretrained(root / "unet", safe_serialization=True)
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}))
+    return root
+
+
+def test_diffusers_folder_every_conv_resized_and_told_how_to_load(unet_folder: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "x2"
+    code, stdout, stderr = call(capsys, "convert", unet_folder, out, "--scale", "2", "--json")
+    assert code == 0
+    assert (out / "unet" / "config.json").read_bytes() == (unet_folder / "unet" / "config.json").read_bytes()
+    assert (out / "model_index.json").read_bytes() == (unet_folder / "model_index.json").read_bytes()
+    _, before = read_header(unet_folder / "unet" / "diffusion_pytorch_model.safetensors")
+    _, after = read_header(out / "unet" / "diffusion_pytorch_model.safetensors")
+    convs = [n for n, t in before.items() if len(t.shape) == 4 and t.shape[2:] != (1, 1)]
+    assert len(convs) >= 15
+    for name in convs:
+        assert after[name].shape == before[name].shape[:2] + (7, 7), name
+    for name in set(before) - set(convs):
+        assert after[name].shape == before[name].shape, name
+    note = [line for line in stderr.splitlines() if line.startswith("kernelscale: note: unet:")]
+    assert len(note) == 1 and "UNet2DConditionModel" in note[0] and "size mismatch" in note[0]
+    assert f"kernelscale.nn.load(model, '{out / 'unet' / 'diffusion_pytorch_model.safetensors'}')" in note[0]
+    summary = json.loads(stdout)
+    assert summary["loading"][0]["class"] == "UNet2DConditionModel" and summary["loading"][0]["stock_loadable"] is False
+    assert summary["notes"] and summary["layout"] == "folder" and sorted(summary["copied_files"]) == ["model_index.json", "unet/config.json"]
+
+
+def test_diffusers_loads_resized_conv_in_and_conv_out_as_they_are(unet_folder: Path, tmp_path: Path, capsys) -> None:
+    diffusers = pytest.importorskip("diffusers")
+    out = tmp_path / "io"
+    code, _, stderr = call(capsys, "convert", unet_folder, out, "--scale", "2", "--include", "conv_in", "--include", "conv_out")
+    assert code == 0 and "conv_in_kernel 3 → 7, conv_out_kernel 3 → 7" in stderr
+    config = json.loads((out / "unet" / "config.json").read_text())
+    assert config["conv_in_kernel"] == 7 and config["conv_out_kernel"] == 7
+    model = diffusers.UNet2DConditionModel.from_pretrained(out / "unet")
+    assert model.conv_in.kernel_size == (7, 7) and model.conv_in.padding == (3, 3)
+    stored = safetensors.torch.load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert torch.equal(model.conv_out.weight.detach(), stored["conv_out.weight"])
