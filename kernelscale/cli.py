@@ -240,6 +240,13 @@ def _add_convert_arguments(p: argparse.ArgumentParser) -> None:
                    help="replace OUT if it exists (never when OUT is the input itself)")
     g.add_argument("--json", action="store_true",
                    help="print the summary (with --dry-run: the plan) as JSON on stdout instead of text on stderr")
+    from kernelscale.cli_verify import add_verify_options
+
+    v = p.add_argument_group("verification (see 'kernelscale verify --help')")
+    v.add_argument("--verify", action="store_true",
+                   help="after converting, measure every changed layer as 'kernelscale verify IN OUT' does; with "
+                        "--tol, exit with status 1 when a layer exceeds it (OUT is kept either way)")
+    add_verify_options(v)
 
 
 def _plan_json(plan) -> list[dict[str, Any]]:
@@ -294,6 +301,10 @@ def run_convert(args: argparse.Namespace) -> int:
         _stdout(json.dumps(data, indent=2, sort_keys=True))
     else:
         _stderr(f"kernelscale: {summary.describe()}")
+    if args.verify and not args.dry_run:
+        from kernelscale.cli_verify import report_and_exit_code
+
+        return report_and_exit_code(args.input, args.output, args, as_json=args.json)
     return EXIT_OK
 
 
@@ -501,3 +512,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+import kernelscale.cli_verify  # noqa: E402,F401  registers 'verify'

@@ -42,7 +42,7 @@ import torch
 from kernelscale.dtypes import RESIZABLE
 from kernelscale.errors import BackendUnavailableError, InvalidCheckpointError, InvalidOptionError, KernelscaleError
 from kernelscale.plan import FORMAT_VERSION, Plan, ResizeOptions, TensorPlan, TensorSpec, plan_tensors
-from kernelscale.plan import _attention_rule, _matches  # the planner's own matching rules, for checks across files
+from kernelscale.plan import attention_rule_for, matches_pattern  # the planner's own matching rules, for checks across files
 from kernelscale.safetensors_io import (
     DTYPE_ITEMSIZE,
     SafetensorsReader,
@@ -432,7 +432,7 @@ def plan_checkpoint(src: PathLike, options: ResizeOptions, *, dtype: str = "keep
 
 
 def _any_match(names: Sequence[str], pattern: str) -> bool:
-    return any(_matches(n, pattern) for n in names)
+    return any(matches_pattern(n, pattern) for n in names)
 
 
 def _plan_units(unit_specs: list[list[TensorSpec]], options: ResizeOptions, where: str) -> list[Plan]:
@@ -455,7 +455,7 @@ def _plan_units(unit_specs: list[list[TensorSpec]], options: ResizeOptions, wher
             if not _any_match(all_names, pattern):
                 raise InvalidOptionError(f"{what} {pattern!r} matches no tensor in {where}")
     for rule in options.attention:
-        if not any(_attention_rule(n, [rule]) for n in all_names):
+        if not any(attention_rule_for(n, [rule]) for n in all_names):
             raise InvalidOptionError(f"attention rule {rule.pattern!r} matches no tensor in {where}")
 
     plans = []
@@ -467,7 +467,7 @@ def _plan_units(unit_specs: list[list[TensorSpec]], options: ResizeOptions, wher
             include=tuple(p for p in options.include if _any_match(names, p)),
             absorb=tuple(p for p in options.absorb if _any_match(names, p)),
             layers=tuple(r for r in options.layers if _any_match(names, r.pattern)),
-            attention=tuple(r for r in options.attention if any(_attention_rule(n, [r]) for n in names)),
+            attention=tuple(r for r in options.attention if any(attention_rule_for(n, [r]) for n in names)),
             grids=tuple((g, s) for g, s in options.grids if g in present or f"{g}.weight" in present),
         )
         plan = plan_tensors(specs, local)

@@ -290,12 +290,13 @@ def module_name(name: str) -> str:
     return name[: -len(".weight")] if name.endswith(".weight") else name
 
 
-def _matches(name: str, pattern: str) -> bool:
+def matches_pattern(name: str, pattern: str) -> bool:
+    """Whether a glob matches a tensor name or its module name (without ``.weight``)."""
     return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(module_name(name), pattern)
 
 
 def _first_match(name: str, patterns: Iterable[str]) -> Optional[str]:
-    return next((p for p in patterns if _matches(name, p)), None)
+    return next((p for p in patterns if matches_pattern(name, p)), None)
 
 
 def is_conv_candidate(spec: TensorSpec) -> tuple[bool, str]:
@@ -329,7 +330,7 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
     for what, patterns in (("--include", options.include), ("--absorb", options.absorb), ("layer rule", [r.pattern for r in options.layers]),
                            ("attention rule", [r.pattern for r in options.attention])):
         for pattern in patterns:
-            if not any(_matches(n, pattern) for n in names):
+            if not any(matches_pattern(n, pattern) for n in names):
                 raise InvalidOptionError(f"{what} {pattern!r} matches no tensor")
 
     entries = [_plan_one(spec, options, grid_tensor.get(spec.name)) for spec in specs]
@@ -352,7 +353,7 @@ def _copy(spec: TensorSpec, reason: str) -> TensorPlan:
     return TensorPlan(spec.name, spec.dtype, spec.shape, "copy", reason, spec.shape)
 
 
-def _attention_rule(name: str, rules: Sequence[AttentionRule]) -> Optional[AttentionRule]:
+def attention_rule_for(name: str, rules: Sequence[AttentionRule]) -> Optional[AttentionRule]:
     """The rule matching a query projection's weight or bias (``x.to_q.weight`` / ``x.to_q.bias``)."""
     layer = name.rsplit(".", 1)[0] if name.endswith((".weight", ".bias")) else name
     return next((r for r in rules if fnmatch.fnmatchcase(name, r.pattern) or fnmatch.fnmatchcase(layer, r.pattern)), None)
@@ -369,7 +370,7 @@ def _plan_attention(spec: TensorSpec, rule: AttentionRule, scale: Scale) -> Tens
 
 
 def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[tuple[int, int, int]]) -> TensorPlan:
-    attention = _attention_rule(spec.name, options.attention)
+    attention = attention_rule_for(spec.name, options.attention)
     if attention is not None:
         return _plan_attention(spec, attention, options.scale)
     absorb = _first_match(spec.name, options.absorb) is not None
@@ -394,7 +395,7 @@ def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[tuple[int
     if excluded is not None:
         return _copy(spec, f"excluded by {excluded!r}")
 
-    rule = next((r for r in options.layers if _matches(spec.name, r.pattern)), None)
+    rule = next((r for r in options.layers if matches_pattern(spec.name, r.pattern)), None)
     pick = lambda attr: getattr(rule, attr) if rule is not None and getattr(rule, attr) is not None else getattr(options, attr)  # noqa: E731
     method, mode, align, coef, scale = pick("method"), pick("mode"), pick("align"), pick("coef"), pick("scale")
     if coef is None:

@@ -81,7 +81,7 @@ class AxisResize:
     with an even k_out from an odd k_in): the half-pixel shift that padding cannot express.
     """
 
-    matrix: np.ndarray = field(repr=False)
+    matrix: np.ndarray = field(repr=False, compare=False)  # a function of the other fields
     k_in: int
     k_out: int
     scale: float
@@ -340,9 +340,17 @@ class KernelResize:
         return all(a.k_in == a.k_out and np.array_equal(a.matrix, np.eye(a.k_in)) for a in self.axes)
 
     def dense(self) -> np.ndarray:
+        """The whole operator as one read-only matrix, computed once per operator."""
         if self.matrix is not None:
             return self.matrix
-        return _kron_all(tuple(a.matrix for a in self.axes))
+        return _dense_of(self.axes)
+
+
+@functools.lru_cache(maxsize=256)
+def _dense_of(axes: tuple[AxisResize, ...]) -> np.ndarray:
+    matrix = _kron_all(tuple(a.matrix for a in axes))
+    matrix.flags.writeable = False
+    return matrix
 
 
 def _kron_all(matrices: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -377,8 +385,13 @@ def build_kernel_resize(
     ``disperse`` (method ``"disperse"`` only): see :mod:`kernelscale.disperse`; the kernel must
     have equal odd sizes and equal integer scales on every axis.
     """
-    scales = normalise_scales(scale, len(kernel_shape))
-    coef = validate_coef(coef)
+    return _build_kernel_resize(tuple(int(k) for k in kernel_shape), normalise_scales(scale, len(kernel_shape)),
+                                method, mode, align, validate_coef(coef), disperse)
+
+
+@functools.lru_cache(maxsize=1024)
+def _build_kernel_resize(kernel_shape: tuple[int, ...], scales: tuple[float, ...], method: str, mode: str, align: str,
+                         coef: Coef, disperse: DisperseParams) -> KernelResize:
     if method == "disperse":
         return _disperse_resize(tuple(int(k) for k in kernel_shape), scales, disperse)
     per_axis_coef: Coef = coef if isinstance(coef, str) else 1.0
