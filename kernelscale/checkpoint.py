@@ -17,6 +17,7 @@ from kernelscale.plan import FORMAT_VERSION
 from kernelscale.safetensors_io import SafetensorsReader
 
 MANIFEST_KEY = "kernelscale"
+"""The ``__metadata__`` key holding the manifest (compact JSON, sorted keys; docs/format.md)."""
 # The fields a loader needs from each kind of manifest record (docs/format.md).
 _RECORD_FIELDS = {
     "conv": ("scale", "old_spatial", "new_spatial"),

@@ -42,6 +42,7 @@ import torch
 from kernelscale.dtypes import RESIZABLE
 from kernelscale.errors import BackendUnavailableError, InvalidCheckpointError, InvalidOptionError, KernelscaleError
 from kernelscale.plan import FORMAT_VERSION, Plan, ResizeOptions, TensorPlan, TensorSpec, plan_tensors
+from kernelscale.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
 from kernelscale.plan import attention_rule_for, matches_pattern  # the planner's own matching rules, for checks across files
 from kernelscale.safetensors_io import (
     DTYPE_ITEMSIZE,
@@ -56,8 +57,6 @@ from kernelscale.state_dict import apply_entry
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-MANIFEST_KEY = "kernelscale"
-"""The ``__metadata__`` key holding the manifest (compact JSON, sorted keys; docs/format.md)."""
 
 TMP_TAG = "kernelscale-tmp"
 OLD_TAG = "kernelscale-old"
