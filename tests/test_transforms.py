@@ -143,3 +143,15 @@ def test_pinv_adjoint_identity(mode):
 def test_centre_offset(mode):
     assert build_axis_resize(3, 2, "interp", mode, "taps").centre_offset == 0.0
     assert build_axis_resize(3, 2, "interp", mode, "cells").centre_offset == 0.5
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("k", [3, 5, 7])
+def test_down_then_up_keeps_dc_gain_but_is_not_the_identity(mode, k):
+    down = build_axis_resize(k, 0.5, "interp", mode)
+    up = build_axis_resize(down.k_out, 2, "interp", mode)
+    composite = up.matrix @ down.matrix
+    # T4 holds for each step, so every column of the composite sums to 1 (mass kept) …
+    np.testing.assert_allclose(composite.sum(axis=0), 1.0, atol=1e-14)
+    # … but it spreads each tap over its neighbours: not the identity (nor of the same size).
+    assert composite.shape[0] != k or not np.allclose(composite, np.eye(k))
