@@ -107,7 +107,7 @@ def test_dense_parity(n, k_in, k_out, dtype_in, dtype_out):
 @pytest.mark.parametrize("dtype", [F32, F16, BF16])
 def test_dense_real_resize_matrix_3x3_to_7x7(dtype):
     # 300 rows: several row blocks, the last one partial.
-    r = torch.as_tensor(build_kernel_resize((3, 3), 2.0).dense(), dtype=F32, device=DEVICE)
+    r = torch.tensor(build_kernel_resize((3, 3), 2.0).dense(), dtype=F32, device=DEVICE)
     x = _rand(300, 9, seed=1, dtype=dtype)
     _check_dense(x, r, dtype, f"dense 3x3→7x7 {dtype}")
 
