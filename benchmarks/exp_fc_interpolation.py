@@ -26,26 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernelscale.errors import KernelscaleError
-from kernelscale.nn import supersample
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from digits import load_digits_split as load_split, seeded_init  # noqa: E402  the example's data and init
+
+from kernelscale.errors import KernelscaleError  # noqa: E402
+from kernelscale.nn import supersample  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (16, 24, 32)
 MODES = ("nearest", "linear", "cubic", "lanczos3")
 PAPER_DROP = 2.6  # points: the paper's worst-case accuracy drop for fully-connected interpolation
-
-
-def load_split(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x_train, y_train, x_test, y_test): (N, 1, 8, 8) float32 in [0, 1]; a seeded 75/25 split."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(data.target)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    x, y = x[order], y[order]
-    cut = int(0.75 * len(y))
-    return x[:cut], y[:cut], x[cut:], y[cut:]
 
 
 def mlp(size: int = 8) -> nn.Module:
@@ -74,12 +64,7 @@ def upsample(x: torch.Tensor, size: int, mode: str = "bicubic") -> torch.Tensor:
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int,
           on_batch: Callable[[], None] | None = None) -> nn.Module:
     """Adam 3e-3, batch 64, seeded initialisation and order."""
-    torch.manual_seed(seed)
-    for p in model.parameters():
-        if p.ndim > 1:
-            nn.init.kaiming_uniform_(p, a=5 ** 0.5)
-        else:
-            nn.init.uniform_(p, -0.05, 0.05)
+    seeded_init(model, seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(seed)
     model.train()

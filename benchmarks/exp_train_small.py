@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from exp_fc_interpolation import accuracy, cnn, load_split, upsample  # noqa: E402
+from exp_fc_interpolation import accuracy, cnn, load_split, seeded_init, upsample  # noqa: E402
 
 from kernelscale.nn import supersample  # noqa: E402
 
@@ -64,13 +64,7 @@ class SavedBytes:
 def train_to_budget(size: int, x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
                     budget: float, seed: int) -> tuple[nn.Module, int, float, SavedBytes]:
     """Train cnn(size) until validation accuracy ≥ budget: (model, epochs, seconds, memory)."""
-    torch.manual_seed(seed)
-    model = cnn(size)
-    for p in model.parameters():
-        if p.ndim > 1:
-            nn.init.kaiming_uniform_(p, a=5 ** 0.5)
-        else:
-            nn.init.uniform_(p, -0.05, 0.05)
+    model = seeded_init(cnn(size), seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(seed)
     memory = SavedBytes(model)

@@ -38,17 +38,30 @@ class DigitsCNN(nn.Module):
         return self.fc(x.flatten(1))
 
 
-def load_digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x_train, y_train, x_test, y_test): images (N, 1, 8, 8) scaled to [0, 1]; a fixed 75/25 split."""
+def load_digits_split(seed: int = SEED) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_train, y_train, x_test, y_test): images (N, 1, 8, 8) scaled to [0, 1]; a 75/25 split
+    by a permutation seeded with ``seed``. Shared by the tests and the experiments."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(digits.target)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(SEED))
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     x, y = x[order], y[order]
     cut = int(0.75 * len(y))
     return x[:cut], y[:cut], x[cut:], y[cut:]
+
+
+def seeded_init(model: nn.Module, seed: int) -> nn.Module:
+    """Re-initialise every parameter under ``seed`` (Kaiming-uniform weights, small uniform
+    biases), whatever ran before: the same network for the same seed in any process."""
+    torch.manual_seed(seed)
+    for p in model.parameters():
+        if p.ndim > 1:
+            nn.init.kaiming_uniform_(p, a=5 ** 0.5)
+        else:
+            nn.init.uniform_(p, -0.05, 0.05)
+    return model
 
 
 def upsample(x: torch.Tensor, size: int) -> torch.Tensor:

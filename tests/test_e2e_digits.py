@@ -27,6 +27,8 @@ rounding ~1e-13).
 from __future__ import annotations
 
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,6 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernelscale.nn import supersample
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from digits import load_digits_split, seeded_init  # noqa: E402  the example's data and init
 
 pytest.importorskip("sklearn")
 
@@ -54,25 +59,12 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def digits():
-    """(x_train, y_train, x_test, y_test): (N, 1, 8, 8) float32 in [0, 1]; a fixed 75/25 split."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(data.target)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(SEED))
-    x, y = x[order], y[order]
-    cut = int(0.75 * len(y))
-    return x[:cut], y[:cut], x[cut:], y[cut:]
+    """(x_train, y_train, x_test, y_test): (N, 1, 8, 8) float32 in [0, 1]; the example's 75/25 split."""
+    return load_digits_split(SEED)
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int) -> nn.Module:
-    torch.manual_seed(SEED)
-    for p in model.parameters():  # re-initialise under the seed, whatever ran before
-        if p.ndim > 1:
-            nn.init.kaiming_uniform_(p, a=5 ** 0.5)
-        else:
-            nn.init.uniform_(p, -0.05, 0.05)
+    seeded_init(model, SEED)
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(SEED)
     for _ in range(epochs):
