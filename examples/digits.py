@@ -71,17 +71,23 @@ def upsample(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
 
 
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int = SEED) -> nn.Module:
+    """Adam (lr 3e-3), batches of 64 in an order seeded with ``seed``; returns the model in eval mode."""
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        for batch in torch.randperm(len(y), generator=generator).split(64):
+            optimiser.zero_grad()
+            F.cross_entropy(model(x[batch]), y[batch]).backward()
+            optimiser.step()
+    return model.eval()
+
+
 def train(epochs: int = 40) -> DigitsCNN:
     torch.manual_seed(SEED)
     x_train, y_train, x_test, y_test = load_digits_split()
-    model = DigitsCNN()
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(SEED)
-    for _ in range(epochs):
-        for batch in torch.randperm(len(y_train), generator=generator).split(64):
-            optimiser.zero_grad()
-            F.cross_entropy(model(x_train[batch]), y_train[batch]).backward()
-            optimiser.step()
+    model = fit(DigitsCNN(), x_train, y_train, epochs)
     print(f"test accuracy at 8×8: {accuracy(model, x_test, y_test):.4f}")
     return model
 

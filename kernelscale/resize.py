@@ -210,7 +210,7 @@ def resize_conv(
     ndim = x.ndim - 2
     if not 1 <= ndim <= 3:
         raise UnsupportedTensorError(f"{name}: a conv weight has 3 to 5 dims, got shape {tuple(x.shape)}")
-    scales = _named_scales(scale, ndim, name)
+    scales = normalise_scales(scale, ndim, name=name)
     kernel = tuple(int(k) for k in x.shape[2:])
     pad = _as_tuple(padding, ndim, "padding", name)
     stride_t = _as_tuple(stride, ndim, "stride", name)
@@ -238,13 +238,6 @@ def resize_conv(
                             backend=backend, disperse=disperse)
     pads = tuple(new_padding(k, kn, s, p, d, d) for k, kn, s, p, d in zip(kernel, operator.out_shape, scales, pad, dil))
     return ResizedConv(resized, ConvGeometry(operator.out_shape, pads, stride_t, dil), operator)
-
-
-def _named_scales(scale, ndim: int, name: str) -> tuple[float, ...]:
-    try:
-        return normalise_scales(scale, ndim, name=name)
-    except InvalidOptionError as exc:
-        raise InvalidOptionError(str(exc)) from None
 
 
 def _integer_factor(s: float, name: str, what: str) -> int:
@@ -279,7 +272,7 @@ def resize_grid_linear(
     c, h, w = grid
     if x.ndim != 2 or x.shape[1] != c * h * w:
         raise InvalidOptionError(f"{name}: grid {grid!r} has {c * h * w} cells but the weight has shape {tuple(x.shape)}")
-    sh, sw = _named_scales(scale, 2, name)
+    sh, sw = normalise_scales(scale, 2, name=name)
     validate_coef(coef)
     try:
         axes = (build_axis_resize(h, sh, method, mode, align, coef), build_axis_resize(w, sw, method, mode, align, coef))

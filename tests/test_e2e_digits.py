@@ -38,7 +38,7 @@ from torch import nn
 from kernelscale.nn import supersample
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from digits import load_digits_split, seeded_init  # noqa: E402  the example's data and init
+from digits import fit, load_digits_split, seeded_init  # noqa: E402  the example's data and init
 
 pytest.importorskip("sklearn")
 
@@ -47,14 +47,7 @@ PAPER_DROP = 0.026  # the paper's worst-case accuracy drop for fully-connected i
 EXACT = 1e-10
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # These tiny models train 30× faster on one thread than on two contended ones (measured:
-    # 22 ms vs 760 ms per MLP epoch on the 2-core CI machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: 22 ms vs 760 ms per MLP epoch
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +57,7 @@ def digits():
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int) -> nn.Module:
-    seeded_init(model, SEED)
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(SEED)
-    for _ in range(epochs):
-        for batch in torch.randperm(len(y), generator=generator).split(64):
-            optimiser.zero_grad()
-            F.cross_entropy(model(x[batch]), y[batch]).backward()
-            optimiser.step()
-    return model.eval()
+    return fit(seeded_init(model, SEED), x, y, epochs, SEED)
 
 
 def cnn() -> nn.Module:

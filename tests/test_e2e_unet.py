@@ -62,13 +62,7 @@ MARGIN = 5.0  # the issue's requirement: at least 5× lower relative error than 
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Small float64 convs run faster on one thread than on two contended ones (2-core CI machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small float64 convs
 
 
 PLAIN = (("DownBlock2D", "DownBlock2D"), ("UpBlock2D", "UpBlock2D"))
