@@ -16,7 +16,8 @@ import torch
 from safetensors import safe_open
 
 from kernelscale import ResizeOptions, plan_state_dict, resize_state_dict
-from kernelscale import convert as convert_module
+from kernelscale import output as output_module
+from kernelscale import stream as stream_module
 from kernelscale.convert import (
     MANIFEST_KEY,
     OutputError,
@@ -138,8 +139,8 @@ def test_output_is_deterministic_and_row_blocks_agree_with_whole_tensors(tmp_pat
     convert_checkpoint(checkpoint, again, OPTIONS, device="cpu")
     assert sha256(first) == sha256(again)
     # one row per resize call and tiny queue items: every tensor goes through the row-block path
-    monkeypatch.setattr(convert_module, "COMPUTE_BYTES", {"cpu": 1, "cuda": 1})
-    monkeypatch.setattr(convert_module, "BLOCK_BYTES", 100)
+    monkeypatch.setattr(stream_module, "COMPUTE_BYTES", {"cpu": 1, "cuda": 1})
+    monkeypatch.setattr(stream_module, "BLOCK_BYTES", 100)
     blocks = tmp_path / "blocks.safetensors"
     convert_checkpoint(checkpoint, blocks, OPTIONS, device="cpu")
     again = tmp_path / "blocks_again.safetensors"
@@ -245,8 +246,8 @@ def test_output_that_is_the_input_is_refused_even_with_force(tmp_path: Path, che
 
 
 def test_not_enough_space_is_refused_before_writing(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
-    usage = convert_module.shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(convert_module.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    usage = output_module.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(output_module.shutil, "disk_usage", lambda path: usage._replace(free=1000))
     out = tmp_path / "out.safetensors"
     with pytest.raises(OutputError, match="not enough free space"):
         convert_checkpoint(checkpoint, out, OPTIONS)
@@ -262,7 +263,7 @@ def test_failure_mid_write_leaves_nothing(tmp_path: Path, checkpoint: Path, monk
             raise InvalidOptionError(f"{entry.name}: injected failure")
         return apply_entry(entry, tensor, out_dtype=out_dtype, backend=backend)
 
-    monkeypatch.setattr(convert_module, "apply_entry", failing)
+    monkeypatch.setattr(stream_module, "apply_entry", failing)
     out = tmp_path / "out.safetensors"
     with pytest.raises(InvalidOptionError, match="injected failure"):
         convert_checkpoint(checkpoint, out, OPTIONS)
@@ -472,9 +473,9 @@ def _scribble(out, rng: torch.Generator, sizes: list[int]) -> bytes:
 
 @pytest.mark.parametrize("refuse_direct", [False, True])
 def test_output_file_blocks_tail_and_fallback(tmp_path: Path, monkeypatch, refuse_direct: bool) -> None:
-    monkeypatch.setattr(convert_module._OutputFile, "BUFFER", 8192)
+    monkeypatch.setattr(stream_module._OutputFile, "BUFFER", 8192)
     path = tmp_path / "blocks.bin"
-    out = convert_module._OutputFile(str(path))
+    out = stream_module._OutputFile(str(path))
     if refuse_direct:  # the first block refused as a filesystem without O_DIRECT would: buffered from then on
         if not out.direct:
             out.close()
@@ -488,7 +489,7 @@ def test_output_file_blocks_tail_and_fallback(tmp_path: Path, monkeypatch, refus
                 raise OSError(22, "Invalid argument")
             return real(fd, data, offset)
 
-        monkeypatch.setattr(convert_module.os, "pwrite", pwrite)
+        monkeypatch.setattr(stream_module.os, "pwrite", pwrite)
     rng = torch.Generator().manual_seed(3)
     expected = _scribble(out, rng, [1, 4095, 3000, 20000, 7])
     out.flush()  # a padded tail, then truncated back

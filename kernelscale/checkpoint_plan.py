@@ -1,0 +1,586 @@
+"""The plan of a whole checkpoint, computed from its headers alone (DESIGN §6).
+
+:func:`scan_checkpoint` finds a checkpoint's files (one safetensors file, a
+``*.safetensors.index.json`` and its shards, or a model folder: its safetensors files grouped by
+index, other files to copy, weights in foreign formats left out) and reads and validates their
+headers. :func:`plan_checkpoint` then plans every tensor (all files of a folder or shard set
+together, so a glob must match somewhere in the checkpoint, not in each file), computes every
+output header, hence the exact output size, rewrites the shard index (and the config.json entries
+stock diffusers can express) and notes how to load each changed model. Nothing here reads tensor
+data or writes a file; :class:`ConvertSummary` reports what a conversion did or would do.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Optional, Sequence, Union
+
+from kernelscale.dtypes import RESIZABLE
+from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
+from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, plan_tensors
+from kernelscale.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
+from kernelscale.plan import attention_rule_for, matches_pattern  # the planner's own matching rules, for checks across files
+from kernelscale.safetensors_io import DTYPE_ITEMSIZE, TensorInfo, encode_header, read_header
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+# the temp entries beside OUT (kernelscale.output writes them, and its clean_stale removes a dead run's): a scan skips them
+TMP_TAG = "kernelscale-tmp"
+OLD_TAG = "kernelscale-old"
+_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<tag>kernelscale-tmp|kernelscale-old)-(?P<pid>\d+)$")
+
+OUTPUT_DTYPES: dict[str, Optional[str]] = {"keep": None, "float16": "F16", "bfloat16": "BF16", "float32": "F32"}
+"""``--dtype`` choices → safetensors dtype name of every floating (F64/F32/F16/BF16) output tensor."""
+
+FOREIGN_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".msgpack", ".h5", ".onnx", ".gguf")
+"""Weights in formats convert does not rewrite. They are left out of a converted folder (with a
+note): copied unchanged, a loader could pick them up instead of the converted safetensors."""
+
+
+# --- the plan of a whole checkpoint --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    """One safetensors file: where it comes from (``src``) and goes (``rel``, relative to the output
+    root; ``""`` when the output is a single file), its input tensors in file order, the plan entry and
+    output dtype of each, and the output's ``__metadata__`` (the input's plus the manifest)."""
+
+    src: str
+    rel: str
+    tensors: tuple[TensorInfo, ...]
+    entries: tuple[TensorPlan, ...]
+    out_dtypes: tuple[str, ...]
+    metadata: Mapping[str, str]
+    header_size: int
+    bytes_in: int
+    bytes_out: int
+
+    def specs(self) -> list[tuple[str, str, tuple[int, ...]]]:
+        """The output header as (name, dtype, shape) in file order."""
+        return [(e.name, d, tuple(e.new_shape)) for e, d in zip(self.entries, self.out_dtypes)]
+
+    def operation(self, i: int) -> str:
+        """What happens to tensor i: ``resize``, ``dilate`` (weights kept, geometry recorded),
+        ``cast`` (values kept, dtype changed) or ``copy`` (byte for byte)."""
+        entry = self.entries[i]
+        if entry.action == "resize":
+            return "resize"
+        if entry.action == "geometry":
+            return "dilate"
+        return "cast" if self.out_dtypes[i] != entry.dtype else "copy"
+
+    def counts(self) -> dict[str, int]:
+        counts = {"resize": 0, "dilate": 0, "cast": 0, "copy": 0}
+        for i in range(len(self.entries)):
+            counts[self.operation(i)] += 1
+        return counts
+
+
+@dataclass(frozen=True)
+class ExtraFile:
+    """A non-safetensors file of the output: copied from ``src``, or written from ``data`` (a
+    rewritten index or config)."""
+
+    rel: str
+    src: Optional[str]
+    size: int
+    data: Optional[bytes] = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class CheckpointPlan:
+    """Everything convert will do, computed from headers alone (``--dry-run`` and ``inspect`` print it)."""
+
+    src: str
+    layout: str
+    options: ResizeOptions
+    dtype: str
+    files: tuple[FilePlan, ...]
+    extras: tuple[ExtraFile, ...]
+    skipped: tuple[str, ...]
+    index_rel: Optional[str]
+    notes: tuple[str, ...]
+    loading: tuple[dict[str, Any], ...]
+
+    @property
+    def bytes_in(self) -> int:
+        return sum(f.bytes_in for f in self.files) + sum(_size(x.src) for x in self.extras)
+
+    @property
+    def bytes_out(self) -> int:
+        return sum(f.bytes_out for f in self.files) + sum(x.size for x in self.extras)
+
+    def counts(self) -> dict[str, int]:
+        total = {"resize": 0, "dilate": 0, "cast": 0, "copy": 0}
+        for f in self.files:
+            for k, v in f.counts().items():
+                total[k] += v
+        return total
+
+    def describe(self) -> list[str]:
+        """One line per tensor (name, dtype, shape, what happens and why), grouped by file."""
+        lines: list[str] = []
+        for fp in self.files:
+            if self.layout != "file":
+                lines.append(f"== {fp.rel} ==")
+            lines.extend(describe_entries(fp.entries, fp.out_dtypes))
+        for x in self.extras:
+            lines.append(f"== {x.rel} == {'rewritten' if x.data is not None else 'copied'}")
+        for rel in self.skipped:
+            lines.append(f"== {rel} == left out (weights in a format convert does not rewrite)")
+        return lines
+
+
+def describe_entries(entries: Sequence[TensorPlan], out_dtypes: Optional[Sequence[str]] = None) -> list[str]:
+    """``name  dtype  shape [-> new shape] [as dtype]  action: reason`` for each entry."""
+    lines = []
+    for i, e in enumerate(entries):
+        out_dtype = out_dtypes[i] if out_dtypes is not None else e.dtype
+        shape = shape_text(e.shape)
+        cast = f" as {out_dtype}" if out_dtype != e.dtype else ""
+        if e.changed:
+            arrow = f" -> {shape_text(e.new_shape)}" if e.new_shape != e.shape else ""
+            growth = f", FLOPs ×{e.flop_growth:.2f}" if e.kind == "conv" and e.action == "resize" else ""
+            lines.append(f"{e.name}  {e.dtype}  {shape}{arrow}{cast}  {e.action}: {e.reason}{growth}")
+        else:
+            lines.append(f"{e.name}  {e.dtype}  {shape}{cast}  {'cast' if cast else 'copy'}: {e.reason}")
+    return lines
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    """``(8, 3, 7, 7)`` → ``8×3×7×7``; ``()`` → ``scalar``."""
+    return "×".join(map(str, shape)) or "scalar"
+
+
+def _size(path: Optional[str]) -> int:
+    try:
+        return os.stat(path).st_size if path else 0
+    except OSError:
+        return 0
+
+
+# --- finding the checkpoint's files ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Source:
+    path: str
+    rel: str
+    metadata: dict[str, str]
+    tensors: tuple[TensorInfo, ...]
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One model: a single safetensors file, or the shards of one index, planned together."""
+
+    files: tuple[_Source, ...]
+    index: Optional[tuple[str, str, dict[str, Any]]]  # (path, rel, parsed JSON)
+    dir_rel: str  # folder of the unit, relative to the checkpoint root ("" at the root)
+
+
+@dataclass(frozen=True)
+class CheckpointScan:
+    """The files of a checkpoint and their headers, before any planning."""
+
+    src: str
+    layout: str
+    units: tuple[_Unit, ...]
+    others: tuple[tuple[str, str], ...]  # (path, rel) of files to copy
+    skipped: tuple[str, ...]
+
+    @property
+    def files(self) -> tuple[_Source, ...]:
+        return tuple(f for u in self.units for f in u.files)
+
+
+def scan_checkpoint(src: PathLike) -> CheckpointScan:
+    """Find a checkpoint's safetensors files and read (and validate) their headers.
+
+    ``src`` is a ``.safetensors`` file, a ``*.safetensors.index.json`` (its shards are read from
+    the index's folder) or a folder (diffusers / Hugging Face layout: every ``*.safetensors`` file,
+    grouped by index where there is one; other files to be copied; ``.git`` ignored).
+    """
+    path = os.path.abspath(os.fspath(src))
+    if os.path.isdir(path):
+        return _scan_folder(path)
+    if not os.path.exists(path):
+        raise InvalidCheckpointError(f"{path}: no such file or directory")
+    if path.endswith(".index.json"):
+        unit = _read_sharded(path, os.path.basename(path))
+        return CheckpointScan(path, "sharded", (unit,), (), ())
+    metadata, tensors = read_header(path)
+    source = _Source(path, "", dict(metadata), tuple(tensors.values()))
+    return CheckpointScan(path, "file", (_Unit((source,), None, ""),), (), ())
+
+
+def _read_json(path: str, what: str) -> Any:
+    try:
+        with open(path, "rb") as fh:
+            return json.loads(fh.read().decode("utf-8"))
+    except OSError as exc:
+        raise InvalidCheckpointError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise InvalidCheckpointError(f"{path}: {what} is not valid JSON: {exc}") from None
+
+
+def _shard_names(index_path: str, data: Any) -> list[str]:
+    if not isinstance(data, dict) or not isinstance(data.get("weight_map"), dict):
+        raise InvalidCheckpointError(f"{index_path}: a shard index needs a 'weight_map' object of tensor name → shard file")
+    if "metadata" in data and not isinstance(data["metadata"], dict):
+        raise InvalidCheckpointError(f"{index_path}: 'metadata' must be an object")
+    shards = set()
+    for name, shard in data["weight_map"].items():
+        if not isinstance(shard, str) or not shard:
+            raise InvalidCheckpointError(f"{index_path}: weight_map gives {shard!r} as the shard of {name!r}")
+        parts = shard.replace("\\", "/").split("/")
+        if shard.startswith("/") or ".." in parts or not shard.endswith(".safetensors"):
+            raise InvalidCheckpointError(f"{index_path}: shard {shard!r} must be a .safetensors file inside the index's folder")
+        shards.add(shard)
+    if not shards:
+        raise InvalidCheckpointError(f"{index_path}: weight_map is empty")
+    return sorted(shards)
+
+
+def _read_sharded(index_path: str, index_rel: str) -> _Unit:
+    data = _read_json(index_path, "shard index")
+    folder = os.path.dirname(index_path)
+    rel_dir = os.path.dirname(index_rel)
+    files = []
+    owner: dict[str, str] = {}
+    for shard in _shard_names(index_path, data):
+        shard_path = os.path.join(folder, shard)
+        if not os.path.isfile(shard_path):
+            raise InvalidCheckpointError(f"{index_path}: shard {shard!r} is missing")
+        metadata, tensors = read_header(shard_path)
+        for name in tensors:
+            if name in owner:
+                raise InvalidCheckpointError(f"{index_path}: tensor {name!r} is in both {owner[name]} and {shard}")
+            owner[name] = shard
+        files.append(_Source(shard_path, _join(rel_dir, shard), dict(metadata), tuple(tensors.values())))
+    for name, shard in data["weight_map"].items():
+        if owner.get(name) != shard:
+            raise InvalidCheckpointError(f"{index_path}: weight_map puts {name!r} in {shard}, which has no such tensor")
+    return _Unit(tuple(files), (index_path, index_rel, data), rel_dir)
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p for p in parts if p)
+
+
+def _scan_folder(root: str) -> CheckpointScan:
+    indexes, weights, others, skipped = [], [], [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d != ".git" and not _TMP_NAME.match(d))
+        rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
+        rel_dir = "" if rel_dir == "." else rel_dir
+        for name in sorted(filenames):
+            rel = _join(rel_dir, name)
+            if _TMP_NAME.match(name):
+                continue
+            if name.endswith(".safetensors.index.json"):
+                indexes.append(rel)
+            elif name.endswith(".safetensors"):
+                weights.append(rel)
+            elif name.endswith(FOREIGN_WEIGHTS) or name.endswith(tuple(s + ".index.json" for s in FOREIGN_WEIGHTS)):
+                skipped.append(rel)
+            else:
+                others.append(rel)
+    units = []
+    claimed: set[str] = set()
+    for rel in indexes:
+        unit = _read_sharded(os.path.join(root, rel), rel)
+        for f in unit.files:
+            if f.rel in claimed:
+                raise InvalidCheckpointError(f"{os.path.join(root, rel)}: shard {f.rel} is claimed by another index too")
+            claimed.add(f.rel)
+        units.append(unit)
+    for rel in weights:
+        if rel in claimed:
+            continue
+        path = os.path.join(root, rel)
+        metadata, tensors = read_header(path)
+        units.append(_Unit((_Source(path, rel, dict(metadata), tuple(tensors.values())),), None, os.path.dirname(rel)))
+    if not units:
+        raise InvalidCheckpointError(f"{root}: no .safetensors files in this folder")
+    units.sort(key=lambda u: u.files[0].rel if u.index is None else u.index[1])
+    return CheckpointScan(root, "folder", tuple(units), tuple((os.path.join(root, r), r) for r in others), tuple(skipped))
+
+
+# --- planning ------------------------------------------------------------------------------------
+
+
+def plan_checkpoint(src: PathLike, options: ResizeOptions, *, dtype: str = "keep", dst: Optional[PathLike] = None,
+                    scan: Optional[CheckpointScan] = None) -> CheckpointPlan:
+    """Plan the conversion of a checkpoint from its headers alone; nothing is written.
+
+    Raises InvalidCheckpointError for a broken input, InvalidOptionError for options that do not
+    fit it (a glob matching no tensor anywhere in the checkpoint, a grid for a missing tensor, a
+    bad scale for a kernel, an input converted before). ``dst`` only shapes the loading notes.
+    """
+    if dtype not in OUTPUT_DTYPES:
+        raise InvalidOptionError(f"unknown dtype {dtype!r}; expected one of {', '.join(OUTPUT_DTYPES)}")
+    scan = scan if scan is not None else scan_checkpoint(src)
+    for f in scan.files:
+        if MANIFEST_KEY in f.metadata:
+            raise InvalidOptionError(f"{f.path} was already converted by kernelscale (its metadata holds a manifest); "
+                                     "convert the original checkpoint with the combined scale instead")
+    unit_specs = [[TensorSpec(t.name, t.dtype, t.shape) for f in u.files for t in f.tensors] for u in scan.units]
+    plans = _plan_units(unit_specs, options, scan.src)
+    target = OUTPUT_DTYPES[dtype]
+
+    files: list[FilePlan] = []
+    extras: list[ExtraFile] = []
+    index_rel = None
+    for unit, plan in zip(scan.units, plans):
+        entries = iter(plan.entries)
+        unit_files = []
+        for src_file in unit.files:
+            file_entries = tuple(next(entries) for _ in src_file.tensors)
+            out_dtypes = tuple(target if target is not None and e.dtype in RESIZABLE else e.dtype for e in file_entries)
+            manifest = Plan(file_entries, options).manifest()
+            metadata = {**src_file.metadata, MANIFEST_KEY: json.dumps(manifest, sort_keys=True, separators=(",", ":"))}
+            specs = [(e.name, d, tuple(e.new_shape)) for e, d in zip(file_entries, out_dtypes)]
+            head, infos = encode_header(specs, metadata)
+            rel = src_file.rel if scan.layout != "file" else ""
+            unit_files.append(FilePlan(src_file.path, rel, src_file.tensors, file_entries, out_dtypes, metadata, len(head),
+                                       _size(src_file.path), len(head) + sum(i.nbytes for i in infos)))
+        files.extend(unit_files)
+        if unit.index is not None:
+            index_path, rel, data = unit.index
+            total = sum(math.prod(e.new_shape) * DTYPE_ITEMSIZE[d] for fp in unit_files for e, d in zip(fp.entries, fp.out_dtypes))
+            new = {**data, "metadata": {**(data.get("metadata") or {}), "total_size": total}}
+            text = (json.dumps(new, indent=2, sort_keys=True) + "\n").encode("utf-8")  # as transformers writes it
+            extras.append(ExtraFile(rel, index_path, len(text), text))
+            if scan.layout == "sharded":
+                index_rel = rel
+
+    notes, loading, rewritten = _loading_notes(scan, plans, dst)
+    for path, rel in scan.others:
+        if rel in rewritten:
+            data = rewritten[rel]
+            extras.append(ExtraFile(rel, path, len(data), data))
+        else:
+            extras.append(ExtraFile(rel, path, _size(path)))
+    if scan.skipped:
+        notes.append(f"left out {len(scan.skipped)} file(s) holding weights in a format convert does not rewrite "
+                     f"({', '.join(scan.skipped[:3])}{' …' if len(scan.skipped) > 3 else ''}): copied as they are, a loader "
+                     "could pick them up instead of the converted safetensors; if they are the model's weights, save them "
+                     "as safetensors and convert again")
+    extras.sort(key=lambda x: x.rel)
+    return CheckpointPlan(scan.src, scan.layout, options, dtype, tuple(files), tuple(extras), scan.skipped, index_rel,
+                          tuple(notes), tuple(loading))
+
+
+def _any_match(names: Sequence[str], pattern: str) -> bool:
+    return any(matches_pattern(n, pattern) for n in names)
+
+
+def _plan_units(unit_specs: list[list[TensorSpec]], options: ResizeOptions, where: str) -> list[Plan]:
+    """Plan each model of a checkpoint; rules are checked against the whole checkpoint.
+
+    One unit (a file, or all shards of one index, in shard order) is planned by plan_tensors as
+    it stands. Several units (a folder: unet, vae, text encoder …, whose tensor names may repeat)
+    are planned one by one with the rules that match in each, after checking that every include,
+    absorb, layer and attention pattern and every grid matches somewhere in the checkpoint.
+    """
+    if len(unit_specs) == 1:
+        return [plan_tensors(unit_specs[0], options)]
+    all_names = sorted({s.name for specs in unit_specs for s in specs})
+    for grid_name, _ in options.grids:
+        if grid_name not in all_names and f"{grid_name}.weight" not in all_names:
+            raise InvalidOptionError(f"grid {grid_name!r}: no tensor named {grid_name!r} or {grid_name + '.weight'!r} in {where}")
+    for what, patterns in (("--include", options.include), ("--absorb", options.absorb),
+                           ("layer rule", [r.pattern for r in options.layers])):
+        for pattern in patterns:
+            if not _any_match(all_names, pattern):
+                raise InvalidOptionError(f"{what} {pattern!r} matches no tensor in {where}")
+    for rule in options.attention:
+        if not any(attention_rule_for(n, [rule]) for n in all_names):
+            raise InvalidOptionError(f"attention rule {rule.pattern!r} matches no tensor in {where}")
+
+    plans = []
+    for specs in unit_specs:
+        names = [s.name for s in specs]
+        present = set(names)
+        local = replace(
+            options,
+            include=tuple(p for p in options.include if _any_match(names, p)),
+            absorb=tuple(p for p in options.absorb if _any_match(names, p)),
+            layers=tuple(r for r in options.layers if _any_match(names, r.pattern)),
+            attention=tuple(r for r in options.attention if any(attention_rule_for(n, [r]) for n in names)),
+            grids=tuple((g, s) for g, s in options.grids if g in present or f"{g}.weight" in present),
+        )
+        plan = plan_tensors(specs, local)
+        entries = plan.entries
+        if options.include and not local.include:  # nothing in this model is included
+            entries = tuple(e if not e.changed else TensorPlan(e.name, e.dtype, e.shape, "copy", "not matched by --include", e.shape)
+                            for e in entries)
+        plans.append(Plan(entries, options))
+    return plans
+
+
+def _config_of(scan: CheckpointScan, unit: _Unit) -> Optional[dict[str, Any]]:
+    root = scan.src if scan.layout == "folder" else os.path.dirname(scan.src)
+    path = os.path.join(root, unit.dir_rel, "config.json")
+    try:
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _stock_kernel_keys(entries: Sequence[TensorPlan], config: Mapping[str, Any]) -> Optional[dict[str, int]]:
+    """``{"conv_in_kernel": k', …}`` when every shape or geometry change is one diffusers reads from
+    config.json (conv_in/conv_out resized to an odd, square, centred kernel); None otherwise."""
+    updates = {}
+    for e in entries:
+        layer = e.name[: -len(".weight")] if e.name.endswith(".weight") else e.name
+        key = f"{layer}_kernel"
+        ks = set(e.new_shape[2:])
+        record = e.record or {}
+        if (e.action != "resize" or e.kind != "conv" or layer not in ("conv_in", "conv_out") or key not in config
+                or len(ks) != 1 or min(ks) % 2 == 0 or record.get("absorb") or any(record.get("centre_offset") or ())):
+            return None
+        updates[key] = ks.pop()
+    return updates
+
+
+def _loading_notes(scan: CheckpointScan, plans: Sequence[Plan], dst: Optional[PathLike]) -> tuple[list[str], list[dict], dict[str, bytes]]:
+    """How to load each model whose shapes or geometry changed, and config.json rewrites for the
+    changes stock diffusers can express (conv_in/conv_out kernel sizes)."""
+    out_root = os.fspath(dst) if dst is not None else "OUT"
+    notes: list[str] = []
+    loading: list[dict[str, Any]] = []
+    rewritten: dict[str, bytes] = {}
+    for unit, plan in zip(scan.units, plans):
+        structural = [e for e in plan.entries if e.changed and e.kind != "attention"]
+        if not structural:
+            continue
+        if scan.layout == "file" or (scan.layout == "sharded" and out_root.endswith(".json")):
+            out_path = out_root
+        else:
+            out_path = os.path.join(out_root, unit.index[1] if unit.index else unit.files[0].rel)
+        # diffusers reads the model's config from the output folder, or beside the input for a lone file
+        config_dir = os.path.dirname(out_path) if scan.layout == "folder" else os.path.join(os.path.dirname(scan.src), unit.dir_rel)
+        config = _config_of(scan, unit)
+        cls = config.get("_class_name") if config else None
+        label = unit.dir_rel or (os.path.basename(unit.files[0].rel) if scan.layout == "folder" else os.path.basename(scan.src))
+        record: dict[str, Any] = {"model": label, "class": cls, "path": out_path, "tensors": [e.name for e in structural]}
+        updates = _stock_kernel_keys(structural, config) if (config and cls and scan.layout == "folder") else None
+        if updates is not None:
+            config_rel = _join(unit.dir_rel, "config.json")
+            new_config = {**config, **updates}
+            rewritten[config_rel] = (json.dumps(new_config, indent=2, sort_keys=True) + "\n").encode("utf-8")
+            changes = ", ".join(f"{k} {config[k]} → {v}" for k, v in sorted(updates.items()))
+            notes.append(f"{config_rel}: {changes}, so that diffusers' {cls}.from_pretrained loads the resized kernels")
+            record.update(stock_loadable=True, config_updates=updates, load=f"{cls}.from_pretrained({os.path.dirname(out_path)!r})")
+            loading.append(record)
+            continue
+        resized = [e for e in structural if e.new_shape != e.shape]
+        dilated = [e for e in structural if e.new_shape == e.shape]
+        what = []
+        if resized:
+            e = resized[0]
+            what.append(f"{len(resized)} tensor(s) changed shape (e.g. {e.name} {shape_text(e.shape[2:] or e.shape)} → "
+                        f"{shape_text(e.new_shape[2:] or e.new_shape)})")
+        if dilated:
+            what.append(f"{len(dilated)} conv(s) need a new dilation (e.g. {dilated[0].name})")
+        load = f"kernelscale.nn.load(model, {out_path!r})"
+        if cls:
+            stock = (f"diffusers' {cls} hard-codes its resnet and sampler convs at 3×3, so from_pretrained would "
+                     + ("fail with a size mismatch" if resized else "load them but ignore the dilation"))
+            how = f"model = {cls}.from_config({cls}.load_config({config_dir!r})); {load}"
+        else:
+            stock = "a stock loader expects the original shapes and geometry" if resized else "a stock loader ignores the recorded dilation"
+            how = f"build the original model, then {load}"
+        notes.append(f"{label}: {' and '.join(what)}; {stock}. Load it with the nn adapter: {how}")
+        record.update(stock_loadable=False, load=how)
+        loading.append(record)
+    return notes, loading, rewritten
+
+
+# --- the summary -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConvertSummary:
+    """What a conversion did (or, with ``dry_run``, would do)."""
+
+    src: str
+    dst: str
+    layout: str
+    dry_run: bool
+    device: str
+    dtype: str
+    tensors_resized: int
+    tensors_dilated: int
+    tensors_cast: int
+    tensors_copied: int
+    bytes_in: int
+    bytes_out: int
+    seconds: float
+    files: tuple[dict[str, Any], ...] = ()
+    copied_files: tuple[str, ...] = ()
+    rewritten_files: tuple[str, ...] = ()
+    skipped_files: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    loading: tuple[dict[str, Any], ...] = ()
+    cleaned: tuple[str, ...] = ()
+    plan: Optional[CheckpointPlan] = field(default=None, repr=False, compare=False)
+
+    @property
+    def mb_per_s(self) -> float:
+        """Output megabytes (10⁶ bytes) written per second of the whole run."""
+        return self.bytes_out / 1e6 / self.seconds if self.seconds > 0 and not self.dry_run else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items() if k != "plan"}
+        data["seconds"] = round(self.seconds, 3)
+        data["mb_per_s"] = round(self.mb_per_s, 1)
+        return data
+
+    def describe(self) -> str:
+        """The closing one-line summary."""
+        parts = [f"{self.tensors_resized} resized"]
+        if self.tensors_dilated:
+            parts.append(f"{self.tensors_dilated} re-dilated")
+        if self.tensors_cast:
+            parts.append(f"{self.tensors_cast} cast")
+        parts.append(f"{self.tensors_copied} copied")
+        files = len(self.files) + len(self.copied_files) + len(self.rewritten_files)
+        where = f"{self.src} -> {self.dst}"
+        if self.dry_run:
+            return (f"dry run: {where}: would write {files} file(s), {_human(self.bytes_out)}; tensors: {', '.join(parts)}; "
+                    f"{_human(self.bytes_in)} in")
+        return (f"{where}: {files} file(s); tensors: {', '.join(parts)}; {_human(self.bytes_in)} in, {_human(self.bytes_out)} out "
+                f"in {self.seconds:.1f} s ({self.mb_per_s:.0f} MB/s)")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+def _summary(plan: CheckpointPlan, dst: str, device: str, seconds: float, dry_run: bool, cleaned: Sequence[str] = ()) -> ConvertSummary:
+    counts = plan.counts()
+    files = tuple({"input": fp.src, "output": fp.rel or dst, **{k: v for k, v in fp.counts().items()},
+                   "bytes_in": fp.bytes_in, "bytes_out": fp.bytes_out} for fp in plan.files)
+    return ConvertSummary(
+        src=plan.src, dst=dst, layout=plan.layout, dry_run=dry_run, device=device, dtype=plan.dtype,
+        tensors_resized=counts["resize"], tensors_dilated=counts["dilate"], tensors_cast=counts["cast"], tensors_copied=counts["copy"],
+        bytes_in=plan.bytes_in, bytes_out=plan.bytes_out, seconds=seconds, files=files,
+        copied_files=tuple(x.rel for x in plan.extras if x.data is None),
+        rewritten_files=tuple(x.rel for x in plan.extras if x.data is not None),
+        skipped_files=plan.skipped, notes=plan.notes, loading=plan.loading, cleaned=tuple(cleaned), plan=plan,
+    )

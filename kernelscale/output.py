@@ -1,0 +1,223 @@
+"""The output location: where a conversion's result goes and how it is committed (DESIGN §6).
+
+:class:`_Output` refuses an OUT that is an input (same device and inode), lies inside the input
+folder or holds it, or exists without ``force``; the result is built as
+``.OUT.kernelscale-tmp-<pid>`` beside OUT (a file, or a folder for multi-file output), fsynced,
+then renamed onto OUT (the output shard index last) and the directory fsynced, so an interrupted
+run leaves no partial OUT. :func:`clean_stale` removes a temp entry left by a run that died (its
+pid no longer alive) and puts back a previous OUT it had moved aside; :func:`check_free_space`
+refuses a disk too small before anything is written. Filesystem work only: what goes into the
+temp entry is :mod:`kernelscale.stream`'s job.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from kernelscale.checkpoint_plan import OLD_TAG, TMP_TAG, _TMP_NAME, CheckpointPlan, PathLike, _human
+from kernelscale.errors import KernelscaleError
+
+
+SPACE_MARGIN = 64 << 20
+"""Free space required beyond the planned output size (filesystem metadata, other writers)."""
+
+
+class OutputError(KernelscaleError):
+    """OUT cannot be written: it exists, it is the input, the disk is too small, or the result failed its check."""
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _inside(child: str, parent: str) -> bool:
+    """Whether ``child`` lies within ``parent`` (or is it), by file identity of each ancestor."""
+    current = os.path.realpath(child)
+    while True:
+        if _same_file(current, parent):
+            return True
+        up = os.path.dirname(current)
+        if up == current:
+            return False
+        current = up
+
+
+class _Output:
+    """Where the result goes and how it is committed.
+
+    ``file``: one file, written as ``.OUT.kernelscale-tmp-<pid>`` and renamed. ``dir``: a folder
+    built as ``.OUT.kernelscale-tmp-<pid>/`` and renamed last (an existing OUT, with --force, is
+    first moved to ``.OUT.kernelscale-old-<pid>`` and removed after). ``index``: OUT names the
+    output shard index; the shards are built in the temp folder, moved beside OUT, and the index
+    renamed last, so OUT appears only when everything else is in place.
+    """
+
+    def __init__(self, plan: CheckpointPlan, dst: str, force: bool) -> None:
+        self.plan = plan
+        self.dst = dst
+        self.parent = os.path.dirname(dst)
+        self.name = os.path.basename(dst)
+        if not self.name:
+            raise OutputError(f"{dst}: give a file or folder name for the output")
+        if plan.layout == "file":
+            self.mode = "file"
+        elif plan.layout == "sharded" and dst.endswith(".json"):
+            self.mode = "index"
+        else:
+            self.mode = "dir"
+        self.staging = os.path.join(self.parent, f".{self.name}.{TMP_TAG}-{os.getpid()}")
+        self.old = os.path.join(self.parent, f".{self.name}.{OLD_TAG}-{os.getpid()}")
+        self._check(force)
+
+    def _check(self, force: bool) -> None:
+        plan, dst = self.plan, self.dst
+        if not os.path.isdir(self.parent):
+            raise OutputError(f"{dst}: the folder {self.parent} does not exist")
+        inputs = [fp.src for fp in plan.files] + [x.src for x in plan.extras if x.src]
+        if plan.layout != "file":
+            inputs.append(plan.src)
+        for path in inputs:
+            if _same_file(path, dst):
+                raise OutputError(f"{dst} is the input itself ({path}); write the result to another path")
+        if self.mode == "file":
+            if os.path.isdir(dst):
+                raise OutputError(f"{dst} is a folder; give the output file's name")
+        elif self.mode == "dir":
+            if os.path.exists(dst) and not os.path.isdir(dst):
+                raise OutputError(f"{dst} exists and is not a folder; a {plan.layout} checkpoint converts to a folder")
+            src_root = plan.src if plan.layout == "folder" else os.path.dirname(plan.src)
+            if _inside(dst, src_root) and plan.layout == "folder":
+                raise OutputError(f"{dst} is inside the input folder {src_root}; write the result elsewhere")
+            if os.path.exists(dst) and _inside(src_root, dst):
+                raise OutputError(f"the input {plan.src} is inside {dst}; replacing {dst} would delete it")
+        else:
+            for fp in plan.files:
+                target = os.path.join(self.parent, fp.rel)
+                if _same_file(target, fp.src) or any(_same_file(target, other.src) for other in plan.files):
+                    raise OutputError(f"{target} would overwrite an input shard; write the result to another folder")
+                if os.path.lexists(target) and not force:
+                    raise OutputError(f"{target} exists (a shard of the output); add --force to overwrite it")
+        if os.path.lexists(dst) and not force:
+            raise OutputError(f"{dst} exists; add --force to overwrite it")
+
+    def path_for(self, rel: str) -> str:
+        if self.mode == "file":
+            return self.staging
+        if self.mode == "index" and rel == self.plan.index_rel:
+            return os.path.join(self.staging, self.name)
+        return os.path.join(self.staging, rel)
+
+    def begin(self) -> None:
+        if self.mode != "file":
+            os.mkdir(self.staging, 0o777)  # permissions from the umask
+
+    def commit(self, force: bool) -> None:
+        if os.path.lexists(self.dst) and not force:
+            raise OutputError(f"{self.dst} appeared while converting; add --force to overwrite it")
+        if self.mode == "file":
+            os.replace(self.staging, self.dst)
+        elif self.mode == "dir":
+            _fsync_tree(self.staging)
+            moved = False
+            if os.path.lexists(self.dst):
+                os.rename(self.dst, self.old)
+                moved = True
+            try:
+                os.rename(self.staging, self.dst)
+            except BaseException:
+                if moved:
+                    os.rename(self.old, self.dst)
+                raise
+            _fsync_dir(self.parent)
+            if moved:
+                _remove(self.old)
+        else:
+            for fp in self.plan.files:
+                target = os.path.join(self.parent, fp.rel)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.replace(os.path.join(self.staging, fp.rel), target)
+                _fsync_dir(os.path.dirname(target))
+            os.replace(os.path.join(self.staging, self.name), self.dst)
+            _remove(self.staging)
+        _fsync_dir(self.parent)
+
+    def abort(self) -> None:
+        _remove(self.staging)
+
+
+def _remove(path: str) -> None:
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: str) -> None:
+    for dirpath, _dirnames, _files in os.walk(root, topdown=False):
+        _fsync_dir(dirpath)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, ValueError, OSError):
+        return False
+    try:  # a killed child not yet reaped by its parent is a zombie: dead for our purposes
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
+
+
+def clean_stale(dst: PathLike) -> list[str]:
+    """Remove temp files and folders that an interrupted run left beside ``dst`` (``.NAME.kernelscale-tmp-<pid>``
+    whose pid is no longer alive). A ``.NAME.kernelscale-old-<pid>`` (the previous OUT, moved aside
+    while a --force run replaced it) is put back when OUT is missing, else removed. Returns the paths."""
+    dst = os.path.abspath(os.fspath(dst))
+    parent, name = os.path.dirname(dst), os.path.basename(dst)
+    cleaned = []
+    try:
+        entries = sorted(os.listdir(parent))
+    except OSError:
+        return cleaned
+    for entry in entries:
+        match = _TMP_NAME.match(entry)
+        if not match or match.group("name") != name or _pid_alive(int(match.group("pid"))):
+            continue
+        path = os.path.join(parent, entry)
+        if match.group("tag") == OLD_TAG and not os.path.lexists(dst):
+            os.rename(path, dst)
+        else:
+            _remove(path)
+        cleaned.append(path)
+    return cleaned
+
+
+def check_free_space(folder: str, needed: int) -> None:
+    """OutputError unless ``folder``'s filesystem has ``needed`` bytes plus SPACE_MARGIN free."""
+    free = shutil.disk_usage(folder).free
+    if free < needed + SPACE_MARGIN:
+        raise OutputError(f"not enough free space in {folder}: the output needs {_human(needed)} "
+                          f"(+ {_human(SPACE_MARGIN)} margin) but only {_human(free)} is free")
