@@ -200,3 +200,79 @@ def test_dispatch_forced_triton_runs_the_kernel():
     assert torch.equal(
         dispatch.apply_separable(x3, a, b, F32, backend="triton"), apply_separable_triton(x3, a, b, F32)
     )
+
+
+# Through the public resize functions: every method and mode, 1-D/2-D/3-D, grouped, transposed,
+# long 1-D kernels and grids, each forced onto Triton and onto torch. The input/output dtype pair
+# cycles through DTYPE_PAIRS (every pair is covered above on the primitives).
+METHOD_MODES = [("interp", m) for m in ("nearest", "linear", "cubic", "lanczos3")] + [
+    ("pinv", m) for m in ("nearest", "linear", "cubic", "lanczos3")
+] + [("dilate", "linear"), ("disperse", "linear")]
+CONV_SHAPES = {
+    "conv1d": (3, 2, 5),
+    "conv2d": (3, 2, 3, 3),
+    "depthwise": (4, 1, 3, 3),  # groups = C: C_in/groups = 1
+    "conv3d": (2, 1, 2, 2, 2),  # 8 → 125 taps: still the dense kernel
+    "rect": (2, 2, 1, 5),
+}
+DISPERSE_SHAPES = {"conv1d", "conv2d", "depthwise"}  # dispersed convolution takes odd kernels
+
+
+def _resize_operator_matrix(shape, method, mode):
+    from kernelscale.transforms import build_kernel_resize as build
+
+    return torch.tensor(build(tuple(shape[2:]), 2.0, method, mode).dense(), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("shape_id", list(CONV_SHAPES))
+@pytest.mark.parametrize("method, mode", METHOD_MODES, ids=[f"{m}-{mo}" for m, mo in METHOD_MODES])
+def test_resize_kernel_parity_every_method_and_mode(shape_id, method, mode):
+    from kernelscale.resize import resize_kernel
+
+    shape = CONV_SHAPES[shape_id]
+    if method == "disperse" and shape_id not in DISPERSE_SHAPES:
+        pytest.skip("dispersed convolution is defined here for odd 1-D/2-D kernels")
+    case = list(CONV_SHAPES).index(shape_id) + len(CONV_SHAPES) * METHOD_MODES.index((method, mode))
+    dtype_in, dtype_out = DTYPE_PAIRS[case % len(DTYPE_PAIRS)]
+    x = _rand(*shape, seed=case, dtype=dtype_in)
+    out = resize_kernel(x, 2.0, method=method, mode=mode, out_dtype=dtype_out, backend="triton")
+    ref = resize_kernel(x, 2.0, method=method, mode=mode, out_dtype=dtype_out, backend="torch")
+    r = _resize_operator_matrix(shape, method, mode)
+    slices = x.reshape(-1, r.shape[1]).double().abs().cpu()
+    magnitude = (slices @ r.abs().T).reshape(ref.shape)
+    assert_within(out, ref, _tolerance(ref, r.shape[1], magnitude), f"{shape_id} {method}/{mode} {dtype_in}->{dtype_out}")
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic", "lanczos3"])
+@pytest.mark.parametrize("method", ["interp", "pinv"])
+def test_resize_grid_linear_parity(method, mode):
+    # A Linear over a flattened (2, 4, 6) grid, ×2 per axis: separable on (H, W) planes.
+    from kernelscale.resize import resize_grid_linear
+    from kernelscale.transforms import build_axis_resize
+
+    case = ["interp", "pinv"].index(method) * 4 + ["nearest", "linear", "cubic", "lanczos3"].index(mode)
+    dtype_in, dtype_out = DTYPE_PAIRS[(case * 5) % len(DTYPE_PAIRS)]
+    x = _rand(3, 2 * 4 * 6, seed=100 + case, dtype=dtype_in)
+    kwargs = dict(method=method, mode=mode, out_dtype=dtype_out)
+    out = resize_grid_linear(x, (2, 4, 6), 2.0, backend="triton", **kwargs)
+    ref = resize_grid_linear(x, (2, 4, 6), 2.0, backend="torch", **kwargs)
+    a, b = (torch.tensor(build_axis_resize(n, 2.0, method, mode, "cells", "paper").matrix) for n in (4, 6))
+    planes = x.reshape(6, 4, 6).double().abs().cpu()
+    magnitude = (a.abs() @ planes @ b.abs().T).reshape(ref.shape)
+    assert_within(out, ref, _tolerance(ref, 4 + 6, magnitude), f"grid {method}/{mode} {dtype_in}->{dtype_out}")
+
+
+def test_long_1d_kernel_parity():
+    # A 256-tap kernel (an STFT filter) to 512 taps: beyond the dense limits, so the separable
+    # kernel with H = 1 (the line kernel) runs.
+    from kernelscale.resize import resize_kernel
+
+    x = _rand(2, 1, 256, seed=200, dtype=BF16)
+    out = resize_kernel(x, 2.0, align="cells", out_dtype=F32, backend="triton")
+    ref = resize_kernel(x, 2.0, align="cells", out_dtype=F32, backend="torch")
+    assert out.shape == (2, 1, 512)
+    from kernelscale.transforms import build_axis_resize
+
+    b = torch.tensor(build_axis_resize(256, 2.0, "interp", "linear", "cells", "mass").matrix)
+    magnitude = (x.reshape(2, 256).double().abs().cpu() @ b.abs().T).reshape(ref.shape)
+    assert_within(out, ref, _tolerance(ref, 1 + 256, magnitude), "256→512 taps")
