@@ -216,6 +216,8 @@ CONV_SHAPES = {
     "rect": (2, 2, 1, 5),
 }
 DISPERSE_SHAPES = {"conv1d", "conv2d", "depthwise"}  # dispersed convolution takes odd kernels
+RESIZE_CASES = [(shape_id, method, mode) for method, mode in METHOD_MODES for shape_id in CONV_SHAPES
+                if method != "disperse" or shape_id in DISPERSE_SHAPES]
 
 
 def _resize_operator_matrix(shape, method, mode):
@@ -224,15 +226,12 @@ def _resize_operator_matrix(shape, method, mode):
     return torch.tensor(build(tuple(shape[2:]), 2.0, method, mode).dense(), dtype=torch.float64)
 
 
-@pytest.mark.parametrize("shape_id", list(CONV_SHAPES))
-@pytest.mark.parametrize("method, mode", METHOD_MODES, ids=[f"{m}-{mo}" for m, mo in METHOD_MODES])
+@pytest.mark.parametrize("shape_id, method, mode", RESIZE_CASES, ids=["-".join(c) for c in RESIZE_CASES])
 def test_resize_kernel_parity_every_method_and_mode(shape_id, method, mode):
     from kernelscale.resize import resize_kernel
 
     shape = CONV_SHAPES[shape_id]
-    if method == "disperse" and shape_id not in DISPERSE_SHAPES:
-        pytest.skip("dispersed convolution is defined here for odd 1-D/2-D kernels")
-    case = list(CONV_SHAPES).index(shape_id) + len(CONV_SHAPES) * METHOD_MODES.index((method, mode))
+    case = RESIZE_CASES.index((shape_id, method, mode))
     dtype_in, dtype_out = DTYPE_PAIRS[case % len(DTYPE_PAIRS)]
     x = _rand(*shape, seed=case, dtype=dtype_in)
     out = resize_kernel(x, 2.0, method=method, mode=mode, out_dtype=dtype_out, backend="triton")
