@@ -116,6 +116,16 @@ class CheckpointPlan:
     def bytes_out(self) -> int:
         return sum(f.bytes_out for f in self.files) + sum(x.size for x in self.extras)
 
+    @property
+    def bytes_resized(self) -> int:
+        """Output bytes of the resized tensors: the work a device does (the rest is copied or cast)."""
+        return sum(
+            math.prod(e.new_shape) * DTYPE_ITEMSIZE[d]
+            for f in self.files
+            for i, (e, d) in enumerate(zip(f.entries, f.out_dtypes))
+            if f.operation(i) == "resize"
+        )
+
     def counts(self) -> dict[str, int]:
         total = {"resize": 0, "dilate": 0, "cast": 0, "copy": 0}
         for f in self.files:

@@ -216,7 +216,7 @@ def options_from_args(args: argparse.Namespace, *, require_scale: bool = True):
 
 
 def _add_convert_arguments(p: argparse.ArgumentParser) -> None:
-    from kernelscale.convert import DEVICES, OUTPUT_DTYPES
+    from kernelscale.convert import AUTO_CUDA_MIN_BYTES, DEVICES, OUTPUT_DTYPES
 
     p.add_argument("input", metavar="IN",
                    help="a .safetensors file, a sharded checkpoint's *.safetensors.index.json, or a model folder "
@@ -232,7 +232,8 @@ def _add_convert_arguments(p: argparse.ArgumentParser) -> None:
                         "others cast; integer, bool and float8 tensors are always copied byte for byte. "
                         "Example: --dtype float16")
     g.add_argument("--device", choices=DEVICES, default="auto",
-                   help="where resizing runs (default: auto = CUDA when available, else CPU). Example: --device cpu")
+                   help=f"where resizing runs (default: auto = CUDA when torch sees a GPU and at least {AUTO_CUDA_MIN_BYTES >> 20} MiB of "
+                        "tensors are resized, else CPU; cuda = the Triton kernels, refused without a GPU). Example: --device cpu")
     g.add_argument("--dry-run", action="store_true",
                    help="plan and check everything (input, options, OUT, free space), print what would happen to "
                         "each tensor, and write nothing")

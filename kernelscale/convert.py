@@ -50,7 +50,7 @@ from kernelscale.stream import (
 )
 
 __all__ = [
-    "BLOCK_BYTES", "COMPUTE_BYTES", "DEVICES", "FOREIGN_WEIGHTS", "MANIFEST_KEY", "OLD_TAG", "OUTPUT_DTYPES", "QUEUE_DEPTH",
+    "AUTO_CUDA_MIN_BYTES", "BLOCK_BYTES", "COMPUTE_BYTES", "DEVICES", "FOREIGN_WEIGHTS", "MANIFEST_KEY", "OLD_TAG", "OUTPUT_DTYPES", "QUEUE_DEPTH",
     "SLOW_WRITE_ENV", "SPACE_MARGIN", "TMP_TAG", "CheckpointPlan", "CheckpointScan", "ConvertSummary", "ExtraFile", "FilePlan",
     "OutputError", "PathLike", "check_free_space", "clean_stale", "compute_workers", "convert_checkpoint", "describe_entries",
     "plan_checkpoint", "resolve_device", "scan_checkpoint", "shape_text", "verify_output",
@@ -60,12 +60,24 @@ __all__ = [
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+# Under ``auto``, a checkpoint whose resized tensors come to less than this stays on the CPU:
+# creating the CUDA context and compiling the Triton kernels on first use cost about a second,
+# which the CPU path does not pay; at 256 MiB of output the CPU resize itself takes about as long
+# (roughly 1.3 GB/s per core in benchmarks/bench_kernels.py).
+AUTO_CUDA_MIN_BYTES = 256 << 20
+
+
+def resolve_device(device: str, bytes_resized: Optional[int] = None) -> torch.device:
+    """Where resizing runs. ``cpu``; ``cuda`` (an error without a GPU); ``auto``: CUDA when torch
+    sees a GPU and ``bytes_resized`` (the resized tensors' output bytes, when known) is at least
+    :data:`AUTO_CUDA_MIN_BYTES`, else CPU."""
     if device not in DEVICES:
         raise InvalidOptionError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
-    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+    if device == "cpu":
         return torch.device("cpu")
+    if device == "auto":
+        small = bytes_resized is not None and bytes_resized < AUTO_CUDA_MIN_BYTES
+        return torch.device("cuda" if torch.cuda.is_available() and not small else "cpu")
     if not torch.cuda.is_available():
         raise BackendUnavailableError(f"--device cuda: torch {torch.__version__} sees no CUDA device here")
     return torch.device("cuda")
@@ -86,9 +98,10 @@ def convert_checkpoint(
 
     ``dtype``: ``keep``, or ``float16``/``bfloat16``/``float32`` for every floating tensor (resized
     ones are computed in float32 and rounded once to it; other floating tensors are cast; integer,
-    bool and float8 tensors stay byte-exact). ``device``: where resizing runs (``auto`` = CUDA when
-    available). ``force``: replace an existing ``dst``. ``progress``: a tqdm bar on stderr (None =
-    only when stderr is a terminal). ``dry_run``: plan and check everything, write nothing.
+    bool and float8 tensors stay byte-exact). ``device``: where resizing runs (see
+    :func:`resolve_device`; the summary says which was used). ``force``: replace an existing
+    ``dst``. ``progress``: a tqdm bar on stderr (None = only when stderr is a terminal).
+    ``dry_run``: plan and check everything, write nothing.
 
     Raises KernelscaleError subclasses for bad input or options and OutputError when ``dst`` cannot
     be written; on any failure or interruption no ``dst`` is left behind and temp files are removed.
@@ -96,8 +109,9 @@ def convert_checkpoint(
     started = time.perf_counter()
     src = os.path.abspath(os.fspath(src))
     dst = os.path.abspath(os.fspath(dst))
-    torch_device = resolve_device(device)
+    resolve_device(device)  # a bad or unavailable device is refused before any reading
     plan = plan_checkpoint(src, options, dtype=dtype, dst=dst)
+    torch_device = resolve_device(device, plan.bytes_resized)
     # before the checks: a dead run's leftovers may include the previous OUT, moved aside
     cleaned = clean_stale(dst) if not dry_run else []
     output = _Output(plan, dst, force)

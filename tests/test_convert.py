@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import torch
 from safetensors import safe_open
 
 from kernelscale import ResizeOptions, plan_state_dict, resize_state_dict
+from kernelscale import convert as convert_module
 from kernelscale import output as output_module
 from kernelscale import stream as stream_module
 from kernelscale.convert import (
@@ -27,7 +29,7 @@ from kernelscale.convert import (
     verify_output,
 )
 from kernelscale.errors import BackendUnavailableError, InvalidCheckpointError, InvalidOptionError
-from kernelscale.safetensors_io import SafetensorsReader
+from kernelscale.safetensors_io import DTYPE_ITEMSIZE, SafetensorsReader
 from kernelscale.state_dict import apply_entry
 
 # --- tiny checkpoints --------------------------------------------------------------------------
@@ -316,6 +318,46 @@ def test_converted_input_and_missing_cuda_are_refused(tmp_path: Path, checkpoint
     if not torch.cuda.is_available():
         with pytest.raises(BackendUnavailableError, match="no CUDA device"):
             convert_checkpoint(checkpoint, tmp_path / "gpu.safetensors", OPTIONS, device="cuda")
+
+
+def test_auto_device_keeps_small_work_on_the_cpu(monkeypatch, tmp_path: Path, checkpoint: Path) -> None:
+    # With a GPU present, auto takes it only for at least AUTO_CUDA_MIN_BYTES of resized output:
+    # below that the CUDA context and the first kernel compilation cost more than the work.
+    monkeypatch.setattr(convert_module.torch.cuda, "is_available", lambda: True)
+    limit = convert_module.AUTO_CUDA_MIN_BYTES
+    assert convert_module.resolve_device("auto", limit - 1).type == "cpu"
+    assert convert_module.resolve_device("auto", limit).type == "cuda"
+    assert convert_module.resolve_device("auto").type == "cuda"
+    assert convert_module.resolve_device("cpu", limit).type == "cpu"
+    assert convert_module.resolve_device("cuda", 0).type == "cuda"
+    summary = convert_checkpoint(checkpoint, tmp_path / "out.safetensors", OPTIONS)  # a few KB resized
+    assert 0 < summary.plan.bytes_resized < limit and summary.device == "cpu"
+    expected = sum(math.prod(e.new_shape) * DTYPE_ITEMSIZE[d]
+                   for e, d in zip(summary.plan.files[0].entries, summary.plan.files[0].out_dtypes) if e.action == "resize")
+    assert summary.plan.bytes_resized == expected
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_conversion_agrees_with_the_cpu_one(tmp_path: Path, checkpoint: Path) -> None:
+    # Both paths accumulate in float32 and round once, in different orders: an output differs by
+    # at most one ulp of its dtype plus twice the float32 accumulation bound 2·K·u·(|R|·|x|),
+    # K ≤ 64 taps. OPTIONS resizes with linear taps and cells, so R ≥ 0 and |R|·|x| = R·|x|.
+    cpu, gpu = tmp_path / "cpu.safetensors", tmp_path / "gpu.safetensors"
+    summary = convert_checkpoint(checkpoint, cpu, OPTIONS, device="cpu")
+    assert convert_checkpoint(checkpoint, gpu, OPTIONS, device="cuda").device == "cuda"
+    source = safetensors.torch.load_file(str(checkpoint))
+    want, got = safetensors.torch.load_file(str(cpu)), safetensors.torch.load_file(str(gpu))
+    assert list(want) == list(got)
+    ulp = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7, torch.float32: 2.0**-23, torch.float64: 2.0**-52}
+    for entry, out_dtype in zip(summary.plan.files[0].entries, summary.plan.files[0].out_dtypes):
+        a, b = want[entry.name], got[entry.name]
+        assert a.dtype == b.dtype and a.shape == b.shape, entry.name
+        if entry.action != "resize" or not a.is_floating_point():
+            assert as_bytes(a) == as_bytes(b), entry.name
+            continue
+        magnitude = apply_entry(entry, source[entry.name].double().abs(), out_dtype=torch.float64)
+        tol = ulp[a.dtype] * a.double().abs() + 4 * 64 * 2.0**-24 * magnitude + 2.0**-133
+        assert bool(((a.double() - b.double()).abs() <= tol).all()), entry.name
 
 
 def test_progress_bar_only_when_asked_or_on_a_terminal(tmp_path: Path, checkpoint: Path, capsys) -> None:

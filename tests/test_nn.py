@@ -122,6 +122,20 @@ def test_dilated_stride1_network_is_exact_on_nearest_upsampled_input(ndim, geome
     assert rel(model(nearest(x)), expected) < EXACT
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_a_model_on_the_gpu_gets_the_cpu_weights_and_geometry(dtype):
+    # dilate's R holds only 0 and 1 (coefficient 1): every output tap is one input tap, exact in
+    # any accumulation order, so the Triton kernels must give the CPU weights bit for bit.
+    model = seeded(nn.ModuleDict({"image": nn.Conv2d(3, 8, 3, padding=1), "audio": nn.Conv1d(8, 4, 5, padding=2)})).to(dtype)
+    on_gpu = copy.deepcopy(model).cuda()
+    supersample(model, 2, method="dilate")
+    supersample(on_gpu, 2, method="dilate")
+    assert geometry(on_gpu) == geometry(model)
+    for name, tensor in on_gpu.state_dict().items():
+        assert tensor.is_cuda and torch.equal(tensor.cpu(), model.state_dict()[name]), name
+
+
 def test_geometry_only_keeps_the_weight_storage_and_equals_zero_insertion():
     a = seeded(nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3, padding=2, dilation=2)))
     b = copy.deepcopy(a)
