@@ -123,6 +123,14 @@ def test_version_help_and_registry(capsys) -> None:
         del cli.COMMANDS["hello"]
 
 
+def test_python_dash_m_kernelscale_is_the_same_command() -> None:
+    result = subprocess.run([sys.executable, "-m", "kernelscale", "--version"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == f"kernelscale {__version__}"
+    result = subprocess.run([sys.executable, "-m", "kernelscale", "convert", "missing.safetensors", "o.safetensors", "--scale", "2"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no such file" in result.stderr
+
+
 def test_debug_env_reraises(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("KERNELSCALE_DEBUG", "1")
     with pytest.raises(Exception, match="no such file"):
