@@ -183,8 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=2.0)
     parser.add_argument("--repeat", type=int, default=3, help="runs of kernelscale and copy; the median is reported (default 3)")
     parser.add_argument("--skip-naive", action="store_true", help="skip the naive route (it needs ~15 GB of RAM)")
+    parser.add_argument("--devices", default="auto", metavar="LIST",
+                        help="comma-separated --device values to time kernelscale with, e.g. cpu,cuda: the GPU path "
+                             "must not be slower than the CPU one end to end (default: auto)")
     parser.add_argument("--write-docs", metavar="MD", help="replace this benchmark's section of a markdown file")
+    parser.add_argument("--section", default=SECTION, help=f"the section heading --write-docs replaces (default: {SECTION!r})")
     args = parser.parse_args(argv)
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+    if not devices or any(d not in ("auto", "cpu", "cuda") for d in devices):
+        parser.error(f"--devices {args.devices!r}: expected a comma-separated list of auto, cpu, cuda")
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -193,21 +200,27 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([sys.executable, str(HERE / "make_sd15_checkpoint.py"), str(src)], check=True, cwd=ROOT)
     out, copy, naive = work / "sd15_unet_x2.safetensors", work / "copy.safetensors", work / "naive.safetensors"
     convert_cmd = [sys.executable, "-m", "kernelscale.cli", "convert", str(src), str(out), "--scale", f"{args.scale:g}", "--force", "--json"]
+    # One route per device; with the single default device the routes keep their plain names.
+    routes = {("kernelscale" if devices == ["auto"] else f"kernelscale --device {d}"): d for d in devices}
 
-    runs: dict[str, list[Run]] = {"kernelscale": [], "kernelscale, input cached": [], "copy": [], "copy, no fsync": [],
-                                  "read input (cold)": [], "start-up (kernelscale --version)": [], "naive": []}
+    runs: dict[str, list[Run]] = {**{r: [] for route in routes for r in (route, f"{route}, input cached")},
+                                  "copy": [], "copy, no fsync": [], "read input (cold)": [],
+                                  "start-up (kernelscale --version)": [], "naive": []}
     for i in range(args.repeat):
         runs["start-up (kernelscale --version)"].append(
             timed("start-up", [sys.executable, "-m", "kernelscale.cli", "--version"], src, None))
         runs["start-up (kernelscale --version)"][-1].bytes_out = 0
         drop_cache(src)
         runs["read input (cold)"].append(timed("read input (cold)", ["dd", f"if={src}", "of=/dev/null", "bs=16M"], src, src))
-        drop_cache(src)
-        runs["kernelscale"].append(timed("kernelscale", convert_cmd, out, src))
-        print(f"kernelscale run {i + 1}: {runs['kernelscale'][-1]}", file=sys.stderr)
-        warm(src)
-        runs["kernelscale, input cached"].append(timed("kernelscale, input cached", convert_cmd, out, src))
-        print(f"kernelscale, input cached run {i + 1}: {runs['kernelscale, input cached'][-1]}", file=sys.stderr)
+        for route, device in routes.items():
+            cmd = [*convert_cmd, "--device", device]
+            for name in (route, f"{route}, input cached"):
+                if name == route:
+                    drop_cache(src)
+                else:
+                    warm(src)
+                runs[name].append(timed(name, cmd, out, src))
+                print(f"{name} run {i + 1}: {runs[name][-1]}", file=sys.stderr)
         warm(out)  # the copy's source fully cached: the copy is pure writing
         for route, sync in (("copy", "fsync"), ("copy, no fsync", "none")):
             copy.unlink(missing_ok=True)
@@ -241,15 +254,24 @@ def main(argv: list[str] | None = None) -> int:
     table = ["| route | wall s, median (runs) | without start-up s | × copy | CPU s (user+sys) | peak RSS MiB | "
              "GB written (read, for the read) | MB/s | input cached at start |",
              "|---|---|---|---|---|---|---|---|---|", *rows]
-    ks_wall, ks_rss = med("kernelscale", "wall"), med("kernelscale", "rss_mb")
-    warm_wall = med("kernelscale, input cached", "wall")
-    inner_cold, inner_warm = med("kernelscale", "inner"), med("kernelscale, input cached", "inner")
-    checks = [f"wall ≤ 1.5 × copy: {ks_wall / copy_wall:.2f}× with the input read from disk — "
-              f"{'met' if ks_wall <= 1.5 * copy_wall else 'NOT met'}; {warm_wall / copy_wall:.2f}× with the input in the page cache "
-              f"like the copy's source — {'met' if warm_wall <= 1.5 * copy_wall else 'NOT met'}. Without the start-up (torch's "
-              f"import; kernelscale's own timer): {inner_cold / copy_wall:.2f}× and {inner_warm / copy_wall:.2f}×",
-              f"peak RSS ≤ 3 × largest output tensor ({largest / 2 ** 20:.0f} MiB) + 300 MiB = {budget_mb:.0f} MiB: {ks_rss:.0f} MiB — "
-              f"{'met' if ks_rss <= budget_mb else 'NOT met'}"]
+    checks = []
+    for route in routes:
+        ks_wall, ks_rss = med(route, "wall"), med(route, "rss_mb")
+        warm_wall = med(f"{route}, input cached", "wall")
+        inner_cold, inner_warm = med(route, "inner"), med(f"{route}, input cached", "inner")
+        checks += [f"{route}: wall ≤ 1.5 × copy: {ks_wall / copy_wall:.2f}× with the input read from disk — "
+                   f"{'met' if ks_wall <= 1.5 * copy_wall else 'NOT met'}; {warm_wall / copy_wall:.2f}× with the input in the page "
+                   f"cache like the copy's source — {'met' if warm_wall <= 1.5 * copy_wall else 'NOT met'}. Without the start-up "
+                   f"(torch's import; kernelscale's own timer): {inner_cold / copy_wall:.2f}× and {inner_warm / copy_wall:.2f}×",
+                   f"{route}: peak RSS ≤ 3 × largest output tensor ({largest / 2 ** 20:.0f} MiB) + 300 MiB = {budget_mb:.0f} MiB: "
+                   f"{ks_rss:.0f} MiB — {'met' if ks_rss <= budget_mb else 'NOT met'}"]
+    if "cpu" in devices and "cuda" in devices:
+        cpu_route, gpu_route = (next(r for r, d in routes.items() if d == dev) for dev in ("cpu", "cuda"))
+        for suffix in ("", ", input cached"):
+            gpu, cpu = med(gpu_route + suffix, "wall"), med(cpu_route + suffix, "wall")
+            checks.append(f"GPU path not slower than the CPU path{suffix}: {gpu:.1f} s vs {cpu:.1f} s — "
+                          f"{'met' if gpu <= cpu else 'NOT met'}")
+    ks_wall, ks_rss = med(next(iter(routes)), "wall"), med(next(iter(routes)), "rss_mb")
     if runs["naive"]:
         speed, memory = med("naive", "wall") / ks_wall, med("naive", "rss_mb") / ks_rss
         checks += [f"≥ 3× faster than naive: {speed:.1f}× — {'met' if speed >= 3 else 'NOT met'}",
@@ -259,16 +281,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     lines = [
-        SECTION, "",
+        args.section, "",
         f"Synthetic SD 1.5 UNet (diffusers `UNet2DConditionModel` layout on the meta device, cross_attention_dim=768, "
-        f"686 tensors, fp16, seeded N(0, 0.02²)): {src.stat().st_size / 1e9:.2f} GB in, {med('kernelscale', 'bytes_out') / 1e9:.2f} GB out "
+        f"686 tensors, fp16, seeded N(0, 0.02²)): {src.stat().st_size / 1e9:.2f} GB in, {med(next(iter(routes)), 'bytes_out') / 1e9:.2f} GB out "
         f"(52 conv kernels 3×3 → 7×7, linear taps). Whole CLI as a subprocess, start-up included; median of {args.repeat} runs.",
         "",
         *table, "",
         *[f"- {c}" for c in checks],
         "",
         f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info['ram']} RAM, disk {disk(work)}, Linux {info['kernel']}, "
-        f"Python {info['python']}, torch {torch.__version__}; load average {load[0]:.2f} at the end (other jobs shared the machine).",
+        f"Python {info['python']}, torch {torch.__version__}, {torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}; load average {load[0]:.2f} at the end (other jobs shared the machine).",
         f"Peak RSS: {rss_method()}. Page cache: the input was dropped with posix_fadvise(DONTNEED) before kernelscale and naive "
         "(\"input cached at start\" is mincore's count; \"kernelscale, input cached\" ran right after reading it); the copy's source (the converted file) was read into the cache first, so the "
         "copy measures writing alone. kernelscale and both copies with fsync are durable; \"copy, no fsync\" only reaches the page cache.",
@@ -276,15 +298,16 @@ def main(argv: list[str] | None = None) -> int:
         "Commands:", "",
         "```sh",
         f"python benchmarks/make_sd15_checkpoint.py {src}",
-        f"python benchmarks/bench_convert.py --workdir {work} --repeat {args.repeat}" + (" --skip-naive" if args.skip_naive else ""),
-        f"# kernelscale: {' '.join(['python', *convert_cmd[1:]])}",
+        f"python benchmarks/bench_convert.py --workdir {work} --repeat {args.repeat}" + (" --skip-naive" if args.skip_naive else "")
+        + ("" if devices == ["auto"] else f" --devices {','.join(devices)}"),
+        f"# kernelscale: {' '.join(['python', *convert_cmd[1:]])}" + ("" if devices == ["auto"] else " --device D (each of --devices)"),
         "# copy:  shutil.copyfile(OUT, COPY) + os.fsync; naive: load_file -> F.interpolate(bilinear) * 1/s^2 -> save_file + fsync",
         "```", "",
     ]
     text = "\n".join(lines)
     print(text)
     if args.write_docs:
-        _replace_section(Path(args.write_docs), text)
+        _replace_section(Path(args.write_docs), args.section, text)
     (work / "bench_convert.json").write_text(json.dumps({k: [vars(r) for r in v] for k, v in runs.items()}, indent=2))
     return 0
 
@@ -293,14 +316,14 @@ def _pct(value: float) -> str:
     return "-" if value != value else f"{100 * value:.0f}%"
 
 
-def _replace_section(path: Path, section: str) -> None:
-    """Replace (or append) the ``SECTION`` heading's text up to the next ``## `` heading."""
+def _replace_section(path: Path, heading: str, section: str) -> None:
+    """Replace (or append) the text under ``heading`` up to the next ``## `` heading."""
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find(SECTION + "\n")
+    start = text.find(heading + "\n")
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + section
     else:
-        nxt = text.find("\n## ", start + len(SECTION))
+        nxt = text.find("\n## ", start + len(heading))
         text = text[:start] + section.rstrip("\n") + "\n" + (("\n" + text[nxt + 1:]) if nxt >= 0 else "")
     path.write_text(text.rstrip("\n") + "\n")
 

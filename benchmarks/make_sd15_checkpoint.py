@@ -13,6 +13,7 @@ under /tmp, never in the repository::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -22,12 +23,20 @@ import torch
 from kernelscale.safetensors_io import SafetensorsWriter
 
 SD15_CROSS_ATTENTION_DIM = 768
+SHAPES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sd15_unet_shapes.json")
 
 
 def sd15_unet_specs() -> list[tuple[str, str, tuple[int, ...]]]:
-    """(name, "F16", shape) of every tensor of the SD 1.5 UNet, in the model's state_dict order."""
-    from diffusers import UNet2DConditionModel
+    """(name, "F16", shape) of every tensor of the SD 1.5 UNet, in the model's state_dict order.
 
+    From diffusers when it is installed; otherwise from ``sd15_unet_shapes.json`` beside this
+    script, the same list written by ``--write-shapes`` (for machines without diffusers, such as
+    a GPU host with no package index)."""
+    try:
+        from diffusers import UNet2DConditionModel
+    except ImportError:
+        with open(SHAPES_FILE) as fh:
+            return [(name, "F16", tuple(shape)) for name, shape in json.load(fh)]
     with torch.device("meta"):
         model = UNet2DConditionModel(cross_attention_dim=SD15_CROSS_ATTENTION_DIM)
     return [(name, "F16", tuple(t.shape)) for name, t in model.state_dict().items()]
@@ -48,9 +57,18 @@ def write_checkpoint(path: str, seed: int = 0) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("output", help="where to write the .safetensors file (under /tmp, not in the repository)")
+    parser.add_argument("output", nargs="?", help="where to write the .safetensors file (under /tmp, not in the repository)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random values (default: 0)")
+    parser.add_argument("--write-shapes", action="store_true",
+                        help=f"write the (name, shape) list from diffusers to {os.path.basename(SHAPES_FILE)} and exit")
     args = parser.parse_args(argv)
+    if args.write_shapes:
+        with open(SHAPES_FILE, "w") as fh:
+            json.dump([[name, list(shape)] for name, _, shape in sd15_unet_specs()], fh, separators=(",", ":"))
+            fh.write("\n")
+        return 0
+    if args.output is None:
+        parser.error("the output path is required (unless --write-shapes)")
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     started = time.perf_counter()
     size = write_checkpoint(args.output, args.seed)
