@@ -6,7 +6,8 @@ index, other files to copy, weights in foreign formats left out) and reads and v
 headers. :func:`plan_checkpoint` then plans every tensor (all files of a folder or shard set
 together, so a glob must match somewhere in the checkpoint, not in each file), computes every
 output header, hence the exact output size, rewrites the shard index (and the config.json entries
-stock diffusers can express) and notes how to load each changed model. Nothing here reads tensor
+stock diffusers can express) and notes how to load each changed model, what leaving out weights in
+foreign formats means, and an --include that resizes nothing. Nothing here reads tensor
 data or writes a file; :class:`ConvertSummary` reports what a conversion did or would do.
 """
 
@@ -38,8 +39,9 @@ OUTPUT_DTYPES: dict[str, Optional[str]] = {"keep": None, "float16": "F16", "bflo
 """``--dtype`` choices → safetensors dtype name of every floating (F64/F32/F16/BF16) output tensor."""
 
 FOREIGN_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".msgpack", ".h5", ".onnx", ".gguf")
-"""Weights in formats convert does not rewrite. They are left out of a converted folder (with a
-note): copied unchanged, a loader could pick them up instead of the converted safetensors."""
+"""Weights in formats convert does not rewrite. They are left out of a converted folder, not
+copied (were they copied unchanged, a loader could pick them up instead of the converted
+safetensors); a note says so, and warns when a folder has no safetensors weights to convert."""
 
 
 # --- the plan of a whole checkpoint --------------------------------------------------------------
@@ -264,20 +266,39 @@ def _read_sharded(index_path: str, index_rel: str) -> _Unit:
     rel_dir = os.path.dirname(index_rel)
     files = []
     owner: dict[str, str] = {}
-    for shard in _shard_names(index_path, data):
-        shard_path = os.path.join(folder, shard)
-        if not os.path.isfile(shard_path):
+    shards = _shard_names(index_path, data)  # validates the index first
+    weight_map = data["weight_map"]
+    for shard in shards:
+        if not os.path.isfile(os.path.join(folder, shard)):
             raise InvalidCheckpointError(f"{index_path}: shard {shard!r} is missing")
+    for shard in shards:
+        shard_path = os.path.join(folder, shard)
         metadata, tensors = read_header(shard_path)
         for name in tensors:
             if name in owner:
                 raise InvalidCheckpointError(f"{index_path}: tensor {name!r} is in both {owner[name]} and {shard}")
             owner[name] = shard
+        # the rewritten index keeps the weight_map: a tensor it does not list would be unreachable
+        # in the output (and counted in total_size all the same)
+        unlisted = [n for n in tensors if weight_map.get(n) != shard]
+        if unlisted:
+            raise InvalidCheckpointError(f"{index_path}: shard {shard} holds {len(unlisted)} tensor(s) the weight_map does not "
+                                         f"put there ({_names(unlisted)}); the index does not match its shards")
         files.append(_Source(shard_path, _join(rel_dir, shard), dict(metadata), tuple(tensors.values())))
-    for name, shard in data["weight_map"].items():
+    absent: dict[str, list[str]] = {}
+    for name, shard in weight_map.items():
         if owner.get(name) != shard:
-            raise InvalidCheckpointError(f"{index_path}: weight_map puts {name!r} in {shard}, which has no such tensor")
+            absent.setdefault(shard, []).append(name)
+    if absent:
+        shard, names = min(absent.items())
+        raise InvalidCheckpointError(f"{index_path}: weight_map puts {len(names)} tensor(s) in {shard}, which has no such "
+                                     f"tensor ({_names(names)}); the index does not match its shards")
     return _Unit(tuple(files), (index_path, index_rel, data), rel_dir)
+
+
+def _names(names: Sequence[str], at_most: int = 5) -> str:
+    """``'a', 'b', 'c'`` (with `` …`` past ``at_most`` names)."""
+    return ", ".join(map(repr, names[:at_most])) + (" …" if len(names) > at_most else "")
 
 
 def _join(*parts: str) -> str:
@@ -372,20 +393,53 @@ def plan_checkpoint(src: PathLike, options: ResizeOptions, *, dtype: str = "keep
                 index_rel = rel
 
     notes, loading, rewritten = _loading_notes(scan, plans, dst)
+    notes[:0] = _include_notes(options, plans)
     for path, rel in scan.others:
         if rel in rewritten:
             data = rewritten[rel]
             extras.append(ExtraFile(rel, path, len(data), data))
         else:
             extras.append(ExtraFile(rel, path, _size(path)))
-    if scan.skipped:
-        notes.append(f"left out {len(scan.skipped)} file(s) holding weights in a format convert does not rewrite "
-                     f"({', '.join(scan.skipped[:3])}{' …' if len(scan.skipped) > 3 else ''}): copied as they are, a loader "
-                     "could pick them up instead of the converted safetensors; if they are the model's weights, save them "
-                     "as safetensors and convert again")
+    notes.extend(_skipped_notes(scan))
     extras.sort(key=lambda x: x.rel)
     return CheckpointPlan(scan.src, scan.layout, options, dtype, tuple(files), tuple(extras), scan.skipped, index_rel,
                           tuple(notes), tuple(loading))
+
+
+def _include_notes(options: ResizeOptions, plans: Sequence[Plan]) -> list[str]:
+    """An --include glob that matches only tensors left as they are (a Linear without a grid, a
+    bias, a 1×1 conv, an excluded layer) does nothing, like one that matches no tensor (an error,
+    raised by the planner); it is noted rather than refused, as an --exclude or a scale-1 layer rule
+    may leave it so on purpose. The reasons are the plan's own."""
+    notes = []
+    for pattern in options.include:
+        matched = [e for plan in plans for e in plan.entries if matches_pattern(e.name, pattern)]
+        if matched and not any(e.changed for e in matched):
+            why = "; ".join(f"{e.name}: {e.reason}" for e in matched[:3]) + ("; …" if len(matched) > 3 else "")
+            notes.append(f"--include {pattern!r} matched only tensors that are not resized ({why})")
+    return notes
+
+
+def _skipped_notes(scan: CheckpointScan) -> list[str]:
+    """What leaving out the weights in foreign formats means: nothing lost where converted
+    safetensors sit in the same folder; where none do, OUT lacks that model's weights."""
+    converted = {os.path.dirname(f.rel) for f in scan.files}
+    alone = [rel for rel in scan.skipped if os.path.dirname(rel) not in converted]
+    beside = [rel for rel in scan.skipped if os.path.dirname(rel) in converted]
+    what = "weights in a format convert does not rewrite"
+    notes = []
+    if alone:
+        folders = sorted({(os.path.dirname(rel) or ".") + "/" for rel in alone})
+        one = len(folders) == 1
+        notes.append(f"left out {len(alone)} file(s) of {what} ({_names(alone, 3)}): they are not copied, and "
+                     f"{', '.join(folders)} {'holds' if one else 'hold'} no safetensors weights, so "
+                     f"{'that model has' if one else 'those models have'} no weights in OUT and loading "
+                     f"{'it' if one else 'them'} from there fails; save them as safetensors "
+                     "(safetensors.torch.save_file) and convert again")
+    if beside:
+        notes.append(f"left out {len(beside)} file(s) of {what} ({_names(beside, 3)}): they are not copied, so OUT holds "
+                     "only the converted safetensors beside them and a loader cannot pick up the unconverted weights instead")
+    return notes
 
 
 def _any_match(names: Sequence[str], pattern: str) -> bool:
@@ -484,7 +538,8 @@ def _loading_notes(scan: CheckpointScan, plans: Sequence[Plan], dst: Optional[Pa
         cls = config.get("_class_name") if config else None
         label = unit.dir_rel or (os.path.basename(unit.files[0].rel) if scan.layout == "folder" else os.path.basename(scan.src))
         record: dict[str, Any] = {"model": label, "class": cls, "path": out_path, "tensors": [e.name for e in structural]}
-        updates = _stock_kernel_keys(structural, config) if (config and cls and scan.layout == "folder") else None
+        reshaped = any(e.new_shape != e.shape for e in structural)  # else nothing for config.json to say
+        updates = _stock_kernel_keys(structural, config) if (config and cls and scan.layout == "folder" and reshaped) else None
         if updates is not None:
             config_rel = _join(unit.dir_rel, "config.json")
             new_config = {**config, **updates}
@@ -494,27 +549,71 @@ def _loading_notes(scan: CheckpointScan, plans: Sequence[Plan], dst: Optional[Pa
             record.update(stock_loadable=True, config_updates=updates, load=f"{cls}.from_pretrained({os.path.dirname(out_path)!r})")
             loading.append(record)
             continue
-        resized = [e for e in structural if e.new_shape != e.shape]
-        dilated = [e for e in structural if e.new_shape == e.shape]
-        what = []
-        if resized:
-            e = resized[0]
-            what.append(f"{len(resized)} tensor(s) changed shape (e.g. {e.name} {shape_text(e.shape[2:] or e.shape)} → "
-                        f"{shape_text(e.new_shape[2:] or e.new_shape)})")
-        if dilated:
-            what.append(f"{len(dilated)} conv(s) need a new dilation (e.g. {dilated[0].name})")
         load = f"kernelscale.nn.load(model, {out_path!r})"
+        how = (f"model = {cls}.from_config({cls}.load_config({config_dir!r})); {load}" if cls
+               else f"build the original model, then {load}")
+        groups: dict[str, list[TensorPlan]] = {}
+        for e in structural:
+            groups.setdefault(_geometry_change(e), []).append(e)
+        if set(groups) == {"none"}:  # weights resized in place: same shapes, same recorded geometry
+            notes.append(_in_place_note(label, groups["none"], how))
+            stock = (f"{cls}.from_pretrained({os.path.dirname(out_path)!r})" if cls and scan.layout == "folder"
+                     else f"model.load_state_dict(safetensors.torch.load_file({out_path!r}))")
+            record.update(stock_loadable=True, load=stock)
+            loading.append(record)
+            continue
+        what = []
+        for change in _GEOMETRY_CHANGES:
+            if change not in groups:
+                continue
+            e = groups[change][0]
+            if change == "shape":
+                what.append(f"{len(groups[change])} tensor(s) changed shape (e.g. {e.name} {shape_text(e.shape[2:] or e.shape)} → "
+                            f"{shape_text(e.new_shape[2:] or e.new_shape)})")
+            else:
+                what.append(f"{len(groups[change])} conv(s) keep their shape but need a new {change} (e.g. {e.name})")
+        ignored = " and ".join(c for c in _GEOMETRY_CHANGES[1:] if c in groups)
         if cls:
             stock = (f"diffusers' {cls} hard-codes its resnet and sampler convs at 3×3, so from_pretrained would "
-                     + ("fail with a size mismatch" if resized else "load them but ignore the dilation"))
-            how = f"model = {cls}.from_config({cls}.load_config({config_dir!r})); {load}"
+                     + ("fail with a size mismatch" if "shape" in groups else f"load them but ignore the new {ignored}"))
         else:
-            stock = "a stock loader expects the original shapes and geometry" if resized else "a stock loader ignores the recorded dilation"
-            how = f"build the original model, then {load}"
+            stock = ("a stock loader expects the original shapes and geometry" if "shape" in groups
+                     else f"a stock loader would load them but ignore the new {ignored}")
         notes.append(f"{label}: {' and '.join(what)}; {stock}. Load it with the nn adapter: {how}")
         record.update(stock_loadable=False, load=how)
         loading.append(record)
     return notes, loading, rewritten
+
+
+_GEOMETRY_CHANGES = ("shape", "dilation", "stride", "padding")
+
+
+def _geometry_change(entry: TensorPlan) -> str:
+    """What a loader must change for a resized tensor, read from its manifest record
+    (docs/format.md): ``shape``; for a kernel that keeps its shape, ``dilation`` (re-dilation),
+    ``stride`` (an absorbing layer) or ``padding`` (a half-pixel centre offset); else ``none``."""
+    record = entry.record or {}
+    if entry.new_shape != entry.shape:
+        return "shape"
+    if record.get("dilation"):
+        return "dilation"
+    if record.get("absorb"):
+        return "stride"
+    if any(record.get("centre_offset") or ()):
+        return "padding"
+    return "none"
+
+
+def _in_place_note(label: str, entries: Sequence[TensorPlan], how: str) -> str:
+    """Kernels whose weights changed but not their shape (e.g. 3×3 at --scale 0.3). By the geometry
+    rule p' = (k−1)·d/2 − s·((k−1)·d/2 − p) the padding stays only where p = (k−1)·d/2."""
+    e = entries[0]
+    note = (f"{label}: {len(entries)} tensor(s) resized in place (e.g. {e.name}, {shape_text(e.shape[2:] or e.shape)} kept); "
+            "a stock loader loads them as they are")
+    if any(x.kind == "conv" for x in entries):
+        note += (", keeping each conv's padding: right for convs padded (k−1)·d/2 (\"same\", as most are); a conv with "
+                 f"other padding needs a new one, which the nn adapter applies: {how}")
+    return note
 
 
 # --- the summary -------------------------------------------------------------------------------

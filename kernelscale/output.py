@@ -1,7 +1,8 @@
 """The output location: where a conversion's result goes and how it is committed (DESIGN §6).
 
 :class:`_Output` refuses an OUT that is an input (same device and inode), lies inside the input
-folder or holds it, or exists without ``force``; the result is built as
+folder or holds it, exists without ``force``, or goes into a folder that takes no new file
+(read-only, no permission; probed, so ``--dry-run`` sees it too); the result is built as
 ``.OUT.kernelscale-tmp-<pid>`` beside OUT (a file, or a folder for multi-file output), fsynced,
 then renamed onto OUT (the output shard index last) and the directory fsynced, so an interrupted
 run leaves no partial OUT. :func:`clean_stale` removes a temp entry left by a run that died (its
@@ -12,6 +13,7 @@ temp entry is :mod:`kernelscale.stream`'s job.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 
@@ -19,8 +21,9 @@ from kernelscale.checkpoint_plan import OLD_TAG, TMP_TAG, _TMP_NAME, CheckpointP
 from kernelscale.errors import KernelscaleError
 
 
-SPACE_MARGIN = 64 << 20
-"""Free space required beyond the planned output size (filesystem metadata, other writers)."""
+SPACE_MARGIN = 64_000_000
+"""Free space required beyond the planned output size (filesystem metadata, other writers): 64 MB,
+in the decimal units every size kernelscale prints is given in (docs/cli.md, Safety)."""
 
 
 class OutputError(KernelscaleError):
@@ -103,6 +106,17 @@ class _Output:
                     raise OutputError(f"{target} exists (a shard of the output); add --force to overwrite it")
         if os.path.lexists(dst) and not force:
             raise OutputError(f"{dst} exists; add --force to overwrite it")
+        self._check_writable()
+
+    def _check_writable(self) -> None:
+        """OutputError naming OUT unless its folder takes new entries: the temp entry, the rename
+        onto OUT (and, with --force, moving the old OUT aside) all happen there. A real probe
+        (:func:`_probe_folder`) rather than os.access: it tells a read-only mount (EROFS) from
+        missing permission (EACCES), and sees what root may not do despite the bits."""
+        try:
+            _probe_folder(self.parent, self.staging)
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.dst}: {exc.strerror or exc}") from None
 
     def path_for(self, rel: str) -> str:
         if self.mode == "file":
@@ -146,10 +160,38 @@ class _Output:
         _fsync_dir(self.parent)
 
     def abort(self) -> None:
-        _remove(self.staging)
+        """Remove the temp entry, if any. Never raises: it runs while an error is on its way out,
+        and a temp entry it cannot remove is removed by the next run (clean_stale)."""
+        try:
+            _remove(self.staging)
+        except OSError:
+            pass
+
+
+def _probe_folder(folder: str, fallback: str) -> None:
+    """Create a file in ``folder`` and remove it, leaving nothing behind: an unnamed ``O_TMPFILE``
+    file where the filesystem has them, else ``fallback`` (a temp entry's name, which clean_stale
+    removes should this process die in between). OSError when the folder takes no new file."""
+    cloexec = getattr(os, "O_CLOEXEC", 0)
+    tmpfile = getattr(os, "O_TMPFILE", 0)
+    if tmpfile:
+        try:
+            os.close(os.open(folder, tmpfile | os.O_WRONLY | cloexec, 0o600))
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):  # no O_TMPFILE here
+                raise
+    try:
+        fd = os.open(fallback, os.O_WRONLY | os.O_CREAT | os.O_EXCL | cloexec, 0o600)
+    except FileExistsError:
+        return  # this process's temp entry is there already: the folder takes files
+    os.close(fd)
+    os.unlink(fallback)
 
 
 def _remove(path: str) -> None:
+    if not os.path.lexists(path):  # unlink reports EROFS, not ENOENT, on a read-only mount
+        return
     try:
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)

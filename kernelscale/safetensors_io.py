@@ -37,6 +37,17 @@ DEFAULT_CHUNK_SIZE = 64 << 20
 
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
 
+ZIP_MAGIC = b"PK\x03\x04"
+"""A zip archive's first local file header: torch.save's default format, NumPy's .npz."""
+
+_SNIFF_BYTES = 512
+"""Bytes read from the start of a file to recognise a format that is not safetensors."""
+
+_FROM_TORCH_SAVE = (
+    "convert it first, e.g. safetensors.torch.save_file(torch.load(path, weights_only=True), "
+    "'model.safetensors') (a dict of tensors; unwrap a nested 'state_dict')"
+)
+
 _TO_TORCH = TORCH_DTYPES
 _FROM_TORCH: dict[torch.dtype, str] = {dtype: name for name, dtype in _TO_TORCH.items()}
 
@@ -252,16 +263,49 @@ def _read_into(fd: int, view: memoryview, offset: int, path: str) -> None:
         filled += got
 
 
+def _foreign_format(path: str, head: bytes) -> str | None:
+    """What a file that failed as safetensors is instead, judged from its first bytes: a PyTorch
+    zip (torch.save) or pickle checkpoint, a NumPy .npz, another zip archive; None when unknown.
+
+    Consulted only once the bytes have failed as safetensors, never before: the first 8 bytes of
+    a valid safetensors file are its header length, which may well begin 0x80 0x02 (640 bytes)."""
+    only = "kernelscale reads safetensors only"
+    if head.startswith(ZIP_MAGIC):
+        # local file header: name length (u16) at byte 26, the first member's name from byte 30
+        name = b""
+        if len(head) >= 30:
+            (name_len,) = struct.unpack("<H", head[26:28])
+            name = head[30:30 + name_len]
+        if name.endswith(b".pkl") or b"/data/" in name or b".data/" in name:
+            return (
+                f"{path}: this is a PyTorch zip checkpoint (torch.save), not safetensors; "
+                f"{only}: {_FROM_TORCH_SAVE}"
+            )
+        if name.endswith(b".npy"):
+            return (
+                f"{path}: this is a NumPy .npz archive, not safetensors; {only}: convert it first, "
+                "e.g. safetensors.numpy.save_file(dict(numpy.load(path)), 'model.safetensors')"
+            )
+        return f"{path}: this is a zip archive, not safetensors; {only}"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # PROTO opcode, protocols 2–5
+        return (
+            f"{path}: this is a Python pickle (protocol {head[1]}, e.g. an old-style torch.save "
+            f"checkpoint), not safetensors; {only}: {_FROM_TORCH_SAVE}"
+        )
+    return None
+
+
 class SafetensorsReader:
     """A validated, open safetensors file.
 
     ``SafetensorsReader(path)`` reads and checks the header at once and raises
     InvalidCheckpointError (message names the file and the broken rule) for: a file shorter than
-    8 bytes, a Git LFS pointer, a header length beyond the file or above MAX_HEADER_SIZE, a header
-    that is not UTF-8 or not a JSON object or repeats a key, an unknown dtype, a shape whose byte
-    size differs from its offsets, tensors that overlap, leave gaps or do not end exactly at the
-    end of the file, and ``__metadata__`` that is not string → string. A file that cannot be
-    opened raises InvalidCheckpointError too. No allocation depends on an unchecked length.
+    8 bytes, a Git LFS pointer, a PyTorch or NumPy zip or pickle file (named as such), a header
+    length beyond the file or above MAX_HEADER_SIZE, a header that is not UTF-8 or not a JSON
+    object or repeats a key, an unknown dtype, a shape whose byte size differs from its offsets,
+    tensors that overlap, leave gaps or do not end exactly at the end of the file, and
+    ``__metadata__`` that is not string → string. A file that cannot be opened raises
+    InvalidCheckpointError too. No allocation depends on an unchecked length.
 
     ``metadata`` is the ``__metadata__`` dict ({} when absent); ``tensors`` maps name →
     TensorInfo in file order (ascending data offset). Use as a context manager or call close().
@@ -287,27 +331,33 @@ class SafetensorsReader:
         size = os.fstat(fd).st_size
         if size == 0:
             raise InvalidCheckpointError(f"{path}: file is empty, not a safetensors file")
-        head = _pread_exact(fd, min(size, len(LFS_POINTER_PREFIX)), 0, path)
+        head = _pread_exact(fd, min(size, _SNIFF_BYTES), 0, path)
         if head.startswith(LFS_POINTER_PREFIX):
             raise InvalidCheckpointError(
                 f"{path}: this is a Git LFS pointer, not the weights; "
                 "fetch the real file with `git lfs pull`"
             )
+
+        def refuse(message: str) -> InvalidCheckpointError:
+            return InvalidCheckpointError(_foreign_format(path, head) or message)
+
         if size < 8:
-            raise InvalidCheckpointError(
+            raise refuse(
                 f"{path}: file has {size} bytes, too short for the 8-byte header length"
             )
         (header_len,) = struct.unpack("<Q", head[:8])
         if header_len > MAX_HEADER_SIZE:
-            raise InvalidCheckpointError(
+            raise refuse(
                 f"{path}: header length {header_len} exceeds the {MAX_HEADER_SIZE}-byte limit "
                 "(corrupt file or not safetensors)"
             )
         if 8 + header_len > size:
-            raise InvalidCheckpointError(
+            raise refuse(
                 f"{path}: header length {header_len} runs past the end of the {size}-byte file "
                 "(truncated or not safetensors)"
             )
+        if head[8:9] != b"{" and _foreign_format(path, head):  # the header cannot parse anyway
+            raise refuse("")
         raw = _pread_exact(fd, header_len, 8, path)
         data_start = 8 + header_len
         return _parse_header(path, raw, data_start, size - data_start)

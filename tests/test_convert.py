@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -251,9 +252,58 @@ def test_not_enough_space_is_refused_before_writing(tmp_path: Path, checkpoint: 
     usage = output_module.shutil.disk_usage(tmp_path)
     monkeypatch.setattr(output_module.shutil, "disk_usage", lambda path: usage._replace(free=1000))
     out = tmp_path / "out.safetensors"
-    with pytest.raises(OutputError, match="not enough free space"):
+    # the margin in the units of the rest of the message and of docs/cli.md ("plus 64 MB")
+    with pytest.raises(OutputError, match=r"not enough free space .* \(\+ 64\.0 MB margin\)"):
         convert_checkpoint(checkpoint, out, OPTIONS)
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+def _read_only(monkeypatch, folder: Path) -> None:
+    """Make ``folder`` act as a read-only mount for os.open (root ignores permission bits)."""
+    real_open = os.open
+
+    def fake_open(path, flags, *args, **kwargs):
+        target = os.fspath(path)
+        if target == str(folder) or os.path.dirname(target) == str(folder):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), target)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(output_module.os, "open", fake_open)
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_unwritable_output_folder_is_refused_naming_out(tmp_path: Path, checkpoint: Path, monkeypatch, dry_run: bool) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    out = folder / "out.safetensors"
+    _read_only(monkeypatch, folder)
+    with pytest.raises(OutputError) as excinfo:
+        convert_checkpoint(checkpoint, out, OPTIONS, dry_run=dry_run)
+    assert str(excinfo.value) == f"cannot write {out}: Read-only file system"
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes through permission bits")
+def test_output_folder_without_write_permission_is_refused(tmp_path: Path, checkpoint: Path) -> None:
+    folder = tmp_path / "locked"
+    folder.mkdir(mode=0o555)
+    try:
+        with pytest.raises(OutputError, match=f"cannot write {folder / 'out.safetensors'}: Permission denied"):
+            convert_checkpoint(checkpoint, folder / "out.safetensors", OPTIONS, dry_run=True)
+    finally:
+        folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("tmpfile", [True, False])
+def test_writability_probe_leaves_nothing_behind(tmp_path: Path, checkpoint: Path, monkeypatch, tmpfile: bool) -> None:
+    if not tmpfile:  # a filesystem (or OS) without O_TMPFILE: the probe names a file and removes it
+        monkeypatch.delattr(output_module.os, "O_TMPFILE", raising=False)
+    plan = plan_checkpoint(checkpoint, OPTIONS)
+    out = output_module._Output(plan, str(tmp_path / "out.safetensors"), force=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors"]
+    # abort on a read-only mount: unlink there reports EROFS even for a missing file
+    monkeypatch.setattr(output_module.os, "unlink", lambda path: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only file system")))
+    out.abort()
 
 
 def test_failure_mid_write_leaves_nothing(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
@@ -436,6 +486,110 @@ def test_broken_shard_indexes(tmp_path: Path, damage, needle: str) -> None:
         plan_checkpoint(index, OPTIONS)
 
 
+def test_shard_index_must_list_every_tensor_of_its_shards(tmp_path: Path) -> None:
+    """An index that lists fewer tensors than its shards hold is refused: the output index would not
+    reach them, while its total_size counted them."""
+    index = save_sharded(mixed_state_dict(), tmp_path / "in", shards=2)
+    data = json.loads(index.read_text())
+    first = "model-00001-of-00002.safetensors"
+    kept = "stem.weight"
+    data["weight_map"] = {n: s for n, s in data["weight_map"].items() if s != first or n == kept}
+    index.write_text(json.dumps(data))
+    with pytest.raises(InvalidCheckpointError) as excinfo:
+        plan_checkpoint(index, OPTIONS)
+    message = str(excinfo.value)
+    assert message.startswith(f"{index}: shard {first} holds 5 tensor(s) the weight_map does not put there")
+    assert "'stem.bias'" in message and repr(kept) not in message
+    # a tensor mapped to the wrong shard is named from the shard that holds it
+    data = json.loads(index.read_text())
+    data["weight_map"] = {**data["weight_map"], **{n: first for n in mixed_state_dict() if n not in data["weight_map"]}}
+    data["weight_map"]["head.weight"] = first
+    index.write_text(json.dumps(data))
+    with pytest.raises(InvalidCheckpointError, match="model-00002-of-00002.safetensors holds 1 tensor.*'head.weight'"):
+        plan_checkpoint(index, OPTIONS)
+
+
+# --- notes: how to load the result, and options that did nothing ---------------------------------
+
+
+def _small_cnn(path: Path) -> Path:
+    g = torch.Generator().manual_seed(2)
+    return save({"conv1.weight": torch.randn(4, 1, 3, 3, generator=g), "conv1.bias": torch.zeros(4),
+                 "conv2.weight": torch.randn(4, 4, 3, 3, generator=g), "fc.weight": torch.randn(3, 4 * 2 * 2, generator=g)}, path)
+
+
+def test_loading_note_follows_the_records_geometry(tmp_path: Path) -> None:
+    src = _small_cnn(tmp_path / "cnn.safetensors")
+    # resized in place: 3×3 stays 3×3 at 0.3, the weights change, no dilation is recorded
+    plan = plan_checkpoint(src, ResizeOptions(scale=0.3))
+    entries = {e.name: e for fp in plan.files for e in fp.entries}
+    assert entries["conv1.weight"].new_shape == (4, 1, 3, 3) and entries["conv1.weight"].record["dilation"] is None
+    (note,) = plan.notes
+    assert "2 tensor(s) resized in place (e.g. conv1.weight, 3×3 kept)" in note and "dilation" not in note
+    assert "a stock loader loads them" in note and "(k−1)·d/2" in note and "kernelscale.nn.load" in note
+    assert plan.loading[0]["stock_loadable"] is True
+    # geometry-only: same shape, a recorded dilation
+    plan = plan_checkpoint(src, ResizeOptions(scale=2, method="dilate", geometry_only=True))
+    (note,) = plan.notes
+    assert "2 conv(s) keep their shape but need a new dilation (e.g. conv1.weight)" in note and "ignore the new dilation" in note
+    assert plan.loading[0]["stock_loadable"] is False
+    # shape changes
+    plan = plan_checkpoint(src, ResizeOptions(scale=2))
+    (note,) = plan.notes
+    assert "2 tensor(s) changed shape (e.g. conv1.weight 3×3 → 7×7)" in note and plan.loading[0]["stock_loadable"] is False
+
+
+def test_in_place_resize_of_a_diffusers_model_leaves_its_config_alone(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(3)
+    (tmp_path / "in" / "unet").mkdir(parents=True)
+    config = '{"_class_name": "UNet2DModel", "conv_in_kernel": 3, "conv_out_kernel": 3}\n'
+    (tmp_path / "in" / "unet" / "config.json").write_text(config)
+    save({"conv_in.weight": torch.randn(4, 3, 3, 3, generator=g), "conv_out.weight": torch.randn(3, 4, 3, 3, generator=g)},
+         tmp_path / "in" / "unet" / "diffusion_pytorch_model.safetensors")
+    plan = plan_checkpoint(tmp_path / "in", ResizeOptions(scale=0.3), dst=tmp_path / "out")
+    assert not any(x.data is not None for x in plan.extras)  # config.json copied, not rewritten
+    (note,) = plan.notes
+    assert note.startswith("unet: 2 tensor(s) resized in place") and "config.json" not in note
+    assert plan.loading[0]["stock_loadable"] is True
+    assert plan.loading[0]["load"] == f"UNet2DModel.from_pretrained({str(tmp_path / 'out' / 'unet')!r})"
+
+
+def test_geometry_change_of_a_kernel_that_keeps_its_shape() -> None:
+    from kernelscale.checkpoint_plan import _geometry_change
+    from kernelscale.plan import TensorPlan
+
+    def entry(**record) -> TensorPlan:
+        base = {"dilation": None, "absorb": False, "centre_offset": [0.0, 0.0]}
+        return TensorPlan("c.weight", "F32", (2, 2, 4, 4), "resize", "", (2, 2, 4, 4), "conv", record={**base, **record})
+
+    assert _geometry_change(entry()) == "none"
+    assert _geometry_change(entry(dilation=[2, 2])) == "dilation"
+    assert _geometry_change(entry(absorb=True)) == "stride"
+    assert _geometry_change(entry(centre_offset=[0.5, 0.0])) == "padding"
+
+
+@pytest.mark.parametrize("include, needle", [
+    ("fc", "fc.weight: 2-D: not a conv kernel (declare a grid to resize a Linear)"),
+    ("conv1.bias", "conv1.bias: not a weight"),
+    ("conv1*", "conv1.bias: not a weight; conv1.weight: excluded by 'conv1'"),
+])
+def test_include_that_resizes_nothing_gets_a_note(tmp_path: Path, include: str, needle: str) -> None:
+    src = _small_cnn(tmp_path / "cnn.safetensors")
+    plan = plan_checkpoint(src, ResizeOptions(scale=2, include=[include], exclude=["conv1"]))
+    assert plan.counts()["resize"] == 0
+    assert plan.notes == (f"--include {include!r} matched only tensors that are not resized ({needle})",)
+    # one that resizes something is not noted, nor is an include that does its job beside it
+    plan = plan_checkpoint(src, ResizeOptions(scale=2, include=["conv2", "fc"], grids={"fc": (4, 2, 2)}))
+    assert not any(n.startswith("--include") for n in plan.notes)
+
+
+def test_pytorch_checkpoint_is_named_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    torch.save({"conv.weight": torch.ones(2, 2, 3, 3)}, path)
+    with pytest.raises(InvalidCheckpointError, match="PyTorch zip checkpoint .* kernelscale reads safetensors only"):
+        convert_checkpoint(path, tmp_path / "out.safetensors", OPTIONS, dry_run=True)
+
+
 # --- folders -----------------------------------------------------------------------------------
 
 
@@ -465,9 +619,25 @@ def test_folder_converts_every_model_and_copies_the_rest(tmp_path: Path) -> None
     assert (out / "model_a/config.json").read_bytes() == (src / "model_a/config.json").read_bytes()
     assert safetensors.torch.load_file(str(out / "model_a/model.safetensors"))["conv.weight"].shape == (4, 2, 7, 7)
     assert summary.skipped_files == ("model_a/pytorch_model.bin",)
-    assert any("pytorch_model.bin" in note for note in summary.notes)
+    (note,) = [note for note in summary.notes if "pytorch_model.bin" in note]
+    assert "not copied" in note and "copied as they are" not in note and "holds no safetensors" not in note
     assert leftovers(tmp_path) == []
     assert (out / "model_b").stat().st_mode & 0o777 == 0o777 & ~_umask()
+
+
+def test_folder_whose_only_weights_are_left_out_is_noted(tmp_path: Path) -> None:
+    src = make_folder(tmp_path / "in")
+    (src / "vae").mkdir()
+    (src / "vae" / "config.json").write_text("{}\n")
+    (src / "vae" / "diffusion_pytorch_model.bin").write_bytes(b"pickled weights")
+    out = tmp_path / "out"
+    summary = convert_checkpoint(src, out, ResizeOptions(scale=2))
+    assert not (out / "vae" / "diffusion_pytorch_model.bin").exists() and (out / "vae" / "config.json").exists()
+    notes = [note for note in summary.notes if note.startswith("left out")]
+    assert len(notes) == 2
+    assert ("left out 1 file(s) of weights in a format convert does not rewrite ('vae/diffusion_pytorch_model.bin'): "
+            "they are not copied, and vae/ holds no safetensors weights, so that model has no weights in OUT") in notes[0]
+    assert "'model_a/pytorch_model.bin'" in notes[1] and "not copied" in notes[1]
 
 
 def _umask() -> int:

@@ -5,11 +5,15 @@ sees success or InvalidCheckpointError with bounded memory."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import pickle
 import struct
 import tracemalloc
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
@@ -259,6 +263,21 @@ def _valid_blob() -> bytes:
 
 F32_2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
 
+
+def _saved(save) -> bytes:
+    """The bytes ``save(file)`` writes into a file object."""
+    buffer = io.BytesIO()
+    save(buffer)
+    return buffer.getvalue()
+
+
+def _zipped(name: str, data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(name, data)
+    return buffer.getvalue()
+
+
 BAD_FILES: dict[str, tuple[bytes, str]] = {
     "empty": (b"", "empty"),
     "3 bytes": (b"\x01\x00\x00", "too short"),
@@ -311,6 +330,16 @@ BAD_FILES: dict[str, tuple[bytes, str]] = {
         b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 123\n",
         "Git LFS pointer",
     ),
+    # weights in other formats, named as such instead of "header length 578712552184433488 …"
+    "torch.save zip": (_saved(lambda f: torch.save({"w": torch.ones(2)}, f)), "a PyTorch zip checkpoint"),
+    "torch.save legacy pickle": (
+        _saved(lambda f: torch.save({"w": torch.ones(2)}, f, _use_new_zipfile_serialization=False)),
+        "a Python pickle (protocol 2",
+    ),
+    "pickle protocol 5": (pickle.dumps({"w": [1.0] * 4}, protocol=5), "a Python pickle (protocol 5"),
+    "pickle under 8 bytes": (pickle.dumps(None, protocol=2), "a Python pickle"),
+    "numpy npz": (_saved(lambda f: np.savez(f, w=np.ones(2))), "a NumPy .npz archive"),
+    "other zip": (_zipped("notes.txt", b"hello"), "a zip archive"),
 }
 
 
@@ -326,6 +355,22 @@ def test_bad_file_raises_clear_error(tmp_path: Path, case: str) -> None:
     assert str(path) in message
     with pytest.raises(InvalidCheckpointError):
         read_header(path)
+
+
+def test_foreign_formats_are_named_only_when_the_header_fails(tmp_path: Path) -> None:
+    """A valid safetensors file may begin like a pickle: a 640-byte header is 0x80 0x02 0 … 0."""
+    blob = _raw_file({"__metadata__": {"pad": ""}, "a": F32_2}, b"\0" * 8)
+    header_len = struct.unpack("<Q", blob[:8])[0]
+    blob = _raw_file({"__metadata__": {"pad": " " * (640 - header_len)}, "a": F32_2}, b"\0" * 8)
+    assert blob[:2] == b"\x80\x02" and struct.unpack("<Q", blob[:8])[0] == 640
+    path = tmp_path / "pickle_like.safetensors"
+    path.write_bytes(blob)
+    with SafetensorsReader(path) as reader:
+        assert list(reader.tensors) == ["a"]
+    # a zip whose first 8 bytes make a plausible header length still gets named
+    path.write_bytes(b"PK\x03\x04" + bytes(4) + b"\0" * 64)
+    with pytest.raises(InvalidCheckpointError, match="a zip archive, not safetensors"):
+        SafetensorsReader(path)
 
 
 def test_missing_file_is_a_checkpoint_error(tmp_path: Path) -> None:
