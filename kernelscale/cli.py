@@ -1,4 +1,4 @@
-"""The command line: ``kernelscale convert`` and ``kernelscale inspect`` (docs/cli.md).
+"""The command line: ``kernelscale convert``, ``inspect`` and ``verify`` (docs/cli.md).
 
 A thin parse → validate → run front end over :mod:`kernelscale.convert`; every option maps to a
 field of :class:`~kernelscale.plan.ResizeOptions` or a keyword of ``convert_checkpoint``.
@@ -7,7 +7,9 @@ Subcommands live in a registry (:func:`register_command`), so a new one is one
 
 Exit codes: 0 success; 2 bad input or usage (one line ``kernelscale: error: …`` on stderr, never a
 traceback — set ``KERNELSCALE_DEBUG=1`` to get one); 130 interrupted (Ctrl-C); 143 terminated
-(SIGTERM); 1 an internal error. Temp files are removed before exiting.
+(SIGTERM); 1 a layer's structure error exceeds ``--tol`` (``verify``, ``convert --verify``); 70 an
+internal error, i.e. a bug (one line ``kernelscale: internal error: …``; sysexits' EX_SOFTWARE, so
+a script can tell it from a failed check). Temp files are removed before exiting.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from kernelscale import __version__
+from kernelscale.dispatch import BACKENDS, ENV_VAR as BACKEND_ENV
 from kernelscale.errors import InvalidOptionError, KernelscaleError
 from kernelscale.transforms import ALIGNS, METHODS, MODES
 
 EXIT_OK = 0
-EXIT_INTERNAL = 1
+EXIT_INTERNAL = 70  # sysexits.h EX_SOFTWARE: distinct from 1, a verify tolerance exceeded
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
@@ -74,6 +77,24 @@ def register_command(command: Command) -> Command:
     return command
 
 
+_EXIT_AND_ENVIRONMENT = f"""
+exit status:
+  {EXIT_OK}    success
+  1    verify or convert --verify: a layer's structure error exceeds --tol (the layers are named on
+       stderr)
+  {EXIT_USAGE}    bad input or usage: one line 'kernelscale: error: ...' on stderr; convert writes no OUT
+  {EXIT_INTERNAL}   an internal error (a bug): one line 'kernelscale: internal error: ...'
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C); {EXIT_TERMINATED} terminated (SIGTERM): temp files removed, no output written
+
+environment:
+  {BACKEND_ENV}={"|".join(BACKENDS)}
+       which backend applies the resize operator R: torch (the reference, any device), triton
+       (the Triton kernels; an error where they cannot run), auto (default: triton for CUDA
+       tensors when it can be imported, else torch)
+  {DEBUG_ENV}=1
+       print the traceback of an error instead of one line (for developers)"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``kernelscale`` parser with every registered subcommand."""
     parser = _Parser(
@@ -83,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  kernelscale convert model.safetensors model_x2.safetensors --scale 2\n"
                "  kernelscale inspect model.safetensors --scale 2      # preview what convert would do\n"
-               "Run 'kernelscale COMMAND --help' for a command's options; docs/cli.md has more.",
+               "  kernelscale verify model.safetensors model_x2.safetensors --tol 0.05\n"
+               "Run 'kernelscale COMMAND --help' for a command's options; docs/cli.md has more.\n"
+               + _EXIT_AND_ENVIRONMENT,
         formatter_class=_FORMATTER,
     )
     parser.add_argument("--version", action="version", version=f"kernelscale {__version__}",
@@ -243,10 +266,13 @@ def _add_convert_arguments(p: argparse.ArgumentParser) -> None:
                    help="print the summary (with --dry-run: the plan) as JSON on stdout instead of text on stderr")
     from kernelscale.cli_verify import add_verify_options
 
-    v = p.add_argument_group("verification (see 'kernelscale verify --help')")
+    v = p.add_argument_group("verification (see 'kernelscale verify --help')",
+                             textwrap.fill("Any of --tol, --band, --probes, --seed implies --verify. Their values are "
+                                           "checked before anything is written.", 76))
     v.add_argument("--verify", action="store_true",
-                   help="after converting, measure every changed layer as 'kernelscale verify IN OUT' does; with "
-                        "--tol, exit with status 1 when a layer exceeds it (OUT is kept either way)")
+                   help="after converting, measure every changed layer as 'kernelscale verify IN OUT' does (implied by "
+                        "any option below); with --tol, exit with status 1 when a layer exceeds it (OUT is kept either "
+                        "way). Skipped with --dry-run")
     add_verify_options(v)
 
 
@@ -282,9 +308,11 @@ def _keep_freed_blocks() -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from kernelscale.cli_verify import exit_code, measure, print_report, report_json, verify_requested
     from kernelscale.convert import convert_checkpoint
 
     options = options_from_args(args)
+    verify = verify_requested(args) and not args.dry_run
     if not args.dry_run:
         _keep_freed_blocks()
     summary = convert_checkpoint(args.input, args.output, options, dtype=args.dtype, device=args.device, force=args.force,
@@ -295,17 +323,18 @@ def run_convert(args: argparse.Namespace) -> int:
         _stdout("\n".join(summary.plan.describe()))
     for note in summary.notes:
         _stderr(f"kernelscale: note: {note}")
-    if args.json:
+    if args.json:  # one JSON document: the verify report goes into the summary
         data = summary.to_json()
         if args.dry_run:
             data["plan"] = _plan_json(summary.plan)
+        report = measure(args.input, args.output, args) if verify else None
+        if report is not None:
+            data["verify"] = report_json(report, args.tol)
         _stdout(json.dumps(data, indent=2, sort_keys=True))
-    else:
-        _stderr(f"kernelscale: {summary.describe()}")
-    if args.verify and not args.dry_run:
-        from kernelscale.cli_verify import report_and_exit_code
-
-        return report_and_exit_code(args.input, args.output, args, as_json=args.json)
+        return exit_code(report, args.tol) if report is not None else EXIT_OK
+    _stderr(f"kernelscale: {summary.describe()}")
+    if verify:
+        return print_report(measure(args.input, args.output, args), args.tol)
     return EXIT_OK
 
 
@@ -366,17 +395,18 @@ def _dims(values: Optional[Sequence[Any]]) -> str:
     return "×".join(str(v) for v in values) if values else "-"
 
 
-def _manifest_of(metadata: dict[str, str]) -> Optional[dict[str, Any]]:
+def _manifest_of(metadata: dict[str, str], path: str) -> Optional[dict[str, Any]]:
+    """The manifest in a file's ``metadata`` (None without one); errors name ``path``."""
     from kernelscale.convert import MANIFEST_KEY
 
     if MANIFEST_KEY not in metadata:
         return None
     try:
         manifest = json.loads(metadata[MANIFEST_KEY])
-    except ValueError:
-        raise InvalidOptionError(f"the '{MANIFEST_KEY}' metadata is not valid JSON") from None
+    except ValueError as exc:
+        raise InvalidOptionError(f"{path}: the '{MANIFEST_KEY}' metadata is not valid JSON ({exc})") from None
     if not isinstance(manifest, dict):
-        raise InvalidOptionError(f"the '{MANIFEST_KEY}' metadata is not a JSON object")
+        raise InvalidOptionError(f"{path}: the '{MANIFEST_KEY}' metadata is not a JSON object")
     return manifest
 
 
@@ -389,7 +419,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     planned = {fp.src: fp for fp in plan.files} if plan is not None else {}
     files_json, lines = [], []
     for source in scan.files:
-        manifest = _manifest_of(source.metadata)
+        manifest = _manifest_of(source.metadata, source.path)
         metadata = {k: v for k, v in source.metadata.items() if k != MANIFEST_KEY}
         records = (manifest or {}).get("tensors") or {}
         fp = planned.get(source.path)

@@ -5,53 +5,103 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any, Callable, Optional
 
 from kernelscale.cli import EXIT_OK, Command, register_command
 from kernelscale.errors import InvalidOptionError
+from kernelscale.verify import (DEFAULT_BAND, DEFAULT_PROBES, DEFAULT_SEED, VerifyReport, check_band, check_probes, check_seed,
+                                check_tol)
 
 EXIT_TOLERANCE = 1
+VERIFY_OPTIONS = ("tol", "band", "probes", "seed")
+"""The measuring options (attribute names); on convert, giving any of them implies --verify."""
 
 
-def add_verify_options(p: argparse.ArgumentParser) -> None:
-    """The measuring options shared by ``verify`` and ``convert --verify``."""
-    p.add_argument("--tol", type=float, default=None, metavar="T",
+def _checked(parse: Callable[[str], Any], check: Callable[[Any], Any], expected: str) -> Callable[[str], Any]:
+    """An argparse type: ``parse`` the text, then ``check`` it (kernelscale.verify's checks), so a bad
+    value is a usage error at parse time, before convert writes anything."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        try:
+            return check(value)
+        except InvalidOptionError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def add_verify_options(p: Any) -> None:
+    """The measuring options shared by ``verify`` and ``convert`` (where any of them implies
+    ``--verify``). Defaults are None so that a given option can be told apart; see :func:`verify_requested`."""
+    p.add_argument("--tol", type=_checked(float, check_tol, "a number >= 0"), default=None, metavar="T",
                    help="exit with status 1 when a layer's structure error exceeds T (e.g. 0.05); default: report only")
-    p.add_argument("--band", type=float, default=0.25, metavar="NU",
-                   help="probes are band-limited to NU cycles per original pixel, 0 < NU <= 0.5 (default 0.25)")
-    p.add_argument("--probes", type=int, default=4, metavar="N", help="random probes per layer (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the probes and of the channel subsample (default 0)")
+    p.add_argument("--band", type=_checked(float, check_band, "a number in (0, 0.5]"), default=None, metavar="NU",
+                   help=f"probes are band-limited to NU cycles per original pixel, 0 < NU <= 0.5 (default {DEFAULT_BAND})")
+    p.add_argument("--probes", type=_checked(int, check_probes, "an integer >= 1"), default=None, metavar="N",
+                   help=f"random probes per layer, N >= 1 (default {DEFAULT_PROBES})")
+    p.add_argument("--seed", type=_checked(int, check_seed, "an integer >= 0"), default=None, metavar="S",
+                   help=f"seed of the probes and of the channel subsample, S >= 0 (default {DEFAULT_SEED})")
+
+
+def verify_requested(args: argparse.Namespace) -> bool:
+    """``--verify``, or any measuring option, was given."""
+    return bool(getattr(args, "verify", False)) or any(getattr(args, k, None) is not None for k in VERIFY_OPTIONS)
+
+
+def _value(args: argparse.Namespace, key: str, default: Any) -> Any:
+    value = getattr(args, key, None)
+    return default if value is None else value
+
+
+def measure(original: str, converted: str, args: argparse.Namespace) -> VerifyReport:
+    """The report of ``verify ORIG CONVERTED`` with the measuring options of ``args``."""
+    from kernelscale.verify import verify_checkpoints
+
+    return verify_checkpoints(original, converted, band=_value(args, "band", DEFAULT_BAND),
+                              probes=_value(args, "probes", DEFAULT_PROBES), seed=_value(args, "seed", DEFAULT_SEED))
+
+
+def report_json(report: VerifyReport, tol: Optional[float]) -> dict[str, Any]:
+    """The report as JSON, with ``tol`` and the layers that exceed it (``file: name`` in a folder)."""
+    data = report.to_json()
+    data.update(tol=tol, failures=[c.label for c in report.failures(tol)])
+    return data
+
+
+def print_report(report: VerifyReport, tol: Optional[float]) -> int:
+    """The table on stdout, a line on stderr per layer over ``tol``; 0, or 1 when there is one."""
+    print("\n".join(report.table()), flush=True)
+    failures = report.failures(tol)
+    for c in failures:
+        print(f"kernelscale: {c.label}: structure error {c.structure_error:.3e} exceeds --tol {tol}", file=sys.stderr)
+    return exit_code(report, tol)
+
+
+def exit_code(report: VerifyReport, tol: Optional[float]) -> int:
+    """0, or 1 (EXIT_TOLERANCE) when a layer's structure error exceeds ``tol``."""
+    return EXIT_TOLERANCE if report.failures(tol) else EXIT_OK
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("original", metavar="ORIG", help="the checkpoint before conversion (file, shard index or folder)")
-    p.add_argument("converted", metavar="CONVERTED", help="the converted checkpoint, which carries the manifest")
+    p.add_argument("original", metavar="ORIG",
+                   help="the checkpoint before conversion, as given to convert: a file, a shard index or a folder")
+    p.add_argument("converted", metavar="CONVERTED",
+                   help="the converted checkpoint, as convert wrote it (its files carry the manifest); in folders, "
+                        "each file is measured against the file at the same path in ORIG")
     add_verify_options(p)
     p.add_argument("--json", action="store_true", help="print JSON on stdout for scripts")
 
 
-def report_and_exit_code(original: str, converted: str, args: argparse.Namespace, *, as_json: bool) -> int:
-    """Verify, print the table (or JSON) and return 0, or 1 when a layer exceeds ``--tol``."""
-    from kernelscale.verify import verify_checkpoints
-
-    if args.probes < 1:
-        raise InvalidOptionError(f"--probes must be at least 1, got {args.probes}")
-    if args.tol is not None and not args.tol >= 0:
-        raise InvalidOptionError(f"--tol must be a number >= 0, got {args.tol}")
-    report = verify_checkpoints(original, converted, band=args.band, probes=args.probes, seed=args.seed)
-    failures = report.failures(args.tol)
-    if as_json:
-        data = report.to_json()
-        data.update(tol=args.tol, failures=[c.name for c in failures])
-        print(json.dumps(data, indent=2, sort_keys=True))
-    else:
-        print("\n".join(report.table()))
-        for c in failures:
-            print(f"kernelscale: {c.name}: structure error {c.structure_error:.3e} exceeds --tol {args.tol}", file=sys.stderr)
-    return EXIT_TOLERANCE if failures else EXIT_OK
-
-
 def run_verify(args: argparse.Namespace) -> int:
-    return report_and_exit_code(args.original, args.converted, args, as_json=args.json)
+    report = measure(args.original, args.converted, args)
+    if args.json:
+        print(json.dumps(report_json(report, args.tol), indent=2, sort_keys=True))
+        return exit_code(report, args.tol)
+    return print_report(report, args.tol)
 
 
 register_command(Command(
@@ -61,11 +111,14 @@ register_command(Command(
                 "rel||conv(U x, K') - U conv(x, K)|| on seeded random band-limited probes x, U the ideal upsampler; "
                 "(b) the alias gain, K''s response above the original Nyquist frequency relative to K's; "
                 "(c) the DC gain ratio. Exact in the frequency domain (periodic probes). Dilation scores 0 structure "
-                "error (theorem T1), linear interpolation at most max|1 - c h_s| over the band (T3).",
+                "error (theorem T1), linear interpolation at most max|1 - c h_s| over the band (T3). ORIG and CONVERTED "
+                "are read as convert reads and writes them (a file, a shard index, a diffusers or Hugging Face folder, "
+                "variants such as *.fp16.safetensors apart); each recorded tensor's shapes are checked against its "
+                "record first. Exit status: 0, or 1 when a layer exceeds --tol; 2 for bad input.",
     epilog="examples:\n"
            "  kernelscale verify unet.safetensors unet_x2.safetensors\n"
            "  kernelscale verify unet.safetensors unet_x2.safetensors --tol 0.05 --band 0.1\n"
-           "  kernelscale verify model/ model_x2/ --json",
+           "  kernelscale verify sd15/ sd15_x2/ --json",
     add_arguments=_add_arguments,
     run=run_verify,
 ))

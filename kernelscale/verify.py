@@ -18,14 +18,49 @@ Output channels are subsampled (seeded) to at most ``max_channels`` to bound the
 
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
-from kernelscale.errors import InvalidOptionError
+from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
+
+DEFAULT_BAND = 0.25
+DEFAULT_PROBES = 4
+DEFAULT_SEED = 0
+
+
+def check_band(band: float) -> float:
+    """``band`` if 0 < band ≤ ½ (cycles per low-res pixel: ½ is the Nyquist frequency), else InvalidOptionError."""
+    if not 0 < band <= 0.5:
+        raise InvalidOptionError(f"band must be in (0, 0.5] cycles per pixel, got {band!r}")
+    return band
+
+
+def check_probes(probes: int) -> int:
+    """``probes`` if it is an integer ≥ 1, else InvalidOptionError."""
+    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
+        raise InvalidOptionError(f"probes must be an integer >= 1, got {probes!r}")
+    return probes
+
+
+def check_seed(seed: int) -> int:
+    """``seed`` if it is an integer ≥ 0 (numpy's generators take no negative seed), else InvalidOptionError."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InvalidOptionError(f"seed must be an integer >= 0, got {seed!r}")
+    return seed
+
+
+def check_tol(tol: Optional[float]) -> Optional[float]:
+    """``tol`` if it is None or a number ≥ 0, else InvalidOptionError."""
+    if tol is not None and not tol >= 0:
+        raise InvalidOptionError(f"tol must be a number >= 0, got {tol!r}")
+    return tol
 
 
 @dataclass(frozen=True)
@@ -39,6 +74,12 @@ class LayerCertificate:
     structure_error: float
     alias_gain: float
     dc_gain_ratio: float
+    file: str = ""  # the converted file holding the tensor, relative to CONVERTED ("" for a single file)
+
+    @property
+    def label(self) -> str:
+        """``name``, or ``file: name`` in a checkpoint of several files."""
+        return f"{self.file}: {self.name}" if self.file else self.name
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -83,8 +124,7 @@ def certify_conv(
     even kernel (+½ when the extra pixel is padded after). ``band`` in cycles per low-res pixel
     (≤ ½); ``grid`` frequency samples per axis and unit band.
     """
-    if not 0 < band <= 0.5:
-        raise InvalidOptionError(f"band must be in (0, 0.5] cycles per pixel, got {band!r}")
+    check_band(band)
     ndim = kernel.ndim - 2
     scales = [float(s) for s in scales]
     dilation = list(dilation or [1] * ndim)
@@ -190,11 +230,31 @@ def certify_grid(
 
 
 @dataclass(frozen=True)
+class VerifiedFile:
+    """One converted file and the original file(s) it was measured against.
+
+    ``rel``: the converted file relative to CONVERTED (``""`` for a single file); ``converted``: its
+    path as given on the command line joined with its own; ``original``: likewise, the ORIG file at
+    the same path (or the ORIG model's shard index, when the shards were renamed); ``layers``: how
+    many of the report's certificates come from it.
+    """
+
+    rel: str
+    original: str
+    converted: str
+    layers: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class VerifyReport:
-    """Certificates of every changed layer of a converted checkpoint, and a summary."""
+    """Certificates of every changed layer of a converted checkpoint, per file, and a summary."""
 
     layers: tuple[LayerCertificate, ...]
     band: float
+    files: tuple[VerifiedFile, ...] = ()
 
     @property
     def worst(self) -> Optional[LayerCertificate]:
@@ -205,17 +265,26 @@ class VerifyReport:
         return () if tol is None else tuple(c for c in self.layers if c.structure_error > tol)
 
     def table(self) -> list[str]:
-        """One line per layer, then the summary."""
-        width = max((len(c.name) for c in self.layers), default=4)
+        """One line per layer (under a ``== file ==`` line per converted file when there are
+        several), then the summary."""
+        width = max((len(c.name) for c in self.layers), default=5)
         lines = [f"{'layer':<{width}}  {'method':<8}  {'shape':>21}  structure  alias  dc gain"]
-        for c in self.layers:
-            shapes = f"{'×'.join(map(str, c.old_shape[2:] or c.old_shape))}→{'×'.join(map(str, c.new_shape[2:] or c.new_shape))}"
-            lines.append(f"{c.name:<{width}}  {c.method:<8}  {shapes:>21}  {c.structure_error:9.2e}  {c.alias_gain:5.3f}  {c.dc_gain_ratio:7.4f}")
+        grouped = any(f.rel for f in self.files) or any(c.file for c in self.layers)
+        files = [f.rel for f in self.files] or list(dict.fromkeys(c.file for c in self.layers))
+        for rel in files:
+            layers = [c for c in self.layers if c.file == rel]
+            if grouped:
+                lines.append(f"== {rel} ==" + ("" if layers else "  no changed layer"))
+            for c in layers:
+                shapes = f"{'×'.join(map(str, c.old_shape[2:] or c.old_shape))}→{'×'.join(map(str, c.new_shape[2:] or c.new_shape))}"
+                lines.append(f"{c.name:<{width}}  {c.method:<8}  {shapes:>21}  {c.structure_error:9.2e}  {c.alias_gain:5.3f}  "
+                             f"{c.dc_gain_ratio:7.4f}")
         worst = self.worst
         if worst is not None:
             mean = sum(c.structure_error for c in self.layers) / len(self.layers)
-            lines.append(f"{len(self.layers)} changed layers; structure error (band ν₀ = {self.band}): mean {mean:.2e}, "
-                         f"worst {worst.structure_error:.2e} ({worst.name})")
+            where = f" in {len(files)} files" if len(files) > 1 else ""
+            lines.append(f"{len(self.layers)} changed layers{where}; structure error (band ν₀ = {self.band}): mean {mean:.2e}, "
+                         f"worst {worst.structure_error:.2e} ({worst.label})")
         else:
             lines.append("no changed layer to verify")
         return lines
@@ -223,40 +292,204 @@ class VerifyReport:
     def to_json(self) -> dict[str, Any]:
         worst = self.worst
         return {"band": self.band, "layers": [c.to_json() for c in self.layers],
-                "worst": worst.to_json() if worst is not None else None}
+                "worst": worst.to_json() if worst is not None else None, "files": [f.to_json() for f in self.files]}
+
+
+# --- pairing the files of ORIG and CONVERTED ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One recorded tensor to certify: where it is on each side, and its record."""
+
+    name: str
+    record: Mapping[str, Any]
+    original: str  # path of the ORIG file holding it
+    converted: str  # path of the CONVERTED file holding it
+    rel: str  # the converted file, relative to CONVERTED
+
+
+def _shown(arg: Any, scan: Any, rel: str) -> str:
+    """A file of a scanned checkpoint as the user would spell it: the argument joined with its path."""
+    arg = os.fspath(arg)
+    if scan.layout == "folder":
+        return os.path.join(arg, rel)
+    if scan.layout == "sharded":
+        return os.path.join(os.path.dirname(arg), rel)
+    return arg
+
+
+def _unit_key(unit: Any) -> str:
+    """A model's path in its checkpoint: its shard index's, or its one file's."""
+    return unit.index[1] if unit.index is not None else unit.files[0].rel
+
+
+def _pair_units(original: Any, o_scan: Any, converted: Any, c_scan: Any) -> list[tuple[Any, Any]]:
+    """ORIG's and CONVERTED's models, paired by their path (one each: paired as they are, so that a
+    file, a shard index and the folder convert wrote it to all pair)."""
+    if len(o_scan.units) == 1 and len(c_scan.units) == 1:
+        return [(o_scan.units[0], c_scan.units[0])]
+    o_units = {_unit_key(u): u for u in o_scan.units}
+    c_units = {_unit_key(u): u for u in c_scan.units}
+    for units, other, arg, other_arg in ((c_units, o_units, converted, original), (o_units, c_units, original, converted)):
+        lone = [k for k in units if k not in other]
+        if lone:
+            raise InvalidOptionError(
+                f"{os.fspath(arg)}: {_listing(lone)} {'has' if len(lone) == 1 else 'have'} no counterpart in {os.fspath(other_arg)} "
+                f"(verify pairs files by their path in the folder; give the checkpoint convert read and the one it wrote)")
+    return [(o_units[k], c_units[k]) for k in sorted(c_units)]
+
+
+def _listing(names: Sequence[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _dims(values: Sequence[Any]) -> str:
+    return "×".join(str(v) for v in values) or "scalar"
+
+
+def _ints(record: Mapping[str, Any], key: str, name: str, where: str) -> tuple[int, ...]:
+    value = record.get(key)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        raise InvalidCheckpointError(f"{where}: manifest record of {name!r}: {key} must be a list of positive integers, got {value!r}")
+    return tuple(value)
+
+
+def _check_shapes(name: str, record: Mapping[str, Any], old: tuple[int, ...], new: tuple[int, ...],
+                  orig_file: str, conv_file: str) -> None:
+    """Refuse a recorded tensor whose ORIG or CONVERTED shape is not the one its record describes.
+
+    Conv records: ``(C_out, C_in/groups, *old_spatial)`` → ``(…same channels, *new_spatial)``;
+    grid records: ``(out, C·H·W)`` → ``(out, C·H'·W')``.
+    """
+    from kernelscale.checkpoint_plan import shape_text
+
+    hint_orig = "(is ORIG the checkpoint that was converted?)"
+    hint_conv = "(was it changed after it was converted?)"
+    old_spatial = _ints(record, "old_spatial", name, conv_file)
+    new_spatial = _ints(record, "new_spatial", name, conv_file)
+    if record["kind"] == "grid":
+        grid = _ints(record, "grid", name, conv_file)
+        if len(grid) != 3 or len(new_spatial) != 2:
+            raise InvalidCheckpointError(f"{conv_file}: manifest record of {name!r}: a grid record needs grid [C, H, W] "
+                                         f"and new_spatial [H', W'], got {list(grid)!r} and {list(new_spatial)!r}")
+        c, h, w = grid
+        if len(old) != 2 or old[1] != c * h * w:
+            raise InvalidOptionError(f"{orig_file}: ORIG {name} is {shape_text(old)} but the manifest of {conv_file} records "
+                                     f"a Linear over a {c}×{h}×{w} grid ({c * h * w} inputs) {hint_orig}")
+        expected = (old[0], c * new_spatial[0] * new_spatial[1])
+        if new != expected:
+            raise InvalidOptionError(f"{conv_file}: CONVERTED {name} is {shape_text(new)} but its manifest records "
+                                     f"{shape_text(expected)} (a {c}×{_dims(new_spatial)} grid) {hint_conv}")
+        return
+    k = len(old_spatial)
+    if len(new_spatial) != k:
+        raise InvalidCheckpointError(f"{conv_file}: manifest record of {name!r}: old_spatial {list(old_spatial)} and "
+                                     f"new_spatial {list(new_spatial)} have different lengths")
+    if len(old) != k + 2 or old[2:] != old_spatial:
+        shown = _dims(old[2:]) if len(old) == k + 2 else f"{shape_text(old)}, not a {k}-D kernel,"
+        raise InvalidOptionError(f"{orig_file}: ORIG {name} is {shown} but the manifest of {conv_file} records {_dims(old_spatial)} "
+                                 f"{hint_orig}")
+    if len(new) != k + 2 or new[2:] != new_spatial:
+        shown = _dims(new[2:]) if len(new) == k + 2 else f"{shape_text(new)}, not a {k}-D kernel,"
+        raise InvalidOptionError(f"{conv_file}: CONVERTED {name} is {shown} but its manifest records {_dims(new_spatial)} {hint_conv}")
+    if new[:2] != old[:2]:
+        raise InvalidOptionError(f"{conv_file}: CONVERTED {name} is {shape_text(new)} but ORIG's is {shape_text(old)}: "
+                                 f"the channel axes differ {hint_orig}")
+
+
+def _plan_jobs(original: Any, converted: Any) -> tuple[list[_Job], list[tuple[str, str, str]]]:
+    """Every recorded tensor to certify, checked from the headers alone, and each converted file
+    as (rel, ORIG file(s), CONVERTED file), in CONVERTED's order."""
+    from kernelscale.checkpoint import MANIFEST_KEY, parse_manifest
+    from kernelscale.checkpoint_plan import scan_checkpoint
+
+    c_scan = scan_checkpoint(converted)
+    if not any(MANIFEST_KEY in f.metadata for f in c_scan.files):
+        raise InvalidOptionError(f"{os.fspath(converted)}: no kernelscale manifest; is it a converted checkpoint?")
+    o_scan = scan_checkpoint(original)
+    jobs: list[_Job] = []
+    files: list[tuple[str, str, str]] = []
+    for o_unit, c_unit in _pair_units(original, o_scan, converted, c_scan):
+        o_tensors = {t.name: (src, t) for src in o_unit.files for t in src.tensors}
+        o_model = _shown(original, o_scan, _unit_key(o_unit))
+        o_files = {src.rel: src for src in o_unit.files}
+        o_names = {os.path.basename(src.rel): src for src in o_unit.files}
+        for src in c_unit.files:
+            conv_file = _shown(converted, c_scan, src.rel)
+            rel = src.rel if c_scan.layout != "file" else ""
+            # its counterpart: the ORIG file at the same path (or of the same name: a shard index converted
+            # to a folder), else the ORIG model (a lone file, or shards that were renamed)
+            twin = o_files.get(src.rel) or o_names.get(os.path.basename(src.rel))
+            if twin is None and len(o_unit.files) == 1:
+                twin = o_unit.files[0]
+            files.append((rel, _shown(original, o_scan, twin.rel) if twin is not None else o_model, conv_file))
+            text = src.metadata.get(MANIFEST_KEY)
+            if text is None:
+                raise InvalidOptionError(f"{conv_file}: no kernelscale manifest, though other files of "
+                                         f"{os.fspath(converted)} have one; is it a converted file?")
+            manifest = parse_manifest(text, Path(conv_file))
+            c_tensors = {t.name: t for t in src.tensors}
+            for name, record in manifest["tensors"].items():
+                if record["kind"] == "attention":  # values scaled, shape kept: nothing to certify
+                    continue
+                if name not in c_tensors:
+                    raise InvalidCheckpointError(f"{conv_file}: the manifest records {name!r}, which the file does not hold")
+                if name not in o_tensors:
+                    raise InvalidOptionError(f"{o_model}: has no tensor {name!r}, which {conv_file} records as resized "
+                                             "(is ORIG the checkpoint that was converted?)")
+                o_src, o_info = o_tensors[name]
+                orig_file = _shown(original, o_scan, o_src.rel)
+                _check_shapes(name, record, tuple(o_info.shape), tuple(c_tensors[name].shape), orig_file, conv_file)
+                jobs.append(_Job(name, record, o_src.path, src.path, rel))
+    return jobs, files
 
 
 def verify_checkpoints(
     original: Any,
     converted: Any,
     *,
-    band: float = 0.25,
-    probes: int = 4,
-    seed: int = 0,
+    band: float = DEFAULT_BAND,
+    probes: int = DEFAULT_PROBES,
+    seed: int = DEFAULT_SEED,
     max_channels: int = 64,
 ) -> VerifyReport:
-    """Certify every tensor the converted checkpoint's manifest records against the original.
+    """Certify every tensor the converted checkpoint's manifests record against the original.
 
-    Both are a .safetensors file, a shard index or a folder (kernelscale.checkpoint). Geometry-only
-    records are certified with their dilation; attention records (no spatial change) are skipped.
-    Raises InvalidCheckpointError when the converted checkpoint has no manifest or a recorded
-    tensor is missing from the original.
+    Both are what convert reads and writes (kernelscale.checkpoint_plan.scan_checkpoint): a
+    .safetensors file, a shard index, or a folder (diffusers / Hugging Face layout, any depth, one
+    model per file or per shard index, variants such as ``*.fp16.safetensors`` apart). Models are
+    paired by their path in the folder; a lone model on each side is paired as it is. Each
+    converted file is certified from its own manifest; geometry-only records with their dilation;
+    attention records (no spatial change) are skipped.
+
+    Everything is checked from the headers before any tensor is read: InvalidOptionError for a bad
+    option, a file or model with no counterpart on the other side, a recorded tensor that ORIG
+    lacks, or a tensor whose ORIG (CONVERTED) shape is not its record's ``old_spatial``
+    (``new_spatial``); InvalidCheckpointError for a malformed checkpoint or manifest.
     """
-    from kernelscale.checkpoint import checkpoint_files, open_file, read_headers
+    check_band(band)
+    check_probes(probes)
+    check_seed(seed)
+    if isinstance(max_channels, bool) or not isinstance(max_channels, int) or max_channels < 1:
+        raise InvalidOptionError(f"max_channels must be an integer >= 1, got {max_channels!r}")
+    from kernelscale.checkpoint import open_file
 
-    manifest, converted_where = read_headers(checkpoint_files(converted))
-    if manifest is None:
-        raise InvalidOptionError(f"{converted}: no kernelscale manifest; is it a converted checkpoint?")
-    _, original_where = read_headers(checkpoint_files(original))
+    jobs, files = _plan_jobs(original, converted)
     certificates = []
-    for name, record in manifest["tensors"].items():
-        if record.get("kind") == "attention":
-            continue
-        if name not in original_where:
-            raise InvalidOptionError(f"{original}: has no tensor {name!r}, which {converted} records as resized")
-        with open_file(original_where[name][0]) as reader:
-            old = reader.read_tensor(name)
-        with open_file(converted_where[name][0]) as reader:
-            new = reader.read_tensor(name)
-        certificates.append(certify_record(name, old, new, record, band=band, probes=probes, seed=seed, max_channels=max_channels))
-    return VerifyReport(tuple(certificates), band)
+    with contextlib.ExitStack() as stack:
+        readers: dict[str, Any] = {}
+
+        def read(path: str, name: str) -> torch.Tensor:
+            if path not in readers:
+                readers[path] = stack.enter_context(open_file(Path(path)))
+            return readers[path].read_tensor(name)
+
+        for job in jobs:
+            cert = certify_record(job.name, read(job.original, job.name), read(job.converted, job.name), job.record,
+                                  band=band, probes=probes, seed=seed, max_channels=max_channels)
+            certificates.append(replace(cert, file=job.rel))
+    counts = {rel: sum(1 for c in certificates if c.file == rel) for rel, _, _ in files}
+    verified = tuple(VerifiedFile(rel, orig, conv, counts[rel]) for rel, orig, conv in files)
+    return VerifyReport(tuple(certificates), band, verified)

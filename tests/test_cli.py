@@ -102,6 +102,16 @@ def test_inspect_plain_planned_and_converted(tmp_path: Path, checkpoint: Path, c
     assert {t["name"]: t.get("record", {}).get("new_spatial") for t in data["files"][0]["tensors"]}["block.conv.weight"] == [7, 7]
 
 
+def test_inspect_names_the_file_whose_manifest_is_corrupt(tmp_path: Path, capsys) -> None:
+    bad = save(mixed_state_dict(), tmp_path / "bad_manifest.safetensors", {"kernelscale": "{not json"})
+    before = sha256(bad)
+    code, stdout, stderr = call(capsys, "inspect", bad)
+    lines = stderr.splitlines()
+    assert code == 2 and stdout == "" and len(lines) == 1
+    assert lines[0].startswith(f"kernelscale: error: {bad}: the 'kernelscale' metadata is not valid JSON")
+    assert sha256(bad) == before
+
+
 def test_inspect_sharded_checkpoint(tmp_path: Path, capsys) -> None:
     index = save_sharded(mixed_state_dict(), tmp_path / "in", shards=2)
     code, stdout, _ = call(capsys, "inspect", index, "--scale", "2")
@@ -123,12 +133,38 @@ def test_version_help_and_registry(capsys) -> None:
         del cli.COMMANDS["hello"]
 
 
+def test_top_level_help_lists_exit_codes_and_environment(capsys) -> None:
+    code, stdout, _ = call(capsys, "--help")
+    assert code == 0
+    epilog = stdout[stdout.index("exit status:"):]
+    for needle in ("0    success", "1    verify or convert --verify: a layer's structure error exceeds --tol", "70   an internal error",
+                   "2    bad input or usage", "130  interrupted (Ctrl-C); 143 terminated (SIGTERM)",
+                   "KERNELSCALE_BACKEND=torch|triton|auto", "KERNELSCALE_DEBUG=1", "kernelscale verify"):
+        assert needle in stdout, needle
+    assert epilog.index("environment:") > epilog.index("130")
+    code, stdout, _ = call(capsys, "convert", "--help")
+    assert code == 0 and "Any of --tol, --band, --probes, --seed implies --verify" in " ".join(stdout.split())
+
+
 def test_python_dash_m_kernelscale_is_the_same_command() -> None:
     result = subprocess.run([sys.executable, "-m", "kernelscale", "--version"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == f"kernelscale {__version__}"
     result = subprocess.run([sys.executable, "-m", "kernelscale", "convert", "missing.safetensors", "o.safetensors", "--scale", "2"],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no such file" in result.stderr
+
+
+def test_a_bug_is_one_line_and_exit_70_not_the_verify_code(capsys) -> None:
+    def broken(args) -> int:
+        raise ZeroDivisionError("division by zero")
+
+    register_command(Command("broken", "fail", "Fails.", lambda p: None, broken))
+    try:
+        code, stdout, stderr = call(capsys, "broken")
+    finally:
+        del cli.COMMANDS["broken"]
+    assert code == 70 and stdout == ""
+    assert stderr.splitlines() == ["kernelscale: internal error: ZeroDivisionError: division by zero (set KERNELSCALE_DEBUG=1 for a traceback)"]
 
 
 def test_debug_env_reraises(tmp_path: Path, monkeypatch) -> None:
