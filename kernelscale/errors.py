@@ -23,3 +23,9 @@ class UnsupportedTensorError(KernelscaleError, TypeError):
 
 class GeometryError(KernelscaleError, ValueError):
     """A layer whose new geometry cannot be expressed (e.g. a fractional padding)."""
+
+
+class WeightNormError(UnsupportedTensorError, GeometryError):
+    """A conv whose weight a state dict holds as weight norm's two tensors, g and v (w = g·v/‖v‖):
+    resizing v alone would change the norm, and g' depends on v's values, so the pair cannot be
+    resized one tensor at a time. Also a GeometryError: the nn adapter refuses such a layer too."""

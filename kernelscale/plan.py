@@ -8,6 +8,12 @@ Default rule on a bare state dict: a floating tensor named ``*weight`` with 3–
 spatial size > 1 is a conv kernel; everything else is copied byte for byte. A tensor is resized
 when it is a default-rule candidate or named by a grid or absorb rule, matches an include glob
 (when any are given), and matches no exclude glob. Layer rules refine scale and method.
+
+A conv under weight norm has no ``*weight`` tensor: it is stored as g and v (``x.weight_g`` /
+``x.weight_v``, or ``x.parametrizations.weight.original0`` / ``original1``), w = g·v/‖v‖. The
+pair cannot be resized one tensor at a time (g' depends on the resized v's norms), so when the
+rules above would resize the conv ``x`` the planner refuses it (WeightNormError) rather than
+leave it silently unresized; excluded, it is copied.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from kernelscale.dtypes import RESIZABLE
-from kernelscale.errors import InvalidOptionError
+from kernelscale.errors import InvalidOptionError, KernelscaleError, WeightNormError
 from kernelscale.transforms import (
     ALIGNS,
     METHODS,
@@ -295,8 +301,58 @@ def matches_pattern(name: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(module_name(name), pattern)
 
 
-def _first_match(name: str, patterns: Iterable[str]) -> Optional[str]:
-    return next((p for p in patterns if matches_pattern(name, p)), None)
+def _first_match(names: Sequence[str], patterns: Iterable[str]) -> Optional[str]:
+    """The first pattern matching any of ``names`` (a tensor's name and its aliases)."""
+    return next((p for p in patterns if any(matches_pattern(n, p) for n in names)), None)
+
+
+# (v, g) name suffixes of weight norm: torch.nn.utils.weight_norm, and its parametrization.
+WEIGHT_NORM_SUFFIXES = (("weight_v", "weight_g"), ("parametrizations.weight.original1", "parametrizations.weight.original0"))
+
+
+def weight_norm_parts(name: str) -> Optional[tuple[str, str, str]]:
+    """``(layer, v name, g name)`` when ``name`` is weight norm's v or g tensor, else None."""
+    for v_suffix, g_suffix in WEIGHT_NORM_SUFFIXES:
+        for suffix in (v_suffix, g_suffix):
+            if name == suffix or name.endswith("." + suffix):
+                layer = name[: -len(suffix) - 1] if name != suffix else ""
+                return layer, f"{layer}.{v_suffix}" if layer else v_suffix, f"{layer}.{g_suffix}" if layer else g_suffix
+    return None
+
+
+def _weight_norm_stand_ins(specs: Sequence[TensorSpec]) -> list[tuple[TensorSpec, str, str, str]]:
+    """``(stand-in, layer, v, g)`` per weight-norm pair: the conv's ``<layer>.weight`` as the
+    planner would see it without weight norm (v's dtype and shape)."""
+    pairs = []
+    for spec in specs:
+        parts = weight_norm_parts(spec.name)
+        if parts is not None and parts[1] == spec.name:
+            layer, v, g = parts
+            pairs.append((TensorSpec(f"{layer}.weight" if layer else "weight", spec.dtype, spec.shape), layer, v, g))
+    return pairs
+
+
+def _weight_norm_copies(pairs: Sequence[tuple[TensorSpec, str, str, str]], names: set[str], options: ResizeOptions) -> dict[str, str]:
+    """The copy reason of every weight-norm g and v tensor, or WeightNormError naming the pair
+    when the conv they hold would be resized: its stand-in planned with globs also matched
+    against the real names."""
+    reasons = {}
+    for stand_in, layer, v, g in pairs:
+        try:
+            decision = _plan_one(stand_in, options, None, aliases=(v, g))
+        except KernelscaleError:  # a rule targets it (a resize too large, an absorb on a 1×1): refuse by the real names
+            decision = None
+        if decision is None or decision.changed:
+            shape = "×".join(map(str, stand_in.shape))
+            held = f"{g} (g) and {v} (v, {shape})" if g in names else f"{v} ({shape})"
+            raise WeightNormError(
+                f"{layer}: its weight is not in the state dict but held by weight norm as {held}, which cannot be "
+                "resized tensor by tensor (g depends on the resized v's norms); remove weight norm before converting: "
+                "torch.nn.utils.remove_weight_norm(module) for weight_g/weight_v, "
+                "torch.nn.utils.parametrize.remove_parametrizations(module, 'weight') for parametrizations.weight."
+                f"original0/1; or exclude {layer or v!r}")
+        reasons[v] = reasons[g] = f"weight norm of {layer or 'the root module'}: {decision.reason}"
+    return reasons
 
 
 def is_conv_candidate(spec: TensorSpec) -> tuple[bool, str]:
@@ -320,6 +376,8 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
     """
     specs = list(specs)
     names = {s.name for s in specs}
+    weight_norm_pairs = _weight_norm_stand_ins(specs)
+    rule_names = names | {stand_in.name for stand_in, *_ in weight_norm_pairs}  # a glob may name a weight-normed layer
     grids = dict(options.grids)
     grid_tensor = {}
     for grid_name in grids:
@@ -330,10 +388,12 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
     for what, patterns in (("--include", options.include), ("--absorb", options.absorb), ("layer rule", [r.pattern for r in options.layers]),
                            ("attention rule", [r.pattern for r in options.attention])):
         for pattern in patterns:
-            if not any(matches_pattern(n, pattern) for n in names):
+            if not any(matches_pattern(n, pattern) for n in rule_names):
                 raise InvalidOptionError(f"{what} {pattern!r} matches no tensor")
 
+    weight_norm = _weight_norm_copies(weight_norm_pairs, names, options)
     entries = [_plan_one(spec, options, grid_tensor.get(spec.name)) for spec in specs]
+    entries = [_copy(spec, weight_norm[e.name]) if e.name in weight_norm and not e.changed else e for spec, e in zip(specs, entries)]
     # The extra padding pixel of a half-pixel kernel alternates sides from layer to layer. A
     # state dict has no topology, so "next layer" is the next name in natural order (conv2
     # before conv10): the same for a module's state dict and for any file order of its tensors.
@@ -369,11 +429,14 @@ def _plan_attention(spec: TensorSpec, rule: AttentionRule, scale: Scale) -> Tens
                       spec.shape, "attention", record=record)
 
 
-def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[tuple[int, int, int]]) -> TensorPlan:
+def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[tuple[int, int, int]],
+              aliases: tuple[str, ...] = ()) -> TensorPlan:
+    """The decision for one tensor; globs match its name or any of ``aliases``."""
+    names = (spec.name, *aliases)
     attention = attention_rule_for(spec.name, options.attention)
     if attention is not None:
         return _plan_attention(spec, attention, options.scale)
-    absorb = _first_match(spec.name, options.absorb) is not None
+    absorb = _first_match(names, options.absorb) is not None
     if grid is not None:
         if spec.dtype not in RESIZABLE:
             raise InvalidOptionError(f"grid for {spec.name}: cannot resize a {spec.dtype} tensor")
@@ -386,16 +449,16 @@ def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[tuple[int
             raise InvalidOptionError(f"--absorb matches {spec.name}, which is not a conv kernel: {why}")
         if not candidate:
             return _copy(spec, why)
-    included = _first_match(spec.name, options.include) is not None
+    included = _first_match(names, options.include) is not None
     if options.include and not included:
         return _copy(spec, "not matched by --include")
     if options.absorb_only and grid is None and not absorb and not included:
         return _copy(spec, "after an absorbing layer: sees the original resolution (--include to resize it)")
-    excluded = _first_match(spec.name, options.exclude)
+    excluded = _first_match(names, options.exclude)
     if excluded is not None:
         return _copy(spec, f"excluded by {excluded!r}")
 
-    rule = next((r for r in options.layers if matches_pattern(spec.name, r.pattern)), None)
+    rule = next((r for r in options.layers if any(matches_pattern(n, r.pattern) for n in names)), None)
     pick = lambda attr: getattr(rule, attr) if rule is not None and getattr(rule, attr) is not None else getattr(options, attr)  # noqa: E731
     method, mode, align, coef, scale = pick("method"), pick("mode"), pick("align"), pick("coef"), pick("scale")
     if coef is None:

@@ -8,6 +8,8 @@ the torch reference or the Triton kernels by :mod:`kernelscale.dispatch`.
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -28,6 +30,7 @@ from kernelscale.transforms import (
 
 TensorLike = Union[torch.Tensor, np.ndarray]
 IntOrTuple = Union[int, Sequence[int]]
+Padding = Union[str, float, Sequence[float]]
 
 # The Triton dense kernel keeps R in registers: up to 64 input and 256 output taps.
 DENSE_MAX_IN = 64
@@ -75,19 +78,66 @@ def _as_tuple(value: IntOrTuple, ndim: int, what: str, name: str) -> tuple[int, 
 
 
 def _to_torch(weight: TensorLike, name: str) -> torch.Tensor:
+    """A torch view of ``weight`` for reading: detached (a Parameter's result carries no autograd
+    history), native byte order (a big-endian array is converted: torch has no such dtype)."""
     if isinstance(weight, np.ndarray):
-        if not np.issubdtype(weight.dtype, np.floating):
-            raise UnsupportedTensorError(f"{name}: cannot resize a tensor of dtype {weight.dtype}; only floating weights")
-        return torch.from_numpy(np.ascontiguousarray(weight))
+        if weight.dtype.kind != "f" or weight.dtype.itemsize not in (2, 4, 8):
+            raise UnsupportedTensorError(f"{name}: cannot resize a tensor of dtype {weight.dtype}; only float16/float32/float64")
+        array = np.ascontiguousarray(weight, dtype=weight.dtype.newbyteorder("="))
+        if array.flags.writeable:
+            return torch.from_numpy(array)
+        # A read-only array (a memmap, a safetensors numpy load) is shared, not copied: kernelscale
+        # only reads its input (every result is a new tensor), so torch's warning that writing
+        # through the tensor is undefined does not apply, and copying would double the memory of
+        # a large checkpoint tensor.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+            return torch.from_numpy(array)
     if isinstance(weight, torch.Tensor):
         if not weight.is_floating_point() or weight.dtype.itemsize == 1:
             raise UnsupportedTensorError(f"{name}: cannot resize a tensor of dtype {weight.dtype}; only float16/bfloat16/float32/float64")
-        return weight
+        return weight.detach()
     raise UnsupportedTensorError(f"{name}: expected a torch tensor or numpy array, got {type(weight).__name__}")
 
 
 def _like_input(result: torch.Tensor, original: TensorLike) -> TensorLike:
+    """``result`` as the input's kind: numpy (native byte order) for numpy, else a plain tensor."""
     return result.numpy() if isinstance(original, np.ndarray) else result
+
+
+def _padding_tuple(padding: Padding, kernel: Sequence[int], dilation: Sequence[int], stride: Sequence[int],
+                   name: str) -> tuple[float, ...]:
+    """Per-axis padding as PyTorch's conv takes it: ``"valid"`` (0), ``"same"`` (stride 1 only;
+    d·(k−1)/2 per axis), a number, or one number per axis.
+
+    ``"same"`` with an odd extent d·(k−1) (an even kernel) is refused: PyTorch pads it
+    asymmetrically, ⌊d(k−1)/2⌋ before, so its windows sit half an input pixel off centre, and
+    that offset must scale with the layer (before' = (k'−1)d/2 − s/2, after' = d(k'−1) −
+    before'); a symmetric padding cannot say so, and the mean d(k−1)/2 would drop the offset:
+    s/2 output pixels of shift (measured: a 4-tap conv at s = 2 on a smooth signal is off by 0.044
+    with the mean, 0.0006 with the asymmetric pads).
+    """
+    ndim = len(kernel)
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0.0,) * ndim
+        if padding == "same":
+            if any(st != 1 for st in stride):
+                raise InvalidOptionError(f"{name}: padding='same' needs stride 1 (as in PyTorch), got stride {tuple(stride)!r}")
+            odd = [(k, d) for k, d in zip(kernel, dilation) if d * (k - 1) % 2 == 1]
+            if odd:
+                k, d = odd[0]
+                raise GeometryError(
+                    f"{name}: padding='same' on a {k}-tap axis (dilation {d}) pads {d * (k - 1) // 2} before and "
+                    f"{d * (k - 1) - d * (k - 1) // 2} after, half a pixel off centre, which a symmetric padding cannot "
+                    "express; resize the weight with resize_kernel and pad the input yourself")
+            return tuple(d * (k - 1) / 2 for k, d in zip(kernel, dilation))
+        raise InvalidOptionError(f"{name}: padding must be 'same', 'valid', a number or one per axis, got {padding!r}")
+    number = (int, float, np.integer, np.floating)
+    values = (padding,) * ndim if isinstance(padding, number) else tuple(padding) if isinstance(padding, Sequence) else ()
+    if len(values) != ndim or any(isinstance(p, bool) or not isinstance(p, number) or not math.isfinite(p) or p < 0 for p in values):
+        raise InvalidOptionError(f"{name}: padding must be 'same', 'valid' or {ndim} non-negative number(s), got {padding!r}")
+    return tuple(float(p) for p in values)
 
 
 def _torch_matrix(matrix: np.ndarray, x: torch.Tensor) -> torch.Tensor:
@@ -182,7 +232,7 @@ def resize_conv(
     weight: TensorLike,
     scale: Union[float, Sequence[float]],
     *,
-    padding: IntOrTuple = 0,
+    padding: Padding = 0,
     stride: IntOrTuple = 1,
     dilation: IntOrTuple = 1,
     method: str = "interp",
@@ -204,7 +254,9 @@ def resize_conv(
     - ``absorb``: the layer takes the scale in its stride (stride' = stride·s, k' = k·s, cells
       alignment, p' = s·p), so every layer downstream is untouched.
 
-    Padding is returned exact; ``geometry.integer_padding()`` refuses a fractional one.
+    ``padding`` is the layer's: ``"same"``, ``"valid"``, or numbers as :func:`_padding_tuple` takes.
+    Padding is returned exact; ``geometry.integer_padding()`` refuses a fractional one (e.g. a
+    "same" layer whose new kernel has an even extent).
     """
     x = _to_torch(weight, name)
     ndim = x.ndim - 2
@@ -212,9 +264,9 @@ def resize_conv(
         raise UnsupportedTensorError(f"{name}: a conv weight has 3 to 5 dims, got shape {tuple(x.shape)}")
     scales = normalise_scales(scale, ndim, name=name)
     kernel = tuple(int(k) for k in x.shape[2:])
-    pad = _as_tuple(padding, ndim, "padding", name)
     stride_t = _as_tuple(stride, ndim, "stride", name)
     dil = _as_tuple(dilation, ndim, "dilation", name)
+    pad = _padding_tuple(padding, kernel, dil, stride_t, name)
 
     if geometry_only:
         if method != "dilate":

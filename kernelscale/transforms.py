@@ -33,6 +33,11 @@ SUPPORT_RADIUS = {"nearest": 0.5, "linear": 1.0, "cubic": 2.0, "lanczos3": 3.0}
 # Keys' cubic convolution parameter used by torch's and OpenCV's bicubic.
 CUBIC_A = -0.75
 
+# The longest axis a resize may produce. R alone is k_out × k float64 (a 256-tap STFT kernel to
+# 65536 taps: 128 MiB) and the resized tensor grows with it; a scale past this is a typo (1e9 for
+# 1.9), refused before anything is allocated.
+MAX_TAPS = 65536
+
 
 def interpolation_kernel(mode: str) -> Callable[[np.ndarray], np.ndarray]:
     """Return φ for ``mode``: a vectorised function of the offset x in input pixels.
@@ -109,15 +114,26 @@ def validate_scale(scale: object, *, name: str = "scale") -> float:
 
 
 def validate_coef(coef: object) -> Coef:
-    """Return ``coef`` normalised: ``"mass"``, ``"paper"`` or a finite float."""
+    """Return ``coef`` normalised: ``"mass"``, ``"paper"`` or a finite float > 0.
+
+    The coefficient scales the resized kernel (≈ 1/∏s): 0 would zero every kernel and a negative
+    one flip its sign, so both are refused (InvalidOptionError), as are nan and ±inf.
+    """
     if isinstance(coef, str):
         _check_choice("coef", coef, COEF_MODES)
         return coef
     if isinstance(coef, bool) or not isinstance(coef, (int, float, np.integer, np.floating)):
         raise InvalidOptionError(f"coef must be 'mass', 'paper' or a number, got {coef!r}")
-    if not math.isfinite(float(coef)):
-        raise InvalidOptionError(f"coef must be finite, got {coef!r}")
-    return float(coef)
+    value = float(coef)
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidOptionError(f"coef must be a finite number > 0, got {number_text(value)}")
+    return value
+
+
+def number_text(value: float) -> str:
+    """A number as a user would type it: ``0``, ``-1``, ``1000000000``, ``0.25``, ``nan``."""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
 
 
 def _check_choice(what: str, value: object, choices: Sequence[str]) -> None:
@@ -167,14 +183,17 @@ def build_axis_resize(
         raise InvalidOptionError("method 'disperse' is not separable: build it with build_kernel_resize")
     if k == 1 or scale == 1.0:
         matrix = np.eye(k)
-    elif method == "dilate":
-        matrix = _dilate_matrix(k, scale)
-    elif method == "pinv":
-        matrix = np.linalg.pinv(cells_upsampler(k, _cells_size(k, scale), mode).T)
-    elif align == "cells":
-        matrix = _apply_coef(cells_upsampler(k, _cells_size(k, scale), mode), coef, k / _cells_size(k, scale))
     else:
-        matrix = _apply_coef(_taps_matrix(k, scale, mode), coef, 1.0 / scale if scale > 1 else 1.0)
+        # Before building anything: a typo'd scale (1e9) would otherwise allocate gigabytes.
+        check_taps(k, scale, axis_size(k, scale, method, mode, align))
+        if method == "dilate":
+            matrix = _dilate_matrix(k, scale)
+        elif method == "pinv":
+            matrix = np.linalg.pinv(cells_upsampler(k, _cells_size(k, scale), mode).T)
+        elif align == "cells":
+            matrix = _apply_coef(cells_upsampler(k, _cells_size(k, scale), mode), coef, k / _cells_size(k, scale))
+        else:
+            matrix = _apply_coef(_taps_matrix(k, scale, mode), coef, 1.0 / scale if scale > 1 else 1.0)
     matrix = np.ascontiguousarray(matrix, dtype=np.float64)
     matrix.flags.writeable = False
     return AxisResize(matrix, k, matrix.shape[0], scale, method, mode, align, coef)
@@ -191,6 +210,27 @@ def _apply_coef(raw: np.ndarray, coef: Coef, paper: float) -> np.ndarray:
     return raw * float(coef)
 
 
+def axis_size(k: int, scale: float, method: str = "interp", mode: str = "linear", align: str = "taps") -> int:
+    """k_out of :func:`build_axis_resize` for these arguments, computed without building R.
+
+    Raises InvalidOptionError where build_axis_resize would (dilate by a non-integer scale, a
+    cells size of 0). ``method="disperse"``: the default size (k−1)·s+1.
+    """
+    if k == 1 or scale == 1.0:
+        return k
+    if method in ("dilate", "disperse"):
+        return (k - 1) * _dilate_factor(scale, method) + 1
+    if method == "pinv" or align == "cells":
+        return _cells_size(k, scale)
+    return _taps_extent(k, scale, mode)[1]
+
+
+def check_taps(k: int, scale: float, size: int) -> None:
+    """InvalidOptionError when a resize would make a k-tap axis longer than MAX_TAPS."""
+    if size > MAX_TAPS:
+        raise InvalidOptionError(f"scale {number_text(scale)} would make a {k}-tap axis {size} taps long (limit {MAX_TAPS})")
+
+
 def _cells_size(k: int, scale: float) -> int:
     size = math.floor(k * scale + 0.5)
     if size < 1:
@@ -198,26 +238,46 @@ def _cells_size(k: int, scale: float) -> int:
     return size
 
 
-def _new_tap_offsets(k: int, scale: float, reach: float) -> np.ndarray:
-    """Symmetric new-tap offsets |u| ≤ reach: integers when k is odd or s an even integer."""
-    half = not (k % 2 == 1 or (_is_integer(scale) and int(scale) % 2 == 0))
-    n = math.floor(reach - 0.5 + 1e-9) if half else math.floor(reach + 1e-9)
-    if half:
-        return np.arange(-n - 0.5, n + 0.5 + 1e-9, 1.0) if reach >= 0.5 - 1e-9 else np.array([-0.5, 0.5])
-    return np.arange(-n, n + 1, dtype=np.float64)
+def _taps_extent(k: int, scale: float, mode: str) -> tuple[float, int]:
+    """First offset and number of the new taps of the interp/taps matrix, from k and s alone.
+
+    The candidates are every offset |u| ≤ reach (integers when k is odd or s an even integer,
+    half-integers otherwise, so the kernel stays centred), reach = s·((k−1)/2 + r) for s ≥ 1 and
+    s·(k−1)/2 + r for the splat of s < 1, r the mode's support radius. All-zero rows are then
+    dropped symmetrically from both ends; only those end rows are evaluated, so the size of a
+    resize is known without allocating it.
+    """
+    radius = SUPPORT_RADIUS[mode]
+    reach = scale * ((k - 1) / 2 + radius) if scale >= 1 else scale * (k - 1) / 2 + radius
+    if k % 2 == 1 or (_is_integer(scale) and int(scale) % 2 == 0):
+        n = math.floor(reach + 1e-9)
+        first, count = float(-n), 2 * n + 1
+    else:
+        n = max(math.floor(reach - 0.5 + 1e-9), 0)
+        first, count = -n - 0.5, 2 * n + 2
+    t = tap_offsets(k)
+
+    def zero_rows(start: float, step: float) -> int:
+        zeros = 0
+        while zeros < count // 2 and not np.any(_taps_rows(np.array([start + step * zeros]), t, scale, mode)):
+            zeros += 1
+        return zeros
+
+    cut = min(zero_rows(first, 1.0), zero_rows(-first, -1.0))  # the offsets are symmetric: last = -first
+    return first + cut, count - 2 * cut
+
+
+def _taps_rows(u: np.ndarray, t: np.ndarray, scale: float, mode: str) -> np.ndarray:
+    """Rows of the unnormalised taps matrix at new-tap offsets ``u``: φ(u/s − t), or φ(u − s·t) for s < 1."""
+    phi = interpolation_kernel(mode)
+    if scale >= 1:
+        return phi((u[:, None] - scale * t[None, :]) / scale)
+    return phi(u[:, None] - scale * t[None, :])
 
 
 def _taps_matrix(k: int, scale: float, mode: str) -> np.ndarray:
-    phi = interpolation_kernel(mode)
-    radius = SUPPORT_RADIUS[mode]
-    t = tap_offsets(k)
-    if scale >= 1:
-        u = _new_tap_offsets(k, scale, scale * ((k - 1) / 2 + radius))
-        raw = phi((u[:, None] - scale * t[None, :]) / scale)
-    else:
-        u = _new_tap_offsets(k, scale, scale * (k - 1) / 2 + radius)
-        raw = phi(u[:, None] - scale * t[None, :])
-    return _trim_zero_rows(raw)
+    first, count = _taps_extent(k, scale, mode)
+    return _taps_rows(first + np.arange(count, dtype=np.float64), tap_offsets(k), scale, mode)
 
 
 def _trim_zero_rows(raw: np.ndarray) -> np.ndarray:
@@ -227,10 +287,14 @@ def _trim_zero_rows(raw: np.ndarray) -> np.ndarray:
     return raw[cut : raw.shape[0] - cut]
 
 
-def _dilate_matrix(k: int, scale: float) -> np.ndarray:
+def _dilate_factor(scale: float, method: str) -> int:
     if not _is_integer(scale) or scale < 1:
-        raise InvalidOptionError(f"method 'dilate' needs an integer scale >= 1, got {scale!r}")
-    s = int(scale)
+        raise InvalidOptionError(f"method {method!r} needs an integer scale >= 1, got {scale!r}")
+    return int(scale)
+
+
+def _dilate_matrix(k: int, scale: float) -> np.ndarray:
+    s = _dilate_factor(scale, "dilate")
     matrix = np.zeros(((k - 1) * s + 1, k))
     matrix[np.arange(k) * s, np.arange(k)] = 1.0
     return matrix
@@ -418,6 +482,7 @@ def _disperse_resize(kernel_shape: tuple[int, ...], scales: tuple[float, ...], p
     if not float(s).is_integer():
         raise InvalidOptionError(f"method 'disperse' needs an integer scale >= 1, got {s!r}")
     size = params.size if params.size is not None else (k - 1) * int(s) + 1
+    check_taps(k, s, int(size))
     matrix, loss = disperse_matrix(k, int(size), float(s), int(params.probe), float(params.eta), len(kernel_shape))
     return KernelResize((), matrix, loss, (kernel_shape, (int(size),) * len(kernel_shape)))
 

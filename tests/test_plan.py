@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from kernelscale import LayerRule, ResizeOptions, TensorSpec, plan_state_dict, plan_tensors, resize_state_dict
+from kernelscale.errors import UnsupportedTensorError, WeightNormError
 
 
 def small_state_dict() -> dict:
@@ -125,3 +126,67 @@ def test_grid_coefficient_defaults_to_hw_ratio_and_honours_an_explicit_choice():
     sd = {"fc.weight": torch.randn(3, 2 * 4 * 4)}
     assert plan_state_dict(sd, scale=2, grids={"fc": (2, 4, 4)})["fc.weight"].coef == "paper"
     assert plan_state_dict(sd, scale=2, grids={"fc": (2, 4, 4)}, coef="mass")["fc.weight"].coef == "mass"
+
+
+def weight_normed_state_dict() -> dict:
+    """Weight norm both ways (old ``weight_g``/``weight_v``, the parametrization's ``original0/1``) and a plain conv."""
+    torch.manual_seed(0)
+    with pytest.warns(FutureWarning):  # torch.nn.utils.weight_norm is deprecated, but checkpoints hold it
+        old = torch.nn.utils.weight_norm(torch.nn.Conv1d(4, 8, 7, padding=3))
+    model = torch.nn.Sequential(old, torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv1d(8, 8, 7, padding=3)),
+                                torch.nn.Conv1d(8, 1, 7, padding=3))
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def test_weight_normed_convs_are_refused_rather_than_left_unresized():
+    sd = weight_normed_state_dict()
+    with pytest.raises(WeightNormError, match=r"^0: its weight is not in the state dict but held by weight norm as "
+                                              r"0\.weight_g \(g\) and 0\.weight_v \(v, 8×4×7\).*remove_weight_norm") as info:
+        resize_state_dict(sd, 2)
+    assert isinstance(info.value, UnsupportedTensorError)
+    with pytest.raises(WeightNormError, match=r"^1: .*1\.parametrizations\.weight\.original0 \(g\) and "
+                                              r"1\.parametrizations\.weight\.original1 \(v, 8×8×7\).*remove_parametrizations"):
+        resize_state_dict(sd, 2, exclude=["0"])
+    # The converter plans from header data alone: the same refusal, before anything is written.
+    specs = [TensorSpec(n, "F32", tuple(t.shape)) for n, t in sd.items()]
+    with pytest.raises(WeightNormError, match="^0: "):
+        plan_tensors(specs, ResizeOptions(scale=2))
+
+
+def test_excluded_weight_normed_convs_are_copied_with_the_reason():
+    sd = weight_normed_state_dict()
+    for exclude in (["0", "1"], ["0.*", "*.original1"], ["*weight_v", "1.parametrizations.*"]):
+        plan = plan_state_dict(sd, scale=2, exclude=exclude)
+        assert plan["0.weight_v"].reason == plan["0.weight_g"].reason == f"weight norm of 0: excluded by {exclude[0]!r}"
+        assert plan["1.parametrizations.weight.original0"].reason.startswith("weight norm of 1: excluded by")
+        assert [e.name for e in plan.changed] == ["2.weight"]
+    assert plan_state_dict(sd, scale=2, include=["2"]).changed[0].name == "2.weight"
+    assert not plan_state_dict(sd, scale=2, layers=[{"pattern": "*", "scale": 1}]).changed
+    with pytest.raises(WeightNormError, match="^1: "):
+        plan_state_dict(sd, scale=2, include=["1", "2"])
+
+
+def test_weight_norm_on_layers_that_are_never_resized_is_left_alone():
+    linear = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(4, 4))
+    pointwise = torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv2d(4, 4, 1))
+    spectral = torch.nn.utils.spectral_norm(torch.nn.Linear(4, 4))  # its weight_v is a 1-D power-iteration vector
+    sd = {f"{i}.{k}": v.detach() for i, m in enumerate((linear, pointwise, spectral)) for k, v in m.state_dict().items()}
+    out, manifest = resize_state_dict(sd, 2)
+    assert all(out[k] is sd[k] for k in sd) and not manifest["tensors"]
+    assert plan_state_dict(sd, scale=2)["1.parametrizations.weight.original1"].reason == \
+        "weight norm of 1: 1×1 kernel: commutes with any upsampler"
+
+
+def test_inspect_and_convert_refuse_a_weight_normed_checkpoint_in_one_line(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from kernelscale.cli import main
+
+    src, out = tmp_path / "wn.safetensors", tmp_path / "out.safetensors"
+    save_file({k: v.contiguous() for k, v in weight_normed_state_dict().items()}, str(src))
+    for argv in (["inspect", str(src)], ["convert", str(src), str(out)]):
+        assert main([*argv, "--scale", "2"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("kernelscale: error: 0: its weight is not in the state dict") and err.count("\n") == 1
+    assert not out.exists()
+    assert main(["convert", str(src), str(out), "--scale", "2", "--exclude", "0", "--exclude", "1"]) == 0

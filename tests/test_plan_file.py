@@ -89,6 +89,10 @@ def test_scalecrafter_text_lists_layers_and_keeps_others(tmp_path: Path) -> None
     ("p.json", "[2]", "expected a table"),
     ("p.toml", "scale = 2\nmethod = 'bicubic'\n", "unknown method 'bicubic'"),
     ("p.toml", "scale = 0\n", "scale must be finite and > 0"),
+    ("p.toml", "scale = 2\ncoef = 0\n", "coef must be a finite number > 0, got 0"),
+    ("p.json", "{\"scale\": 2, \"coef\": -1}", "coef must be a finite number > 0, got -1"),
+    ("p.toml", "scale = 2\n[[layers]]\npattern = 'a'\ncoef = -0.5\n", "coef must be a finite number > 0, got -0.5"),
+    ("p.toml", "scale = 2\ncoef = nan\n", "coef must be a finite number > 0, got nan"),
     ("p.toml", "scale = 2\ngrids = {fc = [32, 4]}\n", "grid 'fc' must be [C, H, W]"),
     ("p.toml", "scale = 2\n[[layers]]\nscale = 2\n", "needs a pattern"),
     ("p.toml", "scale = 2\n[[layers]]\npattern = 'a'\nfactor = 2\n", "unknown key(s) 'factor'"),
@@ -120,3 +124,25 @@ def test_missing_and_binary_plan_files(tmp_path: Path) -> None:
 
 def test_plan_keys_are_resize_option_fields() -> None:
     assert set(PLAN_KEYS) <= set(ResizeOptions.__dataclass_fields__)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["convert", "--scale", "2", "--coef", "0"], "coef must be a finite number > 0, got 0"),
+    (["convert", "--scale", "2", "--coef", "-1"], "coef must be a finite number > 0, got -1"),
+    (["convert", "--plan", "{plan}"], "coef must be a finite number > 0, got 0"),
+    (["convert", "--scale", "1e9", "--dry-run"], "c.weight: scale 1000000000 would make a 3-tap axis 3999999999 taps long (limit 65536)"),
+    (["inspect", "--scale", "1e9"], "limit 65536"),
+])
+def test_the_command_line_refuses_bad_coefficients_and_scales_in_one_line(tmp_path: Path, capsys, args, needle) -> None:
+    from safetensors.torch import save_file
+
+    from kernelscale.cli import main
+
+    src, out = tmp_path / "d.safetensors", tmp_path / "o.safetensors"
+    save_file({"c.weight": torch.randn(4, 2, 3, 3), "c.bias": torch.zeros(4)}, str(src))
+    (tmp_path / "p.toml").write_text("scale = 2\ncoef = 0\n")
+    files = [str(src)] + ([str(out)] if args[0] == "convert" else [])
+    code = main([args[0], *files, *(a.replace("{plan}", str(tmp_path / "p.toml")) for a in args[1:])])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and needle in err, err
+    assert not out.exists()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from kernelscale import new_padding, resize_conv, resize_grid_linear, resize_kernel
+from kernelscale.errors import GeometryError, InvalidOptionError
 from kernelscale.transforms import build_kernel_resize
 
 
@@ -142,3 +145,64 @@ def test_cuda_tensors_stay_on_their_device():
         pytest.skip("no CUDA device on this machine")
     weight = torch.randn(4, 4, 3, 3, device="cuda")
     assert resize_kernel(weight, 2).device == weight.device
+
+
+def test_a_huge_scale_is_refused_by_name_before_anything_is_allocated():
+    # Without the limit: torch's allocator fails on R (4·10⁷ × 3 taps), or MemoryError.
+    with pytest.raises(InvalidOptionError, match=r"enc\.conv.*scale 10000000 would make a 3-tap axis 39999999 taps long \(limit 65536\)"):
+        resize_kernel(torch.randn(2, 2, 3, 3), 1e7, name="enc.conv")
+    with pytest.raises(InvalidOptionError, match="limit 65536"):
+        resize_conv(torch.randn(2, 2, 3, 3), 1e9, name="enc.conv")
+    assert resize_kernel(torch.randn(1, 1, 256), 16, align="cells").shape == (1, 1, 4096)
+
+
+@pytest.mark.parametrize("padding, dilation, same_as", [("same", 1, 1), ("same", 2, 2), ("valid", 1, 0), ("valid", 2, 0)])
+def test_string_paddings_are_pytorchs(padding, dilation, same_as):
+    weight = torch.randn(4, 2, 3, 3)
+    got = resize_conv(weight, 2, padding=padding, dilation=dilation, name="enc.conv")
+    assert got.geometry == resize_conv(weight, 2, padding=same_as, dilation=dilation).geometry
+    conv = torch.nn.Conv2d(2, 4, 3, padding=padding, dilation=dilation, bias=False)  # the layer it describes
+    x = torch.randn(1, 2, 12, 12)
+    y = F.conv2d(F.interpolate(x, scale_factor=2), got.weight, padding=got.geometry.integer_padding(), dilation=dilation)
+    assert y.shape[-1] == 2 * conv(x).shape[-1]
+
+
+def test_same_padding_of_an_even_kernel_is_refused_by_name():
+    # PyTorch pads a 4-tap 'same' conv 1 before, 2 after: a half-pixel offset no symmetric padding scales.
+    with pytest.raises(GeometryError, match=r"enc\.conv: padding='same' on a 4-tap axis \(dilation 1\) pads 1 before and 2 after"):
+        resize_conv(torch.randn(2, 2, 4, 4), 2, padding="same", name="enc.conv")
+    assert resize_conv(torch.randn(2, 2, 4, 4), 2, padding="same", dilation=2).geometry.padding == (8.0, 8.0)  # (9−1)·2/2
+
+
+@pytest.mark.parametrize("padding, stride", [("full", 1), ("same", 2), (-1, 1), ((1,), 1), (None, 1), (float("nan"), 1)])
+def test_bad_paddings_are_refused_by_name(padding, stride):
+    with pytest.raises(InvalidOptionError, match=r"^enc\.conv: padding"):
+        resize_conv(torch.randn(2, 2, 3, 3), 2, padding=padding, stride=stride, name="enc.conv")
+
+
+def test_parameters_come_back_as_plain_detached_tensors():
+    weight = torch.nn.Conv2d(2, 4, 3).weight
+    for out in (resize_kernel(weight, 2), resize_conv(weight, 2, padding=1).weight):
+        assert type(out) is torch.Tensor and not out.requires_grad and out.grad_fn is None
+        torch.testing.assert_close(out, resize_kernel(weight.detach(), 2), rtol=0, atol=0)
+
+
+def test_read_only_arrays_and_memmaps_are_read_without_a_warning(tmp_path):
+    array = np.random.default_rng(0).standard_normal((4, 2, 3, 3)).astype(np.float32)
+    expected = resize_kernel(array, 2)
+    np.save(tmp_path / "w.npy", array)
+    read_only = array.copy()
+    read_only.flags.writeable = False
+    for weight in (read_only, np.load(tmp_path / "w.npy", mmap_mode="r")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            np.testing.assert_array_equal(resize_kernel(weight, 2), expected)
+        assert not weight.flags.writeable
+
+
+def test_big_endian_arrays_are_resized_in_native_order():
+    array = np.random.default_rng(0).standard_normal((4, 2, 3, 3))
+    for dtype in (">f4", ">f8", ">f2"):
+        got = resize_kernel(array.astype(dtype), 2)
+        assert isinstance(got, np.ndarray) and got.dtype == np.dtype(dtype).newbyteorder("=")
+        np.testing.assert_array_equal(got, resize_kernel(array.astype(np.dtype(dtype).newbyteorder("=")), 2))

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from kernelscale import transforms
+from kernelscale.errors import InvalidOptionError
 from kernelscale.transforms import MODES, build_axis_resize, build_kernel_resize, filter_taps, interpolation_kernel
 
 
@@ -155,3 +156,45 @@ def test_down_then_up_keeps_dc_gain_but_is_not_the_identity(mode, k):
     np.testing.assert_allclose(composite.sum(axis=0), 1.0, atol=1e-14)
     # … but it spreads each tap over its neighbours: not the identity (nor of the same size).
     assert composite.shape[0] != k or not np.allclose(composite, np.eye(k))
+
+
+@pytest.mark.parametrize("coef", [0, 0.0, -1, -0.25, float("nan"), float("inf")])
+def test_coef_must_be_a_finite_number_above_zero(coef):
+    # 0 would zero every kernel, a negative coefficient flip its sign.
+    expected = transforms.number_text(coef)
+    with pytest.raises(InvalidOptionError, match=f"coef must be a finite number > 0, got {expected}$"):
+        transforms.validate_coef(coef)
+    with pytest.raises(InvalidOptionError, match="coef must be a finite number > 0"):
+        build_kernel_resize((3, 3), 2, coef=coef)
+    with pytest.raises(InvalidOptionError, match="coef must be a finite number > 0"):
+        build_axis_resize(3, 2, coef=coef)
+
+
+@pytest.mark.parametrize("method, mode, align", [("interp", "linear", "taps"), ("interp", "lanczos3", "taps"),
+                                                 ("interp", "cubic", "cells"), ("pinv", "linear", "cells"),
+                                                 ("dilate", "linear", "taps")])
+def test_a_huge_scale_is_refused_before_anything_is_allocated(method, mode, align):
+    # 1e9 taps of float64 would be 8 GB for R's offsets alone; the size is known from k and s.
+    with pytest.raises(InvalidOptionError, match=r"scale 1000000000 would make a 3-tap axis \d+ taps long \(limit 65536\)"):
+        build_axis_resize(3, 1e9, method, mode, align)
+    with pytest.raises(InvalidOptionError, match="limit 65536"):
+        build_kernel_resize((3, 3), (1, 1e9), method, mode, align)
+
+
+def test_the_tap_limit_is_exact_and_long_kernels_stay_within_it():
+    assert build_axis_resize(3, 16384).k_out == 65535  # linear taps: (k+1)s − 1
+    with pytest.raises(InvalidOptionError, match="3-tap axis 65539 taps long"):
+        build_axis_resize(3, 16385)
+    assert build_axis_resize(256, 2).k_out == 513  # an STFT front end
+    assert build_axis_resize(256, 16, align="cells").k_out == 4096
+    assert build_axis_resize(256, 16, "dilate").k_out == 4081
+    with pytest.raises(InvalidOptionError, match="limit 65536"):
+        build_kernel_resize((3, 3), 1e6, "disperse")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 7, 16])
+@pytest.mark.parametrize("s", [0.3, 0.5, 0.75, 1.5, 2, 2.5, 3, 4, 7.3])
+def test_axis_size_is_the_built_size(mode, k, s):
+    for align in ("taps", "cells"):
+        assert transforms.axis_size(k, s, "interp", mode, align) == build_axis_resize(k, s, "interp", mode, align).k_out
