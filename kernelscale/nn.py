@@ -33,6 +33,9 @@ Strided layers that are accepted carry a sub-pixel offset of ``(s−1)(σ−1)/2
 (DESIGN §4) when no integer padding reaches the ideal grid; the report lists it per layer. A
 half-pixel padding on a *strided* conv goes on the side that puts its windows on the ideal grid
 (a stride-2 conv resized 3 → 6 by cells is then exact), not on the record's alternating side.
+A strided transposed conv's padding is fixed by its output size (:func:`record_geometry`); with
+no output padding its windows then sit on the ideal grid (ConvTranspose k = 4, stride 2,
+padding 1 resized by cells to k = 8 gets padding 3 and no offset).
 
 Pools (``pools=True``): a MaxPool/AvgPool window keeps its scene extent and its centre: k·s or
 (k−1)·s+1 wide, with the padding nearest the aligned one among those that keep the output s×
@@ -280,7 +283,8 @@ def _pads_from(name: str, exact: tuple[float, ...], sides: Sequence[str], allow_
 
 
 def record_geometry(name: str, layer_kind: str, record: Mapping[str, Any], old_kernel: Sequence[int],
-                    padding: Sequence[float], stride: Sequence[int], dilation: Sequence[int]
+                    padding: Sequence[float], stride: Sequence[int], dilation: Sequence[int],
+                    output_padding: Sequence[int] = ()
                     ) -> tuple[tuple[int, ...], tuple[float, ...], tuple[int, ...], tuple[int, ...]]:
     """New ``(kernel_size, exact padding, stride, dilation)`` of a conv from its own geometry and a
     manifest record (DESIGN §3 geometry rule, §5 record); the reference for any loader.
@@ -288,7 +292,9 @@ def record_geometry(name: str, layer_kind: str, record: Mapping[str, Any], old_k
     ``layer_kind`` is ``"conv"`` or ``"transposed"``; ``padding`` may be a half-integer (an
     asymmetric layer's mean). Re-dilation (``record["dilation"]`` set): dilation·f, weights
     unchanged, p' by the rule with the new dilation (= s·p). Absorb: stride·s, p' = s·p.
-    Otherwise k' from the record, stride and dilation kept, p' = (k'−1)·d/2 − s·((k−1)·d/2 − p).
+    Otherwise k' from the record, stride and dilation kept, p' = (k'−1)·d/2 − s·((k−1)·d/2 − p);
+    a transposed conv with stride σ and output padding a (``output_padding``, default 0) adds
+    (s−1)(σ−1−a)/2, the one padding under which its output is s× the original's (docs/format.md).
     Raises GeometryError for an absorbing transposed conv (its output, not its input, would grow).
     """
     scales = _axis_scales(record["scale"], len(old_kernel))
@@ -308,6 +314,11 @@ def record_geometry(name: str, layer_kind: str, record: Mapping[str, Any], old_k
         new_stride = tuple(int(st * s) for st, s in zip(stride, scales))
         return new_kernel, tuple(s * p for s, p in zip(scales, padding)), new_stride, tuple(dilation)
     pads = tuple(new_padding(k, kn, s, p, d, d) for k, kn, s, p, d in zip(old_kernel, new_kernel, scales, padding, dilation))
+    if layer_kind == "transposed":
+        # out = (n−1)σ − 2p + d(k−1) + a + 1 must become s·out at s·n: that fixes p' alone. For a = 0
+        # it is also where the windows line up with the supersampled output grid (no offset).
+        extra = tuple(output_padding) or (0,) * len(pads)
+        pads = tuple(p + (s - 1) * (st - 1 - a) / 2 for p, s, st, a in zip(pads, scales, stride, extra))
     return new_kernel, pads, tuple(stride), tuple(dilation)
 
 
@@ -320,17 +331,23 @@ def _conv_change(name: str, layer: nn.Module, record: Mapping[str, Any], padding
     old_spatial = tuple(int(k) for k in record["old_spatial"])
     if old.kernel != old_spatial:
         raise GeometryError(f"{name}: the layer's kernel is {_fmt(old.kernel)} but the record was made for {_fmt(old_spatial)}")
-    kernel, exact, stride, dilation = record_geometry(name, kind, record, old.kernel, old.padding, old.stride, old.dilation)
+    kernel, exact, stride, dilation = record_geometry(name, kind, record, old.kernel, old.padding, old.stride, old.dilation,
+                                                      old.output_padding)
     scales = _axis_scales(record["scale"], len(kernel))
     if transposed and any(b != a for b, a in old.pads):
         raise GeometryError(f"{name}: asymmetric padding on a transposed conv is not supported")
     if transposed and any(abs(p - round(p)) > 1e-9 for p in exact):
+        other = "cells" if record.get("align") == "taps" else "taps"
         raise GeometryError(f"{name}: the new padding of this transposed conv would be {_fmt(exact)}; a transposed conv "
-                            "cannot crop half a pixel (use align='taps')")
+                            f"cannot crop half a pixel (align='{other}' changes the kernel size by one and may fit)")
     absorb = bool(record.get("absorb"))
     # Where the window centres would sit on the ideal output grid: a kept stride σ adds (s−1)(σ−1)/2
-    # (DESIGN §4); an absorbing layer's patches are exact.
-    aligned = tuple(p if absorb else p + (s - 1) * (st - 1) / 2 for p, s, st in zip(exact, scales, old.stride))
+    # to a conv's padding (DESIGN §4); a transposed conv's already holds (s−1)(σ−1−a)/2 of it, which
+    # leaves (s−1)·a/2 for an output padding a; an absorbing layer's patches are exact.
+    if transposed:
+        aligned = tuple(p + (s - 1) * a / 2 for p, s, a in zip(exact, scales, old.output_padding))
+    else:
+        aligned = tuple(p if absorb else p + (s - 1) * (st - 1) / 2 for p, s, st in zip(exact, scales, old.stride))
     side = record.get("pad_extra") or side_fallback
     # A half-pixel padding on a strided layer: the side that puts the window centres on the ideal
     # grid (e.g. a stride-2 conv resized 3 → 6 at s = 2 is aligned exactly with pads (3, 2)) beats

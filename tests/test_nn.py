@@ -234,6 +234,33 @@ def test_transposed_conv_with_half_pixel_padding_is_refused():
     assert_refused(model, r"^0: the new padding of this transposed conv would be 2\.5", align="cells", padding="asymmetric")
 
 
+def test_learned_2x_upsampler_keeps_its_output_size_and_lines_up():
+    """ConvTranspose(k=4, stride 2, padding 1), the usual learned 2× upsampler: its output size
+    fixes the new padding, p' = rule + (s−1)(σ−1−a)/2 (docs/format.md), here 3 for the 8-cell
+    kernel, which also puts every window on the supersampled output grid (offset 0). Taps give a
+    9-tap kernel whose padding would be 3.5: refused, naming cells. On a smooth signal the resized
+    layer tracks the upsampled original output better than with one fine sample of misalignment
+    either way (what an off-by-one in the rule would give)."""
+    layer = nn.ConvTranspose1d(1, 1, 4, stride=2, padding=1, bias=False).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([0.25, 0.75, 0.75, 0.25], dtype=torch.float64).view(1, 1, 4))
+    assert_refused(nn.Sequential(copy.deepcopy(layer)), r"^0: the new padding of this transposed conv would be 3\.5.*align='cells'")
+    n = 64
+    t = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    x = (torch.cos(2 * math.pi * 2 * t) + 0.5 * torch.sin(2 * math.pi * 3 * t + 1)).view(1, 1, n)
+    expected = F.interpolate(layer(x), scale_factor=2, mode="linear", align_corners=False)
+    fine = copy.deepcopy(layer)
+    (change,) = supersample(fine, 2, align="cells")
+    assert (fine.kernel_size, fine.padding, fine.stride, change.offset) == ((8,), (3,), (2,), (0.0,))
+    got = fine(F.interpolate(x, scale_factor=2, mode="linear", align_corners=False))
+    assert got.shape == expected.shape == (1, 1, 4 * n)
+    inner = slice(16, -16)  # away from the borders, where zero padding and linear upsampling differ
+    aligned = rel(got[..., inner], expected[..., inner])
+    for shift in (1, -1):
+        shifted = rel(got[..., 16 + shift:-16 + shift], expected[..., inner])
+        assert aligned < shifted, (aligned, shift, shifted)
+
+
 def test_conv_like_weight_of_a_custom_module_is_refused():
     class Custom(nn.Module):
         def __init__(self):
