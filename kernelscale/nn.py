@@ -19,6 +19,9 @@ and the value, before anything is modified:
   ``padding="asymmetric"``: the extra pixel goes on the side the record's ``pad_extra`` names,
   alternating layer to layer, applied by a forward pre-hook that ``F.pad``s the input while the
   conv's own padding is set to 0; the state-dict keys do not change);
+- a layer that pads one side more (PyTorch's ``padding="same"`` for an even kernel pads (1, 2)):
+  each side follows the rule on its own, which keeps its half-pixel offset scaled (T1-exact under
+  ``dilate``), so the new pads differ too and need ``padding="asymmetric"`` as well;
 - ``padding_mode="reflect"``: PyTorch mirrors about the edge sample's centre, which does not scale
   (zeros, replicate and circular padding of ``U x`` equal ``U`` of the padded ``x`` for nearest U);
   accepted with ``allow_reflect=True``;
@@ -260,25 +263,39 @@ def _sizes_consistent(kind: str, old: _Geometry, new: _Geometry, axis: int, scal
     return None
 
 
-def _pads_from(name: str, exact: tuple[float, ...], sides: Sequence[str], allow_half: bool) -> tuple[tuple[int, int], ...]:
-    """Integer (before, after) pads per axis for the exact paddings; a half-integer one puts its
-    extra pixel on that axis's side when ``allow_half``. GeometryError naming the layer otherwise."""
+def _pads_from(name: str, before: tuple[float, ...], totals: tuple[float, ...], sides: Sequence[str],
+               allow_half: bool) -> tuple[tuple[int, int], ...]:
+    """Integer (before, after) pads per axis from the exact padding ``before`` the input and the
+    exact ``totals`` of both sides. A half-integer one puts its extra pixel on that axis's side, and
+    sides that differ by whole pixels (a layer that pads asymmetrically already) are kept, both
+    through the pre-hook that ``allow_half`` (``padding="asymmetric"``) permits. GeometryError
+    naming the layer otherwise."""
+    means = tuple(t / 2 for t in totals)
     pads = []
-    for p, side in zip(exact, sides):
-        if p < -1e-9:
-            raise GeometryError(f"{name}: the geometry rule gives a negative padding {_fmt(exact)}; the layer cannot be resized this way")
-        if abs(p - round(p)) < 1e-9:
-            pads.append((int(round(p)), int(round(p))))
-        elif abs(p - math.floor(p) - 0.5) < 1e-9 and allow_half:
-            low = int(math.floor(p))
-            pads.append((low, low + 1) if side == "after" else (low + 1, low))
-        elif abs(p - math.floor(p) - 0.5) < 1e-9:
+    for b, total, side in zip(before, totals, sides):
+        if b < -1e-9 or total - b < -1e-9:
+            raise GeometryError(f"{name}: the geometry rule gives a negative padding {_fmt(means)}; the layer cannot be resized this way")
+        if abs(total - round(total)) > 1e-9:
+            raise GeometryError(f"{name}: the new padding would be {_fmt(means)}, which no integer padding expresses")
+        total = int(round(total))
+        if abs(b - round(b)) < 1e-9:
+            b = int(round(b))
+            if b != total - b and not allow_half:
+                raise GeometryError(
+                    f"{name}: the new padding would be {b} before and {total - b} after (the layer pads one side more, "
+                    "as PyTorch's 'same' does for an even kernel); pass padding='asymmetric' to keep that with a pre-hook"
+                )
+            pads.append((b, total - b))
+        elif abs(b - math.floor(b) - 0.5) < 1e-9 and allow_half:
+            low = int(math.floor(b))
+            pads.append((low, total - low) if side == "after" else (low + 1, total - low - 1))
+        elif abs(b - math.floor(b) - 0.5) < 1e-9:
             raise GeometryError(
-                f"{name}: the new padding would be {_fmt(exact)}, half a pixel off the grid; "
+                f"{name}: the new padding would be {_fmt(means)}, half a pixel off the grid; "
                 "pass padding='asymmetric' to put the extra pixel on one side, or use align='taps'"
             )
         else:
-            raise GeometryError(f"{name}: the new padding would be {_fmt(exact)}, which no integer padding expresses")
+            raise GeometryError(f"{name}: the new padding would be {_fmt(means)}, which no integer padding expresses")
     return tuple(pads)
 
 
@@ -344,16 +361,19 @@ def _conv_change(name: str, layer: nn.Module, record: Mapping[str, Any], padding
     # Where the window centres would sit on the ideal output grid: a kept stride σ adds (s−1)(σ−1)/2
     # to a conv's padding (DESIGN §4); a transposed conv's already holds (s−1)(σ−1−a)/2 of it, which
     # leaves (s−1)·a/2 for an output padding a; an absorbing layer's patches are exact.
+    # Every rule is p' = C + s·p, so each side follows it on its own: a layer padded asymmetrically
+    # (PyTorch's "same" for an even kernel pads (1, 2)) keeps its half-pixel offset, scaled by s.
+    before = tuple(p - s * (a - b) / 2 for p, s, (b, a) in zip(exact, scales, old.pads))
     if transposed:
-        aligned = tuple(p + (s - 1) * a / 2 for p, s, a in zip(exact, scales, old.output_padding))
+        aligned = tuple(p + (s - 1) * a / 2 for p, s, a in zip(before, scales, old.output_padding))
     else:
-        aligned = tuple(p if absorb else p + (s - 1) * (st - 1) / 2 for p, s, st in zip(exact, scales, old.stride))
+        aligned = tuple(p if absorb else p + (s - 1) * (st - 1) / 2 for p, s, st in zip(before, scales, old.stride))
     side = record.get("pad_extra") or side_fallback
     # A half-pixel padding on a strided layer: the side that puts the window centres on the ideal
     # grid (e.g. a stride-2 conv resized 3 → 6 at s = 2 is aligned exactly with pads (3, 2)) beats
     # alternation, which only cancels the shifts of stride-1 layers.
-    sides = tuple(_aligned_side(p, a, side) if st > 1 else side for p, a, st in zip(exact, aligned, old.stride))
-    pads = _pads_from(name, exact, sides, allow_half=padding_opt == "asymmetric")
+    sides = tuple(_aligned_side(p, a, side) if st > 1 else side for p, a, st in zip(before, aligned, old.stride))
+    pads = _pads_from(name, before, tuple(2 * p for p in exact), sides, allow_half=padding_opt == "asymmetric")
     new = _Geometry(kernel, pads, stride, dilation, old.output_padding)
     is_dilate = record.get("method") == "dilate"
     for axis, (s, st) in enumerate(zip(scales, old.stride)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -324,9 +325,30 @@ def test_strided_taps_conv_reports_its_sub_pixel_offset():
 def test_resizing_twice_reads_the_hook_padding():
     conv = seeded(nn.Conv1d(1, 1, 3, padding=1))
     supersample(conv, 2, align="cells", padding="asymmetric")  # k 6, pads (2, 3)
-    supersample(conv, 2, method="dilate", geometry_only=True)  # p' = s·p = 2·2.5 = 5: symmetric again
-    assert conv.padding == (5,) and conv.kernelscale_pad is None and conv.dilation == (2,)
-    assert conv(torch.zeros(1, 1, 40, dtype=torch.float64)).shape[-1] == 40
+    once = copy.deepcopy(conv)
+    with pytest.raises(GeometryError, match="4 before and 6 after"):
+        supersample(copy.deepcopy(conv), 2, method="dilate", geometry_only=True)
+    supersample(conv, 2, method="dilate", geometry_only=True, padding="asymmetric")  # each side ×2: (4, 6)
+    assert conv.padding == (0,) and conv.kernelscale_pad == (4, 6) and conv.dilation == (2,)
+    x = torch.randn(1, 1, 20, dtype=torch.float64)
+    assert rel(conv(nearest(x)), nearest(once(x))) < EXACT  # T1, borders included: U pads (2, 3) to (4, 6)
+
+
+def test_pytorch_same_padding_of_an_even_kernel_keeps_its_offset():
+    """padding="same" with k = 4 pads (1, 2): windows half a pixel after centre. Scaled, that is one
+    fine pixel: (3, 5) around the 9-tap linear kernel, not the centred (4, 4); (2, 4) around the
+    7-tap dilated one, where T1 makes it exact: U pads (1, 2) to (2, 4)."""
+    conv = seeded(nn.Conv1d(1, 2, 4, padding="same"))
+    with pytest.raises(GeometryError, match="3 before and 5 after.*padding='asymmetric'"):
+        supersample(copy.deepcopy(conv), 2)
+    original = copy.deepcopy(conv)
+    supersample(conv, 2, method="dilate", padding="asymmetric")
+    assert conv.kernelscale_pad == (2, 4) and conv.kernel_size == (7,)
+    x = torch.randn(1, 1, 24, dtype=torch.float64)
+    with warnings.catch_warnings():  # PyTorch notes that it copies the input to pad an even "same" kernel
+        warnings.simplefilter("ignore", UserWarning)
+        expected = nearest(original(x))
+    assert rel(conv(nearest(x)), expected) < EXACT
 
 
 # --- absorb, grids, plan identity -------------------------------------------------------------------
