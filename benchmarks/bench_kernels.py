@@ -89,6 +89,43 @@ def _providers(w: torch.Tensor, r: torch.Tensor, dtype: torch.dtype, device: str
     return providers
 
 
+SWEEP_ROWS = (16, 32, 64, 128, 256)
+SWEEP_WARPS = (2, 4, 8)
+
+
+def _sweep(r: torch.Tensor, dtypes: list[str], copy_gbs: dict, device_name: str) -> list[dict]:
+    """Time the dense kernel for each (rows per program, warps); print GB/s and % of copy."""
+    from kernelscale.triton_ops.dense import _launch_dense, apply_dense_triton, default_block_rows
+
+    rows = []
+    r_t = r.T.contiguous()
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    print("\nsweep of the Triton dense kernel (rows per program × warps); default launch marked *")
+    print(f"{'shape':<16}{'dtype':<6}{'rows':>6}{'warps':>6}{'ms':>10}{'GB/s':>9}{'% copy':>8}")
+    for c_out, c_in in SHAPES:
+        for name in dtypes:
+            dtype = DTYPES[name]
+            slices = torch.randn(c_out * c_in, K_IN, generator=gen, device="cuda").to(dtype)
+            nbytes = slices.numel() * slices.element_size() * (1 + K_OUT / K_IN)
+            reference = apply_dense_triton(slices, r, dtype)
+            default = default_block_rows(K_OUT, slices.shape[0])
+            for block_rows in SWEEP_ROWS:
+                for warps in SWEEP_WARPS:
+                    y = torch.full((slices.shape[0], K_OUT), float("nan"), dtype=dtype, device="cuda")
+                    _launch_dense(slices, r_t, y, block_rows=block_rows, num_warps=warps)
+                    if not torch.equal(y, reference):
+                        raise SystemExit(f"sweep: rows {block_rows}, warps {warps} differ from the default launch")
+                    ms = _time_ms(lambda: _launch_dense(slices, r_t, y, block_rows=block_rows, num_warps=warps), "cuda", 0, 0)
+                    gbs = nbytes / ms / 1e6
+                    mark = "*" if (block_rows, warps) == (default, 4) else " "
+                    shape = f"{c_out}x{c_in}x3x3"
+                    print(f"{shape:<16}{name:<6}{block_rows:>6}{warps:>6}{ms:>10.3f}{gbs:>9.1f}"
+                          f"{100 * gbs / copy_gbs[(shape, name)]:>7.0f}%{mark}")
+                    rows.append({"device": device_name, "shape": shape, "dtype": name,
+                                 "provider": f"triton rows={block_rows} warps={warps}", "MB": nbytes / 1e6, "ms": ms, "GB/s": gbs})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu",
@@ -99,7 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3,
                         help="CPU timed runs per measurement (at least, and at least 0.2 s), median kept (default 3)")
     parser.add_argument("--csv", metavar="PATH", help="append one row per measurement, tagged with the device")
+    parser.add_argument("--sweep", action="store_true",
+                        help="CUDA only: also time the Triton dense kernel over rows per program × warps, each "
+                             "checked bit for bit against the default launch, to pick the launch constants")
     args = parser.parse_args(argv)
+    if args.sweep and args.device != "cuda":
+        parser.error("--sweep times the Triton kernel: it needs --device cuda")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     dtypes = args.dtype or ["fp16", "bf16"]
@@ -129,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         pct = 100 * row["GB/s"] / copy[(row["shape"], row["dtype"])]
         print(f"{row['shape']:<16}{row['dtype']:<6}{row['provider']:<13}{row['MB']:>9.1f}{row['ms']:>10.2f}"
               f"{row['GB/s']:>9.1f}{pct:>7.0f}%")
+    if args.sweep:
+        rows += _sweep(r, dtypes, copy, device_name)
     if args.csv:
         new = not os.path.exists(args.csv)
         with open(args.csv, "a", newline="") as f:

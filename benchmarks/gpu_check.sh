@@ -2,7 +2,8 @@
 # Every check of kernelscale that needs a GPU, in one run of about 5 minutes on an H100/H200:
 #   1. the compiled Triton kernels against the torch reference (tests/test_triton_ops.py without
 #      TRITON_INTERPRET) and the CUDA-only tests elsewhere (conversion on the GPU, live models);
-#   2. benchmarks/bench_kernels.py --device cuda: GB/s of triton / torch / interpolate / copy;
+#   2. benchmarks/bench_kernels.py --device cuda --sweep: GB/s of triton / torch / interpolate /
+#      copy, and of the Triton dense kernel over its launch constants (rows per program × warps);
 #   3. benchmarks/bench_convert.py --devices cpu,cuda on the synthetic SD 1.5 UNet: the GPU path
 #      end to end against the CPU path.
 # Needs python3 with torch (CUDA), triton, pytest, hypothesis, numpy, safetensors and tqdm;
@@ -43,7 +44,7 @@ EOF
 
 step tests 240 "$py" -m pytest -q -p no:cacheprovider -o addopts="-ra" \
     tests/test_triton_ops.py tests/test_dispatch.py tests/test_resize.py tests/test_convert.py tests/test_nn.py
-step bench_kernels 120 "$py" benchmarks/bench_kernels.py --device cuda --csv "$out/kernels.csv"
+step bench_kernels 180 "$py" benchmarks/bench_kernels.py --device cuda --sweep --csv "$out/kernels.csv"
 step bench_convert 300 "$py" benchmarks/bench_convert.py --workdir /tmp/kernelscale-bench --repeat 2 --skip-naive \
     --devices cpu,cuda --section "## convert on a GPU machine (SD 1.5 UNet, fp16, --scale 2, --device cpu vs cuda)" \
     --write-docs "$out/benchmarks_section.md"

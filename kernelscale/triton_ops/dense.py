@@ -13,6 +13,8 @@ kernels are separable and go to :mod:`kernelscale.triton_ops.separable`). The la
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -64,11 +66,21 @@ def _dense_apply_kernel(
     tl.store(y_ptrs, acc.to(Y_ptr.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
 
 
-def _launch_dense(x: torch.Tensor, r_t: torch.Tensor, y: torch.Tensor) -> None:
+def default_block_rows(k_out: int, n_rows: int) -> int:
+    """Rows per program: as many as the accumulator budget allows, within [16, 128] and ≤ n_rows' tile."""
+    return min(_MAX_ROWS, max(_MIN_ROWS, _ACC_BUDGET // block_for(k_out)), block_for(n_rows))
+
+
+def _launch_dense(x: torch.Tensor, r_t: torch.Tensor, y: torch.Tensor, block_rows: Optional[int] = None,
+                  num_warps: int = _NUM_WARPS) -> None:
+    """Launch over row blocks; ``block_rows`` (a power of two) and ``num_warps`` override the
+    register-budget choice, for ``benchmarks/bench_kernels.py --sweep`` (results do not depend on
+    them: every row is computed alone, taps in the same order)."""
     n_rows, k_in = x.shape
     k_out = y.shape[1]
     block_out = block_for(k_out)
-    block_rows = min(_MAX_ROWS, max(_MIN_ROWS, _ACC_BUDGET // block_out), block_for(n_rows))
+    if block_rows is None:
+        block_rows = default_block_rows(k_out, n_rows)
     grid = (triton.cdiv(n_rows, block_rows),)
     _dense_apply_kernel[grid](
         x,
@@ -81,7 +93,7 @@ def _launch_dense(x: torch.Tensor, r_t: torch.Tensor, y: torch.Tensor) -> None:
         K_OUT=k_out,
         BLOCK_ROWS=block_rows,
         BLOCK_OUT=block_out,
-        num_warps=_NUM_WARPS,
+        num_warps=num_warps,
     )
 
 
