@@ -114,6 +114,9 @@ def _resize_block(entry: TensorPlan, x: torch.Tensor, dst_dtype: torch.dtype, de
 
 
 _worker = threading.local()
+# One worker at a time compiles and launches: Triton's JIT cache is not documented as thread-safe.
+# Launches return at once, so the workers still overlap their transfers.
+_LAUNCH_LOCK = threading.Lock()
 
 
 def _resize_block_cuda(entry: TensorPlan, x: torch.Tensor, dst_dtype: torch.dtype, device: torch.device) -> memoryview:
@@ -126,7 +129,8 @@ def _resize_block_cuda(entry: TensorPlan, x: torch.Tensor, dst_dtype: torch.dtyp
         stream = _worker.stream = torch.cuda.Stream(device)
     with torch.cuda.stream(stream):
         x_gpu = x.pin_memory().to(device, non_blocking=True)
-        y = apply_entry(entry, x_gpu, out_dtype=dst_dtype)
+        with _LAUNCH_LOCK:
+            y = apply_entry(entry, x_gpu, out_dtype=dst_dtype)
         host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
         host.copy_(y, non_blocking=True)
     stream.synchronize()
