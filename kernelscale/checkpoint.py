@@ -23,6 +23,7 @@ _RECORD_FIELDS = {
     "conv": ("scale", "old_spatial", "new_spatial"),
     "grid": ("scale", "grid", "old_spatial", "new_spatial"),
     "attention": ("factor",),
+    "weight_norm": ("v", "dim"),
 }
 
 

@@ -24,7 +24,7 @@ from kernelscale.dtypes import RESIZABLE
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
 from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, plan_tensors
 from kernelscale.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
-from kernelscale.plan import attention_rule_for, matches_pattern  # the planner's own matching rules, for checks across files
+from kernelscale.plan import attention_rule_for, glob_names, matches_pattern  # the planner's own matching rules, for checks across files
 from kernelscale.safetensors_io import DTYPE_ITEMSIZE, TensorInfo, encode_header, read_header
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -48,10 +48,22 @@ safetensors); a note says so, and warns when a folder has no safetensors weights
 
 
 @dataclass(frozen=True)
+class WeightNormSource:
+    """Where a renormed weight-norm g finds its v: the file (``path``), v's header entry there, and
+    v's output dtype (g' is computed from the v' that file stores)."""
+
+    path: str
+    info: TensorInfo
+    out_dtype: str
+
+
+@dataclass(frozen=True)
 class FilePlan:
     """One safetensors file: where it comes from (``src``) and goes (``rel``, relative to the output
     root; ``""`` when the output is a single file), its input tensors in file order, the plan entry and
-    output dtype of each, and the output's ``__metadata__`` (the input's plus the manifest)."""
+    output dtype of each, and the output's ``__metadata__`` (the input's plus the manifest).
+    ``weight_norm_sources``: for each renormed weight-norm g, where its v is (this file or another
+    shard of the same model)."""
 
     src: str
     rel: str
@@ -62,17 +74,19 @@ class FilePlan:
     header_size: int
     bytes_in: int
     bytes_out: int
+    weight_norm_sources: Mapping[str, "WeightNormSource"] = field(default_factory=dict)
 
     def specs(self) -> list[tuple[str, str, tuple[int, ...]]]:
         """The output header as (name, dtype, shape) in file order."""
         return [(e.name, d, tuple(e.new_shape)) for e, d in zip(self.entries, self.out_dtypes)]
 
     def operation(self, i: int) -> str:
-        """What happens to tensor i: ``resize``, ``dilate`` (weights kept, geometry recorded),
-        ``cast`` (values kept, dtype changed) or ``copy`` (byte for byte)."""
+        """What happens to tensor i: ``resize``, ``renorm`` (weight norm's g, rescaled for its
+        resized v; counted as resized), ``dilate`` (weights kept, geometry recorded), ``cast``
+        (values kept, dtype changed) or ``copy`` (byte for byte)."""
         entry = self.entries[i]
-        if entry.action == "resize":
-            return "resize"
+        if entry.action in ("resize", "renorm"):
+            return entry.action
         if entry.action == "geometry":
             return "dilate"
         return "cast" if self.out_dtypes[i] != entry.dtype else "copy"
@@ -80,8 +94,20 @@ class FilePlan:
     def counts(self) -> dict[str, int]:
         counts = {"resize": 0, "dilate": 0, "cast": 0, "copy": 0}
         for i in range(len(self.entries)):
-            counts[self.operation(i)] += 1
+            op = self.operation(i)
+            counts["resize" if op == "renorm" else op] += 1
         return counts
+
+    def work_bytes(self, i: int) -> int:
+        """Output bytes tensor i's computation produces: a resized tensor's own; for a renormed g,
+        its v' again (computed for its norms); 0 for the rest."""
+        op = self.operation(i)
+        if op == "resize":
+            return math.prod(self.entries[i].new_shape) * DTYPE_ITEMSIZE[self.out_dtypes[i]]
+        if op == "renorm":
+            source = self.weight_norm_sources[self.entries[i].name]
+            return math.prod(self.entries[i].partner.new_shape) * DTYPE_ITEMSIZE[source.out_dtype]
+        return 0
 
 
 @dataclass(frozen=True)
@@ -120,13 +146,9 @@ class CheckpointPlan:
 
     @property
     def bytes_resized(self) -> int:
-        """Output bytes of the resized tensors: the work a device does (the rest is copied or cast)."""
-        return sum(
-            math.prod(e.new_shape) * DTYPE_ITEMSIZE[d]
-            for f in self.files
-            for i, (e, d) in enumerate(zip(f.entries, f.out_dtypes))
-            if f.operation(i) == "resize"
-        )
+        """Output bytes of the resized tensors: the work a device does (the rest is copied or cast).
+        A renormed weight-norm g counts its v' (computed again for its norms)."""
+        return sum(f.work_bytes(i) for f in self.files for i in range(len(f.entries)))
 
     def counts(self) -> dict[str, int]:
         total = {"resize": 0, "dilate": 0, "cast": 0, "copy": 0}
@@ -371,17 +393,23 @@ def plan_checkpoint(src: PathLike, options: ResizeOptions, *, dtype: str = "keep
     index_rel = None
     for unit, plan in zip(scan.units, plans):
         entries = iter(plan.entries)
-        unit_files = []
+        per_file = []
+        located: dict[str, WeightNormSource] = {}  # every tensor of the model: a g's v may sit in another shard
         for src_file in unit.files:
             file_entries = tuple(next(entries) for _ in src_file.tensors)
             out_dtypes = tuple(target if target is not None and e.dtype in RESIZABLE else e.dtype for e in file_entries)
+            per_file.append((src_file, file_entries, out_dtypes))
+            located.update((t.name, WeightNormSource(src_file.path, t, d)) for t, d in zip(src_file.tensors, out_dtypes))
+        unit_files = []
+        for src_file, file_entries, out_dtypes in per_file:
+            sources = {e.name: located[e.partner.name] for e in file_entries if e.action == "renorm"}
             manifest = Plan(file_entries, options).manifest()
             metadata = {**src_file.metadata, MANIFEST_KEY: json.dumps(manifest, sort_keys=True, separators=(",", ":"))}
             specs = [(e.name, d, tuple(e.new_shape)) for e, d in zip(file_entries, out_dtypes)]
             head, infos = encode_header(specs, metadata)
             rel = src_file.rel if scan.layout != "file" else ""
             unit_files.append(FilePlan(src_file.path, rel, src_file.tensors, file_entries, out_dtypes, metadata, len(head),
-                                       _size(src_file.path), len(head) + sum(i.nbytes for i in infos)))
+                                       _size(src_file.path), len(head) + sum(i.nbytes for i in infos), sources))
         files.extend(unit_files)
         if unit.index is not None:
             index_path, rel, data = unit.index
@@ -456,7 +484,7 @@ def _plan_units(unit_specs: list[list[TensorSpec]], options: ResizeOptions, wher
     """
     if len(unit_specs) == 1:
         return [plan_tensors(unit_specs[0], options)]
-    all_names = sorted({s.name for specs in unit_specs for s in specs})
+    all_names = sorted(glob_names(s.name for specs in unit_specs for s in specs))
     for grid_name, _ in options.grids:
         if grid_name not in all_names and f"{grid_name}.weight" not in all_names:
             raise InvalidOptionError(f"grid {grid_name!r}: no tensor named {grid_name!r} or {grid_name + '.weight'!r} in {where}")
@@ -471,7 +499,7 @@ def _plan_units(unit_specs: list[list[TensorSpec]], options: ResizeOptions, wher
 
     plans = []
     for specs in unit_specs:
-        names = [s.name for s in specs]
+        names = sorted(glob_names(s.name for s in specs))
         present = set(names)
         local = replace(
             options,
@@ -525,7 +553,7 @@ def _loading_notes(scan: CheckpointScan, plans: Sequence[Plan], dst: Optional[Pa
     loading: list[dict[str, Any]] = []
     rewritten: dict[str, bytes] = {}
     for unit, plan in zip(scan.units, plans):
-        structural = [e for e in plan.entries if e.changed and e.kind != "attention"]
+        structural = [e for e in plan.entries if e.changed and e.kind not in ("attention", "weight_norm")]  # no geometry of their own
         if not structural:
             continue
         if scan.layout == "file" or (scan.layout == "sharded" and out_root.endswith(".json")):

@@ -372,6 +372,9 @@ def _record_text(record: dict[str, Any]) -> str:
     kind = record.get("kind")
     if kind == "attention":
         return f"attention temperature ×{record.get('factor', 1.0):.4f}"
+    if kind == "weight_norm":
+        norms = "one norm over all of v" if record.get("dim") is None else f"one norm per index of axis {record.get('dim')}"
+        return f"weight norm's g, rescaled for the resized {record.get('v')} ({norms})"
     scale = "×" + ",".join(f"{s:g}" for s in record.get("scale") or [])
     old, new = _dims(record.get("old_spatial")), _dims(record.get("new_spatial"))
     text = f"{record.get('method')}"

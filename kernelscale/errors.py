@@ -26,6 +26,8 @@ class GeometryError(KernelscaleError, ValueError):
 
 
 class WeightNormError(UnsupportedTensorError, GeometryError):
-    """A conv whose weight a state dict holds as weight norm's two tensors, g and v (w = g·v/‖v‖):
-    resizing v alone would change the norm, and g' depends on v's values, so the pair cannot be
-    resized one tensor at a time. Also a GeometryError: the nn adapter refuses such a layer too."""
+    """A conv whose weight a state dict holds as weight norm's two tensors, g and v (w = g·v/‖v‖),
+    that cannot be resized exactly: g varies along a kernel axis the resize changes (one norm per
+    tap), v comes without its g, or g's shape fits no norm axis. (A g constant along the resized
+    axes is resized exactly: kernelscale.plan.) Also a GeometryError: the nn adapter refuses such a
+    layer too."""

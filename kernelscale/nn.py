@@ -30,7 +30,13 @@ and the value, before anything is modified:
   padding 0 — absorb it instead; a strided transposed conv resized by zero insertion
   (``dilate``) with ``gcd(stride, s) > 1``, which leaves output phases empty;
 - a tensor the plan resizes whose layer is not a Conv, ConvTranspose or Linear (a custom module),
-  or a conv whose weight the state dict does not show (a parametrization, weight_norm).
+  or a conv whose weight the state dict does not show (a parametrization other than weight norm,
+  spectral_norm).
+
+Weight norm (``torch.nn.utils.weight_norm`` or ``parametrizations.weight_norm``) is supported: the
+plan resizes v and rescales g (kernelscale.plan), the adapter sets them in the layer (the Parameter
+objects kept) with the geometry of v's record, and the layer's weight g·v/‖v‖ is the resized one
+(the old form's ``weight`` attribute is recomputed at once, not only at the next forward).
 
 Strided layers that are accepted carry a sub-pixel offset of ``(s−1)(σ−1)/2`` output-grid pixels
 (DESIGN §4) when no integer padding reaches the ideal grid; the report lists it per layer. A
@@ -53,7 +59,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -61,9 +67,9 @@ from torch import nn
 
 from kernelscale.errors import GeometryError, InvalidCheckpointError, InvalidOptionError, UnsupportedTensorError
 from kernelscale.checkpoint import checkpoint_files, open_file, read_headers, read_manifest
-from kernelscale.plan import Plan, ResizeOptions, TensorSpec, plan_tensors
+from kernelscale.plan import Plan, ResizeOptions, TensorSpec, plan_tensors, weight_norm_parts
 from kernelscale.resize import new_padding
-from kernelscale.state_dict import apply_entry
+from kernelscale.state_dict import apply_entry, apply_renorm
 
 __all__ = ["LayerChange", "SupersampleReport", "load", "plan_module", "read_manifest", "record_geometry", "supersample"]
 
@@ -501,13 +507,15 @@ def _set_pool_geometry(layer: nn.Module, g: _Geometry) -> None:
 
 @dataclass
 class _Pending:
-    """A change computed and checked, not yet applied. ``tensors``: attribute → new data."""
+    """A change computed and checked, not yet applied. ``tensors``: attribute of ``holder`` (default
+    the layer; weight norm's parametrization list for its original0/1) → new data."""
 
     layer: nn.Module
     change: Optional[LayerChange]
     geometry: Optional[_Geometry] = None
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     in_features: Optional[int] = None
+    holder: Optional[nn.Module] = None
 
 
 def _apply(pending: Sequence[_Pending]) -> None:
@@ -515,7 +523,7 @@ def _apply(pending: Sequence[_Pending]) -> None:
         for attr, data in p.tensors.items():
             # New data in the same Parameter object, so optimisers and hooks holding it keep working.
             with torch.no_grad():
-                getattr(p.layer, attr).data = data
+                getattr(p.holder if p.holder is not None else p.layer, attr).data = data
         if isinstance(p.layer, _POOLS):
             _set_pool_geometry(p.layer, p.geometry)
         elif p.geometry is not None:
@@ -524,15 +532,24 @@ def _apply(pending: Sequence[_Pending]) -> None:
             p.layer.in_features = p.in_features
 
 
-def _check_layer(name: str, layer: nn.Module, tensor_name: str, allow_reflect: bool, kind: str = "conv") -> str:
+def _check_layer(name: str, layer: nn.Module, tensor_name: str, allow_reflect: bool, kind: str = "conv",
+                 holder: Optional[nn.Module] = None) -> str:
     """``"conv"``, ``"transposed"`` or ``"linear"`` for a layer whose planned tensor the adapter can
     patch; GeometryError naming it otherwise. Attention records (a scaled query projection) may
-    name any tensor of the layer; conv and grid records only its ``weight``."""
+    name any tensor of the layer (``holder``: the module holding it, default the layer); conv and
+    grid records only its ``weight``, or the v of the weight norm it is under."""
     attr = _owner(tensor_name)[1]
     if kind == "attention":
-        if not isinstance(getattr(layer, attr, None), torch.Tensor):
+        if not isinstance(getattr(holder if holder is not None else layer, attr, None), torch.Tensor):
             raise GeometryError(f"{tensor_name}: the plan scales it, but {name!r} has no tensor attribute {attr!r}")
         return "attention"
+    parts = weight_norm_parts(tensor_name)
+    if parts is not None and parts[1] == tensor_name:
+        if _weight_norm_of(layer) is None:
+            raise GeometryError(f"{tensor_name}: named as weight norm's v, but {name!r} has no weight norm (torch.nn.utils."
+                                "weight_norm or parametrizations.weight_norm alone on its weight), so kernelscale.nn cannot "
+                                "patch it; exclude it or patch it yourself")
+        attr = "weight"
     if attr != "weight" or not isinstance(layer, _CONVS + _TRANSPOSED + (nn.Linear,)):
         raise GeometryError(
             f"{tensor_name}: the plan resizes it, but it belongs to a {type(layer).__name__} "
@@ -631,17 +648,60 @@ def _pool_changes(module: nn.Module, options: ResizeOptions) -> tuple[list[_Pend
 
 
 def _check_hidden_weights(module: nn.Module, state: Mapping[str, Any], options: ResizeOptions) -> None:
-    """Refuse a conv whose weight the state dict does not show (a parametrization or weight_norm
-    stores it as other tensors): the plan cannot see it, so it would silently stay unscaled."""
+    """Refuse a conv whose weight the state dict does not show (a parametrization other than weight
+    norm, spectral_norm, … stores it as other tensors): the plan cannot see it, so it would
+    silently stay unscaled. Weight norm's v and g are planned (kernelscale.plan)."""
     for name, layer in module.named_modules():
         if not isinstance(layer, _CONVS + _TRANSPOSED) or (f"{name}.weight" if name else "weight") in state:
             continue
-        if all(k == 1 for k in layer.weight.shape[2:]):
+        if _weight_norm_of(layer) is not None:
+            continue
+        if all(k == 1 for k in _tuple(layer.kernel_size, 1)):  # not layer.weight: computing it may update state (spectral_norm)
             continue
         if any(_matches(name, p) for p in options.exclude) or (options.include and not any(_matches(name, p) for p in options.include)):
             continue
-        raise GeometryError(f"{name}: its weight is not in the state dict (a parametrization or weight_norm?), so the plan "
-                            "cannot resize it; remove the parametrization first, or exclude the layer")
+        raise GeometryError(f"{name}: its weight is not in the state dict (a parametrization other than weight norm, or "
+                            "spectral_norm?), so the plan cannot resize it; remove it first (torch.nn.utils.parametrize."
+                            "remove_parametrizations(module, 'weight'), torch.nn.utils.remove_spectral_norm(module)), "
+                            "or exclude the layer")
+
+
+def _weight_norm_of(layer: nn.Module) -> Optional[str]:
+    """``"hook"`` when ``layer.weight`` is under torch.nn.utils.weight_norm (weight_g/weight_v),
+    ``"parametrization"`` under torch.nn.utils.parametrizations.weight_norm alone
+    (parametrizations.weight.original0/1), None otherwise."""
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    if any(isinstance(h, WeightNorm) and h.name == "weight" for h in layer._forward_pre_hooks.values()):
+        return "hook"
+    chains = getattr(layer, "parametrizations", None)
+    if isinstance(chains, nn.ModuleDict) and "weight" in chains:
+        chain = chains["weight"]
+        if len(chain) == 1 and type(chain[0]).__name__ == "_WeightNorm":
+            return "parametrization"
+    return None
+
+
+def _locate(tensor_name: str, layers: Mapping[str, nn.Module]) -> tuple[str, Optional[nn.Module], str]:
+    """``(layer name, module holding the tensor, attribute)``. Weight norm's v and g belong to the
+    layer they parametrize, held by it (weight_v/weight_g) or by its parametrization list
+    (original1/original0); any other tensor to the module that holds it."""
+    holder_name, attr = _owner(tensor_name)
+    parts = weight_norm_parts(tensor_name)
+    layer_name = parts[0] if parts is not None and parts[0] in layers else holder_name
+    return layer_name, layers.get(holder_name), attr
+
+
+def _refresh_weight_norm(layers: Iterable[nn.Module]) -> None:
+    """Recompute ``weight`` of the layers under torch.nn.utils.weight_norm, a plain attribute its
+    forward pre-hook sets from g and v, so that it shows the new ones (and the new kernel size)
+    before the next forward; the parametrization computes it on each access."""
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    for layer in {id(m): m for m in layers}.values():
+        for hook in list(layer._forward_pre_hooks.values()):
+            if isinstance(hook, WeightNorm):
+                hook(layer, None)
 
 
 def _one_change_per_layer(pending: Sequence[_Pending]) -> None:
@@ -718,16 +778,22 @@ def supersample(
     skipped: list[tuple[str, str]] = []
     seen: set[int] = set()
     sides = _Sides()
+    resized: dict[str, torch.Tensor] = {}
+    renorms = []
     for entry in plan:
-        name, attr = _owner(entry.name)
+        name, holder, attr = _locate(entry.name, layers)
         layer = layers.get(name)
         if not entry.changed:
-            if isinstance(layer, _CONVS + _TRANSPOSED + (nn.Linear,)) and attr == "weight":
+            parts = weight_norm_parts(entry.name)
+            if isinstance(layer, _CONVS + _TRANSPOSED + (nn.Linear,)) and (attr == "weight" or (parts and parts[1] == entry.name)):
                 skipped.append((name, entry.reason))
             continue
-        if layer is None:
+        if layer is None or holder is None:
             raise GeometryError(f"{entry.name}: the plan resizes it, but no layer named {name!r} owns it; exclude it")
-        _check_layer(name, layer, entry.name, allow_reflect, entry.kind)
+        if entry.action == "renorm":  # weight norm's g: once its v is resized
+            renorms.append((entry, layer, holder, attr))
+            continue
+        _check_layer(name, layer, entry.name, allow_reflect, entry.kind, holder)
         tensor = state[entry.name]
         if id(tensor) in seen:
             raise GeometryError(f"{entry.name}: this tensor is shared with another layer; untie it before resizing")
@@ -736,13 +802,18 @@ def supersample(
                                                       entry.shape, entry.new_shape)
         tensors = {}
         if entry.action == "resize":
-            tensors[attr] = apply_entry(entry, tensor.detach(), backend=backend)
-        pending.append(_Pending(layer, change, geometry, tensors, in_features))
+            tensors[attr] = resized[entry.name] = apply_entry(entry, tensor.detach(), backend=backend)
+        pending.append(_Pending(layer, change, geometry, tensors, in_features, holder))
+    for entry, layer, holder, attr in renorms:
+        v = entry.partner.name
+        g = apply_renorm(entry, state[entry.name].detach(), state[v].detach(), resized.get(v), backend=backend)
+        pending.append(_Pending(layer, None, tensors={attr: g}, holder=holder))
     if pools:
         pool_pending, pool_skipped = _pool_changes(module, options)
         pending += pool_pending
         skipped += pool_skipped
     _apply(pending)
+    _refresh_weight_norm(p.layer for p in pending)
     return SupersampleReport(_ordered_changes(pending, layers), tuple(skipped), plan.manifest())
 
 
@@ -813,11 +884,16 @@ def load(
                     f"{path}: {name!r} has shape {file_shape} in the checkpoint but "
                     f"{tuple(tensor.shape)} in the module, and the manifest does not record a resize")
             continue
-        layer_name, _ = _owner(name)
+        layer_name, holder, _ = _locate(name, layers)
         layer = layers.get(layer_name)
-        if layer is None:
+        if layer is None or holder is None:
             raise GeometryError(f"{name}: the manifest records it, but no layer named {layer_name!r} owns it")
-        _check_layer(layer_name, layer, name, allow_reflect, record["kind"])
+        if record["kind"] == "weight_norm":  # g, rescaled for its resized v: loaded as it is
+            if file_shape != tuple(tensor.shape) or record["v"] not in records:
+                raise InvalidCheckpointError(f"{path}: {name!r} is recorded as weight norm's g of {record['v']!r}, but has shape "
+                                             f"{file_shape} against {tuple(tensor.shape)} in the module, or its v has no record")
+            continue
+        _check_layer(layer_name, layer, name, allow_reflect, record["kind"], holder)
         expected = _expected_shape(name, tuple(tensor.shape), record)
         if file_shape != expected:
             raise InvalidCheckpointError(f"{path}: {name!r} has shape {file_shape} but its record says {expected}")
@@ -848,6 +924,7 @@ def load(
             param = state[name]
             param.data = torch.empty(shape, dtype=param.dtype, device=param.device)
         module.load_state_dict(tensors, strict=True)
+    _refresh_weight_norm(p.layer for p in pending)
     return SupersampleReport(_ordered_changes(pending, layers), tuple(skipped), manifest or {})
 
 

@@ -9,11 +9,15 @@ spatial size > 1 is a conv kernel; everything else is copied byte for byte. A te
 when it is a default-rule candidate or named by a grid or absorb rule, matches an include glob
 (when any are given), and matches no exclude glob. Layer rules refine scale and method.
 
-A conv under weight norm has no ``*weight`` tensor: it is stored as g and v (``x.weight_g`` /
-``x.weight_v``, or ``x.parametrizations.weight.original0`` / ``original1``), w = g·v/‖v‖. The
-pair cannot be resized one tensor at a time (g' depends on the resized v's norms), so when the
-rules above would resize the conv ``x`` the planner refuses it (WeightNormError) rather than
-leave it silently unresized; excluded, it is copied.
+A conv under weight norm has no ``*weight`` tensor: it is stored as v and g (``x.weight_v`` /
+``x.weight_g``, or ``x.parametrizations.weight.original1`` / ``original0``), w = g·v/‖v‖ with one
+norm per index of the axis ``dim`` (g has v's size there and 1 elsewhere; a scalar g: one norm).
+The pair is planned as its conv ``x.weight`` would be (globs match the real names too). Resized,
+it stays exact when g is constant along the axes the resize changes (``dim`` 0 or 1, or one norm
+over all): then c·R·w = g'·v'/‖v'‖ with v' = c·R·v (v gets the conv's ``resize`` entry and
+record) and g' = g·‖v'‖/‖v‖ (g gets a ``renorm`` entry, its shape kept, that needs v). A g that
+varies along a resized axis, a missing g, or a shape that fits no ``dim`` is refused
+(WeightNormError) rather than left silently unresized; excluded, the pair is copied.
 """
 
 from __future__ import annotations
@@ -212,8 +216,11 @@ class TensorSpec:
 class TensorPlan:
     """The decision for one tensor.
 
-    ``action``: ``"copy"`` (byte for byte), ``"resize"`` (new weight) or ``"geometry"`` (weight
-    bytes unchanged, the loader dilates). ``record`` is the manifest entry (None for copies).
+    ``action``: ``"copy"`` (byte for byte), ``"resize"`` (new weight), ``"geometry"`` (weight
+    bytes unchanged, the loader dilates) or ``"renorm"`` (weight norm's g, rescaled for its resized
+    v: ``partner`` is v's resize entry, the record names v and ``dim``; executed by
+    :func:`kernelscale.state_dict.apply_renorm`, which needs v). ``record`` is the manifest entry
+    (None for copies).
     """
 
     name: str
@@ -232,6 +239,7 @@ class TensorPlan:
     grid: Optional[tuple[int, int, int]] = None
     record: Optional[Mapping[str, Any]] = field(default=None, compare=False)
     disperse: DisperseParams = DisperseParams()
+    partner: Optional["TensorPlan"] = None
 
     @property
     def changed(self) -> bool:
@@ -281,18 +289,22 @@ class Plan:
         """One line per tensor: name, dtype, shape, and what happens and why."""
         lines = []
         for e in self.entries:
-            shape = "×".join(map(str, e.shape)) or "scalar"
+            shape = _shape_text(e.shape)
             if e.changed:
-                new = "×".join(map(str, e.new_shape))
-                growth = f", FLOPs ×{e.flop_growth:.2f}" if e.kind == "conv" else ""
-                lines.append(f"{e.name}  {e.dtype}  {shape} -> {new}  {e.action}: {e.reason}{growth}")
+                arrow = f" -> {_shape_text(e.new_shape)}" if e.new_shape != e.shape else ""
+                growth = f", FLOPs ×{e.flop_growth:.2f}" if e.kind == "conv" and e.action == "resize" else ""
+                lines.append(f"{e.name}  {e.dtype}  {shape}{arrow}  {e.action}: {e.reason}{growth}")
             else:
                 lines.append(f"{e.name}  {e.dtype}  {shape}  copy: {e.reason}")
         return lines
 
 
 def module_name(name: str) -> str:
-    """The layer a tensor belongs to: ``a.b.weight`` → ``a.b``."""
+    """The layer a tensor belongs to: ``a.b.weight`` → ``a.b``; weight norm's ``a.b.weight_v``,
+    ``a.b.weight_g`` and ``a.b.parametrizations.weight.original0/1`` → ``a.b`` too."""
+    parts = weight_norm_parts(name)
+    if parts is not None and parts[0]:
+        return parts[0]
     return name[: -len(".weight")] if name.endswith(".weight") else name
 
 
@@ -320,6 +332,22 @@ def weight_norm_parts(name: str) -> Optional[tuple[str, str, str]]:
     return None
 
 
+def _stand_in_name(layer: str) -> str:
+    return f"{layer}.weight" if layer else "weight"
+
+
+def glob_names(names: Iterable[str]) -> set[str]:
+    """The names a rule's glob may match: the tensors', and ``<layer>.weight`` of each layer whose
+    weight weight norm holds as v and g (a glob or grid may name the conv weight it hides)."""
+    names = set(names)
+    hidden = set()
+    for name in names:
+        parts = weight_norm_parts(name)
+        if parts is not None and parts[1] == name:
+            hidden.add(_stand_in_name(parts[0]))
+    return names | hidden
+
+
 def _weight_norm_stand_ins(specs: Sequence[TensorSpec]) -> list[tuple[TensorSpec, str, str, str]]:
     """``(stand-in, layer, v, g)`` per weight-norm pair: the conv's ``<layer>.weight`` as the
     planner would see it without weight norm (v's dtype and shape)."""
@@ -328,31 +356,88 @@ def _weight_norm_stand_ins(specs: Sequence[TensorSpec]) -> list[tuple[TensorSpec
         parts = weight_norm_parts(spec.name)
         if parts is not None and parts[1] == spec.name:
             layer, v, g = parts
-            pairs.append((TensorSpec(f"{layer}.weight" if layer else "weight", spec.dtype, spec.shape), layer, v, g))
+            pairs.append((TensorSpec(_stand_in_name(layer), spec.dtype, spec.shape), layer, v, g))
     return pairs
 
 
-def _weight_norm_copies(pairs: Sequence[tuple[TensorSpec, str, str, str]], names: set[str], options: ResizeOptions) -> dict[str, str]:
-    """The copy reason of every weight-norm g and v tensor, or WeightNormError naming the pair
-    when the conv they hold would be resized: its stand-in planned with globs also matched
-    against the real names."""
-    reasons = {}
+def weight_norm_dim(layer: str, v: TensorSpec, g: TensorSpec) -> Optional[int]:
+    """The axis along which weight norm keeps one norm per index (its ``dim``), read from g's shape
+    against v's: g has v's size on that axis and 1 on every other. None: one norm over the whole of
+    v (g a scalar, or all ones: where v has size 1 on the axis, dim and None are the same norm).
+    WeightNormError naming the pair when g's shape fits no axis."""
+    if all(n == 1 for n in g.shape) and len(g.shape) in (0, len(v.shape)):
+        return None
+    axes = [a for a, n in enumerate(g.shape) if n != 1]
+    if len(g.shape) == len(v.shape) and len(axes) == 1 and g.shape[axes[0]] == v.shape[axes[0]]:
+        return axes[0]
+    raise WeightNormError(
+        f"{layer or v.name}: weight norm's g {g.name} has shape {_shape_text(g.shape)}, which is neither a scalar nor v's "
+        f"size on one axis and 1 on the others (v {v.name} is {_shape_text(v.shape)}), so the norms it multiplies are "
+        f"unknown; {_remove_weight_norm_hint(layer, v.name)}")
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "×".join(map(str, shape)) or "scalar"
+
+
+def _remove_weight_norm_hint(layer: str, v: str) -> str:
+    return ("remove weight norm before converting: torch.nn.utils.remove_weight_norm(module) for weight_g/weight_v, "
+            "torch.nn.utils.parametrize.remove_parametrizations(module, 'weight') for parametrizations.weight."
+            f"original0/1; or exclude {layer or v!r}")
+
+
+def _renamed(message: str, stand_in: str, v: str) -> str:
+    """An error about a weight-normed conv's stand-in ``<layer>.weight``, naming the real v instead."""
+    return re.sub(rf"(?<![\w.]){re.escape(stand_in)}(?![\w.])", lambda _: v, message) if stand_in != "weight" else message
+
+
+def _plan_weight_norm(pairs: Sequence[tuple[TensorSpec, str, str, str]], specs: Mapping[str, TensorSpec], options: ResizeOptions,
+                      grids: Mapping[str, tuple[int, int, int]]) -> dict[str, TensorPlan]:
+    """The entries of every weight-norm v and g: the conv they hold is planned through its stand-in,
+    globs matched against the real names too, and the decision carried over (module docstring).
+    Raises WeightNormError naming the pair where resizing it cannot be exact."""
+    plans: dict[str, TensorPlan] = {}
     for stand_in, layer, v, g in pairs:
+        who = f"weight norm of {layer or 'the root module'}"
+        v_spec, g_spec = specs[v], specs.get(g)
         try:
-            decision = _plan_one(stand_in, options, None, aliases=(v, g))
-        except KernelscaleError:  # a rule targets it (a resize too large, an absorb on a 1×1): refuse by the real names
-            decision = None
-        if decision is None or decision.changed:
-            shape = "×".join(map(str, stand_in.shape))
-            held = f"{g} (g) and {v} (v, {shape})" if g in names else f"{v} ({shape})"
+            decision = _plan_one(stand_in, options, grids.get(stand_in.name), aliases=(v, g))
+        except KernelscaleError as exc:
+            raise type(exc)(_renamed(str(exc), stand_in.name, v)) from None
+        if not decision.changed:
+            plans[v] = _copy(v_spec, f"{who}: {decision.reason}")
+            if g_spec is not None:
+                plans[g] = _copy(g_spec, f"{who}: {decision.reason}")
+            continue
+        if g_spec is None:
+            raise WeightNormError(f"{layer or v}: {v} is weight norm's v, but there is no {g} (g), without which the weight "
+                                  f"g·v/‖v‖ is unknown; {_remove_weight_norm_hint(layer, v)}")
+        if g_spec.dtype not in RESIZABLE:
+            raise WeightNormError(f"{layer or v}: weight norm's g {g} is a {g_spec.dtype} tensor, not a float one; "
+                                  f"{_remove_weight_norm_hint(layer, v)}")
+        if decision.kind == "attention":  # w = g·v/‖v‖ is linear in g and scale-free in v: the factor goes on g
+            plans[v] = _copy(v_spec, f"{who}: v is kept, the attention factor goes on g")
+            plans[g] = replace(decision, name=g, dtype=g_spec.dtype, shape=g_spec.shape, new_shape=g_spec.shape,
+                               reason=f"{who}: {decision.reason}")
+            continue
+        if decision.action == "geometry":  # the weight is kept, so are v and g
+            plans[v] = replace(decision, name=v, reason=f"{who}: {decision.reason}")
+            plans[g] = _copy(g_spec, f"{who}: re-dilation keeps v, so g is kept")
+            continue
+        dim = weight_norm_dim(layer, v_spec, g_spec)
+        resized_axes = (1,) if decision.kind == "grid" else tuple(range(2, len(v_spec.shape)))
+        if dim in resized_axes:
             raise WeightNormError(
-                f"{layer}: its weight is not in the state dict but held by weight norm as {held}, which cannot be "
-                "resized tensor by tensor (g depends on the resized v's norms); remove weight norm before converting: "
-                "torch.nn.utils.remove_weight_norm(module) for weight_g/weight_v, "
-                "torch.nn.utils.parametrize.remove_parametrizations(module, 'weight') for parametrizations.weight."
-                f"original0/1; or exclude {layer or v!r}")
-        reasons[v] = reasons[g] = f"weight norm of {layer or 'the root module'}: {decision.reason}"
-    return reasons
+                f"{layer or v}: its weight is held by weight norm as {g} (g, {_shape_text(g_spec.shape)}) and {v} "
+                f"(v, {_shape_text(v_spec.shape)}) with one norm per index of axis {dim}, which the resize changes, so no "
+                f"rescaled g of that shape keeps w = g·v/‖v‖; {_remove_weight_norm_hint(layer, v)}")
+        record = {**decision.record, "weight_norm": {"g": g, "dim": dim}}
+        plans[v] = replace(decision, name=v, reason=f"{who}: {decision.reason}", record=record)
+        norms = "one norm over all of v" if dim is None else f"one norm per index of axis {dim}"
+        reason = f"{who}: rescaled for the resized {v}, g·‖v′‖/‖v‖ ({norms})"
+        plans[g] = TensorPlan(g, g_spec.dtype, g_spec.shape, "renorm", reason, g_spec.shape, "weight_norm",
+                              record={"kind": "weight_norm", "v": v, "dim": dim}, partner=plans[v])
+    return plans
 
 
 def is_conv_candidate(spec: TensorSpec) -> tuple[bool, str]:
@@ -377,12 +462,12 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
     specs = list(specs)
     names = {s.name for s in specs}
     weight_norm_pairs = _weight_norm_stand_ins(specs)
-    rule_names = names | {stand_in.name for stand_in, *_ in weight_norm_pairs}  # a glob may name a weight-normed layer
+    rule_names = glob_names(names)  # a glob or grid may name a weight-normed layer's hidden weight
     grids = dict(options.grids)
     grid_tensor = {}
     for grid_name in grids:
-        tensor = grid_name if grid_name in names else f"{grid_name}.weight"
-        if tensor not in names:
+        tensor = grid_name if grid_name in rule_names else f"{grid_name}.weight"
+        if tensor not in rule_names:
             raise InvalidOptionError(f"grid {grid_name!r}: no tensor named {grid_name!r} or {grid_name + '.weight'!r}")
         grid_tensor[tensor] = grids[grid_name]
     for what, patterns in (("--include", options.include), ("--absorb", options.absorb), ("layer rule", [r.pattern for r in options.layers]),
@@ -391,9 +476,8 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
             if not any(matches_pattern(n, pattern) for n in rule_names):
                 raise InvalidOptionError(f"{what} {pattern!r} matches no tensor")
 
-    weight_norm = _weight_norm_copies(weight_norm_pairs, names, options)
-    entries = [_plan_one(spec, options, grid_tensor.get(spec.name)) for spec in specs]
-    entries = [_copy(spec, weight_norm[e.name]) if e.name in weight_norm and not e.changed else e for spec, e in zip(specs, entries)]
+    weight_norm = _plan_weight_norm(weight_norm_pairs, {s.name: s for s in specs}, options, grid_tensor)
+    entries = [weight_norm.get(spec.name) or _plan_one(spec, options, grid_tensor.get(spec.name)) for spec in specs]
     # The extra padding pixel of a half-pixel kernel alternates sides from layer to layer. A
     # state dict has no topology, so "next layer" is the next name in natural order (conv2
     # before conv10): the same for a module's state dict and for any file order of its tensors.
@@ -401,6 +485,8 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
                         key=lambda i: natural_key(entries[i].name))
     for turn, i in enumerate(half_pixel):
         entries[i] = replace(entries[i], record={**entries[i].record, "pad_extra": ("after", "before")[turn % 2]})
+    final = {e.name: e for e in entries}
+    entries = [replace(e, partner=final[e.partner.name]) if e.partner is not None else e for e in entries]
     return Plan(tuple(entries), options)
 
 

@@ -345,3 +345,34 @@ def scale_tensor(tensor: TensorLike, factor: float, out_dtype: Optional[torch.dt
     x = _to_torch(tensor, name)
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     return _like_input((x.to(compute) * factor).to(out_dtype or x.dtype), tensor)
+
+
+def weight_norm_squares(v: TensorLike, dim: Optional[int], name: str = "weight_v") -> torch.Tensor:
+    """Σ v² over every axis of ``v`` but ``dim``, in float64: shape ``(v.shape[dim],)``, or ``()``
+    for ``dim=None`` (one norm over all of v) — the squared norms of weight norm's w = g·v/‖v‖.
+    Sums of squares add over blocks of v: over blocks of rows, concatenate (dim 0) or add (others)."""
+    x = _to_torch(v, name).to(torch.float64)
+    if dim is None:
+        return (x * x).sum()
+    axes = [a for a in range(x.ndim) if a != dim]
+    return (x * x).sum(dim=axes) if axes else x * x
+
+
+def rescale_weight_norm_g(g: TensorLike, squares: torch.Tensor, new_squares: torch.Tensor, out_dtype: Optional[torch.dtype] = None,
+                          name: str = "weight_g") -> TensorLike:
+    """Weight norm's g for a resized v: g' = g·‖v'‖/‖v‖, so that g'·v'/‖v'‖ = c·R·(g·v/‖v‖) exactly
+    when v' = c·R·v and g is constant along the axes R changes.
+
+    ``squares``/``new_squares``: :func:`weight_norm_squares` of v and v' (shape ``(n,)`` for g with
+    n entries along its one non-1 axis, or ``()``). Computed in float64 and rounded once to
+    ``out_dtype`` (default g's dtype); same kind as ``g``. Where ‖v‖ = 0 (then v' = 0 too, R being
+    linear) g is kept: the weight is g·0/0 either way, as before.
+    """
+    x = _to_torch(g, name)
+    old = squares.to(device=x.device, dtype=torch.float64)
+    new = new_squares.to(device=x.device, dtype=torch.float64)
+    if old.numel() != 1 and old.numel() != x.numel():
+        raise InvalidOptionError(f"{name}: {old.numel()} norms of v for a g of shape {tuple(x.shape)}")
+    ratio = torch.where(old > 0, torch.sqrt(new / torch.where(old > 0, old, 1.0)), 1.0)
+    out = x.to(torch.float64) * ratio.reshape(x.shape if old.numel() == x.numel() else ())
+    return _like_input(out.to(out_dtype or x.dtype), g)

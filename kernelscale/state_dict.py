@@ -1,4 +1,8 @@
-"""The state-dict API: plan a resize of a dict of tensors and execute it in memory."""
+"""The state-dict API: plan a resize of a dict of tensors and execute it in memory.
+
+A plan entry is executed on its own tensor by :func:`apply_entry`, except weight norm's g
+(action ``"renorm"``), whose new values depend on v: :func:`apply_renorm` takes both.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ import torch
 from kernelscale.dtypes import dtype_name
 from kernelscale.errors import InvalidOptionError, UnsupportedTensorError
 from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, plan_tensors
-from kernelscale.resize import TensorLike, resize_grid_linear, resize_kernel, scale_tensor
+from kernelscale.resize import (TensorLike, rescale_weight_norm_g, resize_grid_linear, resize_kernel, scale_tensor,
+                               weight_norm_squares)
 
 
 def is_tensor(value: Any) -> bool:
@@ -94,7 +99,13 @@ def apply_entry(
     out_dtype: Optional[torch.dtype] = None,
     backend: Optional[str] = None,
 ) -> TensorLike:
-    """Execute one plan entry on its tensor; copies and geometry-only entries return ``tensor`` itself."""
+    """Execute one plan entry on its tensor; copies and geometry-only entries return ``tensor`` itself.
+
+    A ``"renorm"`` entry (weight norm's g) needs v as well: InvalidOptionError pointing to
+    :func:`apply_renorm`.
+    """
+    if entry.action == "renorm":
+        raise InvalidOptionError(f"{entry.name}: weight norm's g is rescaled from its v's norms; use apply_renorm(entry, g, v)")
     if entry.action != "resize":
         return tensor
     if entry.kind == "attention":
@@ -104,6 +115,33 @@ def apply_entry(
                                   coef=entry.coef, name=entry.name, out_dtype=out_dtype, backend=backend)
     return resize_kernel(tensor, entry.scales, method=entry.method, mode=entry.mode, align=entry.align, coef=entry.coef,
                          name=entry.name, out_dtype=out_dtype, backend=backend, disperse=entry.disperse)
+
+
+def apply_renorm(
+    entry: TensorPlan,
+    g: TensorLike,
+    v: TensorLike,
+    v_resized: Optional[TensorLike] = None,
+    out_dtype: Optional[torch.dtype] = None,
+    backend: Optional[str] = None,
+) -> TensorLike:
+    """Execute a ``"renorm"`` entry: weight norm's g for its resized v, g' = g·‖v'‖/‖v‖ (norms over
+    every axis of v but the record's ``dim``), so that g'·v'/‖v'‖ equals the resized effective
+    weight c·R·(g·v/‖v‖) up to rounding.
+
+    ``v`` is the original v; ``v_resized`` the v' that is stored beside g' (default: v resized by
+    ``entry.partner``, in v's dtype). Norms are taken of v' as given, rounded values included, so
+    the effective weight carries no error of its own beyond v' and g' rounding. Computed in float64
+    and rounded once to ``out_dtype`` (default g's dtype); same kind as ``g``.
+    """
+    if entry.action != "renorm" or entry.partner is None:
+        raise InvalidOptionError(f"{entry.name}: apply_renorm executes weight norm's renorm entries, not {entry.action!r} ones")
+    dim = entry.record["dim"]
+    if v_resized is None:
+        v_resized = apply_entry(entry.partner, v, backend=backend)
+    v_name = entry.partner.name
+    return rescale_weight_norm_g(g, weight_norm_squares(v, dim, v_name), weight_norm_squares(v_resized, dim, v_name), out_dtype,
+                                 name=entry.name)
 
 
 def resize_state_dict(
@@ -122,7 +160,8 @@ def resize_state_dict(
     same objects, not copies; resized tensors keep kind, device and dtype (a big-endian numpy
     array comes back in native byte order) and are plain tensors without autograd history, also
     for an ``nn.Parameter`` input. The manifest is DESIGN §5's: options and one record per
-    changed tensor.
+    changed tensor. A weight-normed conv (v and g) is resized exactly: v as the conv weight, g
+    rescaled for it (:func:`apply_renorm`).
     """
     if plan is None:
         if scale is None:
@@ -132,6 +171,11 @@ def resize_state_dict(
     missing = [name for name in entries if name not in state_dict]
     if missing:
         raise InvalidOptionError(f"the plan names {missing[0]!r}, which the state dict does not hold")
-    out = {name: value if name not in entries else apply_entry(entries[name], value, backend=backend)
+    out = {name: value if name not in entries or entries[name].action == "renorm" else apply_entry(entries[name], value, backend=backend)
            for name, value in state_dict.items()}
+    for entry in plan:  # weight norm's g, from its v and the v' just computed
+        if entry.action == "renorm":
+            v = entry.partner.name
+            v_resized = out[v] if v in entries and entries[v].action == "resize" else None
+            out[entry.name] = apply_renorm(entry, state_dict[entry.name], state_dict[v], v_resized, backend=backend)
     return out, plan.manifest()

@@ -1,7 +1,9 @@
 """Streaming one planned file from the input to its place in the output (DESIGN §6).
 
 Per tensor either a raw byte copy, a cast, or read → resize (:func:`kernelscale.state_dict.apply_entry`,
-in blocks of rows) → write. A reader thread reads blocks in order and hands them to
+in blocks of rows) → write; weight norm's g is read, rescaled for its resized v (v read and
+resized again in the same blocks of rows, wherever it sits in the file or in another shard:
+:func:`_renormed`) → written. A reader thread reads blocks in order and hands them to
 single-threaded resize workers; the main thread writes the results in order from a queue of
 depth 2 while the next blocks are read and resized, and writer threads put the bytes on disk
 (O_DIRECT where possible). Peak memory is a few blocks, whatever the checkpoint's size. The input
@@ -30,10 +32,11 @@ from typing import Any, Callable, Iterator
 import torch
 
 from kernelscale.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
-from kernelscale.checkpoint_plan import ExtraFile, FilePlan, PathLike
+from kernelscale.checkpoint_plan import ExtraFile, FilePlan, PathLike, WeightNormSource
 from kernelscale.errors import InvalidCheckpointError
 from kernelscale.output import OutputError
 from kernelscale.plan import FORMAT_VERSION, TensorPlan
+from kernelscale.resize import rescale_weight_norm_g, weight_norm_squares
 from kernelscale.safetensors_io import SafetensorsReader, SafetensorsWriter, TensorInfo, torch_dtype
 from kernelscale.state_dict import apply_entry
 
@@ -96,20 +99,70 @@ def _resized(reader: SafetensorsReader, info: TensorInfo, entry: TensorPlan, out
     """The resized tensor as raw bytes, one future per block of leading-axis rows (rows of a conv
     weight are independent slices, rows of a grid Linear independent outputs): the blocks are read
     here, in order, and resized by the pool's workers side by side."""
+    dst_dtype = torch_dtype(out_dtype)
+    for x in _row_blocks(reader, info, entry, device):
+        yield pool.submit(_resize_block, entry, x, dst_dtype, device)
+
+
+def _row_blocks(reader: SafetensorsReader, info: TensorInfo, entry: TensorPlan, device: torch.device) -> Iterator[torch.Tensor]:
+    """Tensor ``info`` read in the blocks of leading-axis rows that ``entry`` is applied to; nothing
+    for an empty tensor."""
     if info.nbytes == 0:
         return
-    in_dtype, dst_dtype = torch_dtype(info.dtype), torch_dtype(out_dtype)
+    in_dtype = torch_dtype(info.dtype)
     row_shape = info.shape[1:] if info.shape else ()
     row_bytes = info.nbytes // (info.shape[0] if info.shape else 1)
     for raw in reader.iter_chunks(info.name, _rows_per_call(info, entry, device) * row_bytes):
         x = torch.frombuffer(bytearray(raw), dtype=in_dtype)
-        x = x.reshape(-1, *row_shape) if info.shape else x.reshape(())
-        yield pool.submit(_resize_block, entry, x, dst_dtype, device)
+        yield x.reshape(-1, *row_shape) if info.shape else x.reshape(())
+
+
+def _renormed(reader: SafetensorsReader, info: TensorInfo, entry: TensorPlan, out_dtype: str, source: WeightNormSource,
+              device: torch.device, pool: Executor) -> Iterator[Future]:
+    """Weight norm's g rescaled for its resized v (:func:`kernelscale.state_dict.apply_renorm`), as
+    one future of raw bytes."""
+    if info.nbytes:
+        yield pool.submit(_renorm, reader, info, entry, out_dtype, source, device)
+
+
+def _renorm(reader: SafetensorsReader, info: TensorInfo, entry: TensorPlan, out_dtype: str, source: WeightNormSource,
+            device: torch.device) -> memoryview:
+    """g' = g·‖v'‖/‖v‖, v read from its file (``reader``'s, or another shard's) and resized again
+    in the same blocks of rows as when it is written, hence to the same v' bit for bit: the norms
+    are those of the stored v'. Squared norms add up block by block in float64 (concatenated per
+    row for dim 0), so memory stays at one block of v and its v' (about COMPUTE_BYTES of output,
+    as for any resized tensor) whatever v's size."""
+    dim = entry.record["dim"]
+    g = reader.read_tensor(info.name)
+    v_reader = reader if os.path.abspath(source.path) == os.path.abspath(reader.path) else SafetensorsReader(source.path)
+    try:
+        if v_reader.tensors.get(source.info.name) != source.info:
+            raise InvalidCheckpointError(f"{source.path}: the file changed since it was planned")
+        v_dtype = torch_dtype(source.out_dtype)
+        old, new = [], []
+        for x in _row_blocks(v_reader, source.info, entry.partner, device):
+            old.append(weight_norm_squares(x, dim))
+            new.append(weight_norm_squares(_resize_rows(entry.partner, x, v_dtype, device), dim))
+    finally:
+        if v_reader is not reader:
+            v_reader.close()
+    if not old:  # an empty v (no channels): no norms to follow
+        return _as_bytes(g.to(torch_dtype(out_dtype)))
+    if dim == 0:
+        squares, new_squares = torch.cat(old), torch.cat(new)
+    else:
+        squares, new_squares = sum(old[1:], old[0]), sum(new[1:], new[0])
+    return _as_bytes(rescale_weight_norm_g(g, squares, new_squares, torch_dtype(out_dtype), name=info.name))
 
 
 def _resize_block(entry: TensorPlan, x: torch.Tensor, dst_dtype: torch.dtype, device: torch.device) -> memoryview:
+    return _as_bytes(_resize_rows(entry, x, dst_dtype, device))
+
+
+def _resize_rows(entry: TensorPlan, x: torch.Tensor, dst_dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """One block of rows resized, as a CPU tensor of ``dst_dtype``."""
     if device.type == "cpu":
-        return _as_bytes(apply_entry(entry, x, out_dtype=dst_dtype))
+        return apply_entry(entry, x, out_dtype=dst_dtype)
     return _resize_block_cuda(entry, x, dst_dtype, device)
 
 
@@ -119,7 +172,7 @@ _worker = threading.local()
 _LAUNCH_LOCK = threading.Lock()
 
 
-def _resize_block_cuda(entry: TensorPlan, x: torch.Tensor, dst_dtype: torch.dtype, device: torch.device) -> memoryview:
+def _resize_block_cuda(entry: TensorPlan, x: torch.Tensor, dst_dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """One block on the GPU, on the calling worker's own stream: in through pinned memory,
     resized (the Triton kernels, through dispatch), back into pinned memory, then wait for that
     stream alone. With two workers one block's upload, kernel and download overlap the other's
@@ -134,7 +187,7 @@ def _resize_block_cuda(entry: TensorPlan, x: torch.Tensor, dst_dtype: torch.dtyp
         host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
         host.copy_(y, non_blocking=True)
     stream.synchronize()
-    return memoryview(host.reshape(-1).view(torch.uint8).numpy())
+    return host
 
 
 def _rows_per_call(info: TensorInfo, entry: TensorPlan, device: torch.device) -> int:
@@ -160,6 +213,8 @@ def _blocks(reader: SafetensorsReader, fp: FilePlan, i: int, device: torch.devic
     op = fp.operation(i)
     if op == "resize":
         return _resized(reader, info, entry, out_dtype, device, pool)
+    if op == "renorm":
+        return _renormed(reader, info, entry, out_dtype, fp.weight_norm_sources[entry.name], device, pool)
     if op == "cast" or (op == "dilate" and out_dtype != info.dtype):
         return _gather(_cast(reader, info, out_dtype))
     return ([chunk] for chunk in reader.iter_chunks(info.name, BLOCK_BYTES))

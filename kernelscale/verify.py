@@ -432,7 +432,7 @@ def _plan_jobs(original: Any, converted: Any) -> tuple[list[_Job], list[tuple[st
             manifest = parse_manifest(text, Path(conv_file))
             c_tensors = {t.name: t for t in src.tensors}
             for name, record in manifest["tensors"].items():
-                if record["kind"] == "attention":  # values scaled, shape kept: nothing to certify
+                if record["kind"] in ("attention", "weight_norm"):  # values rescaled, shape kept: nothing to certify (a g's v is)
                     continue
                 if name not in c_tensors:
                     raise InvalidCheckpointError(f"{conv_file}: the manifest records {name!r}, which the file does not hold")
@@ -462,7 +462,8 @@ def verify_checkpoints(
     model per file or per shard index, variants such as ``*.fp16.safetensors`` apart). Models are
     paired by their path in the folder; a lone model on each side is paired as it is. Each
     converted file is certified from its own manifest; geometry-only records with their dilation;
-    attention records (no spatial change) are skipped.
+    attention records and weight norm's g (no spatial change) are skipped, a weight-normed conv
+    being certified on its v (v' = c·R·v, the same operator as its effective weight's).
 
     Everything is checked from the headers before any tensor is read: InvalidOptionError for a bad
     option, a file or model with no counterpart on the other side, a recorded tensor that ORIG

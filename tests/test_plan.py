@@ -128,23 +128,27 @@ def test_grid_coefficient_defaults_to_hw_ratio_and_honours_an_explicit_choice():
     assert plan_state_dict(sd, scale=2, grids={"fc": (2, 4, 4)}, coef="mass")["fc.weight"].coef == "mass"
 
 
-def weight_normed_state_dict() -> dict:
-    """Weight norm both ways (old ``weight_g``/``weight_v``, the parametrization's ``original0/1``) and a plain conv."""
+def weight_normed_state_dict(dim: int = 0) -> dict:
+    """Weight norm both ways (old ``weight_g``/``weight_v``, the parametrization's ``original0/1``) and a plain conv.
+
+    ``dim=2``: one norm per kernel tap, which a resize cannot keep (the refused case; dims 0, 1 and
+    None are resized exactly, tests/test_weight_norm.py)."""
     torch.manual_seed(0)
     with pytest.warns(FutureWarning):  # torch.nn.utils.weight_norm is deprecated, but checkpoints hold it
-        old = torch.nn.utils.weight_norm(torch.nn.Conv1d(4, 8, 7, padding=3))
-    model = torch.nn.Sequential(old, torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv1d(8, 8, 7, padding=3)),
+        old = torch.nn.utils.weight_norm(torch.nn.Conv1d(4, 8, 7, padding=3), dim=dim)
+    model = torch.nn.Sequential(old, torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv1d(8, 8, 7, padding=3), dim=dim),
                                 torch.nn.Conv1d(8, 1, 7, padding=3))
     return {k: v.detach() for k, v in model.state_dict().items()}
 
 
-def test_weight_normed_convs_are_refused_rather_than_left_unresized():
-    sd = weight_normed_state_dict()
-    with pytest.raises(WeightNormError, match=r"^0: its weight is not in the state dict but held by weight norm as "
-                                              r"0\.weight_g \(g\) and 0\.weight_v \(v, 8×4×7\).*remove_weight_norm") as info:
+def test_weight_norm_along_a_kernel_axis_is_refused_rather_than_left_unresized():
+    sd = weight_normed_state_dict(dim=2)
+    with pytest.raises(WeightNormError, match=r"^0: its weight is held by weight norm as 0\.weight_g \(g, 1×1×7\) and "
+                                              r"0\.weight_v \(v, 8×4×7\) with one norm per index of axis 2, which the resize "
+                                              r"changes.*remove_weight_norm") as info:
         resize_state_dict(sd, 2)
     assert isinstance(info.value, UnsupportedTensorError)
-    with pytest.raises(WeightNormError, match=r"^1: .*1\.parametrizations\.weight\.original0 \(g\) and "
+    with pytest.raises(WeightNormError, match=r"^1: .*1\.parametrizations\.weight\.original0 \(g, 1×1×7\) and "
                                               r"1\.parametrizations\.weight\.original1 \(v, 8×8×7\).*remove_parametrizations"):
         resize_state_dict(sd, 2, exclude=["0"])
     # The converter plans from header data alone: the same refusal, before anything is written.
@@ -154,7 +158,7 @@ def test_weight_normed_convs_are_refused_rather_than_left_unresized():
 
 
 def test_excluded_weight_normed_convs_are_copied_with_the_reason():
-    sd = weight_normed_state_dict()
+    sd = weight_normed_state_dict(dim=2)
     for exclude in (["0", "1"], ["0.*", "*.original1"], ["*weight_v", "1.parametrizations.*"]):
         plan = plan_state_dict(sd, scale=2, exclude=exclude)
         assert plan["0.weight_v"].reason == plan["0.weight_g"].reason == f"weight norm of 0: excluded by {exclude[0]!r}"
@@ -183,10 +187,10 @@ def test_inspect_and_convert_refuse_a_weight_normed_checkpoint_in_one_line(tmp_p
     from kernelscale.cli import main
 
     src, out = tmp_path / "wn.safetensors", tmp_path / "out.safetensors"
-    save_file({k: v.contiguous() for k, v in weight_normed_state_dict().items()}, str(src))
+    save_file({k: v.contiguous() for k, v in weight_normed_state_dict(dim=2).items()}, str(src))
     for argv in (["inspect", str(src)], ["convert", str(src), str(out)]):
         assert main([*argv, "--scale", "2"]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("kernelscale: error: 0: its weight is not in the state dict") and err.count("\n") == 1
+        assert err.startswith("kernelscale: error: 0: its weight is held by weight norm") and err.count("\n") == 1
     assert not out.exists()
     assert main(["convert", str(src), str(out), "--scale", "2", "--exclude", "0", "--exclude", "1"]) == 0
