@@ -5,14 +5,21 @@
 
 ``evaluate`` loads a checkpoint — the original, or one written by ``kernelscale convert`` (read
 through ``kernelscale.nn.load``, which applies the recorded geometry) — and reports accuracy on
-the held-out digits, bicubic-upsampled to ``--size`` pixels.
+the held-out digits, bicubic-upsampled to ``--size`` pixels. A checkpoint it cannot use is one
+line on stderr and exit status 2.
+
+``train`` is byte-reproducible: seeded initialisation, split and batch order, and training on
+one torch thread with deterministic algorithms (see ``deterministic``), so the file it writes
+does not depend on the machine's number of cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -71,20 +78,47 @@ def upsample(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
 
 
+@contextmanager
+def deterministic() -> Iterator[None]:
+    """Run the body on one torch thread with deterministic algorithms, then restore both settings.
+
+    torch splits a CPU reduction (a conv's weight gradient, a matmul) over its intra-op threads,
+    so the summation order, hence the float32 rounding, and after a few hundred Adam steps the
+    trained weights, depend on the thread count, i.e. on the machine's cores. One thread fixes the
+    order; deterministic algorithms rule out the few kernels that are nondeterministic even then
+    (a no-op for the CPU ops used here). The CPU's vector instruction set can still change the
+    rounding, so "byte-identical" holds across core counts on the same kind of CPU.
+    """
+    threads = torch.get_num_threads()
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.set_num_threads(threads)
+
+
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int = SEED) -> nn.Module:
-    """Adam (lr 3e-3), batches of 64 in an order seeded with ``seed``; returns the model in eval mode."""
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        for batch in torch.randperm(len(y), generator=generator).split(64):
-            optimiser.zero_grad()
-            F.cross_entropy(model(x[batch]), y[batch]).backward()
-            optimiser.step()
+    """Adam (lr 3e-3), batches of 64 in an order seeded with ``seed``, under ``deterministic()``;
+    returns the model in eval mode."""
+    with deterministic():
+        optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+        generator = torch.Generator().manual_seed(seed)
+        model.train()
+        for _ in range(epochs):
+            for batch in torch.randperm(len(y), generator=generator).split(64):
+                optimiser.zero_grad()
+                F.cross_entropy(model(x[batch]), y[batch]).backward()
+                optimiser.step()
     return model.eval()
 
 
 def train(epochs: int = 40) -> DigitsCNN:
+    """The shipped example: DigitsCNN with torch's default initialisation under seed SEED, fitted
+    for ``epochs`` on the 75 % split."""
     torch.manual_seed(SEED)
     x_train, y_train, x_test, y_test = load_digits_split()
     model = fit(DigitsCNN(), x_train, y_train, epochs)
@@ -98,13 +132,43 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return (model(x).argmax(1) == y).float().mean().item()
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of pixels, got {text}")
+    return value
+
+
+def evaluate(path: Path, size: int | None) -> str:
+    """The accuracy line for the checkpoint at ``path``; KernelscaleError or ValueError (one
+    line, naming the file) for a checkpoint this network cannot use."""
+    from kernelscale.nn import load, read_manifest
+
+    manifest = read_manifest(path)
+    scale = 1.0
+    if manifest is not None:
+        value = manifest.get("options", {}).get("scale", 1.0)
+        scale = float(value[-1] if isinstance(value, list) else value)
+    size = size or int(round(8 * scale))
+    model = DigitsCNN()
+    load(model, path)
+    grid = size // 2  # convs keep the size (stride 1, same padding), the 2×2 max-pool halves it
+    if model.fc.in_features != 32 * grid * grid:
+        raise ValueError(f"{path}: its Linear takes {model.fc.in_features} features, but {size}×{size} inputs give "
+                         f"32×{grid}×{grid} = {32 * grid * grid} (was it converted with --grid fc=32,4,4, and for this --size?)")
+    *_, x_test, y_test = load_digits_split()
+    with deterministic():
+        value = accuracy(model, upsample(x_test, size), y_test)
+    return f"{path.name}: accuracy on held-out digits at {size}×{size}: {value:.4f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train the example CNN and write examples/digits_cnn.safetensors")
     ev = sub.add_parser("evaluate", help="accuracy of a checkpoint on upsampled held-out digits")
     ev.add_argument("checkpoint", type=Path)
-    ev.add_argument("--size", type=int, default=None, help="input size in pixels (default: 8 × the manifest's scale)")
+    ev.add_argument("--size", type=positive_int, default=None, help="input size in pixels (default: 8 × the manifest's scale)")
     args = parser.parse_args(argv)
 
     if args.command == "train":
@@ -116,17 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {CHECKPOINT} ({CHECKPOINT.stat().st_size} bytes)")
         return 0
 
-    from kernelscale.nn import load, read_manifest
+    from kernelscale.errors import KernelscaleError
 
-    manifest = read_manifest(args.checkpoint)
-    scale = 1.0
-    if manifest is not None:
-        scale = float(manifest["options"]["scale"] if not isinstance(manifest["options"]["scale"], list) else manifest["options"]["scale"][-1])
-    size = args.size or int(round(8 * scale))
-    model = DigitsCNN()
-    load(model, args.checkpoint)
-    *_, x_test, y_test = load_digits_split()
-    print(f"{args.checkpoint.name}: accuracy on held-out digits at {size}×{size}: {accuracy(model, upsample(x_test, size), y_test):.4f}")
+    try:
+        print(evaluate(args.checkpoint, args.size))
+    except (KernelscaleError, ValueError, OSError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -13,15 +13,18 @@ MLP pinv (cubic, linear)  bicubic,     97.1 % (0), exact      0: T6
 CNN dilate                bicubic      97.3 % (−0.7)          2.6 points, the paper's figure
 MLP interp cells, paper   bicubic      96.2 % (−0.9) linear,  2.6 points, the paper's figure
 coefficient                            97.3 % (+0.2) cubic
-CNN interp cubic taps     bicubic      97.3 % (−0.7)          ordering only: dilate ≥ cubic > linear
-CNN interp linear taps    bicubic      93.6 % (−4.4)          (the paper's 2.6 does not hold here)
+CNN interp cubic taps     bicubic      97.3 % (−0.7)          2.6 points; dilate ≥ cubic − 2 digits
+CNN interp linear taps    bicubic      93.6 % (−4.4)          ≥ 8 digits below dilate and cubic; the
+                                                              paper's 2.6 does not hold here
 ========================  ===========  =====================  =========================================
 
 Small CNNs learn sharp 3×3 kernels; interpolating them to 7×7 (linear) or 11×11 (cubic) taps
 low-passes them (T2: interp = dilate ⊛ c·h_s; linear's triangle, response sinc², attenuates the
-passband more than the flatter cubic), which costs accuracy that dilation does not. "Exact" is
-checked on the logits in float64: relative error < 1e-10 (sums of ≤ 2048 products, float64
-rounding ~1e-13).
+passband more than the flatter cubic), which costs accuracy that dilation does not. Accuracy
+margins are counted in test digits (1/450 each), so that a change that flips a digit or two
+cannot decide a test; the blur itself is also checked on the features, a continuous quantity.
+"Exact" is checked on the logits in float64: relative error < 1e-10 (sums of ≤ 2048 products,
+float64 rounding ~1e-13).
 """
 
 from __future__ import annotations
@@ -132,11 +135,44 @@ def test_paper_margin_holds_for_fc_interpolation_and_cnn_dilation(trained, digit
 
 
 def test_interpolation_blurs_small_cnn_kernels_and_dilation_holds_best(trained, digits):
+    """T2: interp = dilate ⊛ c·h_s, dilation followed by a low-pass; linear's h (a triangle,
+    response sinc²) attenuates the passband more than cubic's. On this CNN's sharp learned 3×3
+    kernels the blur is what costs accuracy: linear loses clearly more than cubic and dilate.
+    (The Linear's grid is interpolated with the run's mode too, and adds its own blur: measured
+    at this seed, of linear's 17 digits lost against cubic, 11 go with the conv kernels and 6
+    with the grid. The feature check below sees the conv kernels alone.)"""
     *_, x_test, y_test = digits
     bicubic = upsample(x_test, "bicubic")
-    dilated = accuracy(resized(trained["cnn"], method="dilate", grids=CNN_GRID), bicubic, y_test)
-    linear = accuracy(resized(trained["cnn"], grids=CNN_GRID), bicubic, y_test)
-    cubic = accuracy(resized(trained["cnn"], mode="cubic", grids=CNN_GRID), bicubic, y_test)
-    # Measured: dilate 97.3 %, interp cubic 97.3 %, interp linear 93.6 % (module docstring); the
-    # triangle's stronger attenuation (T2) costs the most. Chance is 10 %: a broken resize lands near it.
-    assert dilated >= cubic > linear > 0.5
+    model = trained["cnn"]
+    dilate, cubic, linear = (resized(model, grids=CNN_GRID, **options)
+                             for options in (dict(method="dilate"), dict(mode="cubic"), dict()))
+
+    # The mechanism, on a continuous quantity (no digit to flip): the features the Linear reads,
+    # after both convs and ReLUs, stray from the dilated network's (which keeps each conv's
+    # function, T1) further under linear's blur than under cubic's. Measured: 0.265 vs 0.163
+    # (ratio 1.63); 1.3 leaves room for retraining drift, and still fails if the two filters
+    # blurred alike.
+    with torch.no_grad():
+        reference = dilate[:4](bicubic)
+        stray = {name: ((net[:4](bicubic) - reference).norm() / reference.norm()).item()
+                 for name, net in (("cubic", cubic), ("linear", linear))}
+    assert stray["linear"] > 1.3 * stray["cubic"] > 0, stray
+
+    # The consequence, in whole test digits (one is 1/450 = 0.22 points). Measured: dilate 438,
+    # interp cubic 438, interp linear 421 of 450 digits, 8×8 base 441 (module docstring).
+    digit = 1 / len(y_test)
+    base = accuracy(model, x_test, y_test)
+    acc = {name: accuracy(net, bicubic, y_test) for name, net in (("dilate", dilate), ("cubic", cubic), ("linear", linear))}
+    # Dilation holds at least as well as cubic: dilate and cubic tie at this seed, so a strict
+    # order would be decided by one digit; 2 digits of slack absorb that and still catch a
+    # dilation that fell behind.
+    assert acc["dilate"] >= acc["cubic"] - 2 * digit, acc
+    # Cubic's milder blur keeps the paper's worst case (dilate's is checked above).
+    assert acc["cubic"] >= base - PAPER_DROP, acc
+    # Linear's blur costs a clear margin: measured 17 digits below both; 8 (1.8 points, about
+    # half, and less than the conv kernels' 11 alone) is far beyond a flipped digit or two and
+    # fails if linear did as well as the others.
+    assert min(acc["dilate"], acc["cubic"]) - acc["linear"] >= 8 * digit - 1e-12, acc
+    # ...but only the blur: a broken resize lands near chance (10 %). Linear loses 4.4 points
+    # here; 10 points (45 digits) would be something other than the blur.
+    assert acc["linear"] >= base - 0.10, acc
