@@ -1,6 +1,6 @@
 """Side-by-side of every resize method on the example checkpoint's kernels, with verify's measures.
 
-    python benchmarks/compare_methods.py [--scale 2] [--plot docs/methods.png]
+    python benchmarks/compare_methods.py [--scale 2] [--plot docs/methods.png] [--pools]
 
 For each method: new kernel size and FLOP growth, and per conv layer the structure error
 (band-limited probes at ν₀ = 0.25 and 0.4 cycles per low-res pixel), the alias gain and the DC
@@ -37,8 +37,9 @@ METHODS = [
 ]
 
 
-def accuracy_at(state: dict, options: dict, scale: float) -> tuple[float, float] | None:
-    """Accuracy of the supersampled example network on bicubic / nearest upsampled digits."""
+def accuracy_at(state: dict, options: dict, scale: float, pools: bool = False) -> tuple[float, float] | None:
+    """Accuracy of the supersampled example network on bicubic / nearest upsampled digits
+    (``pools``: the max-pool window rescaled too, ``kernelscale.nn.supersample(..., pools=True)``)."""
     try:
         import kernelscale.nn as ksnn
     except ImportError:
@@ -49,7 +50,7 @@ def accuracy_at(state: dict, options: dict, scale: float) -> tuple[float, float]
     model = DigitsCNN()
     model.load_state_dict(state)
     try:
-        ksnn.supersample(model, scale, grids=GRID, padding="asymmetric" if options.get("align") == "cells" or options.get("method") == "pinv" else "exact", **options)
+        ksnn.supersample(model, scale, grids=GRID, pools=pools, padding="asymmetric" if options.get("align") == "cells" or options.get("method") == "pinv" else "exact", **options)
     except Exception as exc:  # a method the adapter refuses for this network
         print(f"  ({options}: {exc})", file=sys.stderr)
         return None
@@ -63,6 +64,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=2.0)
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG comparing the methods")
+    parser.add_argument("--pools", action="store_true", help="measure accuracy with the max-pool window rescaled too (pools=True)")
     args = parser.parse_args()
 
     from safetensors.torch import load_file
@@ -75,10 +77,11 @@ def main() -> int:
         certs = {band: [certify_record(n, state[n], new[n], r, band=band) for n, r in manifest["tensors"].items() if r["kind"] == "conv"]
                  for band in (0.25, 0.4)}
         conv = [e for e in plan.changed if e.kind == "conv"]
-        acc = accuracy_at(state, options, args.scale)
+        acc = accuracy_at(state, options, args.scale, args.pools)
         rows.append((label, conv[0].new_shape[2:], conv[0].record.get("dilation"), max(e.flop_growth for e in conv), certs, acc))
 
-    header = "| method | 3×3 becomes | FLOPs × | structure error ν₀=0.25 (conv1 / conv2) | ν₀=0.4 | alias gain | DC gain | accuracy 16×16 bicubic / nearest |"
+    header = ("| method | 3×3 becomes | FLOPs × | structure error ν₀=0.25 (conv1 / conv2) | ν₀=0.4 | alias gain | DC gain | "
+              f"accuracy 16×16 bicubic / nearest{' (pools=True)' if args.pools else ''} |")
     print(header)
     print("|" + "---|" * 8)
     for label, shape, dilation, flops, certs, acc in rows:
