@@ -31,3 +31,10 @@ class WeightNormError(UnsupportedTensorError, GeometryError):
     tap), v comes without its g, or g's shape fits no norm axis. (A g constant along the resized
     axes is resized exactly: kernelscale.plan.) Also a GeometryError: the nn adapter refuses such a
     layer too."""
+
+
+class SpectralNormError(UnsupportedTensorError, GeometryError):
+    """A conv whose weight a state dict holds under spectral norm (``weight_orig`` with its power
+    iteration's ``weight_u``/``weight_v``, or ``parametrizations.weight.original``) that a rule
+    would resize: the layer divides whatever weight it holds by that weight's own largest singular
+    value, so no stored tensor makes its effective weight the resized one."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from kernelscale.dtypes import RESIZABLE
-from kernelscale.errors import InvalidOptionError, KernelscaleError, WeightNormError
+from kernelscale.errors import InvalidOptionError, KernelscaleError, SpectralNormError, WeightNormError
 from kernelscale.transforms import (
     ALIGNS,
     METHODS,
@@ -322,6 +322,22 @@ def _first_match(names: Sequence[str], patterns: Iterable[str]) -> Optional[str]
 WEIGHT_NORM_SUFFIXES = (("weight_v", "weight_g"), ("parametrizations.weight.original1", "parametrizations.weight.original0"))
 
 
+# The tensor spectral norm keeps the raw weight in: torch.nn.utils.spectral_norm, its parametrization.
+SPECTRAL_NORM_SUFFIXES = ("weight_orig", "parametrizations.weight.original")
+
+
+def spectral_norm_layer(name: str) -> Optional[str]:
+    """The layer whose raw weight ``name`` is under spectral norm, else None."""
+    for suffix in SPECTRAL_NORM_SUFFIXES:
+        if name == suffix or name.endswith("." + suffix):
+            return name[: -len(suffix) - 1] if name != suffix else ""
+    return None
+
+
+def _spectral_layers(names: Iterable[str]) -> set[str]:
+    return {layer for layer in map(spectral_norm_layer, names) if layer is not None}
+
+
 def weight_norm_parts(name: str) -> Optional[tuple[str, str, str]]:
     """``(layer, v name, g name)`` when ``name`` is weight norm's v or g tensor, else None."""
     for v_suffix, g_suffix in WEIGHT_NORM_SUFFIXES:
@@ -340,10 +356,11 @@ def glob_names(names: Iterable[str]) -> set[str]:
     """The names a rule's glob may match: the tensors', and ``<layer>.weight`` of each layer whose
     weight weight norm holds as v and g (a glob or grid may name the conv weight it hides)."""
     names = set(names)
-    hidden = set()
+    spectral = _spectral_layers(names)
+    hidden = {_stand_in_name(layer) for layer in spectral}
     for name in names:
         parts = weight_norm_parts(name)
-        if parts is not None and parts[1] == name:
+        if parts is not None and parts[1] == name and parts[0] not in spectral:
             hidden.add(_stand_in_name(parts[0]))
     return names | hidden
 
@@ -352,9 +369,10 @@ def _weight_norm_stand_ins(specs: Sequence[TensorSpec]) -> list[tuple[TensorSpec
     """``(stand-in, layer, v, g)`` per weight-norm pair: the conv's ``<layer>.weight`` as the
     planner would see it without weight norm (v's dtype and shape)."""
     pairs = []
+    spectral = _spectral_layers(spec.name for spec in specs)  # spectral norm's weight_v is its power iteration's vector
     for spec in specs:
         parts = weight_norm_parts(spec.name)
-        if parts is not None and parts[1] == spec.name:
+        if parts is not None and parts[1] == spec.name and parts[0] not in spectral:
             layer, v, g = parts
             pairs.append((TensorSpec(_stand_in_name(layer), spec.dtype, spec.shape), layer, v, g))
     return pairs
@@ -440,6 +458,31 @@ def _plan_weight_norm(pairs: Sequence[tuple[TensorSpec, str, str, str]], specs: 
     return plans
 
 
+def _plan_spectral_norm(specs: Sequence[TensorSpec], options: ResizeOptions, grids: Mapping[str, tuple[int, int, int]]
+                        ) -> dict[str, TensorPlan]:
+    """Copies, with the reason, of every tensor of a spectral-normed layer that no rule changes;
+    SpectralNormError naming the layer when one would (class docstring: it cannot be exact)."""
+    by_layer: dict[str, list[TensorSpec]] = {}
+    for layer in _spectral_layers(spec.name for spec in specs):
+        prefix = f"{layer}." if layer else ""
+        by_layer[layer] = [s for s in specs if s.name.startswith(prefix + "weight_") or s.name.startswith(prefix + "parametrizations.weight.")]
+    plans: dict[str, TensorPlan] = {}
+    for layer, tensors in by_layer.items():
+        raw = next(s for s in tensors if spectral_norm_layer(s.name) == layer)
+        stand_in = TensorSpec(_stand_in_name(layer), raw.dtype, raw.shape)
+        decision = _plan_one(stand_in, options, grids.get(stand_in.name), aliases=(raw.name,))
+        if decision.changed:
+            raise SpectralNormError(
+                f"{layer or raw.name}: its weight is held by spectral norm ({raw.name}), which divides whatever weight the "
+                "layer holds by that weight's own largest singular value, so no stored values make it the resized weight; "
+                "remove spectral norm before converting (torch.nn.utils.remove_spectral_norm(module), or "
+                "torch.nn.utils.parametrize.remove_parametrizations(module, 'weight') for the parametrization), "
+                f"or exclude {layer or raw.name!r}")
+        for spec in tensors:
+            plans[spec.name] = _copy(spec, f"spectral norm of {layer or 'the root module'}: {decision.reason}")
+    return plans
+
+
 def is_conv_candidate(spec: TensorSpec) -> tuple[bool, str]:
     """The default rule of DESIGN §5, with the reason for the decision."""
     if spec.dtype not in RESIZABLE:
@@ -477,6 +520,7 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
                 raise InvalidOptionError(f"{what} {pattern!r} matches no tensor")
 
     weight_norm = _plan_weight_norm(weight_norm_pairs, {s.name: s for s in specs}, options, grid_tensor)
+    weight_norm.update(_plan_spectral_norm(specs, options, grid_tensor))
     entries = [weight_norm.get(spec.name) or _plan_one(spec, options, grid_tensor.get(spec.name)) for spec in specs]
     # The extra padding pixel of a half-pixel kernel alternates sides from layer to layer. A
     # state dict has no topology, so "next layer" is the next name in natural order (conv2

@@ -590,12 +590,12 @@ def test_attention_rule_scales_the_query_projection(tmp_path):
 
 
 def test_a_conv_whose_weight_the_state_dict_hides_is_refused():
-    """spectral_norm stores a conv's weight as other tensors: the plan cannot see it, so the
-    adapter refuses rather than leave that conv silently unscaled (weight norm, whose v and g the
+    """spectral_norm holds a conv's weight as other tensors and renormalises whatever it holds: the
+    plan refuses rather than leave that conv silently unscaled (weight norm, whose v and g the
     plan resizes, is tested in tests/test_weight_norm.py)."""
     from torch.nn.utils.parametrizations import spectral_norm
 
     model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), spectral_norm(nn.Conv2d(2, 2, 3, padding=1)))
-    assert_refused(model, r"^1: its weight is not in the state dict")
+    assert_refused(model, r"^1: its weight is held by spectral norm")
     supersample(model, 2, exclude=["1"])
     assert model[0].kernel_size == (7, 7) and model[1].kernel_size == (3, 3)

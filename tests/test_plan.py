@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from kernelscale import LayerRule, ResizeOptions, TensorSpec, plan_state_dict, plan_tensors, resize_state_dict
-from kernelscale.errors import UnsupportedTensorError, WeightNormError
+from kernelscale.errors import SpectralNormError, UnsupportedTensorError, WeightNormError
 
 
 def small_state_dict() -> dict:
@@ -194,3 +195,23 @@ def test_inspect_and_convert_refuse_a_weight_normed_checkpoint_in_one_line(tmp_p
         assert err.startswith("kernelscale: error: 0: its weight is held by weight norm") and err.count("\n") == 1
     assert not out.exists()
     assert main(["convert", str(src), str(out), "--scale", "2", "--exclude", "0", "--exclude", "1"]) == 0
+
+
+@pytest.mark.parametrize("form", ["hook", "parametrization"])
+def test_spectral_normed_conv_is_refused_not_half_converted(form):
+    # Spectral norm divides the held weight by its own largest singular value, so resizing the raw
+    # tensor cannot give the resized weight; copying it while the other convs grow would leave a
+    # half-converted network. Excluded, every tensor of the layer is copied with the reason.
+    apply = torch.nn.utils.spectral_norm if form == "hook" else torch.nn.utils.parametrizations.spectral_norm
+    model = torch.nn.Sequential(apply(torch.nn.Conv2d(3, 8, 3, padding=1)), torch.nn.Conv2d(8, 8, 3, padding=1),
+                                apply(torch.nn.Linear(8, 4)))
+    state = model.state_dict()
+    raw = "0.weight_orig" if form == "hook" else "0.parametrizations.weight.original"
+    with pytest.raises(SpectralNormError, match=rf"^0: its weight is held by spectral norm \({re.escape(raw)}\).*exclude '0'$"):
+        plan_state_dict(state, scale=2)
+    plan = {e.name: e for e in plan_state_dict(state, scale=2, exclude=["0"])}
+    spectral = [n for n in state if n.startswith("0.") and n != "0.bias"]
+    assert len(spectral) == 3 and all(plan[n].action == "copy" and plan[n].reason == "spectral norm of 0: excluded by '0'" for n in spectral)
+    assert plan["1.weight"].action == "resize"
+    linear = [n for n in state if n.startswith("2.") and n != "2.bias"]
+    assert all(plan[n].action == "copy" and plan[n].reason.startswith("spectral norm of 2: 2-D") for n in linear)
