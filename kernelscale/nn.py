@@ -728,6 +728,9 @@ def _owner(tensor_name: str) -> tuple[str, str]:
 def _spec(name: str, tensor: torch.Tensor) -> TensorSpec:
     from kernelscale.dtypes import dtype_name
 
+    if isinstance(tensor, nn.parameter.UninitializedParameter) or isinstance(tensor, nn.parameter.UninitializedBuffer):
+        raise GeometryError(f"{name}: the layer is lazy and its shape is not known yet; run one forward pass on a "
+                            "low-resolution input first, then supersample")
     try:
         dtype = dtype_name(tensor.dtype)
     except (UnsupportedTensorError, KeyError):

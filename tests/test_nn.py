@@ -589,6 +589,15 @@ def test_attention_rule_scales_the_query_projection(tmp_path):
     assert all(torch.equal(v, direct.state_dict()[k]) for k, v in loaded.state_dict().items())
 
 
+def test_a_lazy_layer_is_refused_until_its_shape_is_known():
+    model = nn.Sequential(nn.LazyConv2d(4, 3, padding=1))
+    with pytest.raises(GeometryError, match=r"^0\.weight: the layer is lazy.*forward pass"):
+        supersample(model, 2)
+    model(torch.zeros(1, 2, 8, 8))
+    supersample(model, 2)
+    assert model[0].kernel_size == (7, 7)
+
+
 def test_a_conv_whose_weight_the_state_dict_hides_is_refused():
     """spectral_norm holds a conv's weight as other tensors and renormalises whatever it holds: the
     plan refuses rather than leave that conv silently unscaled (weight norm, whose v and g the
