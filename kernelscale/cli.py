@@ -7,7 +7,7 @@ Subcommands live in a registry (:func:`register_command`), so a new one is one
 
 Exit codes: 0 success; 2 bad input or usage (one line ``kernelscale: error: …`` on stderr, never a
 traceback — set ``KERNELSCALE_DEBUG=1`` to get one); 130 interrupted (Ctrl-C); 143 terminated
-(SIGTERM); 1 a layer's structure error exceeds ``--tol`` (``verify``, ``convert --verify``); 70 an
+(SIGTERM); 141 stdout closed by its reader (silent); 1 a layer's structure error exceeds ``--tol`` (``verify``, ``convert --verify``); 70 an
 internal error, i.e. a bug (one line ``kernelscale: internal error: …``; sysexits' EX_SOFTWARE, so
 a script can tell it from a failed check). Temp files are removed before exiting.
 """
@@ -33,6 +33,7 @@ EXIT_INTERNAL = 70  # sysexits.h EX_SOFTWARE: distinct from 1, a verify toleranc
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout closed it
 DEBUG_ENV = "KERNELSCALE_DEBUG"
 
 
@@ -85,6 +86,7 @@ exit status:
   {EXIT_USAGE}    bad input or usage: one line 'kernelscale: error: ...' on stderr; convert writes no OUT
   {EXIT_INTERNAL}   an internal error (a bug): one line 'kernelscale: internal error: ...'
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C); {EXIT_TERMINATED} terminated (SIGTERM): temp files removed, no output written
+  {EXIT_BROKEN_PIPE}  the reader of stdout closed it (e.g. '| head'): silently, as a tool killed by SIGPIPE
 
 environment:
   {BACKEND_ENV}={"|".join(BACKENDS)}
@@ -530,6 +532,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except _Terminated:
         _stderr("kernelscale: terminated; no output was written")
         return EXIT_TERMINATED
+    except BrokenPipeError:
+        # The reader left (`kernelscale inspect … | head`): nothing to report to it. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again, and exit as a tool killed
+        # by SIGPIPE would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (KernelscaleError, OSError) as exc:
         if debug:
             raise

@@ -167,6 +167,18 @@ def test_a_bug_is_one_line_and_exit_70_not_the_verify_code(capsys) -> None:
     assert stderr.splitlines() == ["kernelscale: internal error: ZeroDivisionError: division by zero (set KERNELSCALE_DEBUG=1 for a traceback)"]
 
 
+def test_a_closed_stdout_ends_quietly_with_141(tmp_path: Path) -> None:
+    # `kernelscale inspect … | head -1`: the reader leaves early; no error line, no traceback.
+    big = {f"block{i}.conv.weight": torch.zeros(2, 2, 3, 3) for i in range(2000)}
+    src = save(big, tmp_path / "big.safetensors")
+    proc = subprocess.Popen([sys.executable, "-m", "kernelscale", "inspect", str(src), "--scale", "2"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and stderr == b""
+
+
 def test_debug_env_reraises(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("KERNELSCALE_DEBUG", "1")
     with pytest.raises(Exception, match="no such file"):
