@@ -421,7 +421,7 @@ def plan_checkpoint(src: PathLike, options: ResizeOptions, *, dtype: str = "keep
                 index_rel = rel
 
     notes, loading, rewritten = _loading_notes(scan, plans, dst)
-    notes[:0] = _include_notes(options, plans)
+    notes[:0] = _include_notes(options, plans) + _unresizable_conv_notes(options, plans)
     for path, rel in scan.others:
         if rel in rewritten:
             data = rewritten[rel]
@@ -432,6 +432,22 @@ def plan_checkpoint(src: PathLike, options: ResizeOptions, *, dtype: str = "keep
     extras.sort(key=lambda x: x.rel)
     return CheckpointPlan(scan.src, scan.layout, options, dtype, tuple(files), tuple(extras), scan.skipped, index_rel,
                           tuple(notes), tuple(loading))
+
+
+def _unresizable_conv_notes(options: ResizeOptions, plans: Sequence[Plan]) -> list[str]:
+    """Conv-shaped weights copied only because of their dtype (float8, integer: quantised layers)
+    leave those layers at the old resolution while the rest grows: said, with the names, unless an
+    --exclude glob names them."""
+    kept = [e for plan in plans for e in plan.entries
+            if e.action == "copy" and e.name.endswith("weight") and 3 <= len(e.shape) <= 5
+            and any(k > 1 for k in e.shape[2:]) and e.dtype not in RESIZABLE and e.reason.startswith("not a floating tensor")
+            and not any(matches_pattern(e.name, pattern) for pattern in options.exclude)]
+    if not kept:
+        return []
+    names = ", ".join(f"{e.name} ({e.dtype})" for e in kept[:3]) + (", …" if len(kept) > 3 else "")
+    return [f"{len(kept)} conv-shaped weight(s) copied unresized because of their dtype: {names}; kernelscale resizes "
+            "float16/bfloat16/float32/float64 only, so those layers stay at the old resolution (dequantise them first, "
+            "or --exclude their layers to make that explicit)"]
 
 
 def _include_notes(options: ResizeOptions, plans: Sequence[Plan]) -> list[str]:

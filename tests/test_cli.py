@@ -20,7 +20,7 @@ from kernelscale import __version__
 from kernelscale import cli
 from kernelscale.cli import Command, build_parser, main, options_from_args, register_command
 from kernelscale.safetensors_io import read_header
-from test_convert import leftovers, mixed_state_dict, save, save_sharded, sha256
+from checkpoints import leftovers, mixed_state_dict, save, save_sharded, sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,10 +49,18 @@ def test_convert_prints_notes_and_a_summary(tmp_path: Path, checkpoint: Path, ca
     code, stdout, stderr = call(capsys, "convert", checkpoint, out, "--scale", "2", "--grid", "head=8,2,2")
     assert code == 0 and stdout == ""
     lines = stderr.splitlines()
-    assert lines[0].startswith("kernelscale: note: in.safetensors: 6 tensor(s) changed shape") and "kernelscale.nn.load" in lines[0]
+    assert lines[0] == ("kernelscale: note: 1 conv-shaped weight(s) copied unresized because of their dtype: quant.weight "
+                        "(F8_E4M3); kernelscale resizes float16/bfloat16/float32/float64 only, so those layers stay at the old "
+                        "resolution (dequantise them first, or --exclude their layers to make that explicit)")
+    assert lines[1].startswith("kernelscale: note: in.safetensors: 6 tensor(s) changed shape") and "kernelscale.nn.load" in lines[1]
     assert lines[-1].startswith(f"kernelscale: {checkpoint} -> {out}: 1 file(s); tensors: 6 resized, 5 copied;")
     assert "MB/s" in lines[-1]
     assert read_header(out)[1]["head.weight"].shape == (10, 8 * 4 * 4)
+
+
+def test_an_excluded_quantised_conv_is_not_noted(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    code, _, stderr = call(capsys, "convert", checkpoint, tmp_path / "out.safetensors", "--scale", "2", "--exclude", "quant")
+    assert code == 0 and "conv-shaped" not in stderr and "5 tensor(s) changed shape" in stderr
 
 
 def test_json_summary_on_stdout(tmp_path: Path, checkpoint: Path, capsys) -> None:
@@ -60,7 +68,7 @@ def test_json_summary_on_stdout(tmp_path: Path, checkpoint: Path, capsys) -> Non
     summary = json.loads(stdout)
     assert code == 0 and summary["tensors_resized"] == 5 and summary["dtype"] == "bfloat16" and summary["mb_per_s"] >= 0
     assert summary["loading"][0]["stock_loadable"] is False and summary["notes"]
-    assert [line.split(":")[1] for line in stderr.splitlines()] == [" note"]  # the summary goes to stdout only
+    assert [line.split(":")[1] for line in stderr.splitlines()] == [" note", " note"]  # the summary goes to stdout only
 
 
 def test_dry_run_lists_every_decision_and_writes_nothing(tmp_path: Path, checkpoint: Path, capsys) -> None:
