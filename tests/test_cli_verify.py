@@ -10,7 +10,7 @@ import pytest
 import safetensors.torch
 
 from kernelscale.cli import main
-from test_convert import leftovers, sha256
+from checkpoints import leftovers, sha256
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits_cnn.safetensors"
 

@@ -118,7 +118,7 @@ def _save(sd, path, metadata=None):
 
 def _pipeline(root):
     """A diffusers-like folder: a sharded unet with its index, and a vae with an fp16 variant."""
-    from test_convert import save_sharded
+    from checkpoints import save_sharded
 
     g = torch.Generator().manual_seed(3)
     save_sharded({"conv_in.weight": torch.randn(4, 2, 3, 3, generator=g), "conv_in.bias": torch.randn(4, generator=g),

@@ -1,0 +1,167 @@
+"""The read → resize → write pipeline (kernelscale.stream): row blocks, casts, the output file, verify_output."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from kernelscale import ResizeOptions, plan_state_dict, resize_state_dict
+from kernelscale import stream as stream_module
+from kernelscale.checkpoint import MANIFEST_KEY
+from kernelscale.convert import convert_checkpoint
+from kernelscale.output import OutputError
+from kernelscale.safetensors_io import SafetensorsReader
+from kernelscale.state_dict import apply_entry
+from kernelscale.stream import verify_output
+
+from checkpoints import OPTIONS, as_bytes, mixed_checkpoint, mixed_state_dict, raw_bytes, sha256
+
+
+@pytest.fixture()
+def checkpoint(tmp_path: Path) -> Path:
+    return mixed_checkpoint(tmp_path)
+
+
+# --- tensors: row blocks, casts and copies -----------------------------------------------------
+
+
+def test_output_is_deterministic_and_row_blocks_agree_with_whole_tensors(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
+    first = tmp_path / "first.safetensors"
+    convert_checkpoint(checkpoint, first, OPTIONS, device="cpu")
+    again = tmp_path / "again.safetensors"
+    convert_checkpoint(checkpoint, again, OPTIONS, device="cpu")
+    assert sha256(first) == sha256(again)
+    # one row per resize call and tiny queue items: every tensor goes through the row-block path
+    monkeypatch.setattr(stream_module, "COMPUTE_BYTES", {"cpu": 1, "cuda": 1})
+    monkeypatch.setattr(stream_module, "BLOCK_BYTES", 100)
+    blocks = tmp_path / "blocks.safetensors"
+    convert_checkpoint(checkpoint, blocks, OPTIONS, device="cpu")
+    again = tmp_path / "blocks_again.safetensors"
+    convert_checkpoint(checkpoint, again, OPTIONS, device="cpu")
+    assert sha256(blocks) == sha256(again)
+    sd = mixed_state_dict()
+    expected, _ = resize_state_dict(sd, plan=plan_state_dict(sd, OPTIONS))
+    loaded = safetensors.torch.load_file(str(blocks))
+    for name, tensor in expected.items():
+        if tensor.dtype.is_floating_point and tensor.dtype.itemsize > 1:
+            # same operator; only BLAS's summation order may differ with the row count
+            torch.testing.assert_close(loaded[name], tensor, rtol=1e-6 if tensor.dtype.itemsize >= 4 else 1e-2, atol=1e-7)
+        else:
+            assert as_bytes(loaded[name]) == as_bytes(tensor), name
+
+
+def test_dtype_applies_to_every_floating_tensor(tmp_path: Path, checkpoint: Path) -> None:
+    sd = mixed_state_dict()
+    out = tmp_path / "half.safetensors"
+    summary = convert_checkpoint(checkpoint, out, OPTIONS, dtype="float16", device="cpu")
+    plan = plan_state_dict(sd, OPTIONS)
+    loaded = safetensors.torch.load_file(str(out))
+    for entry in plan:
+        tensor = sd[entry.name]
+        if entry.name in ("quant.weight", "steps", "mask"):
+            assert loaded[entry.name].dtype == tensor.dtype
+            assert raw_bytes(out, entry.name) == raw_bytes(checkpoint, entry.name)
+            continue
+        assert loaded[entry.name].dtype == torch.float16, entry.name
+        if entry.action == "resize":  # computed in float32 (float64 for F64), rounded once
+            assert as_bytes(loaded[entry.name]) == as_bytes(apply_entry(entry, tensor, out_dtype=torch.float16)), entry.name
+        else:
+            assert torch.equal(loaded[entry.name], tensor.to(torch.float16)), entry.name
+    assert summary.tensors_cast == 2 and summary.tensors_copied == 3  # stem.bias, pointwise cast; F16 copies none
+
+
+def test_geometry_only_keeps_every_weight_byte(tmp_path: Path, checkpoint: Path) -> None:
+    out = tmp_path / "dilated.safetensors"
+    summary = convert_checkpoint(checkpoint, out, ResizeOptions(scale=2, method="dilate", geometry_only=True), device="cpu")
+    with SafetensorsReader(checkpoint) as a, SafetensorsReader(out) as b:
+        assert [(t.name, t.dtype, t.shape) for t in a.tensors.values()] == [(t.name, t.dtype, t.shape) for t in b.tensors.values()]
+        for name in a.tensors:
+            assert a.read_bytes(name) == b.read_bytes(name)
+        manifest = json.loads(b.metadata[MANIFEST_KEY])
+    assert manifest["tensors"]["stem.weight"]["dilation"] == [2, 2]
+    assert manifest["tensors"]["audio.weight"]["dilation"] == [2]
+    assert summary.tensors_dilated == 5 and summary.tensors_resized == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_conversion_agrees_with_the_cpu_one(tmp_path: Path, checkpoint: Path) -> None:
+    # Both paths accumulate in float32 and round once, in different orders: an output differs by
+    # at most one ulp of its dtype plus twice the float32 accumulation bound 2·K·u·(|R|·|x|),
+    # K ≤ 64 taps. OPTIONS resizes with linear taps and cells, so R ≥ 0 and |R|·|x| = R·|x|.
+    cpu, gpu = tmp_path / "cpu.safetensors", tmp_path / "gpu.safetensors"
+    summary = convert_checkpoint(checkpoint, cpu, OPTIONS, device="cpu")
+    assert convert_checkpoint(checkpoint, gpu, OPTIONS, device="cuda").device == "cuda"
+    source = safetensors.torch.load_file(str(checkpoint))
+    want, got = safetensors.torch.load_file(str(cpu)), safetensors.torch.load_file(str(gpu))
+    assert list(want) == list(got)
+    ulp = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7, torch.float32: 2.0**-23, torch.float64: 2.0**-52}
+    for entry, out_dtype in zip(summary.plan.files[0].entries, summary.plan.files[0].out_dtypes):
+        a, b = want[entry.name], got[entry.name]
+        assert a.dtype == b.dtype and a.shape == b.shape, entry.name
+        if entry.action != "resize" or not a.is_floating_point():
+            assert as_bytes(a) == as_bytes(b), entry.name
+            continue
+        magnitude = apply_entry(entry, source[entry.name].double().abs(), out_dtype=torch.float64)
+        tol = ulp[a.dtype] * a.double().abs() + 4 * 64 * 2.0**-24 * magnitude + 2.0**-133
+        assert bool(((a.double() - b.double()).abs() <= tol).all()), entry.name
+
+
+def test_verify_catches_a_file_that_differs_from_its_plan(tmp_path: Path, checkpoint: Path) -> None:
+    out = tmp_path / "out.safetensors"
+    summary = convert_checkpoint(checkpoint, out, OPTIONS)
+    fp = summary.plan.files[0]
+    verify_output(out, fp)
+    with pytest.raises(OutputError, match="planned"):
+        verify_output(out, replace(fp, bytes_out=fp.bytes_out + 8))
+    bad_entries = tuple(replace(e, new_shape=(1,)) if e.name == "steps" else e for e in fp.entries)
+    with pytest.raises(OutputError, match="does not match its plan"):
+        verify_output(out, replace(fp, entries=bad_entries))
+
+
+# --- the output file: aligned blocks, O_DIRECT where allowed -----------------------------------
+
+
+def _scribble(out, rng: torch.Generator, sizes: list[int]) -> bytes:
+    written = b""
+    for n in sizes:
+        chunk = torch.randint(0, 256, (n,), generator=rng, dtype=torch.uint8).numpy().tobytes()
+        out.write(memoryview(chunk))
+        written += chunk
+    return written
+
+
+@pytest.mark.parametrize("refuse_direct", [False, True])
+def test_output_file_blocks_tail_and_fallback(tmp_path: Path, monkeypatch, refuse_direct: bool) -> None:
+    monkeypatch.setattr(stream_module._OutputFile, "BUFFER", 8192)
+    path = tmp_path / "blocks.bin"
+    out = stream_module._OutputFile(str(path))
+    if refuse_direct:  # the first block refused as a filesystem without O_DIRECT would: buffered from then on
+        if not out.direct:
+            out.close()
+            pytest.skip("this filesystem takes no O_DIRECT at all")
+        real = os.pwrite
+        refused = []
+
+        def pwrite(fd, data, offset):
+            if not refused:
+                refused.append(offset)
+                raise OSError(22, "Invalid argument")
+            return real(fd, data, offset)
+
+        monkeypatch.setattr(stream_module.os, "pwrite", pwrite)
+    rng = torch.Generator().manual_seed(3)
+    expected = _scribble(out, rng, [1, 4095, 3000, 20000, 7])
+    out.flush()  # a padded tail, then truncated back
+    assert path.stat().st_size == len(expected) and path.read_bytes() == expected
+    expected += _scribble(out, rng, [5000, 100])  # the tail grows after a flush
+    out.close()
+    out.close()
+    assert path.read_bytes() == expected
+    if refuse_direct:
+        assert refused and not out.direct
