@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from kernelscale.dtypes import RESIZABLE
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
-from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, plan_tensors
+from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, describe_entries, plan_tensors, shape_text
 from kernelscale.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
 from kernelscale.plan import attention_rule_for, glob_names, matches_pattern  # the planner's own matching rules, for checks across files
 from kernelscale.safetensors_io import DTYPE_ITEMSIZE, TensorInfo, encode_header, read_header
@@ -169,27 +169,6 @@ class CheckpointPlan:
         for rel in self.skipped:
             lines.append(f"== {rel} == left out (weights in a format convert does not rewrite)")
         return lines
-
-
-def describe_entries(entries: Sequence[TensorPlan], out_dtypes: Optional[Sequence[str]] = None) -> list[str]:
-    """``name  dtype  shape [-> new shape] [as dtype]  action: reason`` for each entry."""
-    lines = []
-    for i, e in enumerate(entries):
-        out_dtype = out_dtypes[i] if out_dtypes is not None else e.dtype
-        shape = shape_text(e.shape)
-        cast = f" as {out_dtype}" if out_dtype != e.dtype else ""
-        if e.changed:
-            arrow = f" -> {shape_text(e.new_shape)}" if e.new_shape != e.shape else ""
-            growth = f", FLOPs ×{e.flop_growth:.2f}" if e.kind == "conv" and e.action == "resize" else ""
-            lines.append(f"{e.name}  {e.dtype}  {shape}{arrow}{cast}  {e.action}: {e.reason}{growth}")
-        else:
-            lines.append(f"{e.name}  {e.dtype}  {shape}{cast}  {'cast' if cast else 'copy'}: {e.reason}")
-    return lines
-
-
-def shape_text(shape: Sequence[int]) -> str:
-    """``(8, 3, 7, 7)`` → ``8×3×7×7``; ``()`` → ``scalar``."""
-    return "×".join(map(str, shape)) or "scalar"
 
 
 def _size(path: Optional[str]) -> int:

@@ -287,16 +287,28 @@ class Plan:
 
     def describe(self) -> list[str]:
         """One line per tensor: name, dtype, shape, and what happens and why."""
-        lines = []
-        for e in self.entries:
-            shape = _shape_text(e.shape)
-            if e.changed:
-                arrow = f" -> {_shape_text(e.new_shape)}" if e.new_shape != e.shape else ""
-                growth = f", FLOPs ×{e.flop_growth:.2f}" if e.kind == "conv" and e.action == "resize" else ""
-                lines.append(f"{e.name}  {e.dtype}  {shape}{arrow}  {e.action}: {e.reason}{growth}")
-            else:
-                lines.append(f"{e.name}  {e.dtype}  {shape}  copy: {e.reason}")
-        return lines
+        return describe_entries(self.entries)
+
+
+def describe_entries(entries: Sequence[TensorPlan], out_dtypes: Optional[Sequence[str]] = None) -> list[str]:
+    """``name  dtype  shape [-> new shape] [as dtype]  action: reason`` for each entry."""
+    lines = []
+    for i, e in enumerate(entries):
+        out_dtype = out_dtypes[i] if out_dtypes is not None else e.dtype
+        shape = shape_text(e.shape)
+        cast = f" as {out_dtype}" if out_dtype != e.dtype else ""
+        if e.changed:
+            arrow = f" -> {shape_text(e.new_shape)}" if e.new_shape != e.shape else ""
+            growth = f", FLOPs ×{e.flop_growth:.2f}" if e.kind == "conv" and e.action == "resize" else ""
+            lines.append(f"{e.name}  {e.dtype}  {shape}{arrow}{cast}  {e.action}: {e.reason}{growth}")
+        else:
+            lines.append(f"{e.name}  {e.dtype}  {shape}{cast}  {'cast' if cast else 'copy'}: {e.reason}")
+    return lines
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    """``(8, 3, 7, 7)`` → ``8×3×7×7``; ``()`` → ``scalar``."""
+    return "×".join(map(str, shape)) or "scalar"
 
 
 def module_name(name: str) -> str:
@@ -389,13 +401,9 @@ def weight_norm_dim(layer: str, v: TensorSpec, g: TensorSpec) -> Optional[int]:
     if len(g.shape) == len(v.shape) and len(axes) == 1 and g.shape[axes[0]] == v.shape[axes[0]]:
         return axes[0]
     raise WeightNormError(
-        f"{layer or v.name}: weight norm's g {g.name} has shape {_shape_text(g.shape)}, which is neither a scalar nor v's "
-        f"size on one axis and 1 on the others (v {v.name} is {_shape_text(v.shape)}), so the norms it multiplies are "
+        f"{layer or v.name}: weight norm's g {g.name} has shape {shape_text(g.shape)}, which is neither a scalar nor v's "
+        f"size on one axis and 1 on the others (v {v.name} is {shape_text(v.shape)}), so the norms it multiplies are "
         f"unknown; {_remove_weight_norm_hint(layer, v.name)}")
-
-
-def _shape_text(shape: Sequence[int]) -> str:
-    return "×".join(map(str, shape)) or "scalar"
 
 
 def _remove_weight_norm_hint(layer: str, v: str) -> str:
@@ -446,8 +454,8 @@ def _plan_weight_norm(pairs: Sequence[tuple[TensorSpec, str, str, str]], specs: 
         resized_axes = (1,) if decision.kind == "grid" else tuple(range(2, len(v_spec.shape)))
         if dim in resized_axes:
             raise WeightNormError(
-                f"{layer or v}: its weight is held by weight norm as {g} (g, {_shape_text(g_spec.shape)}) and {v} "
-                f"(v, {_shape_text(v_spec.shape)}) with one norm per index of axis {dim}, which the resize changes, so no "
+                f"{layer or v}: its weight is held by weight norm as {g} (g, {shape_text(g_spec.shape)}) and {v} "
+                f"(v, {shape_text(v_spec.shape)}) with one norm per index of axis {dim}, which the resize changes, so no "
                 f"rescaled g of that shape keeps w = g·v/‖v‖; {_remove_weight_norm_hint(layer, v)}")
         record = {**decision.record, "weight_norm": {"g": g, "dim": dim}}
         plans[v] = replace(decision, name=v, reason=f"{who}: {decision.reason}", record=record)
