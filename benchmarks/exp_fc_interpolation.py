@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from digits import load_digits_split as load_split, seeded_init  # noqa: E402  the example's data and init
+from digits import fit, load_digits_split as load_split, seeded_init  # noqa: E402  the example's data, init, training
 
 from kernelscale.errors import KernelscaleError  # noqa: E402
 from kernelscale.nn import supersample  # noqa: E402
@@ -61,23 +61,6 @@ def upsample(x: torch.Tensor, size: int, mode: str = "bicubic") -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode=mode, **kwargs)
 
 
-def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int,
-          on_batch: Callable[[], None] | None = None) -> nn.Module:
-    """Adam 3e-3, batch 64, seeded initialisation and order."""
-    seeded_init(model, seed)
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        for batch in torch.randperm(len(y), generator=generator).split(64):
-            optimiser.zero_grad()
-            F.cross_entropy(model(x[batch]), y[batch]).backward()
-            optimiser.step()
-            if on_batch is not None:
-                on_batch()
-    return model.eval()
-
-
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return sum((model(b).argmax(1) == t).sum().item() for b, t in zip(x.split(150), y.split(150))) / len(y)
@@ -105,7 +88,7 @@ def evaluate(seeds: int) -> dict:
         out = results.setdefault(name, {"8×8": []})
         for seed in range(seeds):
             x_train, y_train, x_test, y_test = load_split(seed)
-            model = train(ctor(), x_train, y_train, epochs, seed)
+            model = fit(seeded_init(ctor(), seed), x_train, y_train, epochs, seed)
             out["8×8"].append(accuracy(model, x_test, y_test))
             for size in SIZES:
                 scale = size // 8
@@ -179,9 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "exp_fc_interpolation.png")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw accuracies")
     parser.add_argument("--from-json", type=Path, default=None, help="print and plot accuracies written by --json, no training")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these tiny models)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1)  # training is on one thread anyway (examples/digits.fit); so is evaluation, for speed
     started = time.perf_counter()
     if args.from_json:
         raw = json.loads(args.from_json.read_text())
@@ -193,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in results:
         print("\n".join(table(results, name)))
         print()
-    print(f"({args.seeds} seeds, {time.perf_counter() - started:.0f} s, torch {torch.__version__}, {args.threads} thread(s))")
+    print(f"({args.seeds} seeds, {time.perf_counter() - started:.0f} s, torch {torch.__version__}, 1 thread)")
     if args.plot:
         plot(results, args.plot)
     if args.json:
