@@ -310,7 +310,7 @@ def _keep_freed_blocks() -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from kernelscale.cli_verify import exit_code, measure, print_report, report_json, verify_requested
+    from kernelscale.cli_verify import verify_requested
     from kernelscale.convert import convert_checkpoint
 
     options = options_from_args(args)
@@ -319,6 +319,21 @@ def run_convert(args: argparse.Namespace) -> int:
         _keep_freed_blocks()
     summary = convert_checkpoint(args.input, args.output, options, dtype=args.dtype, device=args.device, force=args.force,
                                  progress=None, dry_run=args.dry_run)
+    try:
+        return _report_conversion(args, summary, verify)
+    except (KeyboardInterrupt, _Terminated) as exc:
+        if args.dry_run:
+            raise
+        # OUT is committed by now: say so, rather than main's "no output was written".
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated"
+        during = "during verification" if verify else "after the conversion"
+        _stderr(f"kernelscale: {what} {during}; {args.output} was written and is complete")
+        return EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_TERMINATED
+
+
+def _report_conversion(args: argparse.Namespace, summary: Any, verify: bool) -> int:
+    from kernelscale.cli_verify import exit_code, measure, print_report, report_json
+
     for path in summary.cleaned:
         _stderr(f"kernelscale: removed {path}, left by an interrupted run")
     if args.dry_run and not args.json:

@@ -187,6 +187,21 @@ def test_a_closed_stdout_ends_quietly_with_141(tmp_path: Path) -> None:
     assert proc.wait(timeout=120) == 141 and stderr == b""
 
 
+@pytest.mark.parametrize("signal_exc, code, word", [(KeyboardInterrupt, 130, "interrupted"), (cli._Terminated, 143, "terminated")])
+def test_a_signal_during_verification_says_out_was_written(tmp_path: Path, checkpoint: Path, capsys, monkeypatch,
+                                                          signal_exc, code, word) -> None:
+    from kernelscale import cli_verify
+
+    def stopped(*args, **kwargs):
+        raise signal_exc()
+
+    monkeypatch.setattr(cli_verify, "measure", stopped)
+    out = tmp_path / "out.safetensors"
+    got, _, stderr = call(capsys, "convert", checkpoint, out, "--scale", "2", "--verify")
+    assert got == code and out.exists() and read_header(out)[1]["stem.weight"].shape == (8, 3, 7, 7)
+    assert stderr.splitlines()[-1] == f"kernelscale: {word} during verification; {out} was written and is complete"
+
+
 def test_debug_env_reraises(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("KERNELSCALE_DEBUG", "1")
     with pytest.raises(Exception, match="no such file"):
