@@ -70,17 +70,23 @@ AUTO_CUDA_MIN_BYTES = 256 << 20
 def resolve_device(device: str, bytes_resized: Optional[int] = None) -> torch.device:
     """Where resizing runs. ``cpu``; ``cuda`` (an error without a GPU); ``auto``: CUDA when torch
     sees a GPU and ``bytes_resized`` (the resized tensors' output bytes, when known) is at least
-    :data:`AUTO_CUDA_MIN_BYTES`, else CPU."""
+    :data:`AUTO_CUDA_MIN_BYTES`, else CPU. CUDA means the caller's current device, index included."""
     if device not in DEVICES:
         raise InvalidOptionError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
     if device == "cpu":
         return torch.device("cpu")
     if device == "auto":
         small = bytes_resized is not None and bytes_resized < AUTO_CUDA_MIN_BYTES
-        return torch.device("cuda" if torch.cuda.is_available() and not small else "cpu")
+        return _current_cuda() if torch.cuda.is_available() and not small else torch.device("cpu")
     if not torch.cuda.is_available():
         raise BackendUnavailableError(f"--device cuda: torch {torch.__version__} sees no CUDA device here")
-    return torch.device("cuda")
+    return _current_cuda()
+
+
+def _current_cuda() -> torch.device:
+    # With its index: the resize workers are other threads, whose current device is the default
+    # one, not the one the caller chose with torch.cuda.set_device.
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def convert_checkpoint(

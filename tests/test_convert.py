@@ -100,12 +100,13 @@ def test_auto_device_keeps_small_work_on_the_cpu(monkeypatch, tmp_path: Path, ch
     # With a GPU present, auto takes it only for at least AUTO_CUDA_MIN_BYTES of resized output:
     # below that the CUDA context and the first kernel compilation cost more than the work.
     monkeypatch.setattr(convert_module.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(convert_module.torch.cuda, "current_device", lambda: 3)  # the caller's set_device
     limit = convert_module.AUTO_CUDA_MIN_BYTES
     assert convert_module.resolve_device("auto", limit - 1).type == "cpu"
     assert convert_module.resolve_device("auto", limit).type == "cuda"
     assert convert_module.resolve_device("auto").type == "cuda"
     assert convert_module.resolve_device("cpu", limit).type == "cpu"
-    assert convert_module.resolve_device("cuda", 0).type == "cuda"
+    assert convert_module.resolve_device("cuda", 0) == convert_module.torch.device("cuda", 3)
     summary = convert_checkpoint(checkpoint, tmp_path / "out.safetensors", OPTIONS)  # a few KB resized
     assert 0 < summary.plan.bytes_resized < limit and summary.device == "cpu"
     expected = sum(math.prod(e.new_shape) * DTYPE_ITEMSIZE[d]
