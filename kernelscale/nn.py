@@ -29,9 +29,22 @@ and the value, before anything is modified:
   its stride (the feature pyramid would change shape), e.g. a stride-2 conv with kernel 2 and
   padding 0 — absorb it instead; a strided transposed conv resized by zero insertion
   (``dilate``) with ``gcd(stride, s) > 1``, which leaves output phases empty;
+- a transposed conv whose new padding would be half a pixel (it cannot crop one): the default
+  taps resize of a vocoder's ``ConvTranspose1d(k=16, stride 8, padding 4)`` or ``(4, 2, 1)``.
+  For these and the dilate case above the error names every such layer and the resize that fits
+  it (``align="cells"`` there: k 16 → 32, padding 12, no offset): a
+  ``layers=[LayerRule(name, align="cells")]`` for :func:`supersample`, a plan file's
+  ``[[layers]]`` rules and the ``kernelscale convert`` command for :func:`load`;
 - a tensor the plan resizes whose layer is not a Conv, ConvTranspose or Linear (a custom module),
   or a conv whose weight the state dict does not show (a parametrization other than weight norm,
-  spectral_norm).
+  spectral_norm);
+- a lazy layer (``nn.LazyConv2d``, …) before its first forward, when the plan would change it; a
+  lazy layer the plan leaves alone (excluded, a ``LazyLinear`` not named in ``grids``) is listed
+  as unchanged.
+
+Training goes on after a resize: the layers keep their Parameter objects, with new data, and the
+next forward and backward use the new shapes (any graph still alive is cut loose: see
+:func:`supersample`).
 
 Weight norm (``torch.nn.utils.weight_norm`` or ``parametrizations.weight_norm``) is supported: the
 plan resizes v and rescales g (kernelscale.plan), the adapter sets them in the layer (the Parameter
@@ -55,9 +68,10 @@ padding 1), exactly aligned.
 from __future__ import annotations
 
 import fnmatch
+import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
@@ -67,7 +81,7 @@ from torch import nn
 
 from kernelscale.errors import GeometryError, InvalidCheckpointError, InvalidOptionError, UnsupportedTensorError
 from kernelscale.checkpoint import checkpoint_files, open_file, read_headers, read_manifest
-from kernelscale.plan import Plan, ResizeOptions, TensorSpec, plan_tensors, weight_norm_parts
+from kernelscale.plan import Plan, ResizeOptions, TensorSpec, plan_tensors, spectral_norm_layer, weight_norm_parts
 from kernelscale.resize import new_padding
 from kernelscale.state_dict import apply_entry, apply_renorm
 
@@ -357,12 +371,18 @@ def _conv_change(name: str, layer: nn.Module, record: Mapping[str, Any], padding
     kernel, exact, stride, dilation = record_geometry(name, kind, record, old.kernel, old.padding, old.stride, old.dilation,
                                                       old.output_padding)
     scales = _axis_scales(record["scale"], len(kernel))
+    is_dilate = record.get("method") == "dilate"
     if transposed and any(b != a for b, a in old.pads):
         raise GeometryError(f"{name}: asymmetric padding on a transposed conv is not supported")
+    if transposed and is_dilate:
+        for s, st in zip(scales, old.stride):
+            if st > 1 and math.gcd(st, int(s)) > 1:
+                raise _Refit(name, f"a stride-{st} transposed conv re-dilated by {s:g} leaves output phases empty "
+                                   f"(gcd({st}, {s:g}) > 1; dilate suits a strided transposed conv only when the stride and "
+                                   "the scale share no factor)", _fitting_resize(name, record, old))
     if transposed and any(abs(p - round(p)) > 1e-9 for p in exact):
-        other = "cells" if record.get("align") == "taps" else "taps"
-        raise GeometryError(f"{name}: the new padding of this transposed conv would be {_fmt(exact)}; a transposed conv "
-                            f"cannot crop half a pixel (align='{other}' changes the kernel size by one and may fit)")
+        raise _Refit(name, f"the new padding of this transposed conv would be {_fmt(exact)}, and a transposed conv cannot "
+                           "crop half a pixel", _fitting_resize(name, record, old))
     absorb = bool(record.get("absorb"))
     # Where the window centres would sit on the ideal output grid: a kept stride σ adds (s−1)(σ−1)/2
     # to a conv's padding (DESIGN §4); a transposed conv's already holds (s−1)(σ−1−a)/2 of it, which
@@ -381,12 +401,7 @@ def _conv_change(name: str, layer: nn.Module, record: Mapping[str, Any], padding
     sides = tuple(_aligned_side(p, a, side) if st > 1 else side for p, a, st in zip(before, aligned, old.stride))
     pads = _pads_from(name, before, tuple(2 * p for p in exact), sides, allow_half=padding_opt == "asymmetric")
     new = _Geometry(kernel, pads, stride, dilation, old.output_padding)
-    is_dilate = record.get("method") == "dilate"
     for axis, (s, st) in enumerate(zip(scales, old.stride)):
-        if transposed and st > 1 and is_dilate and math.gcd(st, int(s)) > 1:
-            raise GeometryError(
-                f"{name}: a stride-{st} transposed conv re-dilated by {s:g} leaves output phases empty "
-                f"(gcd({st}, {s:g}) > 1); use method='interp'")
         bad = _sizes_consistent(kind, old, new, axis, s, 1 if absorb else s)
         if bad is not None:
             n, expected, got = bad
@@ -397,6 +412,89 @@ def _conv_change(name: str, layer: nn.Module, record: Mapping[str, Any], padding
                 "absorb the scale in this layer or exclude it")
     offset = tuple(a - b for a, (b, _) in zip(aligned, pads))
     return old, new, offset
+
+
+class _Refit(GeometryError):
+    """A transposed conv whose record's resize gives it no exact geometry, though a resize by
+    interp may (``fix``: the LayerRule fields of one that does, or None). :func:`supersample` and
+    :func:`load` collect them and raise one GeometryError with the recipe for all of them."""
+
+    def __init__(self, name: str, problem: str, fix: Optional[dict[str, str]]) -> None:
+        hint = f"resize it with {_rule_fields(fix)} instead" if fix else "no resize by interp fits it: exclude it"
+        super().__init__(f"{name}: {problem}; {hint}")
+        self.name, self.problem, self.fix = name, problem, fix
+
+
+def _fitting_resize(name: str, record: Mapping[str, Any], old: _Geometry) -> Optional[dict[str, str]]:
+    """The LayerRule fields (``align``, and ``method`` unless the record's is interp) of a resize by
+    interp, align cells first, then taps, in the record's mode, under which a transposed conv
+    gets an integer padding and an output s× the original; None when neither does."""
+    from kernelscale.transforms import axis_size
+
+    scales = _axis_scales(record["scale"], len(old.kernel))
+    for align in ("cells", "taps"):
+        try:
+            sizes = [axis_size(k, s, "interp", record.get("mode") or "linear", align) for k, s in zip(old.kernel, scales)]
+        except (InvalidOptionError, ValueError):
+            continue
+        trial = {**record, "method": "interp", "align": align, "new_spatial": sizes, "dilation": None, "absorb": False}
+        _, exact, _, _ = record_geometry(name, "transposed", trial, old.kernel, old.padding, old.stride, old.dilation,
+                                         old.output_padding)
+        if any(abs(p - round(p)) > 1e-9 or p < -1e-9 for p in exact):
+            continue
+        new = _Geometry(tuple(sizes), tuple((int(round(p)),) * 2 for p in exact), old.stride, old.dilation, old.output_padding)
+        if all(_sizes_consistent("transposed", old, new, axis, s, s) is None for axis, s in enumerate(scales)):
+            return ({} if record.get("method") == "interp" else {"method": "interp"}) | {"align": align}
+    return None
+
+
+def _rule_fields(fix: Mapping[str, str]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in fix.items())
+
+
+def _refit_error(refits: Sequence[_Refit], recipe: str) -> GeometryError:
+    """One GeometryError for every transposed conv that needs another resize: what is wrong with
+    each, then ``recipe``."""
+    problems = "; ".join(f"{r.name}: {r.problem}" for r in refits)
+    return GeometryError(f"{problems}. {recipe}")
+
+
+def _supersample_recipe(refits: Sequence[_Refit]) -> str:
+    """How to call supersample so that these layers fit: a LayerRule each, or exclude."""
+    fixed = [r for r in refits if r.fix]
+    text = []
+    if fixed:
+        fixes = {_rule_fields(r.fix) for r in fixed}
+        lead = f"{fixes.pop()} fits" if len(fixes) == 1 else "another resize fits each"
+        rules = ", ".join(f"LayerRule({r.name!r}, {_rule_fields(r.fix)})" for r in fixed)
+        text.append(f"{lead}: pass layers=[{rules}] to supersample (from kernelscale import LayerRule; ahead of any "
+                    "layer rules of your own, as the first matching rule wins)")
+    unfixed = [r.name for r in refits if not r.fix]
+    if unfixed:
+        text.append(f"no resize by interp fits {_listing(unfixed)}: exclude=[{', '.join(repr(n) for n in unfixed)}]")
+    return "; ".join(text)
+
+
+def _load_recipe(refits: Sequence[_Refit], manifest: Optional[Mapping[str, Any]]) -> str:
+    """How to convert the checkpoint again so that load fits these layers: a plan file with a
+    ``[[layers]]`` rule each (docs/cli.md, "Plan files"), and the convert command."""
+    fixed = [r for r in refits if r.fix]
+    unfixed = [r.name for r in refits if not r.fix]
+    fixes = {_rule_fields(r.fix) for r in fixed}
+    lead = (f"{fixes.pop()} fits" if len(fixes) == 1 else "another resize fits each") if fixed else "no resize by interp fits"
+    lines = []
+    if unfixed:
+        lines.append("exclude = [" + ", ".join(json.dumps(n) for n in unfixed) + "]")
+    for r in fixed:
+        lines += ["", "[[layers]]", f"pattern = {json.dumps(r.name)}", *(f"{k} = {json.dumps(v)}" for k, v in r.fix.items())]
+    scale = (manifest or {}).get("options", {}).get("scale")
+    if scale is not None:
+        scale = ",".join(f"{float(v):g}" for v in (scale if isinstance(scale, (list, tuple)) else [scale]))
+    command = "kernelscale convert ORIGINAL.safetensors OUT.safetensors " + (f"--scale {scale} " if scale else "") + "--plan fix.toml"
+    body = "\n".join("    " + line if line else "" for line in lines)
+    return (f"{lead}: convert the original checkpoint again with this plan file, fix.toml (its rules ahead of any "
+            f"[[layers]] of your own, as the first matching rule wins):\n{body}\n\n    {command}\n\n"
+            "with the other options of the first conversion, then load the new file")
 
 
 def _aligned_side(exact: float, aligned: float, default: str) -> str:
@@ -518,12 +616,37 @@ class _Pending:
     holder: Optional[nn.Module] = None
 
 
+def _replace_data(tensor: torch.Tensor, data: torch.Tensor) -> None:
+    """Give ``tensor`` (a Parameter) new data, of a new shape maybe, keeping the object, so that
+    optimisers and hooks holding it keep working, and training goes on with the new shape.
+
+    Autograd keeps one gradient accumulator per leaf for as long as any graph holds it, made for
+    the leaf's shape at the time: a graph still alive (a ``loss`` in scope, or the weight that
+    ``torch.nn.utils.weight_norm`` computes at registration) would hand the old-shape one to the
+    next forward, whose backward then fails on the shape. Assigning data of another dtype makes
+    PyTorch drop it (as ``module.half()`` does), so that the next forward makes a new one. The
+    version counter is bumped, so that backward through a graph built before fails with PyTorch's
+    "modified by an inplace operation" instead of mixing old and new weights; a ``.grad`` of the
+    old shape is dropped (it cannot be added to the new one).
+    """
+    with torch.no_grad():
+        if tuple(tensor.shape) != tuple(data.shape):
+            other = torch.float32 if tensor.dtype == torch.float64 else torch.float64
+            tensor.data = torch.empty(0, dtype=other, device=tensor.device)
+            if tensor.grad is not None and tuple(tensor.grad.shape) != tuple(data.shape):
+                tensor.grad = None
+        tensor.data = data
+        bump = getattr(torch.autograd.graph, "increment_version", None)
+        if bump is not None:
+            bump(tensor)
+        else:  # pragma: no cover - torch < 2.1 lacks increment_version
+            tensor.mul_(1)
+
+
 def _apply(pending: Sequence[_Pending]) -> None:
     for p in pending:
         for attr, data in p.tensors.items():
-            # New data in the same Parameter object, so optimisers and hooks holding it keep working.
-            with torch.no_grad():
-                getattr(p.holder if p.holder is not None else p.layer, attr).data = data
+            _replace_data(getattr(p.holder if p.holder is not None else p.layer, attr), data)
         if isinstance(p.layer, _POOLS):
             _set_pool_geometry(p.layer, p.geometry)
         elif p.geometry is not None:
@@ -725,12 +848,13 @@ def _owner(tensor_name: str) -> tuple[str, str]:
     return layer, attr
 
 
+def _is_lazy(tensor: Any) -> bool:
+    return isinstance(tensor, (nn.parameter.UninitializedParameter, nn.parameter.UninitializedBuffer))
+
+
 def _spec(name: str, tensor: torch.Tensor) -> TensorSpec:
     from kernelscale.dtypes import dtype_name
 
-    if isinstance(tensor, nn.parameter.UninitializedParameter) or isinstance(tensor, nn.parameter.UninitializedBuffer):
-        raise GeometryError(f"{name}: the layer is lazy and its shape is not known yet; run one forward pass on a "
-                            "low-resolution input first, then supersample")
     try:
         dtype = dtype_name(tensor.dtype)
     except (UnsupportedTensorError, KeyError):
@@ -738,9 +862,43 @@ def _spec(name: str, tensor: torch.Tensor) -> TensorSpec:
     return TensorSpec(name, dtype, tuple(int(d) for d in tensor.shape))
 
 
+def _lazy_spec(name: str, tensor: torch.Tensor, layers: Mapping[str, nn.Module], options: ResizeOptions) -> TensorSpec:
+    """A stand-in for a tensor of a lazy layer, whose shape is not known until its first forward:
+    what the plan decides depends on the name, the dtype and, for a conv, the kernel size the
+    layer was built with (known); unknown sizes are 1, and a Linear named in ``grids`` gets the
+    grid's width so that the plan takes it as declared (and :func:`plan_module` refuses it)."""
+    holder, attr = _owner(name)
+    layer = layers.get(holder)
+    shape: tuple[int, ...] = (1,)
+    if attr == "weight" and isinstance(layer, _CONVS + _TRANSPOSED):
+        shape = (1, 1, *(int(k) for k in layer.kernel_size))
+    elif attr == "weight" and isinstance(layer, nn.Linear):
+        grids = dict(options.grids)
+        grid = grids.get(holder) or grids.get(name)
+        shape = (1, math.prod(grid) if grid else 1)
+    return TensorSpec(name, _spec(name, torch.empty(0, dtype=tensor.dtype)).dtype, shape)
+
+
 def plan_module(module: nn.Module, options: ResizeOptions) -> Plan:
-    """The plan ``kernelscale convert`` would make for a checkpoint of ``module`` (its state dict)."""
-    return plan_tensors((_spec(n, t) for n, t in module.state_dict(keep_vars=True).items()), options)
+    """The plan ``kernelscale convert`` would make for a checkpoint of ``module`` (its state dict).
+
+    A lazy layer (``nn.LazyConv2d``, ``nn.LazyLinear``, … before its first forward) is planned by
+    its name and kernel size: left alone (its entries say so, with stand-in shapes), or, when the
+    plan would change it (a lazy conv not excluded, a LazyLinear named in ``grids``), refused with
+    a GeometryError asking for one forward pass first.
+    """
+    state = module.state_dict(keep_vars=True)
+    lazy = {n for n, t in state.items() if _is_lazy(t)}
+    layers = dict(module.named_modules()) if lazy else {}
+    plan = plan_tensors((_lazy_spec(n, t, layers, options) if n in lazy else _spec(n, t) for n, t in state.items()), options)
+    if not lazy:
+        return plan
+    for entry in plan:
+        if entry.name in lazy and entry.changed:
+            raise GeometryError(f"{entry.name}: the layer is lazy and its shape is not known yet; run one forward pass on a "
+                                "low-resolution input first, then supersample (or exclude the layer)")
+    entries = tuple(replace(e, reason=f"lazy, shape not known yet: {e.reason}") if e.name in lazy else e for e in plan.entries)
+    return replace(plan, entries=entries)
 
 
 def supersample(
@@ -767,9 +925,19 @@ def supersample(
     applied (kernelscale.dispatch).
 
     Everything is planned and checked before the first layer is touched: on an error (GeometryError
-    naming the layer, InvalidOptionError for bad options) the module is unchanged.
+    naming the layer, InvalidOptionError for bad options) the module is unchanged. A transposed
+    conv the resize cannot fit (a half-pixel padding, or dilate with ``gcd(stride, s) > 1``) is
+    refused with the ``layers=[LayerRule(name, align="cells")]`` (or other) rule that fits it.
     Guarantees are the methods': exact for stride-1 layers under T1 (dilate) and T6 (pinv grids),
     bounded by T3 for interp; strided layers carry the offset listed in the report.
+
+    Training or fine-tuning the resized module works as usual: each resized Parameter stays the
+    same object with new data, so a forward, backward and optimiser step on the supersampled input
+    follow (weight norm of either form included). Caveats: a graph built before ``supersample``
+    (a ``loss`` still in scope) cannot be backpropagated through afterwards (PyTorch raises "modified
+    by an inplace operation"), a ``.grad`` of the old shape is dropped, and an optimiser's state
+    per parameter (Adam's moments, SGD's momentum) keeps the old shapes: make the optimiser after
+    ``supersample``, or clear its ``state``. The same holds for :func:`load`.
     """
     _check_padding_option(padding)
     options = ResizeOptions(scale=scale, **plan_options)
@@ -783,13 +951,16 @@ def supersample(
     sides = _Sides()
     resized: dict[str, torch.Tensor] = {}
     renorms = []
+    refits: list[_Refit] = []
+    listed: set[str] = set()
     for entry in plan:
         name, holder, attr = _locate(entry.name, layers)
         layer = layers.get(name)
         if not entry.changed:
-            parts = weight_norm_parts(entry.name)
-            if isinstance(layer, _CONVS + _TRANSPOSED + (nn.Linear,)) and (attr == "weight" or (parts and parts[1] == entry.name)):
-                skipped.append((name, entry.reason))
+            kept = _kept_layer(entry.name, name, attr, layers)
+            if kept is not None and kept not in listed:  # spectral_norm's raw weight and its weight_v name one layer
+                listed.add(kept)
+                skipped.append((kept, entry.reason))
             continue
         if layer is None or holder is None:
             raise GeometryError(f"{entry.name}: the plan resizes it, but no layer named {name!r} owns it; exclude it")
@@ -801,12 +972,18 @@ def supersample(
         if id(tensor) in seen:
             raise GeometryError(f"{entry.name}: this tensor is shared with another layer; untie it before resizing")
         seen.add(id(tensor))
-        change, geometry, in_features = _change_entry(name, layer, entry.record, padding, sides.take(entry.record),
-                                                      entry.shape, entry.new_shape)
+        try:
+            change, geometry, in_features = _change_entry(name, layer, entry.record, padding, sides.take(entry.record),
+                                                          entry.shape, entry.new_shape)
+        except _Refit as refit:
+            refits.append(refit)
+            continue
         tensors = {}
         if entry.action == "resize":
             tensors[attr] = resized[entry.name] = apply_entry(entry, tensor.detach(), backend=backend)
         pending.append(_Pending(layer, change, geometry, tensors, in_features, holder))
+    if refits:
+        raise _refit_error(refits, _supersample_recipe(refits))
     for entry, layer, holder, attr in renorms:
         v = entry.partner.name
         g = apply_renorm(entry, state[entry.name].detach(), state[v].detach(), resized.get(v), backend=backend)
@@ -818,6 +995,18 @@ def supersample(
     _apply(pending)
     _refresh_weight_norm(p.layer for p in pending)
     return SupersampleReport(_ordered_changes(pending, layers), tuple(skipped), plan.manifest())
+
+
+def _kept_layer(tensor_name: str, layer_name: str, attr: str, layers: Mapping[str, nn.Module]) -> Optional[str]:
+    """The conv or Linear whose weight ``tensor_name`` is (itself, weight norm's v, or spectral
+    norm's raw weight), for the report's list of layers left unchanged; None for other tensors."""
+    spectral = spectral_norm_layer(tensor_name)
+    parts = weight_norm_parts(tensor_name)
+    if spectral is not None:
+        layer_name = spectral
+    elif not (attr == "weight" or (parts is not None and parts[1] == tensor_name)):
+        return None
+    return layer_name if isinstance(layers.get(layer_name), _CONVS + _TRANSPOSED + (nn.Linear,)) else None
 
 
 def _ordered_changes(pending: Sequence[_Pending], layers: Mapping[str, nn.Module]) -> tuple[LayerChange, ...]:
@@ -857,7 +1046,13 @@ def load(
     Strict: a module tensor missing from the files, a file tensor the module lacks, a shape other
     than the record's, a record for a layer whose kernel differs from the record's old shape, or a
     manifest of an unknown format version is an InvalidCheckpointError or GeometryError naming it.
-    Everything is read and checked before the module is touched.
+    Everything is read and checked before the module is touched. A transposed conv the recorded
+    resize cannot fit (``kernelscale convert`` cannot tell a transposed conv's weight from a conv's,
+    so a default conversion of a vocoder's ``ConvTranspose1d(16, stride 8, padding 4)`` records a
+    half-pixel padding) is refused with the plan file (``[[layers]]`` rules, align cells) and the
+    convert command that fit it. A lazy layer loads the file's tensors unless the manifest records
+    a resize of it (then: run one forward pass first). Training after loading: see
+    :func:`supersample`.
     """
     _check_padding_option(padding)
     files = checkpoint_files(path)
@@ -878,9 +1073,20 @@ def load(
     pending: list[_Pending] = []
     sides = _Sides()
     reshaped: dict[str, tuple[int, ...]] = {}
+    refits: list[_Refit] = []
     for name, tensor in state.items():
         record = records.get(name)
         file_shape = where[name][1]
+        if _is_lazy(tensor):  # load_state_dict gives it the file's shape; a lazy conv's kernel is known
+            if record is not None:
+                raise GeometryError(f"{name}: the layer is lazy and its shape is not known yet; run one forward pass on a "
+                                    "low-resolution input first, then load")
+            holder, attr = _owner(name)
+            layer = layers.get(holder)
+            if attr == "weight" and isinstance(layer, _CONVS + _TRANSPOSED) and tuple(file_shape[2:]) != tuple(layer.kernel_size):
+                raise InvalidCheckpointError(f"{path}: {name!r} has kernel {file_shape[2:]} in the checkpoint but the lazy layer "
+                                             f"{holder!r} was built with {tuple(layer.kernel_size)}")
+            continue
         if record is None:
             if file_shape != tuple(tensor.shape):
                 raise InvalidCheckpointError(
@@ -900,10 +1106,16 @@ def load(
         expected = _expected_shape(name, tuple(tensor.shape), record)
         if file_shape != expected:
             raise InvalidCheckpointError(f"{path}: {name!r} has shape {file_shape} but its record says {expected}")
-        change, geometry, in_features = _change_entry(layer_name, layer, record, padding, sides.take(record),
-                                                      tuple(tensor.shape), expected)
+        try:
+            change, geometry, in_features = _change_entry(layer_name, layer, record, padding, sides.take(record),
+                                                          tuple(tensor.shape), expected)
+        except _Refit as refit:
+            refits.append(refit)
+            continue
         pending.append(_Pending(layer, change, geometry, {}, in_features))
         reshaped[name] = expected
+    if refits:
+        raise _refit_error(refits, _load_recipe(refits, manifest))
     skipped: list[tuple[str, str]] = []
     if pools and manifest is not None:
         opts = dict(manifest["options"])
@@ -925,7 +1137,7 @@ def load(
     with torch.no_grad():
         for name, shape in reshaped.items():
             param = state[name]
-            param.data = torch.empty(shape, dtype=param.dtype, device=param.device)
+            _replace_data(param, torch.empty(shape, dtype=param.dtype, device=param.device))
         module.load_state_dict(tensors, strict=True)
     _refresh_weight_norm(p.layer for p in pending)
     return SupersampleReport(_ordered_changes(pending, layers), tuple(skipped), manifest or {})

@@ -262,6 +262,116 @@ def test_learned_2x_upsampler_keeps_its_output_size_and_lines_up():
         assert aligned < shifted, (aligned, shift, shifted)
 
 
+class Vocoder(nn.Module):
+    """HiFi-GAN's upsampling path in small: weight-normed transposed convs (k = 2σ, padding σ/2:
+    16/8/4, then 4/2/1) between stride-1 convs."""
+
+    def __init__(self):
+        super().__init__()
+        wn = nn.utils.parametrizations.weight_norm
+        self.conv_pre = wn(nn.Conv1d(2, 4, 7, padding=3))
+        self.ups = nn.ModuleList([wn(nn.ConvTranspose1d(4, 4, 16, stride=8, padding=4)),
+                                  wn(nn.ConvTranspose1d(4, 2, 4, stride=2, padding=1))])
+        self.conv_post = nn.Conv1d(2, 1, 7, padding=3)
+
+    def forward(self, x):
+        x = self.conv_pre(x)
+        for up in self.ups:
+            x = up(torch.nn.functional.leaky_relu(x, 0.1))
+        return self.conv_post(x)
+
+
+def assert_vocoder_resized(model: nn.Module, report: SupersampleReport) -> None:
+    """Both transposed convs resized by cells: k 16 → 32, padding 4 → 12 and k 4 → 8, padding 1 → 3,
+    on the ideal grid, and the whole path 2× longer on a 2× longer input."""
+    assert [(report[n].new_kernel_size, report[n].new_padding, report[n].offset) for n in ("ups.0", "ups.1")] == [
+        ((32,), (12,), (0.0,)), ((8,), (3,), (0.0,))]
+    assert (model.ups[0].kernel_size, model.ups[0].padding, model.ups[1].kernel_size, model.ups[1].padding) == ((32,), (12,), (8,), (3,))
+    assert model(torch.randn(1, 2, 20, dtype=torch.float64)).shape == (1, 1, 20 * 16)
+
+
+def test_vocoder_transposed_convs_are_refused_with_the_layer_rules_that_fit():
+    """The default taps resize gives both upsamplers a half-pixel padding; the one error names both
+    and the LayerRule list that fits, which then works as printed."""
+    from kernelscale.plan import LayerRule
+
+    model = seeded(Vocoder())
+    assert model(torch.randn(1, 2, 10, dtype=torch.float64)).shape == (1, 1, 160)
+    with pytest.raises(GeometryError) as info:
+        supersample(model, 2)
+    message = str(info.value)
+    assert message.startswith("ups.0: the new padding of this transposed conv would be 12.5")
+    assert "ups.1: the new padding of this transposed conv would be 3.5" in message
+    rules = message.split("layers=", 1)[1].split(" to supersample", 1)[0]
+    assert rules == "[LayerRule('ups.0', align='cells'), LayerRule('ups.1', align='cells')]"
+    assert_vocoder_resized(model, supersample(model, 2, layers=eval(rules, {"LayerRule": LayerRule})))
+
+
+def test_dilate_on_a_strided_transposed_conv_names_the_resize_that_fits():
+    """align does not apply to dilate: the error says what does (interp, and the align that fits)."""
+    from kernelscale.plan import LayerRule
+
+    model = seeded(nn.Sequential(nn.Conv1d(1, 2, 3, padding=1), nn.ConvTranspose1d(2, 2, 4, stride=2, padding=1)))
+    with pytest.raises(GeometryError, match=r"^1: a stride-2 transposed conv re-dilated by 2 leaves output phases empty") as info:
+        supersample(model, 2, method="dilate")
+    message = str(info.value)
+    assert "method='interp', align='cells' fits: pass layers=[LayerRule('1', method='interp', align='cells')]" in message
+    report = supersample(model, 2, method="dilate", layers=[LayerRule("1", method="interp", align="cells")])
+    assert (report["1"].new_kernel_size, report["1"].new_padding, report["1"].offset) == ((8,), (3,), (0.0,))
+    assert model(torch.randn(1, 1, 24, dtype=torch.float64)).shape == (1, 2, 48)  # 24 outputs for 12 before
+
+
+def test_load_of_a_default_vocoder_conversion_gives_the_plan_file_that_fits(tmp_path):
+    """convert cannot tell a transposed conv's weight from a conv's, so the default conversion of
+    the vocoder records half-pixel paddings; load refuses, printing a plan file and the convert
+    command, which, run as printed, give a file that loads."""
+    import shlex
+    from kernelscale.cli import main
+
+    save(seeded(Vocoder()), tmp_path / "in.safetensors")
+    assert main(["convert", str(tmp_path / "in.safetensors"), str(tmp_path / "out.safetensors"), "--scale", "2"]) == 0
+    with pytest.raises(GeometryError, match=r"^ups\.0: the new padding of this transposed conv would be 12\.5") as info:
+        load(seeded(Vocoder()), tmp_path / "out.safetensors")
+    message = str(info.value)
+    assert "ups.1: the new padding of this transposed conv would be 3.5" in message
+    plan, command = message.split("fix.toml", 1)[1].split("\n", 1)[1].split("    kernelscale convert ")
+    plan_text = "\n".join(line.removeprefix("    ") for line in plan.splitlines())
+    assert plan_text.split() == ['[[layers]]', 'pattern', '=', '"ups.0"', 'align', '=', '"cells"',
+                                 '[[layers]]', 'pattern', '=', '"ups.1"', 'align', '=', '"cells"']
+    (tmp_path / "fix.toml").write_text(plan_text)
+    argv = shlex.split(command.split("\n", 1)[0])
+    assert argv == ["ORIGINAL.safetensors", "OUT.safetensors", "--scale", "2", "--plan", "fix.toml"]
+    paths = {"ORIGINAL.safetensors": tmp_path / "in.safetensors", "OUT.safetensors": tmp_path / "fixed.safetensors",
+             "fix.toml": tmp_path / "fix.toml"}
+    assert main(["convert", *(str(paths.get(a, a)) for a in argv)]) == 0
+    model = seeded(Vocoder())
+    assert_vocoder_resized(model, load(model, tmp_path / "fixed.safetensors"))
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(16, 8, 4), (4, 2, 1)])
+def test_vocoder_upsampler_resized_by_cells_lines_up(kernel, stride, padding):
+    """ConvTranspose(k = 2σ, stride σ, padding σ/2), here with the linear-interpolation kernel (a
+    triangle 2σ wide): by cells, k' = 2k and p' = rule + (s−1)(σ−1)/2 = 2p + σ/2 (12 for 16/8/4,
+    3 for 4/2/1), output 2× and no offset; on a smooth signal the layer tracks the upsampled
+    original output better than one fine sample off either way."""
+    layer = nn.ConvTranspose1d(1, 1, kernel, stride=stride, padding=padding, bias=False).double()
+    taps = torch.arange(kernel, dtype=torch.float64) - (kernel - 1) / 2
+    with torch.no_grad():
+        layer.weight.copy_((1 - taps.abs() / stride).clamp(min=0).view(1, 1, kernel))
+    n = 32
+    t = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    x = (torch.cos(2 * math.pi * 2 * t) + 0.5 * torch.sin(2 * math.pi * 3 * t + 1)).view(1, 1, n)
+    expected = F.interpolate(layer(x), scale_factor=2, mode="linear", align_corners=False)
+    (change,) = supersample(layer, 2, align="cells")
+    assert (layer.kernel_size, layer.padding, change.offset) == ((2 * kernel,), (2 * padding + stride // 2,), (0.0,))
+    got = layer(F.interpolate(x, scale_factor=2, mode="linear", align_corners=False))
+    assert got.shape == expected.shape == (1, 1, 2 * n * stride)
+    margin = 4 * stride  # away from the borders, where zero padding and linear upsampling differ
+    aligned = rel(got[..., margin:-margin], expected[..., margin:-margin])
+    for shift in (1, -1):
+        assert aligned < rel(got[..., margin + shift:-margin + shift], expected[..., margin:-margin]), shift
+
+
 def test_conv_like_weight_of_a_custom_module_is_refused():
     class Custom(nn.Module):
         def __init__(self):
@@ -596,6 +706,54 @@ def test_a_lazy_layer_is_refused_until_its_shape_is_known():
     model(torch.zeros(1, 2, 8, 8))
     supersample(model, 2)
     assert model[0].kernel_size == (7, 7)
+
+
+def test_a_lazy_layer_the_plan_leaves_alone_is_listed_as_unchanged():
+    """Only a lazy layer the plan would change is refused: an excluded LazyConv2d, a LazyConv2d with
+    a 1×1 kernel, a LazyLinear not named in grids stay lazy and are listed; a LazyLinear named in
+    grids is refused like a lazy conv, before anything changes."""
+    model = nn.Sequential(nn.LazyConv2d(4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.LazyConv2d(4, 1),
+                          nn.Flatten(), nn.LazyLinear(3))
+    report = supersample(model, 2, exclude=("0",))
+    assert report.names() == ["1"] and model[1].kernel_size == (7, 7)
+    assert dict(report.skipped) == {"0": "lazy, shape not known yet: excluded by '0'",
+                                    "2": "lazy, shape not known yet: 1×1 kernel: commutes with any upsampler",
+                                    "4": "lazy, shape not known yet: 2-D: not a conv kernel (declare a grid to resize a Linear)"}
+    assert str(report).endswith("1 layers changed, 3 left unchanged")
+    assert model(torch.zeros(1, 2, 8, 8)).shape == (1, 3) and model[0].weight.shape == (4, 2, 3, 3)  # still usable
+
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Flatten(), nn.LazyLinear(3))
+    with pytest.raises(GeometryError, match=r"^2\.weight: the layer is lazy"):
+        supersample(model, 2, grids={"2": (4, 8, 8)})
+    assert model[0].kernel_size == (3, 3)
+    assert supersample(model, 2).skipped[-1][0] == "2"
+
+
+def test_load_fills_a_lazy_layer_the_manifest_does_not_resize(tmp_path):
+    original = seeded(nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)))
+    _, path = converted(tmp_path, ResizeOptions(scale=2, exclude=["0"]), original)
+    model = nn.Sequential(nn.LazyConv2d(4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)).double()
+    assert load(model, path).names() == ["1"]
+    x = torch.randn(1, 2, 16, 16, dtype=torch.float64)
+    direct = copy.deepcopy(original)
+    supersample(direct, 2, exclude=["0"])
+    assert torch.equal(model(x), direct(x))
+    with pytest.raises(GeometryError, match=r"^1\.weight: the layer is lazy.*then load"):
+        load(nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.LazyConv2d(4, 3, padding=1)).double(), path)
+
+
+def test_excluded_spectral_normed_layers_are_listed_as_unchanged():
+    """Both forms of spectral norm, excluded, are in the report's unchanged layers (the
+    parametrization's raw weight is parametrizations.weight.original)."""
+    from torch.nn.utils import spectral_norm as old_spectral_norm
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    model = nn.Sequential(spectral_norm(nn.Conv2d(1, 2, 3, padding=1)), old_spectral_norm(nn.Conv2d(2, 2, 3, padding=1)),
+                          nn.Conv2d(2, 2, 3, padding=1))
+    report = supersample(model, 2, exclude=["0", "1"])
+    assert report.names() == ["2"]
+    assert dict(report.skipped) == {"0": "spectral norm of 0: excluded by '0'", "1": "spectral norm of 1: excluded by '1'"}
+    assert str(report).endswith("1 layers changed, 2 left unchanged")
 
 
 def test_a_conv_whose_weight_the_state_dict_hides_is_refused():

@@ -436,3 +436,64 @@ def test_a_conv_named_like_weight_norm_without_it_is_refused():
 
     with pytest.raises(GeometryError, match=r"^conv\.weight_v: named as weight norm's v, but 'conv' has no weight norm"):
         supersample(Odd(), 2)
+
+
+# --- training after a resize: forward, backward, optimiser step ------------------------------------------
+
+
+def trainable(kind: str, api) -> nn.Module:
+    layer = nn.Conv1d(2, 3, 3, padding=1) if kind == "Conv1d" else nn.ConvTranspose1d(2, 3, 3, padding=1)
+    torch.manual_seed(4)
+    return nn.Sequential(weight_normed(layer, api) if api else layer, nn.Tanh())
+
+
+def one_step(model: nn.Module, n: int) -> None:
+    """Forward, backward and an Adam step on an n-sample input: every parameter gets a gradient of
+    its own shape and moves."""
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    optimiser.zero_grad()
+    model(torch.randn(2, 2, n)).square().mean().backward()
+    optimiser.step()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.shape == param.shape, name
+        assert not torch.equal(param.detach(), before[name]), name
+
+
+@pytest.mark.parametrize("kind", ["Conv1d", "ConvTranspose1d"])
+@pytest.mark.parametrize("api", [None, *APIS])
+@pytest.mark.parametrize("via", ["supersample", "load"])
+def test_a_resized_layer_trains(tmp_path, kind, api, via):
+    """Fine-tuning after supersample or load: a plain conv, both weight-norm forms, a transposed conv,
+    with a graph of an earlier forward still alive (``loss`` in scope; the old weight_norm keeps one
+    anyway, its ``weight`` computed at registration) and a gradient of the old shape; backward through
+    that earlier graph is refused afterwards, not computed with the new weights."""
+    model = trainable(kind, api)
+    model(torch.randn(2, 2, 20)).sum().backward()  # a .grad of the old shape
+    loss = model(torch.randn(2, 2, 20)).sum()  # an earlier graph, still alive
+    if via == "supersample":
+        report = supersample(model, 2)
+    else:
+        save_file(detached(trainable(kind, api)), str(tmp_path / "in.safetensors"))
+        assert main(["convert", str(tmp_path / "in.safetensors"), str(tmp_path / "out.safetensors"), "--scale", "2"]) == 0
+        report = load(model, tmp_path / "out.safetensors")
+    assert report.names() == ["0"] and model[0].kernel_size == (7,)
+    one_step(model, 40)
+    one_step(model, 40)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("via", ["supersample", "load"])
+def test_the_old_weight_norm_trains_right_after_a_resize(tmp_path, via):
+    """torch.nn.utils.weight_norm computes ``weight`` with a graph at registration, which kept v's
+    old-shape gradient accumulator alive: backward after the resize failed on the shape."""
+    model = nn.Sequential(weight_normed(nn.Conv1d(2, 2, 3, padding=1), "hook"))
+    if via == "supersample":
+        supersample(model, 2)
+    else:
+        save_file(detached(model), str(tmp_path / "in.safetensors"))
+        assert main(["convert", str(tmp_path / "in.safetensors"), str(tmp_path / "out.safetensors"), "--scale", "2"]) == 0
+        load(model, tmp_path / "out.safetensors")
+    model(torch.randn(1, 2, 40)).sum().backward()
+    assert model[0].weight_v.grad.shape == (2, 2, 7)
