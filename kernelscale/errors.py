@@ -38,3 +38,10 @@ class SpectralNormError(UnsupportedTensorError, GeometryError):
     iteration's ``weight_u``/``weight_v``, or ``parametrizations.weight.original``) that a rule
     would resize: the layer divides whatever weight it holds by that weight's own largest singular
     value, so no stored tensor makes its effective weight the resized one."""
+
+
+class NonFiniteResultError(KernelscaleError, OverflowError):
+    """A finite tensor whose resized values overflow the output dtype (or the float32 computation):
+    stored, they would be inf or NaN. Raised by every resize (kernelscale.resize: ``resize_kernel``,
+    ``resize_grid_linear``, ``scale_tensor``, ``rescale_weight_norm_g``) rather than
+    returning such a tensor; a tensor that already holds inf or NaN is resized as it is."""

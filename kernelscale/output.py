@@ -106,7 +106,27 @@ class _Output:
                     raise OutputError(f"{target} exists (a shard of the output); add --force to overwrite it")
         if os.path.lexists(dst) and not force:
             raise OutputError(f"{dst} exists; add --force to overwrite it")
+        if self.mode == "dir":
+            self._check_replaceable()
         self._check_writable()
+
+    def written(self) -> set[str]:
+        """The paths, relative to OUT, that this conversion writes: its files and their folders."""
+        files = {fp.rel for fp in self.plan.files} | {x.rel for x in self.plan.extras}
+        folders = {parent for rel in files for parent in _parents(rel)}
+        return files | {f"{d}/" for d in folders}
+
+    def _check_replaceable(self) -> None:
+        """OutputError unless an existing OUT folder holds nothing but what this conversion writes (a
+        previous conversion's files, or some of them): --force replaces the whole folder, and anything
+        else in it would be lost with it."""
+        if not os.path.isdir(self.dst) or os.path.islink(self.dst):
+            return
+        foreign = _foreign_entries(self.dst, self.written())
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise OutputError(f"OUT {self.dst} holds {len(foreign)} file(s) or folder(s) this conversion would not write "
+                              f"({shown}); --force replaces the whole folder, so move them or choose another OUT")
 
     def _check_writable(self) -> None:
         """OutputError naming OUT unless its folder takes new entries: the temp entry, the rename
@@ -136,6 +156,7 @@ class _Output:
             os.replace(self.staging, self.dst)
         elif self.mode == "dir":
             _fsync_tree(self.staging)
+            self._check_replaceable()  # again: something may have been put there while converting
             moved = False
             if os.path.lexists(self.dst):
                 os.rename(self.dst, self.old)
@@ -166,6 +187,37 @@ class _Output:
             _remove(self.staging)
         except OSError:
             pass
+
+
+def _parents(rel: str) -> list[str]:
+    """The folders above a relative path: ``a/b/c`` → ``["a", "a/b"]``."""
+    parts = rel.split("/")[:-1]
+    return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def _foreign_entries(root: str, written: set[str]) -> list[str]:
+    """What ``root`` holds beyond ``written`` (relative paths, folders with a trailing ``/``): every
+    file, link or other entry not written, and every empty folder not written, sorted; links are not
+    followed. A folder the conversion does not write is listed by its files."""
+    foreign: list[str] = []
+
+    def walk(folder: str, rel: str) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            foreign.append(f"{rel}/" if rel else ".")
+            return
+        if not entries and rel and f"{rel}/" not in written:
+            foreign.append(f"{rel}/")
+        for entry in entries:
+            path = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.is_dir(follow_symlinks=False):
+                walk(entry.path, path)
+            elif path not in written:
+                foreign.append(path)
+
+    walk(root, "")
+    return foreign
 
 
 def _probe_folder(folder: str, fallback: str) -> None:

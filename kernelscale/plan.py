@@ -346,8 +346,14 @@ def spectral_norm_layer(name: str) -> Optional[str]:
     return None
 
 
-def _spectral_layers(names: Iterable[str]) -> set[str]:
-    return {layer for layer in map(spectral_norm_layer, names) if layer is not None}
+def _spectral_layers(names: Iterable[str]) -> list[str]:
+    """The layers under spectral norm, each once, in the order their raw weights come."""
+    return list(dict.fromkeys(layer for layer in map(spectral_norm_layer, names) if layer is not None))
+
+
+def _spectral_raw(specs: Iterable[TensorSpec]) -> list[tuple[str, str]]:
+    """``(layer, raw weight name)`` of each spectral-normed layer, in the order the raw weights come."""
+    return [(layer, spec.name) for spec in specs if (layer := spectral_norm_layer(spec.name)) is not None]
 
 
 def weight_norm_parts(name: str) -> Optional[tuple[str, str, str]]:
@@ -368,7 +374,7 @@ def glob_names(names: Iterable[str]) -> set[str]:
     """The names a rule's glob may match: the tensors', and ``<layer>.weight`` of each layer whose
     weight weight norm holds as v and g (a glob or grid may name the conv weight it hides)."""
     names = set(names)
-    spectral = _spectral_layers(names)
+    spectral = set(_spectral_layers(names))
     hidden = {_stand_in_name(layer) for layer in spectral}
     for name in names:
         parts = weight_norm_parts(name)
@@ -381,7 +387,7 @@ def _weight_norm_stand_ins(specs: Sequence[TensorSpec]) -> list[tuple[TensorSpec
     """``(stand-in, layer, v, g)`` per weight-norm pair: the conv's ``<layer>.weight`` as the
     planner would see it without weight norm (v's dtype and shape)."""
     pairs = []
-    spectral = _spectral_layers(spec.name for spec in specs)  # spectral norm's weight_v is its power iteration's vector
+    spectral = set(_spectral_layers(spec.name for spec in specs))  # spectral norm's weight_v is its power iteration's vector
     for spec in specs:
         parts = weight_norm_parts(spec.name)
         if parts is not None and parts[1] == spec.name and parts[0] not in spectral:
@@ -468,8 +474,14 @@ def _plan_weight_norm(pairs: Sequence[tuple[TensorSpec, str, str, str]], specs: 
 
 def _plan_spectral_norm(specs: Sequence[TensorSpec], options: ResizeOptions, grids: Mapping[str, tuple[int, int, int]]
                         ) -> dict[str, TensorPlan]:
-    """Copies, with the reason, of every tensor of a spectral-normed layer that no rule changes;
-    SpectralNormError naming the layer when one would (class docstring: it cannot be exact)."""
+    """The entries of every tensor of a spectral-normed layer, planned through its stand-in
+    ``<layer>.weight`` (globs match the raw weight's name too): copies, with the reason, when no rule
+    changes the layer; geometry-only re-dilation (weights kept byte for byte, so the layer's
+    normalised weight is unchanged and the dilated conv exact) as a ``geometry`` entry on the raw
+    weight — the layer's record, plus ``spectral_norm: {"u": …, "v": …}`` naming the power
+    iteration's vectors, which are copied; SpectralNormError naming the layer when a rule would
+    change its values (class docstring: that cannot be exact). Layers in the order of their raw
+    weights, so the error names the first one."""
     by_layer: dict[str, list[TensorSpec]] = {}
     for layer in _spectral_layers(spec.name for spec in specs):
         prefix = f"{layer}." if layer else ""
@@ -479,6 +491,16 @@ def _plan_spectral_norm(specs: Sequence[TensorSpec], options: ResizeOptions, gri
         raw = next(s for s in tensors if spectral_norm_layer(s.name) == layer)
         stand_in = TensorSpec(_stand_in_name(layer), raw.dtype, raw.shape)
         decision = _plan_one(stand_in, options, grids.get(stand_in.name), aliases=(raw.name,))
+        who = f"spectral norm of {layer or 'the root module'}"
+        if decision.action == "geometry":  # the weight is kept: so are its largest singular value, u and v
+            vectors = {key: next((s.name for s in tensors if s.name in names), None)
+                       for key, names in (("u", _spectral_vector_names(layer, "u")), ("v", _spectral_vector_names(layer, "v")))}
+            plans[raw.name] = replace(decision, name=raw.name, reason=f"{who}: {decision.reason}",
+                                      record={**decision.record, "spectral_norm": vectors})
+            for spec in tensors:
+                if spec.name != raw.name:
+                    plans[spec.name] = _copy(spec, f"{who}: re-dilation keeps the weight, so its power iteration's vectors are kept")
+            continue
         if decision.changed:
             raise SpectralNormError(
                 f"{layer or raw.name}: its weight is held by spectral norm ({raw.name}), which divides whatever weight the "
@@ -487,8 +509,14 @@ def _plan_spectral_norm(specs: Sequence[TensorSpec], options: ResizeOptions, gri
                 "torch.nn.utils.parametrize.remove_parametrizations(module, 'weight') for the parametrization), "
                 f"or exclude {layer or raw.name!r}")
         for spec in tensors:
-            plans[spec.name] = _copy(spec, f"spectral norm of {layer or 'the root module'}: {decision.reason}")
+            plans[spec.name] = _copy(spec, f"{who}: {decision.reason}")
     return plans
+
+
+def _spectral_vector_names(layer: str, which: str) -> tuple[str, ...]:
+    """The names spectral norm's power-iteration vector ``which`` (u or v) has in either form."""
+    prefix = f"{layer}." if layer else ""
+    return f"{prefix}weight_{which}", f"{prefix}parametrizations.weight.0._{which}"
 
 
 def is_conv_candidate(spec: TensorSpec) -> tuple[bool, str]:
@@ -515,12 +543,22 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
     weight_norm_pairs = _weight_norm_stand_ins(specs)
     rule_names = glob_names(names)  # a glob or grid may name a weight-normed layer's hidden weight
     grids = dict(options.grids)
-    grid_tensor = {}
+    # a layer held by weight norm (v, g) or spectral norm (its raw weight) is planned under its
+    # stand-in <layer>.weight: a grid naming a real tensor of it applies to the stand-in
+    stand_in_of = {name: stand_in.name for stand_in, _layer, v, g in weight_norm_pairs for name in (v, g)}
+    for layer, raw in _spectral_raw(specs):
+        stand_in_of[raw] = _stand_in_name(layer)
+    grid_tensor: dict[str, tuple[int, int, int]] = {}
+    grid_source: dict[str, str] = {}
     for grid_name in grids:
         tensor = grid_name if grid_name in rule_names else f"{grid_name}.weight"
         if tensor not in rule_names:
             raise InvalidOptionError(f"grid {grid_name!r}: no tensor named {grid_name!r} or {grid_name + '.weight'!r}")
-        grid_tensor[tensor] = grids[grid_name]
+        tensor = stand_in_of.get(tensor, tensor)
+        if tensor in grid_tensor and grid_tensor[tensor] != grids[grid_name]:
+            raise InvalidOptionError(f"grids {grid_source[tensor]!r} ({','.join(map(str, grid_tensor[tensor]))}) and {grid_name!r} "
+                                     f"({','.join(map(str, grids[grid_name]))}) name the same weight {tensor}; give one")
+        grid_tensor[tensor], grid_source[tensor] = grids[grid_name], grid_name
     for what, patterns in (("--include", options.include), ("--absorb", options.absorb), ("layer rule", [r.pattern for r in options.layers]),
                            ("attention rule", [r.pattern for r in options.attention])):
         for pattern in patterns:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from kernelscale import dispatch
-from kernelscale.errors import GeometryError, InvalidOptionError, UnsupportedTensorError
+from kernelscale.errors import GeometryError, InvalidOptionError, NonFiniteResultError, UnsupportedTensorError
 from kernelscale.transforms import (
     Coef,
     DisperseParams,
@@ -35,6 +35,104 @@ Padding = Union[str, float, Sequence[float]]
 # The Triton dense kernel keeps R in registers: up to 64 input and 256 output taps.
 DENSE_MAX_IN = 64
 DENSE_MAX_OUT = 256
+
+
+# A computed |y| within this fraction of a dtype's largest finite value counts as "may overflow":
+# float32 accumulation may land a little above the exact bound (k·eps relative, k ≤ a few hundred).
+_BOUND_MARGIN = 1e-3
+
+
+def operator_gains(matrices: Sequence[np.ndarray]) -> tuple[float, float]:
+    """How much the matrices applied one after the other can grow magnitudes: ``(gain, peak)``.
+
+    ``gain`` = ∏ max_row Σ|R| (the ∞-norm; for R_1⊗…⊗R_d the product is the Kronecker product's own),
+    so max|y| ≤ gain·max|x|. ``peak`` = ∏ max(1, ·) bounds every partial product as well (any axis
+    order, each entry of R), hence every intermediate value and every entry of R in the compute dtype.
+    The coefficient is part of R."""
+    gains = [float(np.abs(m).sum(axis=1).max()) if m.size else 0.0 for m in matrices]
+    return math.prod(gains), math.prod(max(1.0, g) for g in gains)
+
+
+def kernel_gains(operator: KernelResize) -> tuple[float, float]:
+    """:func:`operator_gains` of a kernel resize (its one dense matrix, or its axes)."""
+    return operator_gains([operator.matrix] if not operator.separable else [a.matrix for a in operator.axes])
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _dtype_text(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def overflow_check_needed(x: torch.Tensor, gains: tuple[float, float], out_dtype: torch.dtype) -> Optional[float]:
+    """max|x| when resizing ``x`` by an operator of ``gains`` (:func:`operator_gains`) may overflow
+    ``out_dtype`` or the compute dtype, so the result needs checking; None when it cannot (the a-priori
+    bound max|x|·gain stays below the largest finite value) or when ``x`` already holds inf or NaN
+    (garbage in, garbage out: such a tensor is resized as it is). One pass over ``x`` (``aminmax``,
+    about 1 % of a resize on CPU); nothing over the output."""
+    if x.numel() == 0:
+        return None
+    low, high = torch.aminmax(x)
+    low, high = float(low), float(high)  # aminmax propagates NaN to both
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return None
+    magnitude = max(-low, high)
+    gain, peak = gains
+    out_limit = torch.finfo(out_dtype).max * (1 - _BOUND_MARGIN)
+    compute_limit = torch.finfo(_compute_dtype(x.dtype)).max * (1 - _BOUND_MARGIN)
+    safe = magnitude * gain <= out_limit and magnitude * peak <= compute_limit and peak <= compute_limit  # NaN: not safe
+    return None if safe else magnitude
+
+
+def require_finite(y: torch.Tensor, name: str, in_dtype: torch.dtype, out_dtype: torch.dtype, magnitude: float, gain: float,
+                   largest: Callable[[], float]) -> None:
+    """NonFiniteResultError naming ``name`` unless every value of ``y`` is finite. ``magnitude``:
+    the finite input's max|x|; ``largest()``: the exact result's largest magnitude (recomputed in
+    float64, called on failure only). The check is one ``aminmax`` pass (NaN propagates to both
+    ends): an order of magnitude faster than ``isfinite(y).all()`` on CPU half precision."""
+    if y.numel() == 0:
+        return
+    low, high = torch.aminmax(y)
+    if math.isfinite(float(low)) and math.isfinite(float(high)):
+        return
+    raise NonFiniteResultError(overflow_message(name, in_dtype, out_dtype, magnitude, gain, largest()))
+
+
+def overflow_message(name: str, in_dtype: torch.dtype, out_dtype: torch.dtype, magnitude: float, gain: float, largest: float) -> str:
+    """The message of a NonFiniteResultError: the tensor, the exact result's largest magnitude, the
+    largest finite value of the dtype it overflows, and where the growth comes from."""
+    compute = _compute_dtype(in_dtype)
+    out_max, compute_max = torch.finfo(out_dtype).max, torch.finfo(compute).max
+    if math.isfinite(largest) and largest <= out_max and largest <= compute_max:
+        reach = (f"its {_dtype_text(compute)} computation overflows (the exact result reaches |w| = {largest:.4g}, "
+                 f"but a partial sum passes {compute_max:.6g})")
+    else:
+        limit = (f"{_dtype_text(out_dtype)}'s largest finite value {out_max:.6g}" if out_max <= compute_max else
+                 f"the largest finite value {compute_max:.6g} of {_dtype_text(compute)}, in which it is computed")
+        size = f"= {largest:.4g}" if math.isfinite(largest) else "> 1.798e+308 (not even float64 holds them)"
+        reach = f"the resized values reach |w| {size}, beyond {limit}"
+    return (f"{name}: {reach}, so it would be stored as inf/NaN; the input is finite (max |w| = {magnitude:.4g}) and the "
+            f"resize multiplies magnitudes by up to {gain:.4g}: use a smaller coef, or a wider output dtype")
+
+
+def _largest_magnitude(rows: torch.Tensor, apply64: Callable[[torch.Tensor], torch.Tensor], out_row: int) -> float:
+    """max|apply64(block)| over blocks of leading-axis rows of ``rows`` (in float64, on the torch
+    backend, about 2²² output values at a time): the exact result's largest magnitude, for an error
+    message."""
+    step = max(1, (1 << 22) // max(1, out_row))
+    largest = 0.0
+    for start in range(0, rows.shape[0], step):
+        y = apply64(rows[start:start + step].to(torch.float64))
+        if y.numel():
+            largest = max(largest, nan_as_inf(float(y.abs().max())))
+    return largest
+
+
+def nan_as_inf(value: float) -> float:
+    """A magnitude that came out NaN (inf − inf: beyond even float64) counts as inf."""
+    return math.inf if math.isnan(value) else value
 
 
 @dataclass(frozen=True)
@@ -192,12 +290,18 @@ def resize_kernel(
     out_dtype: Optional[torch.dtype] = None,
     backend: Optional[str] = None,
     disperse: DisperseParams = DisperseParams(),
+    check_finite: bool = True,
 ) -> TensorLike:
     """Resize a conv weight ``(C_out, C_in/groups, *k)`` (or transposed ``(C_in, C_out/groups, *k)``).
 
     The last ``d = weight.ndim - 2`` axes (d = 1, 2, 3) are spatial; ``scale`` is one number or
     one per spatial axis. Returns ``(…, *k')`` of the same kind (torch/numpy), device and dtype.
     Satisfies T1 (dilate), T2/T3 (interp taps), T4 (mass), T5 (s = 1 returns ``weight`` itself).
+
+    A finite weight whose result would overflow the output dtype (a huge ``coef``, float16 values
+    near its limit) raises NonFiniteResultError naming it (:func:`overflow_check_needed`; the exact
+    check runs only when the a-priori bound allows an overflow). ``check_finite=False`` leaves the
+    check to the caller (the streaming converter does it on the host after a GPU resize).
     """
     x = _to_torch(weight, name)
     if not 3 <= x.ndim <= 5:
@@ -206,7 +310,13 @@ def resize_kernel(
     if operator.is_identity and (out_dtype is None or out_dtype == x.dtype):
         return weight
     lead = x.shape[:2]
-    out = apply_kernel_resize(x.reshape(-1, *x.shape[2:]), operator, out_dtype, backend)
+    slices = x.reshape(-1, *x.shape[2:])
+    gains = kernel_gains(operator)
+    magnitude = overflow_check_needed(slices, gains, out_dtype or x.dtype) if check_finite else None
+    out = apply_kernel_resize(slices, operator, out_dtype, backend)
+    if magnitude is not None:
+        require_finite(out, name, x.dtype, out_dtype or x.dtype, magnitude, gains[0], lambda: _largest_magnitude(
+            slices, lambda b: apply_kernel_resize(b, operator, torch.float64, "torch"), math.prod(operator.out_shape)))
     return _like_input(out.reshape(*lead, *operator.out_shape), weight)
 
 
@@ -310,12 +420,14 @@ def resize_grid_linear(
     name: str = "weight",
     out_dtype: Optional[torch.dtype] = None,
     backend: Optional[str] = None,
+    check_finite: bool = True,
 ) -> TensorLike:
     """Resize a Linear weight ``(out, C·H·W)`` whose input is a flattened ``(C, H, W)`` grid.
 
     Rows are reshaped to the grid, each ``(H, W)`` plane resized (cells by default, coefficient
     HW/(H'W'); or ``method="pinv"``), and flattened back: ``(out, C·H'·W')``. T6: with pinv,
     ``W' · flatten(U x) = W · flatten(x)`` exactly for U the cells upsampler of ``mode``.
+    Overflow: as :func:`resize_kernel` (NonFiniteResultError; ``check_finite``).
     """
     x = _to_torch(weight, name)
     grid = tuple(int(g) for g in grid)
@@ -334,17 +446,30 @@ def resize_grid_linear(
     if operator.is_identity and (out_dtype is None or out_dtype == x.dtype):
         return weight
     planes = x.reshape(x.shape[0] * c, h, w)
+    gains = operator_gains([a.matrix for a in axes])
+    magnitude = overflow_check_needed(planes, gains, out_dtype or x.dtype) if check_finite else None
     out = dispatch.apply_separable(
         planes, _torch_matrix(axes[0].matrix, x), _torch_matrix(axes[1].matrix, x), out_dtype or x.dtype, backend=backend
     )
+    if magnitude is not None:
+        rows, cols = (torch.tensor(a.matrix, dtype=torch.float64, device=x.device) for a in axes)
+        require_finite(out, name, x.dtype, out_dtype or x.dtype, magnitude, gains[0], lambda: _largest_magnitude(
+            planes, lambda b: dispatch.apply_separable(b, rows, cols, torch.float64, backend="torch"), axes[0].k_out * axes[1].k_out))
     return _like_input(out.reshape(x.shape[0], c * axes[0].k_out * axes[1].k_out), weight)
 
 
-def scale_tensor(tensor: TensorLike, factor: float, out_dtype: Optional[torch.dtype] = None, name: str = "weight") -> TensorLike:
-    """``factor · tensor`` computed in float32 (float64 for float64) and rounded once; same kind."""
+def scale_tensor(tensor: TensorLike, factor: float, out_dtype: Optional[torch.dtype] = None, name: str = "weight",
+                 check_finite: bool = True) -> TensorLike:
+    """``factor · tensor`` computed in float32 (float64 for float64) and rounded once; same kind.
+    Overflow: as :func:`resize_kernel` (NonFiniteResultError; ``check_finite``)."""
     x = _to_torch(tensor, name)
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return _like_input((x.to(compute) * factor).to(out_dtype or x.dtype), tensor)
+    compute = _compute_dtype(x.dtype)
+    gains = operator_gains([np.array([[abs(float(factor))]])])
+    magnitude = overflow_check_needed(x, gains, out_dtype or x.dtype) if check_finite else None
+    out = (x.to(compute) * factor).to(out_dtype or x.dtype)
+    if magnitude is not None:
+        require_finite(out, name, x.dtype, out_dtype or x.dtype, magnitude, gains[0], lambda: magnitude * abs(float(factor)))
+    return _like_input(out, tensor)
 
 
 def weight_norm_squares(v: TensorLike, dim: Optional[int], name: str = "weight_v") -> torch.Tensor:
@@ -375,4 +500,12 @@ def rescale_weight_norm_g(g: TensorLike, squares: torch.Tensor, new_squares: tor
         raise InvalidOptionError(f"{name}: {old.numel()} norms of v for a g of shape {tuple(x.shape)}")
     ratio = torch.where(old > 0, torch.sqrt(new / torch.where(old > 0, old, 1.0)), 1.0)
     out = x.to(torch.float64) * ratio.reshape(x.shape if old.numel() == x.numel() else ())
-    return _like_input(out.to(out_dtype or x.dtype), g)
+    result = out.to(out_dtype or x.dtype)
+    # g is small (one value per norm): check it exactly, whenever g and the norms are finite
+    inputs_finite = all(bool(torch.isfinite(t).all()) for t in (x, old, new)) if x.numel() else False
+    if inputs_finite and not bool(torch.isfinite(result).all()):
+        magnitude = float(x.abs().max())
+        largest = float(out.abs().max()) if bool(torch.isfinite(out).all()) else math.inf
+        gain = float(ratio.max()) if ratio.numel() else 1.0
+        raise NonFiniteResultError(overflow_message(name, torch.float64, out_dtype or x.dtype, magnitude, gain, largest))
+    return _like_input(result, g)

@@ -40,6 +40,9 @@ LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
 ZIP_MAGIC = b"PK\x03\x04"
 """A zip archive's first local file header: torch.save's default format, NumPy's .npz."""
 
+NPY_MAGIC = b"\x93NUMPY"
+"""The first bytes of a NumPy .npy file (numpy.save): one array, not a dict of named tensors."""
+
 _SNIFF_BYTES = 512
 """Bytes read from the start of a file to recognise a format that is not safetensors."""
 
@@ -265,7 +268,7 @@ def _read_into(fd: int, view: memoryview, offset: int, path: str) -> None:
 
 def _foreign_format(path: str, head: bytes) -> str | None:
     """What a file that failed as safetensors is instead, judged from its first bytes: a PyTorch
-    zip (torch.save) or pickle checkpoint, a NumPy .npz, another zip archive; None when unknown.
+    zip (torch.save) or pickle checkpoint, a NumPy .npz or .npy, another zip archive; None when unknown.
 
     Consulted only once the bytes have failed as safetensors, never before: the first 8 bytes of
     a valid safetensors file are its header length, which may well begin 0x80 0x02 (640 bytes)."""
@@ -287,6 +290,11 @@ def _foreign_format(path: str, head: bytes) -> str | None:
                 "e.g. safetensors.numpy.save_file(dict(numpy.load(path)), 'model.safetensors')"
             )
         return f"{path}: this is a zip archive, not safetensors; {only}"
+    if head.startswith(NPY_MAGIC):
+        return (
+            f"{path}: this is a NumPy .npy array (numpy.save), not safetensors; {only}: convert it first, "
+            "e.g. safetensors.numpy.save_file({'conv.weight': numpy.load(path)}, 'model.safetensors') with the tensor's real name"
+        )
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # PROTO opcode, protocols 2–5
         return (
             f"{path}: this is a Python pickle (protocol {head[1]}, e.g. an old-style torch.save "
@@ -300,7 +308,7 @@ class SafetensorsReader:
 
     ``SafetensorsReader(path)`` reads and checks the header at once and raises
     InvalidCheckpointError (message names the file and the broken rule) for: a file shorter than
-    8 bytes, a Git LFS pointer, a PyTorch or NumPy zip or pickle file (named as such), a header
+    8 bytes, a Git LFS pointer, a PyTorch or NumPy zip or pickle file or a NumPy .npy (named as such), a header
     length beyond the file or above MAX_HEADER_SIZE, a header that is not UTF-8 or not a JSON
     object or repeats a key, an unknown dtype, a shape whose byte size differs from its offsets,
     tensors that overlap, leave gaps or do not end exactly at the end of the file, and

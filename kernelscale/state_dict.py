@@ -15,8 +15,9 @@ import torch
 from kernelscale.dtypes import dtype_name
 from kernelscale.errors import InvalidOptionError, UnsupportedTensorError
 from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, plan_tensors
-from kernelscale.resize import (TensorLike, rescale_weight_norm_g, resize_grid_linear, resize_kernel, scale_tensor,
-                               weight_norm_squares)
+from kernelscale.resize import (TensorLike, kernel_gains, nan_as_inf, operator_gains, overflow_check_needed,
+                               rescale_weight_norm_g, require_finite, resize_grid_linear, resize_kernel, scale_tensor, weight_norm_squares)
+from kernelscale.transforms import build_axis_resize, build_kernel_resize
 
 
 def is_tensor(value: Any) -> bool:
@@ -54,18 +55,52 @@ def _float_stand_in(tensor: TensorLike) -> Optional[str]:
     return None
 
 
+def _nested_state_dicts(value: Any, path: str, depth: int = 3) -> list[str]:
+    """Python expressions (``sd['model']['state_dict']``) of the dicts within ``value`` that hold
+    tensors directly, up to ``depth`` levels down."""
+    if not isinstance(value, Mapping) or depth == 0:
+        return []
+    if any(is_tensor(v) for v in value.values()):
+        return [path]
+    return [found for key, v in value.items() for found in _nested_state_dicts(v, f"{path}[{key!r}]", depth - 1)]
+
+
+def _check_layout(state_dict: Mapping[Any, Any]) -> None:
+    """InvalidOptionError for a mapping that is not a flat state dict: tensor names that are not
+    strings (which the planner cannot match or record), or tensors only inside nested dicts (a
+    training checkpoint, ``{'epoch': 3, 'state_dict': {…}}``, of which nothing would be resized)."""
+    if not isinstance(state_dict, Mapping):
+        raise InvalidOptionError(f"expected a state dict (a mapping of name → tensor), got {type(state_dict).__name__}")
+    for key, value in state_dict.items():
+        if not isinstance(key, str) and is_tensor(value):
+            raise InvalidOptionError(f"state dict key {key!r} is of type {type(key).__name__}, not str: tensor names must be "
+                                     "strings (as in module.state_dict())")
+    if any(is_tensor(v) for v in state_dict.values()):
+        return
+    nested = [found for key, value in state_dict.items() for found in _nested_state_dicts(value, f"sd[{key!r}]")]
+    if len(nested) == 1:
+        raise InvalidOptionError(f"the state dict holds no tensors at its top level, only inside a nested dict: pass {nested[0]}")
+    if nested:
+        shown = ", ".join(nested[:3]) + (f" and {len(nested) - 3} more" if len(nested) > 3 else "")
+        raise InvalidOptionError(f"the state dict holds no tensors at its top level, only inside nested dicts ({shown}): "
+                                 f"pass one of them, e.g. {nested[0]}")
+
+
 def plan_state_dict(state_dict: Mapping[str, Any], options: Optional[ResizeOptions] = None, **kwargs: Any) -> Plan:
     """Plan a resize of ``state_dict`` (name → torch tensor or numpy array) without running it.
 
     Give either a :class:`ResizeOptions` or its fields as keyword arguments (``scale=2, …``).
     Entries that are not tensors are left out of the plan (and passed through by
     :func:`resize_state_dict`). Raises UnsupportedTensorError naming the tensor when one the plan
-    would resize has a dtype kernelscale cannot compute with (a complex conv weight).
+    would resize has a dtype kernelscale cannot compute with (a complex conv weight), and
+    InvalidOptionError for a tensor under a key that is not a string, or a training checkpoint whose
+    tensors all sit in nested dicts (``{'epoch': 3, 'state_dict': {…}}``: pass ``sd['state_dict']``).
     """
     if options is None:
         options = ResizeOptions(**kwargs)
     elif kwargs:
         raise TypeError("give either options or keyword options, not both")
+    _check_layout(state_dict)
     specs, stand_ins = [], {}
     for name, value in state_dict.items():
         if not is_tensor(value):
@@ -98,23 +133,59 @@ def apply_entry(
     tensor: TensorLike,
     out_dtype: Optional[torch.dtype] = None,
     backend: Optional[str] = None,
+    check_finite: bool = True,
 ) -> TensorLike:
     """Execute one plan entry on its tensor; copies and geometry-only entries return ``tensor`` itself.
 
     A ``"renorm"`` entry (weight norm's g) needs v as well: InvalidOptionError pointing to
-    :func:`apply_renorm`.
+    :func:`apply_renorm`. A finite tensor whose result would overflow ``out_dtype`` raises
+    :class:`~kernelscale.resize.NonFiniteResultError` naming the entry; ``check_finite=False``
+    leaves that check to the caller (:func:`entry_overflow_check` and :func:`require_finite_entry`).
     """
     if entry.action == "renorm":
         raise InvalidOptionError(f"{entry.name}: weight norm's g is rescaled from its v's norms; use apply_renorm(entry, g, v)")
     if entry.action != "resize":
         return tensor
     if entry.kind == "attention":
-        return scale_tensor(tensor, entry.record["factor"], out_dtype, name=entry.name)
+        return scale_tensor(tensor, entry.record["factor"], out_dtype, name=entry.name, check_finite=check_finite)
     if entry.kind == "grid":
         return resize_grid_linear(tensor, entry.grid, entry.scales, method=entry.method, mode=entry.mode, align=entry.align,
-                                  coef=entry.coef, name=entry.name, out_dtype=out_dtype, backend=backend)
+                                  coef=entry.coef, name=entry.name, out_dtype=out_dtype, backend=backend, check_finite=check_finite)
     return resize_kernel(tensor, entry.scales, method=entry.method, mode=entry.mode, align=entry.align, coef=entry.coef,
-                         name=entry.name, out_dtype=out_dtype, backend=backend, disperse=entry.disperse)
+                         name=entry.name, out_dtype=out_dtype, backend=backend, disperse=entry.disperse, check_finite=check_finite)
+
+
+def entry_gains(entry: TensorPlan) -> tuple[float, float]:
+    """``(gain, peak)`` of a resize entry's operator (:func:`kernelscale.resize.operator_gains`): its
+    result's max magnitude is at most gain × its input's."""
+    if entry.kind == "attention":
+        return operator_gains([np.array([[abs(float(entry.record["factor"]))]])])
+    if entry.kind == "grid":
+        return operator_gains([build_axis_resize(n, s, entry.method, entry.mode, entry.align, entry.coef).matrix
+                               for n, s in zip(entry.grid[1:], entry.scales)])
+    return kernel_gains(build_kernel_resize(tuple(entry.shape[2:]), entry.scales, entry.method, entry.mode, entry.align, entry.coef,
+                                            entry.disperse))
+
+
+def entry_overflow_check(entry: TensorPlan, tensor: torch.Tensor, out_dtype: torch.dtype) -> Optional[float]:
+    """For a resize entry run with ``check_finite=False``: max|tensor| when its result needs checking
+    (:func:`kernelscale.resize.overflow_check_needed`; one pass over the input), else None."""
+    if entry.action != "resize":
+        return None
+    return overflow_check_needed(tensor, entry_gains(entry), out_dtype)
+
+
+def require_finite_entry(entry: TensorPlan, tensor: torch.Tensor, result: torch.Tensor, out_dtype: torch.dtype,
+                         magnitude: float) -> None:
+    """NonFiniteResultError naming the entry unless ``result`` (of ``apply_entry(entry, tensor, out_dtype,
+    check_finite=False)``) is finite everywhere; the message's largest magnitude is recomputed in float64
+    on the CPU."""
+    def largest() -> float:
+        exact = apply_entry(entry, tensor.detach().to("cpu", torch.float64), out_dtype=torch.float64, backend="torch",
+                            check_finite=False)
+        return nan_as_inf(float(exact.abs().max())) if exact.numel() else 0.0
+
+    require_finite(result, entry.name, tensor.dtype, out_dtype, magnitude, entry_gains(entry)[0], largest)
 
 
 def apply_renorm(

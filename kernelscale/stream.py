@@ -38,7 +38,7 @@ from kernelscale.output import OutputError
 from kernelscale.plan import FORMAT_VERSION, TensorPlan
 from kernelscale.resize import rescale_weight_norm_g, weight_norm_squares
 from kernelscale.safetensors_io import SafetensorsReader, SafetensorsWriter, TensorInfo, torch_dtype
-from kernelscale.state_dict import apply_entry
+from kernelscale.state_dict import apply_entry, entry_overflow_check, require_finite_entry
 
 
 SLOW_WRITE_ENV = "KERNELSCALE_TEST_SLOW_WRITE"
@@ -180,13 +180,18 @@ def _resize_block_cuda(entry: TensorPlan, x: torch.Tensor, dst_dtype: torch.dtyp
     stream = getattr(_worker, "stream", None)
     if stream is None:
         stream = _worker.stream = torch.cuda.Stream(device)
+    # The overflow check (state_dict.apply_entry's) runs here on the host, before the upload and
+    # after the download: inside apply_entry it would wait for the GPU while holding the launch lock.
+    magnitude = entry_overflow_check(entry, x, dst_dtype)
     with torch.cuda.stream(stream):
         x_gpu = x.pin_memory().to(device, non_blocking=True)
         with _LAUNCH_LOCK:
-            y = apply_entry(entry, x_gpu, out_dtype=dst_dtype)
+            y = apply_entry(entry, x_gpu, out_dtype=dst_dtype, check_finite=False)
         host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
         host.copy_(y, non_blocking=True)
     stream.synchronize()
+    if magnitude is not None:
+        require_finite_entry(entry, x, host, dst_dtype, magnitude)
     return host
 
 

@@ -194,12 +194,62 @@ def test_folder_force_replaces_and_refuses_nesting(tmp_path: Path) -> None:
     src = make_folder(tmp_path / "in")
     out = tmp_path / "out"
     out.mkdir()
-    (out / "stale.txt").write_text("from an older run")
     with pytest.raises(OutputError, match="exists"):
         convert_checkpoint(src, out, ResizeOptions(scale=2))
+    convert_checkpoint(src, out, ResizeOptions(scale=2), force=True)  # an empty folder
+    (out / "model_b" / "weights-00001-of-00002.safetensors").unlink()  # a previous result, or part of one
     convert_checkpoint(src, out, ResizeOptions(scale=2), force=True)
-    assert not (out / "stale.txt").exists() and (out / "README.md").exists() and leftovers(tmp_path) == []
+    assert (out / "README.md").exists() and (out / "model_b" / "weights-00001-of-00002.safetensors").exists()
+    assert leftovers(tmp_path) == []
     with pytest.raises(OutputError, match="inside the input folder"):
         convert_checkpoint(src, src / "converted", ResizeOptions(scale=2))
     with pytest.raises(OutputError, match="is inside"):
         convert_checkpoint(src, tmp_path, ResizeOptions(scale=2), force=True)
+
+
+def test_force_never_deletes_what_the_conversion_would_not_write(tmp_path: Path, monkeypatch) -> None:
+    """--force replaces an OUT folder whole: one holding anything but this conversion's files (a file,
+    a folder, an empty folder, a link) is refused, naming up to 3 of them and the count, dry run
+    included, and left as it was."""
+    src = make_folder(tmp_path / "in")
+    out = tmp_path / "models"
+    convert_checkpoint(src, out, ResizeOptions(scale=2))
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    (out / "other").mkdir()
+    (out / "other" / "important.txt").write_text("x")
+    for dry_run in (True, False):
+        with pytest.raises(OutputError, match=r"^OUT .*models holds 1 file\(s\) or folder\(s\) this conversion would not write "
+                                              r"\(other/important\.txt\); --force replaces the whole folder, so move them or "
+                                              r"choose another OUT$"):
+            convert_checkpoint(src, out, ResizeOptions(scale=2), force=True, dry_run=dry_run)
+    assert (out / "other" / "important.txt").read_text() == "x" and leftovers(tmp_path) == []
+    (out / "model_a" / "notes").mkdir()
+    (out / "model_a" / "pytorch_model.bin").write_bytes(b"left out of the conversion")
+    (out / "zz.lnk").symlink_to(out / "README.md")
+    with pytest.raises(OutputError, match=r"holds 4 file\(s\) or folder\(s\) .* \(model_a/notes/, model_a/pytorch_model\.bin, "
+                                          r"other/important\.txt and 1 more\)"):
+        convert_checkpoint(src, out, ResizeOptions(scale=2), force=True)
+    for extra in ("other/important.txt", "other", "model_a/notes", "model_a/pytorch_model.bin", "zz.lnk"):
+        path = out / extra
+        path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    convert_checkpoint(src, out, ResizeOptions(scale=2), force=True)
+    # something put there while converting is caught before the old folder goes
+    real = output_module._Output.commit
+
+    def commit(self, force):
+        (out / "late.txt").write_text("written meanwhile")
+        real(self, force)
+
+    monkeypatch.setattr(output_module._Output, "commit", commit)
+    with pytest.raises(OutputError, match=r"\(late\.txt\)"):
+        convert_checkpoint(src, out, ResizeOptions(scale=2), force=True)
+    assert (out / "late.txt").exists() and (out / "README.md").exists() and leftovers(tmp_path) == []
+
+
+def test_force_on_a_single_file_out_is_unchanged(tmp_path: Path, checkpoint: Path) -> None:
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"an older file")
+    (tmp_path / "beside.txt").write_text("kept")
+    convert_checkpoint(checkpoint, out, OPTIONS, force=True)
+    assert (tmp_path / "beside.txt").read_text() == "kept" and out.stat().st_size > 100

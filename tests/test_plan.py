@@ -198,6 +198,43 @@ def test_inspect_and_convert_refuse_a_weight_normed_checkpoint_in_one_line(tmp_p
 
 
 @pytest.mark.parametrize("form", ["hook", "parametrization"])
+def test_spectral_normed_conv_may_be_re_dilated_geometry_only(form):
+    """Geometry-only re-dilation keeps the raw weight byte for byte, so the layer's normalised weight
+    is unchanged and the dilated conv exact: the raw weight gets the layer's record (with the names of
+    the power iteration's u and v, which are copied), like a plain conv's weight."""
+    apply = torch.nn.utils.spectral_norm if form == "hook" else torch.nn.utils.parametrizations.spectral_norm
+    model = torch.nn.Sequential(apply(torch.nn.Conv2d(3, 8, 3, padding=1)), torch.nn.Conv2d(8, 8, 3, padding=1))
+    state = model.state_dict()
+    raw, u, v = (("0.weight_orig", "0.weight_u", "0.weight_v") if form == "hook" else
+                 ("0.parametrizations.weight.original", "0.parametrizations.weight.0._u", "0.parametrizations.weight.0._v"))
+    out, manifest = resize_state_dict(state, 2, method="dilate", geometry_only=True)
+    assert all(out[k] is state[k] for k in state)
+    assert set(manifest["tensors"]) == {raw, "1.weight"}
+    record = manifest["tensors"][raw]
+    assert record == {**manifest["tensors"]["1.weight"], "spectral_norm": {"u": u, "v": v}}
+    assert record["dilation"] == [2, 2] and record["kind"] == "conv"
+    plan = plan_state_dict(state, scale=2, method="dilate", geometry_only=True)
+    assert plan[raw].action == "geometry" and plan[raw].reason.startswith("spectral norm of 0: re-dilation")
+    assert plan[u].action == plan[v].action == "copy"
+    # a glob naming the raw weight, or the layer, reaches it as for a plain conv
+    assert plan_state_dict(state, scale=2, method="dilate", geometry_only=True, include=[raw]).changed == (plan[raw],)
+    # still refused when the values would change
+    with pytest.raises(SpectralNormError):
+        plan_state_dict(state, scale=2, method="dilate")
+
+
+def test_spectral_norm_errors_name_the_first_layer_in_file_order():
+    """Which layer the error names does not depend on PYTHONHASHSEED (a set's order)."""
+    from kernelscale.plan import _spectral_layers
+
+    names = [f"net.{i}.weight_orig" for i in range(40, 0, -1)]
+    assert _spectral_layers(names) == [f"net.{i}" for i in range(40, 0, -1)]
+    specs = [TensorSpec(n, "F32", (2, 2, 3, 3)) for n in names]
+    with pytest.raises(SpectralNormError, match=r"^net\.40: "):
+        plan_tensors(specs, ResizeOptions(scale=2))
+
+
+@pytest.mark.parametrize("form", ["hook", "parametrization"])
 def test_spectral_normed_conv_is_refused_not_half_converted(form):
     # Spectral norm divides the held weight by its own largest singular value, so resizing the raw
     # tensor cannot give the resized weight; copying it while the other convs grow would leave a

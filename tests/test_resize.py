@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from kernelscale import new_padding, resize_conv, resize_grid_linear, resize_kernel
-from kernelscale.errors import GeometryError, InvalidOptionError
+from kernelscale.errors import GeometryError, InvalidOptionError, KernelscaleError
+from kernelscale.resize import (NonFiniteResultError, kernel_gains, overflow_check_needed, rescale_weight_norm_g,
+                                scale_tensor)
 from kernelscale.transforms import build_kernel_resize
 
 
@@ -206,3 +208,58 @@ def test_big_endian_arrays_are_resized_in_native_order():
         got = resize_kernel(array.astype(dtype), 2)
         assert isinstance(got, np.ndarray) and got.dtype == np.dtype(dtype).newbyteorder("=")
         np.testing.assert_array_equal(got, resize_kernel(array.astype(np.dtype(dtype).newbyteorder("=")), 2))
+
+
+# --- overflow: a finite weight never comes back as inf/NaN ---------------------------------------
+
+
+def test_a_result_that_overflows_its_dtype_is_refused_by_name():
+    with pytest.raises(NonFiniteResultError, match=r"^enc\.conv: the resized values reach \|w\| = 1e\+06, beyond float16's "
+                                                   r"largest finite value 65504") as info:
+        resize_kernel(torch.ones(1, 1, 3, 3, dtype=torch.float16), 2, coef=1e6, name="enc.conv")
+    assert isinstance(info.value, KernelscaleError)
+    with pytest.raises(NonFiniteResultError, match="float16"):  # numpy input, float16 output of a float32 weight
+        resize_kernel(np.full((2, 1, 3, 3), 1e6, dtype=np.float32), 2, out_dtype=torch.float16)
+    # a coefficient beyond float32: R itself overflows there, even times an all-zero weight (0·inf = NaN)
+    for weight in (torch.ones(2, 1, 3, 3), torch.zeros(2, 1, 3, 3)):
+        with pytest.raises(NonFiniteResultError, match="float32"):
+            resize_kernel(weight, 2, coef=1e308)
+    with pytest.raises(NonFiniteResultError, match=r"^fc\.weight: .*float16"):
+        resize_grid_linear(torch.ones(3, 2 * 4 * 4, dtype=torch.float16), (2, 4, 4), 2, coef=1e6, name="fc.weight")
+    with pytest.raises(NonFiniteResultError, match=r"^q\.weight: .*65504"):
+        scale_tensor(torch.full((2, 2), 6e4, dtype=torch.float16), 1.2, name="q.weight")
+    g, squares = torch.full((4, 1, 1, 1), 6e4, dtype=torch.float16), torch.ones(4, dtype=torch.float64)
+    with pytest.raises(NonFiniteResultError, match=r"^c\.weight_g: .*65504"):
+        rescale_weight_norm_g(g, squares, squares * 4, name="c.weight_g")
+    # the exact result's largest magnitude is named even where float32 gives NaN (inf − inf)
+    with pytest.raises(NonFiniteResultError, match=r"reach \|w\| = 1e\+308, beyond float32"):
+        resize_kernel(torch.tensor([[[1.0, -1.0, 1.0]]]), 2, coef=1e308)
+
+
+def test_in_range_results_and_non_finite_inputs_pass():
+    # close to float16's limit but within it: no error, the values are finite
+    out = resize_kernel(torch.full((1, 1, 3, 3), 6e4, dtype=torch.float16), 2)
+    assert torch.isfinite(out).all() and out.max() <= 6e4
+    # garbage in, garbage out: a weight already holding inf or NaN is resized as it is
+    for bad in (float("inf"), float("nan")):
+        weight = torch.ones(1, 1, 3, 3, dtype=torch.float16)
+        weight[0, 0, 1, 1] = bad
+        assert not torch.isfinite(resize_kernel(weight, 2, coef=1e6)).all()
+
+
+def test_the_overflow_check_costs_one_pass_over_the_input(monkeypatch):
+    """The exact check of the output runs only when the a-priori bound max|x|·gain allows an overflow."""
+    import kernelscale.resize as resize_module
+
+    checked = []
+    monkeypatch.setattr(resize_module, "require_finite", lambda *args, **kw: checked.append(args[1]))
+    resize_kernel(torch.randn(8, 4, 3, 3, dtype=torch.float16), 2, name="small")
+    resize_kernel(torch.randn(8, 4, 3, 3), 2, coef=1e3, name="float32 output")
+    assert checked == []
+    resize_kernel(torch.randn(8, 4, 3, 3, dtype=torch.float16), 2, coef=1e5, name="near the limit")
+    assert checked == ["near the limit"]
+    x = torch.randn(100, 9)
+    gain, peak = kernel_gains(build_kernel_resize((3, 3), 2, coef=7.0))
+    assert abs(x @ torch.tensor(build_kernel_resize((3, 3), 2, coef=7.0).dense()).T.float()).max() <= gain * x.abs().max() + 1e-4
+    assert overflow_check_needed(x, (gain, peak), torch.float16) is None
+    assert overflow_check_needed(x * 1e4, (gain, peak), torch.float16) == pytest.approx(float(x.abs().max()) * 1e4)

@@ -339,6 +339,8 @@ BAD_FILES: dict[str, tuple[bytes, str]] = {
     "pickle protocol 5": (pickle.dumps({"w": [1.0] * 4}, protocol=5), "a Python pickle (protocol 5"),
     "pickle under 8 bytes": (pickle.dumps(None, protocol=2), "a Python pickle"),
     "numpy npz": (_saved(lambda f: np.savez(f, w=np.ones(2))), "a NumPy .npz archive"),
+    "numpy npy": (_saved(lambda f: np.save(f, np.ones((3, 3), dtype=np.float32))), "a NumPy .npy array"),
+    "numpy npy small": (_saved(lambda f: np.save(f, np.ones(1, dtype=np.float16))), "a NumPy .npy array"),
     "other zip": (_zipped("notes.txt", b"hello"), "a zip archive"),
 }
 

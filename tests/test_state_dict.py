@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kernelscale import plan_state_dict, resize_kernel, resize_state_dict
-from kernelscale.errors import UnsupportedTensorError
+from kernelscale.errors import InvalidOptionError, UnsupportedTensorError
 
 
 def test_entries_that_are_not_tensors_pass_through():
@@ -65,3 +65,26 @@ def test_parameters_come_back_as_plain_tensors_and_untouched_ones_as_themselves(
     assert type(resized) is torch.Tensor and not resized.requires_grad and resized.grad_fn is None
     torch.testing.assert_close(resized, resize_kernel(model[0].weight.detach(), 2), rtol=0, atol=0)
     assert all(out[k] is sd[k] for k in ("0.bias", "1.weight", "1.bias"))
+
+
+def test_a_training_checkpoint_is_refused_with_the_state_dict_to_pass():
+    """{'epoch': 3, 'state_dict': {...}} would otherwise come back unchanged, with an empty manifest."""
+    weight = torch.ones(2, 2, 3, 3)
+    with pytest.raises(InvalidOptionError, match=r"^the state dict holds no tensors at its top level, only inside a nested "
+                                                 r"dict: pass sd\['state_dict'\]$"):
+        resize_state_dict({"epoch": 3, "state_dict": {"conv.weight": weight}}, 2)
+    with pytest.raises(InvalidOptionError, match=r"\(sd\['model'\]\['net'\], sd\['ema'\]\): pass one of them, e.g. "
+                                                 r"sd\['model'\]\['net'\]$"):
+        plan_state_dict({"epoch": 3, "model": {"net": {"c.weight": weight}}, "ema": {"c.weight": weight}}, scale=2)
+    # a state dict with a nested dict beside its tensors, or no tensors at all, is planned as before
+    out, manifest = resize_state_dict({"conv.weight": weight, "extra": {"w": weight}}, 2)
+    assert list(manifest["tensors"]) == ["conv.weight"]
+    assert resize_state_dict({"epoch": 3, "config": {"lr": 0.1}}, 2)[1]["tensors"] == {}
+
+
+def test_a_tensor_under_a_key_that_is_not_a_string_is_refused_by_name():
+    with pytest.raises(InvalidOptionError, match=r"^state dict key 0 is of type int, not str"):
+        resize_state_dict({0: torch.ones(2, 2, 3, 3)}, 2)
+    with pytest.raises(InvalidOptionError, match=r"^state dict key \('a', 1\) is of type tuple"):
+        plan_state_dict({"conv.weight": torch.ones(2, 2, 3, 3), ("a", 1): np.ones(3)}, scale=2)
+    assert resize_state_dict({"conv.weight": torch.ones(2, 2, 3, 3), 7: "not a tensor"}, 2)[0][7] == "not a tensor"

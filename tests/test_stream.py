@@ -17,7 +17,8 @@ from kernelscale.checkpoint import MANIFEST_KEY
 from kernelscale.convert import convert_checkpoint
 from kernelscale.output import OutputError
 from kernelscale.safetensors_io import SafetensorsReader
-from kernelscale.state_dict import apply_entry
+from kernelscale.resize import NonFiniteResultError
+from kernelscale.state_dict import apply_entry, entry_overflow_check, require_finite_entry
 from kernelscale.stream import verify_output
 
 from checkpoints import OPTIONS, as_bytes, mixed_checkpoint, mixed_state_dict, raw_bytes, sha256
@@ -110,6 +111,47 @@ def test_cuda_conversion_agrees_with_the_cpu_one(tmp_path: Path, checkpoint: Pat
         magnitude = apply_entry(entry, source[entry.name].double().abs(), out_dtype=torch.float64)
         tol = ulp[a.dtype] * a.double().abs() + 4 * 64 * 2.0**-24 * magnitude + 2.0**-133
         assert bool(((a.double() - b.double()).abs() <= tol).all()), entry.name
+
+
+def test_an_overflowing_resize_is_refused_and_writes_nothing(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
+    """A coefficient that overflows float32 (1e308) or the float16 output (1e6) stops the conversion
+    with the first such tensor's name (in file order), whether it is resized whole or in blocks of rows."""
+    cases = ((1e308, "keep", r"^stem\.weight: .* beyond float32's largest finite value 3\.40282e\+38"),  # F64 audio fits
+             (1e6, "float16", r"^audio\.weight: .* beyond float16's largest finite value 65504"))  # F64 sorts first in the file
+    for coef, dtype, message in cases:
+        out = tmp_path / "out.safetensors"
+        with pytest.raises(NonFiniteResultError, match=message):
+            convert_checkpoint(checkpoint, out, replace(OPTIONS, coef=coef), dtype=dtype, device="cpu")
+        assert not out.exists() and os.listdir(tmp_path) == ["in.safetensors"]
+    monkeypatch.setattr(stream_module, "COMPUTE_BYTES", {"cpu": 1, "cuda": 1})
+    options = replace(OPTIONS, coef=1e6, exclude=("audio",))
+    with pytest.raises(NonFiniteResultError, match=r"^[\w.]+\.weight: .*float16's largest finite value 65504"):
+        convert_checkpoint(checkpoint, tmp_path / "out.safetensors", options, dtype="float16", device="cpu")
+    assert os.listdir(tmp_path) == ["in.safetensors"]
+
+
+def test_the_cuda_path_checks_overflow_on_the_host() -> None:
+    """_resize_block_cuda resizes with check_finite=False and checks on the host with these two."""
+    sd = mixed_state_dict()
+    plan = plan_state_dict(sd, replace(OPTIONS, coef=1e6))
+    for name in ("stem.weight", "head.weight"):
+        entry, x = plan[name], sd[name]
+        y = apply_entry(entry, x, out_dtype=torch.float16, check_finite=False)
+        assert not torch.isfinite(y).all()
+        magnitude = entry_overflow_check(entry, x, torch.float16)
+        assert magnitude == pytest.approx(float(x.abs().max()))
+        with pytest.raises(NonFiniteResultError, match=rf"^{name}: the resized values reach"):
+            require_finite_entry(entry, x, y, torch.float16, magnitude)
+    entry = plan_state_dict(sd, OPTIONS)["stem.weight"]
+    assert entry_overflow_check(entry, sd["stem.weight"], torch.float16) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_conversion_refuses_an_overflow(tmp_path: Path, checkpoint: Path) -> None:
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(NonFiniteResultError, match=r"^stem\.weight: "):
+        convert_checkpoint(checkpoint, out, replace(OPTIONS, coef=1e6), dtype="float16", device="cuda")
+    assert os.listdir(tmp_path) == ["in.safetensors"]
 
 
 def test_verify_catches_a_file_that_differs_from_its_plan(tmp_path: Path, checkpoint: Path) -> None:

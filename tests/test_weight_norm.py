@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -210,6 +211,29 @@ def test_a_weight_normed_linear_over_a_grid():
     model = nn.ModuleDict({"fc": weight_normed(nn.Linear(2 * 3 * 3, 4), "hook", 1)})
     with pytest.raises(WeightNormError, match="^fc: .*one norm per index of axis 1"):
         resize_state_dict(detached(model), 2, grids={"fc": (2, 3, 3)})
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_grid_may_name_the_weight_normed_linear_by_v_or_g(api, tmp_path, capsys):
+    """A grid keyed by v's or g's real name applies to the pair exactly as one keyed by the layer:
+    the state-dict API, a plan, and the convert command all resize it (none silently copies it)."""
+    torch.manual_seed(4)
+    model = nn.ModuleDict({"fc": weight_normed(nn.Linear(2 * 4 * 4, 3).double(), api, 0)})
+    sd = detached(model)
+    v, g = pair_names(api, "fc")
+    want, want_manifest = resize_state_dict(sd, 2, grids={"fc": (2, 4, 4)})
+    for name in (v, g, "fc.weight"):
+        out, manifest = resize_state_dict(sd, 2, grids={name: (2, 4, 4)})
+        assert manifest["tensors"] == want_manifest["tensors"] and set(manifest["tensors"]) == {v, g}, name
+        assert all(torch.equal(out[k], want[k]) for k in sd), name
+    with pytest.raises(InvalidOptionError, match=rf"^grids 'fc' \(2,4,4\) and {re.escape(repr(v))} \(1,4,8\) name the same weight fc\.weight"):
+        plan_state_dict(sd, scale=2, grids={"fc": (2, 4, 4), v: (1, 4, 8)})
+    assert plan_state_dict(sd, scale=2, grids={"fc": (2, 4, 4), g: (2, 4, 4)})[v].kind == "grid"
+    src, out_path = tmp_path / "fcwn.safetensors", tmp_path / "out.safetensors"
+    save_file({k: t.contiguous() for k, t in sd.items()}, str(src))
+    assert main(["convert", str(src), str(out_path), "--scale", "2", "--grid", f"{v}=2,4,4"]) == 0
+    assert "2 resized" in capsys.readouterr().err
+    assert load_file(str(out_path))[v].shape == (3, 2 * 8 * 8)
 
 
 @pytest.mark.parametrize("api", APIS)
