@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any, Callable, Optional
 
 from kernelscale.cli import EXIT_OK, Command, register_command
 from kernelscale.errors import InvalidOptionError
-from kernelscale.verify import (DEFAULT_BAND, DEFAULT_PROBES, DEFAULT_SEED, VerifyReport, check_band, check_probes, check_seed,
-                                check_tol)
+from kernelscale.verify import (DEFAULT_BAND, DEFAULT_PROBES, DEFAULT_SEED, MAX_PROBES, LayerCertificate, VerifyReport, check_band,
+                                check_probes, check_seed, check_tol, format_measure)
 
 EXIT_TOLERANCE = 1
 VERIFY_OPTIONS = ("tol", "band", "probes", "seed")
@@ -38,11 +39,14 @@ def add_verify_options(p: Any) -> None:
     """The measuring options shared by ``verify`` and ``convert`` (where any of them implies
     ``--verify``). Defaults are None so that a given option can be told apart; see :func:`verify_requested`."""
     p.add_argument("--tol", type=_checked(float, check_tol, "a number >= 0"), default=None, metavar="T",
-                   help="exit with status 1 when a layer's structure error exceeds T (e.g. 0.05); default: report only")
+                   help="exit with status 1 when a layer's structure error exceeds T (e.g. 0.05) or a measure is not a "
+                        "number (NaN, inf); default: report only (a converted layer holding inf/NaN where the original "
+                        "is finite is exit 1 either way)")
     p.add_argument("--band", type=_checked(float, check_band, "a number in (0, 0.5]"), default=None, metavar="NU",
                    help=f"probes are band-limited to NU cycles per original pixel, 0 < NU <= 0.5 (default {DEFAULT_BAND})")
-    p.add_argument("--probes", type=_checked(int, check_probes, "an integer >= 1"), default=None, metavar="N",
-                   help=f"random probes per layer, N >= 1 (default {DEFAULT_PROBES})")
+    p.add_argument("--probes", type=_checked(int, check_probes, f"an integer from 1 to {MAX_PROBES}"), default=None, metavar="N",
+                   help=f"random probes per layer, 1 <= N <= {MAX_PROBES} (default {DEFAULT_PROBES}); the time grows "
+                        "linearly with N")
     p.add_argument("--seed", type=_checked(int, check_seed, "an integer >= 0"), default=None, metavar="S",
                    help=f"seed of the probes and of the channel subsample, S >= 0 (default {DEFAULT_SEED})")
 
@@ -66,23 +70,43 @@ def measure(original: str, converted: str, args: argparse.Namespace) -> VerifyRe
 
 
 def report_json(report: VerifyReport, tol: Optional[float]) -> dict[str, Any]:
-    """The report as JSON, with ``tol`` and the layers that exceed it (``file: name`` in a folder)."""
+    """The report as JSON-ready data, with ``tol`` and the layers that fail (``file: name`` in a
+    folder). Measures that are not finite numbers are None: dump it with ``allow_nan=False``
+    (:func:`dumps`)."""
     data = report.to_json()
     data.update(tol=tol, failures=[c.label for c in report.failures(tol)])
     return data
 
 
+def dumps(data: Any) -> str:
+    """Strict JSON (no NaN or Infinity, which strict parsers refuse): ValueError rather than invalid output."""
+    return json.dumps(data, indent=2, sort_keys=True, allow_nan=False)
+
+
+def failure_reason(c: LayerCertificate, tol: Optional[float]) -> str:
+    """Why ``c`` fails (:meth:`LayerCertificate.fails`), in one line."""
+    if c.broken:
+        return (f"CONVERTED holds {c.nonfinite} non-finite value{'s' if c.nonfinite != 1 else ''} (inf or NaN) "
+                "where ORIG's are all finite")
+    if tol is not None and c.structure_error > tol:
+        return f"structure error {c.structure_error:.3e} exceeds --tol {tol}"
+    measures = (("structure error", c.structure_error), ("alias gain", c.alias_gain), ("dc gain ratio", c.dc_gain_ratio))
+    bad = [f"{what} is {format_measure(value, '.3e')}" for what, value in measures if value is not None and not math.isfinite(value)]
+    return f"{', '.join(bad)}: not a finite number, which fails --tol {tol}"
+
+
 def print_report(report: VerifyReport, tol: Optional[float]) -> int:
-    """The table on stdout, a line on stderr per layer over ``tol``; 0, or 1 when there is one."""
+    """The table on stdout, a line on stderr per failing layer; 0, or 1 when there is one."""
     print("\n".join(report.table()), flush=True)
-    failures = report.failures(tol)
-    for c in failures:
-        print(f"kernelscale: {c.label}: structure error {c.structure_error:.3e} exceeds --tol {tol}", file=sys.stderr)
+    for c in report.failures(tol):
+        print(f"kernelscale: {c.shown}: {failure_reason(c, tol)}", file=sys.stderr)
     return exit_code(report, tol)
 
 
 def exit_code(report: VerifyReport, tol: Optional[float]) -> int:
-    """0, or 1 (EXIT_TOLERANCE) when a layer's structure error exceeds ``tol``."""
+    """0, or 1 (EXIT_TOLERANCE) when a layer fails: its structure error exceeds ``tol`` or one of its
+    measures is not a finite number (under ``tol``), or, whatever ``tol``, its CONVERTED tensors
+    hold inf/NaN where ORIG's are finite."""
     return EXIT_TOLERANCE if report.failures(tol) else EXIT_OK
 
 
@@ -99,7 +123,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 def run_verify(args: argparse.Namespace) -> int:
     report = measure(args.original, args.converted, args)
     if args.json:
-        print(json.dumps(report_json(report, args.tol), indent=2, sort_keys=True))
+        print(dumps(report_json(report, args.tol)))
         return exit_code(report, args.tol)
     return print_report(report, args.tol)
 
@@ -114,7 +138,10 @@ register_command(Command(
                 "error (theorem T1), linear interpolation at most max|1 - c h_s| over the band (T3). ORIG and CONVERTED "
                 "are read as convert reads and writes them (a file, a shard index, a diffusers or Hugging Face folder, "
                 "variants such as *.fp16.safetensors apart); each recorded tensor's shapes are checked against its "
-                "record first. Exit status: 0, or 1 when a layer exceeds --tol; 2 for bad input.",
+                "record first. A weight-normed layer is measured on its effective weight g v/||v||. Exit status: 0; "
+                "1 when a layer exceeds --tol or, under --tol, has a measure that is not a number (NaN, inf), and "
+                "whatever --tol when a converted layer holds inf/NaN where the original's values are finite; 2 for "
+                "bad input.",
     epilog="examples:\n"
            "  kernelscale verify unet.safetensors unet_x2.safetensors\n"
            "  kernelscale verify unet.safetensors unet_x2.safetensors --tol 0.05 --band 0.1\n"

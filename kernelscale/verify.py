@@ -11,7 +11,20 @@ high-res pixel), so no boundary effects or interpolation error of a practical U 
 - ``alias_gain``: RMS response of K' at high-res frequencies above the low-res Nyquist
   (|ω| > π/s on some axis), relative to the RMS response of K over its whole band: how much
   detail the supersampled input has that the original network never saw gets through.
-- ``dc_gain_ratio``: ⟨H'(0), H(0)⟩ / ‖H(0)‖² — 1 when the DC gain is kept (T4).
+- ``dc_gain_ratio``: ⟨H'(0), H(0)⟩ / ‖H(0)‖² — 1 when the DC gain is kept (T4); None (JSON
+  null) when it is undefined: ORIG's kernel sums to zero on every (output, input) channel
+  measured (a Sobel or Laplacian filter: H(0) = 0, so the ratio is 0/0; the structure error
+  still measures a DC response the converted kernel gained, DC being in every probe's band).
+
+A weight-normed layer (v and g, w = g·v/‖v‖; docs/format.md) is measured on its effective weight
+w, computed in float64 on both sides from the stored v and g, so that a broken g shows.
+
+Non-finite values: a certificate counts the inf/NaN values of the CONVERTED and ORIG tensors it
+read (``nonfinite``, ``nonfinite_original``); measures computed from them are NaN or inf, never
+hidden. :meth:`LayerCertificate.fails` counts a layer whose CONVERTED tensors hold non-finite
+values where ORIG's are all finite as a failure whatever the tolerance, and, under a tolerance,
+any measure that is not a finite number. ``to_json`` writes null for a measure that is not a
+finite number (strict JSON has no NaN).
 
 Output channels are subsampled (seeded) to at most ``max_channels`` to bound the cost.
 """
@@ -23,7 +36,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +46,11 @@ from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
 DEFAULT_BAND = 0.25
 DEFAULT_PROBES = 4
 DEFAULT_SEED = 0
+MAX_PROBES = 1000
+"""The most probes per layer. Time grows linearly with the probes (measured, 2 shared cores: 64 ms
+per probe for the three layers of examples/digits_cnn, 0.4–1.9 s for one Stable Diffusion sized
+layer), while the sampling noise of the structure error falls as 1/√N: at 1000 it is ≤ 0.2 % of
+the value even on a small 1-D layer (8×4×7: 5.5 % at N = 1), far below any useful tolerance."""
 
 
 def check_band(band: float) -> float:
@@ -43,9 +61,13 @@ def check_band(band: float) -> float:
 
 
 def check_probes(probes: int) -> int:
-    """``probes`` if it is an integer ≥ 1, else InvalidOptionError."""
+    """``probes`` if it is an integer in [1, :data:`MAX_PROBES`], else InvalidOptionError."""
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
         raise InvalidOptionError(f"probes must be an integer >= 1, got {probes!r}")
+    if probes > MAX_PROBES:
+        raise InvalidOptionError(f"probes must be at most {MAX_PROBES}, got {probes!r} (the time grows linearly with the "
+                                 f"probes: ~64 ms per probe for examples/digits_cnn; past {MAX_PROBES} the structure error's "
+                                 "sampling noise, under 0.2 %, no longer changes anything)")
     return probes
 
 
@@ -63,9 +85,29 @@ def check_tol(tol: Optional[float]) -> Optional[float]:
     return tol
 
 
+def _finite(value: Optional[float]) -> bool:
+    """A measure that is a finite number, or None (undefined, not broken)."""
+    return value is None or math.isfinite(value)
+
+
+def _json_number(value: Optional[float]) -> Optional[float]:
+    """``value``, or None for a measure that is not a finite number (strict JSON has no NaN or Infinity)."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _count_nonfinite(*tensors: Optional[torch.Tensor]) -> int:
+    return sum(int((~torch.isfinite(t)).sum()) for t in tensors if t is not None and t.is_floating_point())
+
+
 @dataclass(frozen=True)
 class LayerCertificate:
-    """The three measures of one changed layer, with what produced them."""
+    """The three measures of one changed layer, with what produced them.
+
+    ``dc_gain_ratio`` is None when undefined (ORIG's kernel sums to zero: 0/0). ``nonfinite``,
+    ``nonfinite_original``: inf/NaN values in the CONVERTED and ORIG tensors measured (v and g of a
+    weight-normed layer). ``weight_norm_g``: g's name when ``name`` is weight norm's v and the
+    measures are of the effective weight g·v/‖v‖.
+    """
 
     name: str
     method: str
@@ -73,18 +115,65 @@ class LayerCertificate:
     new_shape: tuple[int, ...]
     structure_error: float
     alias_gain: float
-    dc_gain_ratio: float
+    dc_gain_ratio: Optional[float]
     file: str = ""  # the converted file holding the tensor, relative to CONVERTED ("" for a single file)
+    nonfinite: int = 0
+    nonfinite_original: int = 0
+    weight_norm_g: Optional[str] = None
 
     @property
     def label(self) -> str:
         """``name``, or ``file: name`` in a checkpoint of several files."""
         return f"{self.file}: {self.name}" if self.file else self.name
 
+    @property
+    def shown(self) -> str:
+        """``label``, with `` (weight norm)`` when the effective weight g·v/‖v‖ was measured."""
+        return self.label + (" (weight norm)" if self.weight_norm_g else "")
+
+    @property
+    def broken(self) -> bool:
+        """CONVERTED holds non-finite values where ORIG's are all finite."""
+        return self.nonfinite > 0 and self.nonfinite_original == 0
+
+    @property
+    def finite(self) -> bool:
+        """Every measure is a finite number (an undefined DC gain ratio counts as finite)."""
+        return all(_finite(v) for v in (self.structure_error, self.alias_gain, self.dc_gain_ratio))
+
+    def fails(self, tol: Optional[float]) -> bool:
+        """:attr:`broken`, whatever ``tol``; under a ``tol``, also a structure error above it or any
+        measure that is not a finite number (NaN > tol being false, NaN must not pass)."""
+        if self.broken:
+            return True
+        return tol is not None and (not self.structure_error <= tol or not self.finite)
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["old_shape"], data["new_shape"] = list(self.old_shape), list(self.new_shape)
+        for key in ("structure_error", "alias_gain", "dc_gain_ratio"):
+            data[key] = _json_number(data[key])
         return data
+
+
+def effective_weight(v: torch.Tensor, g: torch.Tensor, dim: Optional[int], name: str = "weight_v") -> torch.Tensor:
+    """Weight norm's w = g·v/‖v‖ in float64, the norm over every axis of ``v`` but ``dim`` (all of
+    them for None). Where ‖v‖ = 0, w = 0 (torch gives 0/0; convert keeps g there, v′ being 0 too);
+    non-finite values propagate. InvalidOptionError when g's shape does not fit ``dim``."""
+    v, g = v.double(), g.double()
+    if dim is None:
+        if g.numel() != 1:
+            raise InvalidOptionError(f"{name}: weight norm's g has shape {tuple(g.shape)}, not one value (dim None)")
+        norm, g = v.norm(), g.reshape(())
+    else:
+        if not 0 <= dim < v.ndim or g.numel() != v.shape[dim]:
+            raise InvalidOptionError(f"{name}: weight norm's g has shape {tuple(g.shape)}, not v's {tuple(v.shape)} "
+                                     f"size along dim {dim}")
+        axes = [a for a in range(v.ndim) if a != dim]
+        norm = torch.linalg.vector_norm(v, dim=axes, keepdim=True) if axes else v.abs()
+        g = g.reshape([-1 if a == dim else 1 for a in range(v.ndim)])
+    scale = torch.where(norm == 0, torch.zeros_like(norm), g / torch.where(norm == 0, torch.ones_like(norm), norm))
+    return v * scale
 
 
 def _response(kernel: torch.Tensor, omegas: Sequence[np.ndarray], dilation: Sequence[int], shift: Sequence[float]) -> torch.Tensor:
@@ -102,6 +191,7 @@ def _response(kernel: torch.Tensor, omegas: Sequence[np.ndarray], dilation: Sequ
     return out
 
 
+@np.errstate(all="ignore")  # non-finite weights give NaN measures, reported as such: no warnings
 def certify_conv(
     name: str,
     kernel: torch.Tensor,
@@ -130,6 +220,7 @@ def certify_conv(
     dilation = list(dilation or [1] * ndim)
     shift = list(shift or [0.0] * ndim)
     rng = np.random.default_rng(seed)
+    counts = {"nonfinite": _count_nonfinite(new_kernel), "nonfinite_original": _count_nonfinite(kernel)}
     if kernel.shape[0] > max_channels:
         keep = torch.tensor(np.sort(rng.choice(kernel.shape[0], max_channels, replace=False)))
         kernel, new_kernel = kernel[keep], new_kernel[keep]
@@ -144,7 +235,7 @@ def certify_conv(
         spectrum = torch.tensor(rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
         total_err += (torch.einsum("oi...,i...->o...", high - low, spectrum).abs() ** 2).sum().item()
         total_ref += (torch.einsum("oi...,i...->o...", low, spectrum).abs() ** 2).sum().item()
-    structure = math.sqrt(total_err / total_ref) if total_ref > 0 else 0.0
+    structure = _ratio(total_err, total_ref)
 
     full = np.linspace(-0.5, 0.5, 4 * grid + 1)
     reference = _response(kernel, [2 * np.pi * full] * ndim, [1] * ndim, [0.0] * ndim)
@@ -157,13 +248,36 @@ def certify_conv(
         above |= (np.abs(full) > 0.5 / s)[tuple(index)]
     power_new = (new_full.abs() ** 2).sum(dim=(0, 1)).numpy()
     power_ref = (reference.abs() ** 2).sum(dim=(0, 1)).numpy()
-    alias = math.sqrt(power_new[above].mean() / power_ref.mean()) if above.any() and power_ref.mean() > 0 else 0.0
+    alias = _ratio(float(power_new[above].mean()), float(power_ref.mean())) if above.any() else 0.0
 
     dc_old = kernel.sum(dim=tuple(range(2, 2 + ndim)))
     dc_new = new_kernel.sum(dim=tuple(range(2, 2 + ndim)))
-    denominator = (dc_old * dc_old).sum().item()
-    dc = (dc_new * dc_old).sum().item() / denominator if denominator > 0 else float("nan")
-    return LayerCertificate(name, method, tuple(kernel.shape), tuple(new_kernel.shape), structure, alias, dc)
+    dc = _dc_ratio((dc_new * dc_old).sum().item(), (dc_old * dc_old).sum().item())
+    return LayerCertificate(name, method, tuple(kernel.shape), tuple(new_kernel.shape), structure, alias, dc, **counts)
+
+
+def _ratio(error: float, reference: float) -> float:
+    """√(error/reference): 0 for 0/0 (a zero kernel kept zero), inf for x/0 (a zero kernel that is
+    not zero any more); NaN in, NaN out."""
+    if reference == 0 and not math.isnan(error):
+        return 0.0 if error == 0 else math.inf
+    return math.sqrt(error / reference)
+
+
+def _dc_ratio(inner: float, reference: float) -> Optional[float]:
+    """⟨ΣK′, ΣK⟩/‖ΣK‖², None (undefined) when ORIG's DC response is exactly zero; NaN in, NaN out."""
+    return None if reference == 0 else inner / reference
+
+
+@dataclass(frozen=True)
+class WeightNorm:
+    """Weight norm's g of a v being certified: its name, ``dim`` (None: one norm over all of v),
+    and its ORIG and CONVERTED values."""
+
+    name: str
+    dim: Optional[int]
+    original: torch.Tensor
+    converted: torch.Tensor
 
 
 def certify_record(
@@ -171,9 +285,21 @@ def certify_record(
     original: torch.Tensor,
     converted: torch.Tensor,
     record: Mapping[str, Any],
+    *,
+    weight_norm: Optional[WeightNorm] = None,
     **options: Any,
 ) -> LayerCertificate:
-    """Certificate of one changed tensor from its manifest record (DESIGN §5)."""
+    """Certificate of one changed tensor from its manifest record (DESIGN §5).
+
+    ``weight_norm``: when ``name`` is weight norm's v, its g; the layer is then measured on its
+    effective weight g·v/‖v‖ on both sides (float64), and the non-finite counts are of v and g."""
+    if weight_norm is not None:
+        counts = {"nonfinite": _count_nonfinite(converted, weight_norm.converted),
+                  "nonfinite_original": _count_nonfinite(original, weight_norm.original)}
+        original = effective_weight(original, weight_norm.original, weight_norm.dim, name)
+        converted = effective_weight(converted, weight_norm.converted, weight_norm.dim, name)
+        cert = certify_record(name, original, converted, record, **options)
+        return replace(cert, weight_norm_g=weight_norm.name, **counts)
     if record.get("kind") == "grid":
         return certify_grid(name, original, converted, record, **options)
     dilation = record.get("dilation")
@@ -185,6 +311,7 @@ def certify_record(
     )
 
 
+@np.errstate(all="ignore")
 def certify_grid(
     name: str,
     original: torch.Tensor,
@@ -224,9 +351,10 @@ def certify_grid(
         ref += float((y_old**2).sum())
     # A flat input upsamples to a flat input, so the DC gain is each row's sum over all cells.
     dc_old, dc_new = w_old.sum(axis=(1, 2, 3)), w_new_.sum(axis=(1, 2, 3))
-    dc = float((dc_new * dc_old).sum() / (dc_old**2).sum())
+    dc = _dc_ratio(float((dc_new * dc_old).sum()), float((dc_old**2).sum()))
     return LayerCertificate(name, record.get("method", ""), tuple(original.shape), tuple(converted.shape),
-                            math.sqrt(err / ref) if ref > 0 else 0.0, 0.0, dc)
+                            _ratio(err, ref), 0.0, dc, nonfinite=_count_nonfinite(converted),
+                            nonfinite_original=_count_nonfinite(original))
 
 
 @dataclass(frozen=True)
@@ -258,16 +386,22 @@ class VerifyReport:
 
     @property
     def worst(self) -> Optional[LayerCertificate]:
-        return max(self.layers, key=lambda c: c.structure_error, default=None)
+        """The layer of the largest structure error, a NaN counting as the largest."""
+        return max(self.layers, key=lambda c: c.structure_error if not math.isnan(c.structure_error) else math.inf,
+                   default=None)
 
     def failures(self, tol: Optional[float]) -> tuple[LayerCertificate, ...]:
-        """Layers whose structure error exceeds ``tol`` (none when ``tol`` is None)."""
-        return () if tol is None else tuple(c for c in self.layers if c.structure_error > tol)
+        """Layers that fail (:meth:`LayerCertificate.fails`): CONVERTED holds non-finite values where
+        ORIG's are finite, whatever ``tol``; under ``tol``, also a structure error above it or a
+        measure that is not a finite number."""
+        return tuple(c for c in self.layers if c.fails(tol))
 
     def table(self) -> list[str]:
         """One line per layer (under a ``== file ==`` line per converted file when there are
-        several), then the summary."""
-        width = max((len(c.name) for c in self.layers), default=5)
+        several), then the summary. A measure that is not a number shows as ``NaN`` or ``inf``, an
+        undefined DC gain ratio as ``undef``, and a layer whose CONVERTED tensors hold non-finite
+        values says how many at the end of its line."""
+        width = max((len(c.name) + (len(" (weight norm)") if c.weight_norm_g else 0) for c in self.layers), default=5)
         lines = [f"{'layer':<{width}}  {'method':<8}  {'shape':>21}  structure  alias  dc gain"]
         grouped = any(f.rel for f in self.files) or any(c.file for c in self.layers)
         files = [f.rel for f in self.files] or list(dict.fromkeys(c.file for c in self.layers))
@@ -277,22 +411,37 @@ class VerifyReport:
                 lines.append(f"== {rel} ==" + ("" if layers else "  no changed layer"))
             for c in layers:
                 shapes = f"{'×'.join(map(str, c.old_shape[2:] or c.old_shape))}→{'×'.join(map(str, c.new_shape[2:] or c.new_shape))}"
-                lines.append(f"{c.name:<{width}}  {c.method:<8}  {shapes:>21}  {c.structure_error:9.2e}  {c.alias_gain:5.3f}  "
-                             f"{c.dc_gain_ratio:7.4f}")
+                name = c.name + (" (weight norm)" if c.weight_norm_g else "")
+                dc = "undef" if c.dc_gain_ratio is None else format_measure(c.dc_gain_ratio, ".4f")
+                note = f"  CONVERTED holds {c.nonfinite} non-finite value{'s' if c.nonfinite != 1 else ''}" if c.nonfinite else ""
+                lines.append(f"{name:<{width}}  {c.method:<8}  {shapes:>21}  {format_measure(c.structure_error, '.2e'):>9}  "
+                             f"{format_measure(c.alias_gain, '.3f'):>5}  {dc:>7}{note}")
         worst = self.worst
         if worst is not None:
             mean = sum(c.structure_error for c in self.layers) / len(self.layers)
             where = f" in {len(files)} files" if len(files) > 1 else ""
-            lines.append(f"{len(self.layers)} changed layers{where}; structure error (band ν₀ = {self.band}): mean {mean:.2e}, "
-                         f"worst {worst.structure_error:.2e} ({worst.label})")
+            broken = sum(1 for c in self.layers if c.nonfinite)
+            lines.append(f"{len(self.layers)} changed layers{where}; structure error (band ν₀ = {self.band}): mean "
+                         f"{format_measure(mean, '.2e')}, worst {format_measure(worst.structure_error, '.2e')} ({worst.shown})"
+                         + (f"; {broken} with non-finite values in CONVERTED" if broken else ""))
         else:
             lines.append("no changed layer to verify")
         return lines
 
     def to_json(self) -> dict[str, Any]:
+        """The report as plain data: a measure that is not a finite number is None (JSON null)."""
         worst = self.worst
         return {"band": self.band, "layers": [c.to_json() for c in self.layers],
                 "worst": worst.to_json() if worst is not None else None, "files": [f.to_json() for f in self.files]}
+
+
+def format_measure(value: float, spec: str) -> str:
+    """``value`` formatted, or ``NaN`` / ``inf`` / ``-inf`` plainly."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return format(value, spec)
 
 
 # --- pairing the files of ORIG and CONVERTED ---------------------------------------------------------
@@ -307,6 +456,7 @@ class _Job:
     original: str  # path of the ORIG file holding it
     converted: str  # path of the CONVERTED file holding it
     rel: str  # the converted file, relative to CONVERTED
+    g: Optional[tuple[str, Optional[int], str, str]] = None  # weight norm's g: name, dim, ORIG and CONVERTED file
 
 
 def _shown(arg: Any, scan: Any, rel: str) -> str:
@@ -399,6 +549,66 @@ def _check_shapes(name: str, record: Mapping[str, Any], old: tuple[int, ...], ne
                                  f"the channel axes differ {hint_orig}")
 
 
+def _g_fits(g: tuple[int, ...], v: tuple[int, ...], dim: Optional[int]) -> bool:
+    """Whether a g of shape ``g`` is weight norm's g of a v of shape ``v`` with norm axis ``dim``."""
+    if dim is None:
+        return all(n == 1 for n in g) and len(g) in (0, len(v))
+    return len(g) == len(v) and all(n == (v[a] if a == dim else 1) for a, n in enumerate(g))
+
+
+def _weight_norm_job(name: str, record: Mapping[str, Any], v_old: tuple[int, ...], o_tensors: Mapping[str, Any],
+                     c_tensors: Mapping[str, Any], orig_file: str, conv_file: str, shown: Callable[[Any, str], str]
+                     ) -> Optional[tuple[str, Optional[int], str, str]]:
+    """Weight norm's g of the recorded tensor ``name``, checked from the headers: ``(g, dim, ORIG
+    file, CONVERTED file)``, or None when ``name`` is no weight-normed v.
+
+    Resized pairs name g in v's record (``weight_norm: {g, dim}``); geometry-only ones (v and g kept)
+    do not, and g is then found by name (``<layer>.weight_g`` for ``<layer>.weight_v``, …original0
+    for …original1) when ORIG holds it, with dim read from its shape. ORIG's g must fit v and dim,
+    CONVERTED's g must have ORIG's shape (weight norm's g never changes shape)."""
+    from kernelscale.checkpoint_plan import shape_text
+    from kernelscale.plan import weight_norm_parts
+
+    recorded = record.get("weight_norm")
+    if recorded is not None:
+        g, dim = (recorded.get("g"), recorded.get("dim")) if isinstance(recorded, Mapping) else (None, None)
+        valid_dim = dim is None or (isinstance(dim, int) and not isinstance(dim, bool) and 0 <= dim < len(v_old))
+        if not isinstance(recorded, Mapping) or not isinstance(g, str) or not valid_dim:
+            raise InvalidCheckpointError(f"{conv_file}: manifest record of {name!r}: weight_norm must be {{\"g\": g's name, "
+                                         f"\"dim\": an axis of v or null}}, got {recorded!r}")
+        if g not in o_tensors:
+            raise InvalidOptionError(f"{orig_file}: has no tensor {g!r}, which the manifest of {conv_file} records as weight "
+                                     f"norm's g of {name} (is ORIG the checkpoint that was converted?)")
+    else:
+        parts = weight_norm_parts(name)
+        if parts is None or parts[1] != name or parts[2] not in o_tensors:
+            return None
+        g = parts[2]
+        g_old = tuple(o_tensors[g][1].shape)
+        dim = next((d for d in [None, *range(len(v_old))] if _g_fits(g_old, v_old, d)), -1)
+        if dim == -1:
+            raise InvalidOptionError(f"{shown(o_tensors[g][0], 'ORIG')}: ORIG {g} is {shape_text(g_old)}, which is neither "
+                                     f"a scalar nor v's size on one axis and 1 on the others (v {name} is "
+                                     f"{shape_text(v_old)}), so it is no weight norm's g")
+    o_src, o_info = o_tensors[g]
+    g_orig_file = shown(o_src, "ORIG")
+    g_old = tuple(o_info.shape)
+    if not _g_fits(g_old, v_old, dim):
+        axis = "one norm over all of v" if dim is None else f"one norm per index of axis {dim}"
+        raise InvalidOptionError(f"{g_orig_file}: ORIG {g} is {shape_text(g_old)}, but the manifest of {conv_file} records it "
+                                 f"as weight norm's g of {name} ({shape_text(v_old)}) with {axis} "
+                                 "(is ORIG the checkpoint that was converted?)")
+    if g not in c_tensors:
+        raise InvalidCheckpointError(f"{conv_file}: the manifest records {g!r} as weight norm's g of {name}, but the "
+                                     "converted checkpoint does not hold it")
+    c_src, c_info = c_tensors[g]
+    g_conv_file = shown(c_src, "CONVERTED")
+    if tuple(c_info.shape) != g_old:
+        raise InvalidOptionError(f"{g_conv_file}: CONVERTED {g} is {shape_text(tuple(c_info.shape))} but ORIG's is "
+                                 f"{shape_text(g_old)}: weight norm's g keeps its shape (was it changed after it was converted?)")
+    return g, dim, o_src.path, c_src.path
+
+
 def _plan_jobs(original: Any, converted: Any) -> tuple[list[_Job], list[tuple[str, str, str]]]:
     """Every recorded tensor to certify, checked from the headers alone, and each converted file
     as (rel, ORIG file(s), CONVERTED file), in CONVERTED's order."""
@@ -411,8 +621,12 @@ def _plan_jobs(original: Any, converted: Any) -> tuple[list[_Job], list[tuple[st
     o_scan = scan_checkpoint(original)
     jobs: list[_Job] = []
     files: list[tuple[str, str, str]] = []
+    def shown(src: Any, side: str) -> str:
+        return _shown(original, o_scan, src.rel) if side == "ORIG" else _shown(converted, c_scan, src.rel)
+
     for o_unit, c_unit in _pair_units(original, o_scan, converted, c_scan):
         o_tensors = {t.name: (src, t) for src in o_unit.files for t in src.tensors}
+        c_unit_tensors = {t.name: (src, t) for src in c_unit.files for t in src.tensors}  # g may sit in another shard
         o_model = _shown(original, o_scan, _unit_key(o_unit))
         o_files = {src.rel: src for src in o_unit.files}
         o_names = {os.path.basename(src.rel): src for src in o_unit.files}
@@ -442,7 +656,8 @@ def _plan_jobs(original: Any, converted: Any) -> tuple[list[_Job], list[tuple[st
                 o_src, o_info = o_tensors[name]
                 orig_file = _shown(original, o_scan, o_src.rel)
                 _check_shapes(name, record, tuple(o_info.shape), tuple(c_tensors[name].shape), orig_file, conv_file)
-                jobs.append(_Job(name, record, o_src.path, src.path, rel))
+                g = _weight_norm_job(name, record, tuple(o_info.shape), o_tensors, c_unit_tensors, orig_file, conv_file, shown)
+                jobs.append(_Job(name, record, o_src.path, src.path, rel, g))
     return jobs, files
 
 
@@ -462,13 +677,15 @@ def verify_checkpoints(
     model per file or per shard index, variants such as ``*.fp16.safetensors`` apart). Models are
     paired by their path in the folder; a lone model on each side is paired as it is. Each
     converted file is certified from its own manifest; geometry-only records with their dilation;
-    attention records and weight norm's g (no spatial change) are skipped, a weight-normed conv
-    being certified on its v (v' = c·R·v, the same operator as its effective weight's).
+    attention records and weight norm's g records (no spatial change) are skipped, a weight-normed
+    conv being certified on its effective weight g·v/‖v‖ (its g named by v's record, or, for a
+    geometry-only pair, found by name), so that a g changed after conversion shows.
 
     Everything is checked from the headers before any tensor is read: InvalidOptionError for a bad
     option, a file or model with no counterpart on the other side, a recorded tensor that ORIG
-    lacks, or a tensor whose ORIG (CONVERTED) shape is not its record's ``old_spatial``
-    (``new_spatial``); InvalidCheckpointError for a malformed checkpoint or manifest.
+    lacks, a tensor whose ORIG (CONVERTED) shape is not its record's ``old_spatial``
+    (``new_spatial``), or weight norm's g whose ORIG shape does not fit v and the recorded dim or
+    whose CONVERTED shape is not ORIG's; InvalidCheckpointError for a malformed checkpoint or manifest.
     """
     check_band(band)
     check_probes(probes)
@@ -488,8 +705,12 @@ def verify_checkpoints(
             return readers[path].read_tensor(name)
 
         for job in jobs:
+            weight_norm = None
+            if job.g is not None:
+                g, dim, g_orig, g_conv = job.g
+                weight_norm = WeightNorm(g, dim, read(g_orig, g), read(g_conv, g))
             cert = certify_record(job.name, read(job.original, job.name), read(job.converted, job.name), job.record,
-                                  band=band, probes=probes, seed=seed, max_channels=max_channels)
+                                  weight_norm=weight_norm, band=band, probes=probes, seed=seed, max_channels=max_channels)
             certificates.append(replace(cert, file=job.rel))
     counts = {rel: sum(1 for c in certificates if c.file == rel) for rel, _, _ in files}
     verified = tuple(VerifiedFile(rel, orig, conv, counts[rel]) for rel, orig, conv in files)

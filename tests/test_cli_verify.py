@@ -106,6 +106,7 @@ BAD_OPTIONS = [
     (["--seed", "-1"], "argument --seed: seed must be an integer >= 0, got -1"),
     (["--seed", "1.5"], "argument --seed: expected an integer >= 0, got '1.5'"),
     (["--probes", "0"], "argument --probes: probes must be an integer >= 1, got 0"),
+    (["--probes", "100000000"], "argument --probes: probes must be at most 1000, got 100000000"),
     (["--tol", "-1"], "argument --tol: tol must be a number >= 0, got -1.0"),
     (["--tol", "nan"], "argument --tol: tol must be a number >= 0, got nan"),
 ]
@@ -144,3 +145,86 @@ def test_orig_and_converted_are_checked_against_the_manifest(tmp_path, capsys):
     claims_9x9 = _rewrite(out, tmp_path / "claims_9x9.safetensors", manifest={"conv1.weight": {"new_spatial": [9, 9]}})
     code, stdout, stderr = call(capsys, "verify", src, claims_9x9)
     assert code == 2 and stdout == "" and "CONVERTED conv1.weight is 7×7 but its manifest records 9×9" in _one_error_line(stderr)
+
+
+# --- weight norm's g, non-finite values, strict JSON ------------------------------------------------
+
+
+def test_verify_sees_weight_norm_g(tmp_path, capsys):
+    from safetensors.torch import load_file
+    from test_verify import WN_LAYERS, _rewrite, _scaled_g, _weight_normed_stack
+
+    src, out = _weight_normed_stack(tmp_path), tmp_path / "x2.safetensors"
+    assert main(["convert", str(src), str(out), "--scale", "2"]) == 0
+    code, stdout, _ = call(capsys, "verify", src, out, "--tol", "0.3")
+    assert code == 0 and "0.weight_v (weight norm)" in stdout
+    # the reviewer's repro: every g × 10, metadata kept
+    code, stdout, stderr = call(capsys, "verify", src, _scaled_g(out, tmp_path / "x2_g10.safetensors", 10), "--tol", "0.3")
+    assert code == 1
+    for v, *_ in WN_LAYERS:
+        assert f"kernelscale: {v} (weight norm): structure error" in stderr
+    # a g of the wrong shape: one line, exit 2
+    cut = _rewrite(out, tmp_path / "cut.safetensors", tensors={"0.weight_g": load_file(str(out))["0.weight_g"][:4]})
+    code, stdout, stderr = call(capsys, "verify", src, cut)
+    assert code == 2 and stdout == ""
+    assert f"{cut}: CONVERTED 0.weight_g is 4×1×1 but ORIG's is 8×1×1" in _one_error_line(stderr)
+
+
+def _with_non_finite(src, dst):
+    from test_verify import _rewrite
+
+    sd = safetensors.torch.load_file(str(src))
+    conv2 = sd["conv2.weight"].clone()
+    conv2[0, 0, 0, 0] = float("nan")
+    return _rewrite(src, dst, tensors={"conv1.weight": sd["conv1.weight"] * 1e308, "conv2.weight": conv2})  # float32: inf
+
+
+def _strict_json(text):
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_converted_values_fail_with_or_without_tol(tmp_path, capsys):
+    out = tmp_path / "x2.safetensors"
+    assert main(["convert", str(EXAMPLE), str(out), "--scale", "2"]) == 0
+    bad = _with_non_finite(out, tmp_path / "bad.safetensors")
+    capsys.readouterr()
+    for flags in ([], ["--tol", "0.5"]):
+        code, stdout, stderr = call(capsys, "verify", EXAMPLE, bad, *flags)
+        assert code == 1, flags
+        row = next(line for line in stdout.splitlines() if line.startswith("conv1.weight"))
+        assert "NaN" in row and "CONVERTED holds 784 non-finite values" in row
+        assert "kernelscale: conv1.weight: CONVERTED holds 784 non-finite values (inf or NaN) where ORIG's are all finite" in stderr
+        assert "kernelscale: conv2.weight: CONVERTED holds 1 non-finite value" in stderr
+    code, stdout, _ = call(capsys, "verify", EXAMPLE, bad, "--json")
+    data = _strict_json(stdout)
+    assert code == 1 and data["failures"] == ["conv1.weight", "conv2.weight"]
+    assert data["layers"][0]["structure_error"] is None and data["layers"][0]["nonfinite"] == 784
+    # convert --json puts the same report into its summary: strict JSON too
+    code, stdout, _ = call(capsys, "convert", EXAMPLE, tmp_path / "again.safetensors", "--scale", "2", "--verify", "--json")
+    assert code == 0 and _strict_json(stdout)["verify"]["failures"] == []
+
+
+def test_zero_sum_kernel_dc_gain_is_null_not_nan(tmp_path, capsys):
+    import torch
+
+    sobel = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]])
+    src = tmp_path / "sobel.safetensors"
+    safetensors.torch.save_file({"edge.weight": torch.stack([sobel, sobel.T]).unsqueeze(1).contiguous()}, str(src))
+    out = tmp_path / "sobel_x2.safetensors"
+    assert main(["convert", str(src), str(out), "--scale", "2"]) == 0
+    capsys.readouterr()
+    code, stdout, _ = call(capsys, "verify", src, out, "--json", "--tol", "0.5")
+    data = _strict_json(stdout)
+    assert code == 0 and data["layers"][0]["dc_gain_ratio"] is None and data["failures"] == []
+    code, stdout, _ = call(capsys, "verify", src, out, "--tol", "0.5")
+    assert code == 0 and stdout.splitlines()[1].endswith("undef")
+
+
+def test_json_output_refuses_nan():
+    from kernelscale.cli_verify import dumps
+
+    with pytest.raises(ValueError):
+        dumps({"structure_error": float("nan")})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import numpy as np
@@ -229,6 +230,7 @@ def test_shapes_are_checked_against_the_record(tmp_path, side, change, needle):
 @pytest.mark.parametrize("option, value, needle", [
     ("band", 0.9, "band must be in (0, 0.5]"), ("band", 0.0, "band must be"), ("probes", 0, "probes must be an integer >= 1"),
     ("seed", -1, "seed must be an integer >= 0"), ("max_channels", 0, "max_channels"),
+    ("probes", 10**8, "probes must be at most 1000, got 100000000"),
 ])
 def test_bad_options_are_refused_before_anything_is_read(tmp_path, option, value, needle):
     from kernelscale.errors import InvalidOptionError
@@ -236,3 +238,192 @@ def test_bad_options_are_refused_before_anything_is_read(tmp_path, option, value
 
     with pytest.raises(InvalidOptionError, match=re.escape(needle)):
         verify_checkpoints(tmp_path / "absent", tmp_path / "absent_x2", **{option: value})
+
+
+# --- weight norm: the effective weight g·v/‖v‖ is what is certified ---------------------------------
+
+WN_LAYERS = [("0.weight_v", "0.weight_g", 4, 8, 7), ("1.weight_v", "1.weight_g", 8, 8, 3),
+             ("2.parametrizations.weight.original1", "2.parametrizations.weight.original0", 8, 4, 5)]
+
+
+def _weight_normed_stack(root, seed=4):
+    """A HiFi-GAN-like stack of weight-normed Conv1d (both of torch's forms, dim 0), g ≠ ‖v‖ as after training."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for i, (v, g, c_in, c_out, k) in enumerate(WN_LAYERS):
+        sd[v] = torch.randn(c_out, c_in, k, generator=gen)
+        sd[g] = torch.rand(c_out, 1, 1, generator=gen) + 0.5
+        sd[f"{i}.bias"] = torch.randn(c_out, generator=gen)
+    return _save(sd, root / "x.safetensors")
+
+
+def _scaled_g(src, dst, factor):
+    from safetensors.torch import load_file
+
+    sd = load_file(str(src))
+    return _rewrite(src, dst, tensors={g: sd[g] * factor for _, g, *_ in WN_LAYERS})
+
+
+def test_weight_normed_layers_are_certified_on_their_effective_weight(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from kernelscale import ResizeOptions
+    from kernelscale.convert import convert_checkpoint
+    from kernelscale.verify import effective_weight, verify_checkpoints
+
+    src, out = _weight_normed_stack(tmp_path), tmp_path / "x2.safetensors"
+    convert_checkpoint(src, out, ResizeOptions(scale=2))
+    report = verify_checkpoints(src, out)
+    assert [(c.name, c.weight_norm_g) for c in report.layers] == [(v, g) for v, g, *_ in WN_LAYERS]
+    assert all(c.shown.endswith(" (weight norm)") for c in report.layers)
+    # the same measures as for plain convs holding the effective weights (float64 on both sides)
+    old, new = load_file(str(src)), load_file(str(out))
+    with safe_open(str(out), "pt") as f:
+        manifest = json.loads(f.metadata()["kernelscale"])
+    for cert, (v, g, *_) in zip(report.layers, WN_LAYERS):
+        plain = certify_record(v, effective_weight(old[v], old[g], 0), effective_weight(new[v], new[g], 0),
+                               manifest["tensors"][v])
+        assert cert.structure_error == pytest.approx(plain.structure_error, rel=1e-12)
+        assert cert.dc_gain_ratio == pytest.approx(1.0, abs=1e-6)  # T4 through g' = g·‖v′‖/‖v‖
+        # measured on v alone, the per-channel g weighs differently: the measure is not the same
+        v_only = certify_record(v, old[v], new[v], manifest["tensors"][v])
+        assert v_only.structure_error != pytest.approx(cert.structure_error, rel=1e-4)
+    # the reviewer's repro: every g × 10 after conversion
+    broken = verify_checkpoints(src, _scaled_g(out, tmp_path / "x2_g10.safetensors", 10))
+    assert [c.dc_gain_ratio for c in broken.layers] == pytest.approx([10.0] * 3, rel=1e-6)
+    assert all(c.structure_error > 8 for c in broken.layers)
+    assert [c.name for c in broken.failures(0.3)] == [v for v, *_ in WN_LAYERS]
+
+
+def test_geometry_only_weight_norm_pairs_are_found_by_name(tmp_path):
+    from kernelscale import ResizeOptions
+    from kernelscale.convert import convert_checkpoint
+    from kernelscale.verify import verify_checkpoints
+
+    src, out = _weight_normed_stack(tmp_path), tmp_path / "geo.safetensors"
+    convert_checkpoint(src, out, ResizeOptions(scale=2, method="dilate", geometry_only=True))
+    report = verify_checkpoints(src, out)  # v and g kept, no g in the records: found by name
+    assert [(c.weight_norm_g, c.structure_error < 1e-12) for c in report.layers] == [(g, True) for _, g, *_ in WN_LAYERS]
+    broken = verify_checkpoints(src, _scaled_g(out, tmp_path / "geo_g10.safetensors", 10))
+    assert all(c.structure_error == pytest.approx(9.0, rel=1e-6) for c in broken.layers)  # ‖10·H − H‖/‖H‖
+
+
+def test_weight_norm_g_in_another_shard_than_v(tmp_path):
+    from checkpoints import save_sharded
+    from safetensors.torch import load_file
+
+    from kernelscale import ResizeOptions
+    from kernelscale.convert import convert_checkpoint
+    from kernelscale.verify import verify_checkpoints
+
+    sd = load_file(str(_weight_normed_stack(tmp_path)))
+    index = save_sharded(sd, tmp_path / "sharded", shards=2)
+    weight_map = json.loads(index.read_text())["weight_map"]
+    assert weight_map["1.weight_v"] != weight_map["1.weight_g"]
+    out = tmp_path / "sharded_x2"
+    convert_checkpoint(index, out, ResizeOptions(scale=2))
+    shard = out / weight_map["1.weight_g"]
+    edited = load_file(str(shard))
+    _rewrite(shard, shard, tensors={"1.weight_g": edited["1.weight_g"] * 10})
+    report = verify_checkpoints(index, out)
+    assert {c.name: c.weight_norm_g for c in report.layers} == {v: g for v, g, *_ in WN_LAYERS}
+    assert [c.name for c in report.failures(0.3)] == ["1.weight_v"]
+
+
+@pytest.mark.parametrize("edit, needle", [
+    ("conv_g", "CONVERTED 0.weight_g is 4×1×1 but ORIG's is 8×1×1: weight norm's g keeps its shape"),
+    ("orig_g", "ORIG 0.weight_g is 4×1×1, but the manifest of {conv} records it as weight norm's g of 0.weight_v (8×4×7) "
+               "with one norm per index of axis 0 (is ORIG the checkpoint that was converted?)"),
+    ("drop_g", "the manifest records '0.weight_g' as weight norm's g of 0.weight_v, but the converted checkpoint does not"),
+    ("bad_dim", "manifest record of '0.weight_v': weight_norm must be"),
+])
+def test_weight_norm_g_is_checked_against_orig(tmp_path, edit, needle):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from kernelscale import ResizeOptions
+    from kernelscale.convert import convert_checkpoint
+    from kernelscale.errors import KernelscaleError
+    from kernelscale.verify import verify_checkpoints
+
+    src, conv = _weight_normed_stack(tmp_path), tmp_path / "x2.safetensors"
+    convert_checkpoint(src, conv, ResizeOptions(scale=2))
+    if edit == "conv_g":
+        conv = _rewrite(conv, tmp_path / "cut.safetensors", tensors={"0.weight_g": load_file(str(conv))["0.weight_g"][:4]})
+    elif edit == "orig_g":
+        src = _rewrite(src, tmp_path / "orig_cut.safetensors", tensors={"0.weight_g": load_file(str(src))["0.weight_g"][:4]})
+    elif edit == "drop_g":
+        with safe_open(str(conv), "pt") as f:
+            metadata, sd = f.metadata(), {k: f.get_tensor(k) for k in f.keys() if k != "0.weight_g"}
+        conv = _save(sd, tmp_path / "no_g.safetensors", metadata)
+    else:
+        conv = _rewrite(conv, tmp_path / "dim.safetensors", manifest={"0.weight_v": {"weight_norm": {"g": "0.weight_g", "dim": 5}}})
+    with pytest.raises(KernelscaleError) as info:
+        verify_checkpoints(src, conv)
+    assert needle.format(conv=conv) in str(info.value)
+
+
+# --- measures that are not numbers: counted, shown, failing, never NaN in JSON ----------------------
+
+
+def test_non_finite_converted_values_fail_whatever_the_tolerance():
+    from kernelscale.verify import VerifyReport
+
+    k = kernels()
+    bad = resize_kernel(k, 2).clone()
+    bad[0, 0, 0, 0] = float("inf")
+    cert = certify_conv("c", k, bad, [2, 2])
+    assert cert.nonfinite == 1 and cert.nonfinite_original == 0 and cert.broken
+    assert math.isnan(cert.structure_error)
+    assert cert.fails(None) and cert.fails(10.0)
+    data = cert.to_json()
+    assert data["structure_error"] is None and data["nonfinite"] == 1
+    good = certify_conv("d", k, resize_kernel(k, 2), [2, 2])
+    report = VerifyReport((good, cert), 0.25)
+    assert report.failures(None) == (cert,) and report.worst is cert
+    json.dumps(report.to_json(), allow_nan=False)  # strict JSON: would raise on NaN
+    row = next(line for line in report.table() if line.startswith("c "))
+    assert "NaN" in row and "CONVERTED holds 1 non-finite value" in row
+    assert report.table()[-1].endswith("worst NaN (c); 1 with non-finite values in CONVERTED")
+
+
+def test_nan_measures_fail_a_tolerance_even_when_orig_is_not_finite():
+    k = kernels()
+    k[0, 0, 1, 1] = float("nan")
+    cert = certify_conv("c", k, resize_kernel(k, 2), [2, 2])
+    assert cert.nonfinite_original > 0 and not cert.broken  # nothing the conversion broke
+    assert not cert.fails(None) and cert.fails(0.05) and cert.fails(1e300)  # NaN > tol is false: must not pass
+
+
+def test_zero_sum_kernel_has_an_undefined_dc_gain_not_nan():
+    from kernelscale.verify import VerifyReport
+
+    sobel = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=torch.float64)
+    k = torch.stack([sobel, sobel.T]).unsqueeze(1)
+    cert = certify_conv("edge", k, resize_kernel(k, 2), [2, 2])
+    assert cert.dc_gain_ratio is None and cert.finite and not cert.fails(0.5)
+    assert 0 < cert.structure_error < 0.5
+    assert cert.to_json()["dc_gain_ratio"] is None
+    assert VerifyReport((cert,), 0.25).table()[1].endswith("undef")
+    # a grid whose rows sum to zero, likewise
+    w = torch.tensor(np.random.default_rng(5).integers(-9, 10, (4, 2 * 6 * 6)), dtype=torch.float64)
+    w[:, -1] -= w.sum(dim=1)  # integers: each row sums to exactly 0
+    new, manifest = resize_state_dict({"fc.weight": w}, 2, grids={"fc": (2, 6, 6)})
+    assert certify_record("fc.weight", w, new["fc.weight"], manifest["tensors"]["fc.weight"]).dc_gain_ratio is None
+
+
+def test_a_zero_kernel_that_is_not_zero_any_more_is_an_infinite_error():
+    zero = torch.zeros(2, 2, 3, 3, dtype=torch.float64)
+    assert certify_conv("z", zero, torch.zeros(2, 2, 7, 7, dtype=torch.float64), [2, 2]).structure_error == 0.0
+    grown = certify_conv("z", zero, torch.ones(2, 2, 7, 7, dtype=torch.float64), [2, 2])
+    assert grown.structure_error == math.inf and grown.fails(1e9)
+
+
+def test_probes_have_an_upper_bound():
+    from kernelscale.errors import InvalidOptionError
+    from kernelscale.verify import MAX_PROBES, check_probes
+
+    assert check_probes(MAX_PROBES) == MAX_PROBES
+    with pytest.raises(InvalidOptionError, match=re.escape(f"probes must be at most {MAX_PROBES}, got 100000000")):
+        check_probes(100_000_000)
