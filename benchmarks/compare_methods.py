@@ -89,7 +89,7 @@ def main() -> int:
         s25 = " / ".join(f"{c.structure_error:.4f}" for c in certs[0.25])
         s40 = " / ".join(f"{c.structure_error:.4f}" for c in certs[0.4])
         alias = " / ".join(f"{c.alias_gain:.3f}" for c in certs[0.25])
-        dc = " / ".join(f"{c.dc_gain_ratio:.4f}" for c in certs[0.25])
+        dc = " / ".join("undef" if c.dc_gain_ratio is None else f"{c.dc_gain_ratio:.4f}" for c in certs[0.25])
         accuracy = f"{acc[0]:.4f} / {acc[1]:.4f}" if acc else "n/a"
         print(f"| {label} | {size} | {flops:.2f} | {s25} | {s40} | {alias} | {dc} | {accuracy} |")
 

@@ -7,7 +7,8 @@ Subcommands live in a registry (:func:`register_command`), so a new one is one
 
 Exit codes: 0 success; 2 bad input or usage (one line ``kernelscale: error: …`` on stderr, never a
 traceback — set ``KERNELSCALE_DEBUG=1`` to get one); 130 interrupted (Ctrl-C); 143 terminated
-(SIGTERM); 141 stdout closed by its reader (silent); 1 a layer's structure error exceeds ``--tol`` (``verify``, ``convert --verify``); 70 an
+(SIGTERM); 141 stdout closed by its reader (silent); 1 a verified layer fails: its structure error exceeds ``--tol``, or the converted tensor holds
+inf/NaN where the original is finite (``verify``, ``convert --verify``); 70 an
 internal error, i.e. a bug (one line ``kernelscale: internal error: …``; sysexits' EX_SOFTWARE, so
 a script can tell it from a failed check). Temp files are removed before exiting.
 """
@@ -81,8 +82,8 @@ def register_command(command: Command) -> Command:
 _EXIT_AND_ENVIRONMENT = f"""
 exit status:
   {EXIT_OK}    success
-  1    verify or convert --verify: a layer's structure error exceeds --tol (the layers are named on
-       stderr)
+  1    verify or convert --verify: a layer's structure error exceeds --tol, or the converted tensor
+       holds inf/NaN where the original is finite (the layers are named on stderr)
   {EXIT_USAGE}    bad input or usage: one line 'kernelscale: error: ...' on stderr; convert writes no OUT
   {EXIT_INTERNAL}   an internal error (a bug): one line 'kernelscale: internal error: ...'
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C); {EXIT_TERMINATED} terminated (SIGTERM): temp files removed, no output written
@@ -347,7 +348,7 @@ def _report_conversion(args: argparse.Namespace, summary: Any, verify: bool) -> 
         report = measure(args.input, args.output, args) if verify else None
         if report is not None:
             data["verify"] = report_json(report, args.tol)
-        _stdout(json.dumps(data, indent=2, sort_keys=True))
+        _stdout(json.dumps(data, indent=2, sort_keys=True, allow_nan=False))
         return exit_code(report, args.tol) if report is not None else EXIT_OK
     _stderr(f"kernelscale: {summary.describe()}")
     if verify:

@@ -392,9 +392,9 @@ def test_inspect_says_what_happens_to_g(tmp_path, capsys):
     text = capsys.readouterr().out
     assert ("1.parametrizations.weight.original0  F32  1×8×1  converted: weight norm's g, rescaled for the resized "
             "1.parametrizations.weight.original1 (one norm per index of axis 1)") in text
-    assert main(["verify", str(src), str(dst)]) == 0  # certifies the three v (g has nothing spatial to certify)
+    assert main(["verify", str(src), str(dst)]) == 0  # one row per layer: its effective weight g·v/‖v‖, named by v
     table = capsys.readouterr().out
-    assert "original1" in table and "original0" not in table
+    assert "original1 (weight norm)" in table and "original0" not in table
 
 
 # --- the nn adapter: supersample() and load() set v and g, and the layer's weight follows ----------------
