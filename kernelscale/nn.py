@@ -666,6 +666,12 @@ def _check_layer(name: str, layer: nn.Module, tensor_name: str, allow_reflect: b
         if not isinstance(getattr(holder if holder is not None else layer, attr, None), torch.Tensor):
             raise GeometryError(f"{tensor_name}: the plan scales it, but {name!r} has no tensor attribute {attr!r}")
         return "attention"
+    if spectral_norm_layer(tensor_name) is not None:
+        # The planner lets only geometry-only re-dilation through (the weight is kept, so is σ).
+        if _spectral_norm_of(layer) is None:
+            raise GeometryError(f"{tensor_name}: named as spectral norm's raw weight, but {name!r} has no spectral norm "
+                                "on its weight, so kernelscale.nn cannot patch it; exclude it or patch it yourself")
+        attr = "weight"
     parts = weight_norm_parts(tensor_name)
     if parts is not None and parts[1] == tensor_name:
         if _weight_norm_of(layer) is None:
@@ -777,8 +783,8 @@ def _check_hidden_weights(module: nn.Module, state: Mapping[str, Any], options: 
     for name, layer in module.named_modules():
         if not isinstance(layer, _CONVS + _TRANSPOSED) or (f"{name}.weight" if name else "weight") in state:
             continue
-        if _weight_norm_of(layer) is not None:
-            continue
+        if _weight_norm_of(layer) is not None or _spectral_norm_of(layer) is not None:
+            continue  # planned: kernelscale.plan resizes weight norm and refuses spectral norm unless geometry-only
         if all(k == 1 for k in _tuple(layer.kernel_size, 1)):  # not layer.weight: computing it may update state (spectral_norm)
             continue
         if any(_matches(name, p) for p in options.exclude) or (options.include and not any(_matches(name, p) for p in options.include)):
@@ -805,13 +811,35 @@ def _weight_norm_of(layer: nn.Module) -> Optional[str]:
     return None
 
 
+def _spectral_norm_of(layer: nn.Module) -> Optional[str]:
+    """``"hook"`` when ``layer.weight`` is under torch.nn.utils.spectral_norm (weight_orig),
+    ``"parametrization"`` under torch.nn.utils.parametrizations.spectral_norm alone
+    (parametrizations.weight.original), None otherwise."""
+    from torch.nn.utils.spectral_norm import SpectralNorm
+
+    if any(isinstance(h, SpectralNorm) and h.name == "weight" for h in layer._forward_pre_hooks.values()):
+        return "hook"
+    chains = getattr(layer, "parametrizations", None)
+    if isinstance(chains, nn.ModuleDict) and "weight" in chains:
+        chain = chains["weight"]
+        if len(chain) == 1 and type(chain[0]).__name__ == "_SpectralNorm":
+            return "parametrization"
+    return None
+
+
 def _locate(tensor_name: str, layers: Mapping[str, nn.Module]) -> tuple[str, Optional[nn.Module], str]:
     """``(layer name, module holding the tensor, attribute)``. Weight norm's v and g belong to the
     layer they parametrize, held by it (weight_v/weight_g) or by its parametrization list
     (original1/original0); any other tensor to the module that holds it."""
     holder_name, attr = _owner(tensor_name)
     parts = weight_norm_parts(tensor_name)
-    layer_name = parts[0] if parts is not None and parts[0] in layers else holder_name
+    spectral = spectral_norm_layer(tensor_name)
+    if parts is not None and parts[0] in layers:
+        layer_name = parts[0]
+    elif spectral is not None and spectral in layers:
+        layer_name = spectral
+    else:
+        layer_name = holder_name
     return layer_name, layers.get(holder_name), attr
 
 

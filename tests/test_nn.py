@@ -756,6 +756,27 @@ def test_excluded_spectral_normed_layers_are_listed_as_unchanged():
     assert str(report).endswith("1 layers changed, 2 left unchanged")
 
 
+@pytest.mark.parametrize("form", ["hook", "parametrization"])
+@pytest.mark.parametrize("via", ["supersample", "load"])
+def test_geometry_only_redilation_of_a_spectral_normed_conv_is_exact(tmp_path, form, via):
+    """Re-dilation keeps the raw weight, hence its largest singular value: in eval mode (stored power
+    iteration vectors, no update) the layer is T1-exact on nearest-upsampled input. Anything that
+    changes the weight stays refused (tests/test_plan.py)."""
+    apply = nn.utils.spectral_norm if form == "hook" else nn.utils.parametrizations.spectral_norm
+    torch.manual_seed(0)
+    original = nn.Sequential(apply(nn.Conv1d(2, 4, 3, padding=1)), nn.ReLU(), nn.Conv1d(4, 2, 3, padding=1)).double().eval()
+    model = copy.deepcopy(original)
+    if via == "supersample":
+        report = supersample(model, 2, method="dilate", geometry_only=True)
+    else:
+        _, path = converted(tmp_path, ResizeOptions(scale=2, method="dilate", geometry_only=True), original)
+        report = load(model, path)
+    assert {c.name for c in report} == {"0", "2"} and model[0].dilation == (2,) and model[0].padding == (2,)
+    x = torch.randn(1, 2, 16, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel(model(nearest(x)), nearest(original(x))) < EXACT
+
+
 def test_a_conv_whose_weight_the_state_dict_hides_is_refused():
     """spectral_norm holds a conv's weight as other tensors and renormalises whatever it holds: the
     plan refuses rather than leave that conv silently unscaled (weight norm, whose v and g the
