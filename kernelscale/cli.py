@@ -5,12 +5,14 @@ field of :class:`~kernelscale.plan.ResizeOptions` or a keyword of ``convert_chec
 Subcommands live in a registry (:func:`register_command`), so a new one is one
 :class:`Command` with an ``add_arguments`` and a ``run`` function.
 
-Exit codes: 0 success; 2 bad input or usage (one line ``kernelscale: error: …`` on stderr, never a
-traceback — set ``KERNELSCALE_DEBUG=1`` to get one); 130 interrupted (Ctrl-C); 143 terminated
-(SIGTERM); 141 stdout closed by its reader (silent); 1 a verified layer fails: its structure error exceeds ``--tol``, or the converted tensor holds
-inf/NaN where the original is finite (``verify``, ``convert --verify``); 70 an
-internal error, i.e. a bug (one line ``kernelscale: internal error: …``; sysexits' EX_SOFTWARE, so
-a script can tell it from a failed check). Temp files are removed before exiting.
+Exit codes: 0 success; 1 a verified layer fails (``verify``, ``convert --verify``): its structure
+error exceeds ``--tol`` (or, under ``--tol``, a measure is not a number), or the converted tensor
+holds inf/NaN where the original is finite; 2 bad input or usage (one line ``kernelscale: error: …``
+on stderr, never a traceback — set ``KERNELSCALE_DEBUG=1`` to get one); 70 an internal error, i.e.
+a bug (one line ``kernelscale: internal error: …``; sysexits' EX_SOFTWARE, so a script can tell it
+from a failed check); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): temp files removed, no
+output written — except during ``convert --verify``, when OUT is already written and complete;
+141 stdout closed by its reader (silent).
 """
 
 from __future__ import annotations
@@ -82,11 +84,13 @@ def register_command(command: Command) -> Command:
 _EXIT_AND_ENVIRONMENT = f"""
 exit status:
   {EXIT_OK}    success
-  1    verify or convert --verify: a layer's structure error exceeds --tol, or the converted tensor
-       holds inf/NaN where the original is finite (the layers are named on stderr)
+  1    verify or convert --verify: a layer's structure error exceeds --tol (or, under --tol, a measure
+       is not a number), or the converted tensor holds inf/NaN where the original is finite (the
+       layers are named on stderr)
   {EXIT_USAGE}    bad input or usage: one line 'kernelscale: error: ...' on stderr; convert writes no OUT
   {EXIT_INTERNAL}   an internal error (a bug): one line 'kernelscale: internal error: ...'
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C); {EXIT_TERMINATED} terminated (SIGTERM): temp files removed, no output written
+       (during convert --verify: OUT is already written and complete)
   {EXIT_BROKEN_PIPE}  the reader of stdout closed it (e.g. '| head'): silently, as a tool killed by SIGPIPE
 
 environment:
@@ -568,8 +572,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 import kernelscale.cli_verify  # noqa: E402,F401  registers 'verify'
+
+if __name__ == "__main__":
+    # Run as ``python -m kernelscale.cli``, this file is ``__main__``, a second copy of the module:
+    # the commands (``verify`` included) register on ``kernelscale.cli``, so run that one.
+    from kernelscale.cli import main as _main
+
+    sys.exit(_main())

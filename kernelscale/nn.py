@@ -36,15 +36,18 @@ and the value, before anything is modified:
   ``layers=[LayerRule(name, align="cells")]`` for :func:`supersample`, a plan file's
   ``[[layers]]`` rules and the ``kernelscale convert`` command for :func:`load`;
 - a tensor the plan resizes whose layer is not a Conv, ConvTranspose or Linear (a custom module),
-  or a conv whose weight the state dict does not show (a parametrization other than weight norm,
-  spectral_norm);
+  or a conv whose weight the state dict does not show (a parametrization other than weight norm
+  or spectral norm);
+- a spectral-normed conv the plan would resize (kernelscale.plan refuses it: spectral norm
+  renormalises whatever weight it holds); geometry-only re-dilation of one is applied (the raw
+  weight and the power-iteration vectors are kept, so the layer is T1-exact in eval mode);
 - a lazy layer (``nn.LazyConv2d``, …) before its first forward, when the plan would change it; a
   lazy layer the plan leaves alone (excluded, a ``LazyLinear`` not named in ``grids``) is listed
   as unchanged.
 
 Training goes on after a resize: the layers keep their Parameter objects, with new data, and the
-next forward and backward use the new shapes (any graph still alive is cut loose: see
-:func:`supersample`).
+next forward and backward use the new shapes; backpropagating through a graph built before the
+resize is refused by PyTorch (see :func:`supersample`).
 
 Weight norm (``torch.nn.utils.weight_norm`` or ``parametrizations.weight_norm``) is supported: the
 plan resizes v and rescales g (kernelscale.plan), the adapter sets them in the layer (the Parameter

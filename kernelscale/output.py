@@ -1,7 +1,8 @@
 """The output location: where a conversion's result goes and how it is committed (DESIGN §6).
 
 :class:`_Output` refuses an OUT that is an input (same device and inode), lies inside the input
-folder or holds it, exists without ``force``, or goes into a folder that takes no new file
+folder or holds it, exists without ``force``, is a folder holding files this conversion would not
+write (``force`` replaces the whole folder, so they would be lost), or goes into a folder that takes no new file
 (read-only, no permission; probed, so ``--dry-run`` sees it too); the result is built as
 ``.OUT.kernelscale-tmp-<pid>`` beside OUT (a file, or a folder for multi-file output), fsynced,
 then renamed onto OUT (the output shard index last) and the directory fsynced, so an interrupted

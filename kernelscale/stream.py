@@ -3,8 +3,9 @@
 Per tensor either a raw byte copy, a cast, or read → resize (:func:`kernelscale.state_dict.apply_entry`,
 in blocks of rows) → write; weight norm's g is read, rescaled for its resized v (v read and
 resized again in the same blocks of rows, wherever it sits in the file or in another shard:
-:func:`_renormed`) → written. A reader thread reads blocks in order and hands them to
-single-threaded resize workers; the main thread writes the results in order from a queue of
+:func:`_renormed`) → written. A reader thread reads blocks in order and hands them to the
+resize workers (:func:`compute_workers`: on CPU one single-threaded worker per usable core, at
+most QUEUE_DEPTH + 1; on CUDA two, each on its own stream); the main thread writes the results in order from a queue of
 depth 2 while the next blocks are read and resized, and writer threads put the bytes on disk
 (O_DIRECT where possible). Peak memory is a few blocks, whatever the checkpoint's size. The input
 is only read; each written file is fsynced, and :func:`verify_output` reopens it with the

@@ -154,6 +154,12 @@ def test_top_level_help_lists_exit_codes_and_environment(capsys) -> None:
     assert code == 0 and "Any of --tol, --band, --probes, --seed implies --verify" in " ".join(stdout.split())
 
 
+def test_python_dash_m_kernelscale_cli_knows_every_command() -> None:
+    # Run as a script the module is __main__, a second copy: verify registers on kernelscale.cli.
+    result = run_cli("verify", "--help")
+    assert result.returncode == 0 and "ORIG" in result.stdout
+
+
 def test_python_dash_m_kernelscale_is_the_same_command() -> None:
     result = subprocess.run([sys.executable, "-m", "kernelscale", "--version"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == f"kernelscale {__version__}"
