@@ -43,7 +43,7 @@ EOF
 "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || { echo "no CUDA device: nothing to check"; exit 2; }
 
 step tests 240 "$py" -m pytest -q -p no:cacheprovider -o addopts="-ra" \
-    tests/test_triton_ops.py tests/test_dispatch.py tests/test_resize.py tests/test_convert.py tests/test_nn.py
+    tests/test_triton_ops.py tests/test_dispatch.py tests/test_resize.py tests/test_convert.py tests/test_stream.py tests/test_nn.py
 step bench_kernels 180 "$py" benchmarks/bench_kernels.py --device cuda --sweep --csv "$out/kernels.csv"
 step bench_convert 300 "$py" benchmarks/bench_convert.py --workdir /tmp/kernelscale-bench --repeat 2 --skip-naive \
     --devices cpu,cuda --section "## convert on a GPU machine (SD 1.5 UNet, fp16, --scale 2, --device cpu vs cuda)" \

@@ -804,14 +804,7 @@ def _weight_norm_of(layer: nn.Module) -> Optional[str]:
     (parametrizations.weight.original0/1), None otherwise."""
     from torch.nn.utils.weight_norm import WeightNorm
 
-    if any(isinstance(h, WeightNorm) and h.name == "weight" for h in layer._forward_pre_hooks.values()):
-        return "hook"
-    chains = getattr(layer, "parametrizations", None)
-    if isinstance(chains, nn.ModuleDict) and "weight" in chains:
-        chain = chains["weight"]
-        if len(chain) == 1 and type(chain[0]).__name__ == "_WeightNorm":
-            return "parametrization"
-    return None
+    return _weight_reparametrized_by(layer, WeightNorm, "_WeightNorm")
 
 
 def _spectral_norm_of(layer: nn.Module) -> Optional[str]:
@@ -820,12 +813,19 @@ def _spectral_norm_of(layer: nn.Module) -> Optional[str]:
     (parametrizations.weight.original), None otherwise."""
     from torch.nn.utils.spectral_norm import SpectralNorm
 
-    if any(isinstance(h, SpectralNorm) and h.name == "weight" for h in layer._forward_pre_hooks.values()):
+    return _weight_reparametrized_by(layer, SpectralNorm, "_SpectralNorm")
+
+
+def _weight_reparametrized_by(layer: nn.Module, hook_type: type, parametrization: str) -> Optional[str]:
+    """``"hook"`` when a forward pre-hook of ``hook_type`` computes ``layer.weight``,
+    ``"parametrization"`` when the parametrization class named ``parametrization`` (private in
+    torch, hence by name) alone does, None otherwise."""
+    if any(isinstance(h, hook_type) and h.name == "weight" for h in layer._forward_pre_hooks.values()):
         return "hook"
     chains = getattr(layer, "parametrizations", None)
     if isinstance(chains, nn.ModuleDict) and "weight" in chains:
         chain = chains["weight"]
-        if len(chain) == 1 and type(chain[0]).__name__ == "_SpectralNorm":
+        if len(chain) == 1 and type(chain[0]).__name__ == parametrization:
             return "parametrization"
     return None
 

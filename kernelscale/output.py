@@ -168,7 +168,7 @@ class _Output:
                 if moved:
                     os.rename(self.old, self.dst)
                 raise
-            _fsync_dir(self.parent)
+            fsync_path(self.parent)
             if moved:
                 _remove(self.old)
         else:
@@ -176,10 +176,10 @@ class _Output:
                 target = os.path.join(self.parent, fp.rel)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 os.replace(os.path.join(self.staging, fp.rel), target)
-                _fsync_dir(os.path.dirname(target))
+                fsync_path(os.path.dirname(target))
             os.replace(os.path.join(self.staging, self.name), self.dst)
             _remove(self.staging)
-        _fsync_dir(self.parent)
+        fsync_path(self.parent)
 
     def abort(self) -> None:
         """Remove the temp entry, if any. Never raises: it runs while an error is on its way out,
@@ -254,7 +254,8 @@ def _remove(path: str) -> None:
         pass
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_path(path: str) -> None:
+    """fsync a file or a folder by name (a folder: so that entries renamed into it are durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -264,7 +265,7 @@ def _fsync_dir(path: str) -> None:
 
 def _fsync_tree(root: str) -> None:
     for dirpath, _dirnames, _files in os.walk(root, topdown=False):
-        _fsync_dir(dirpath)
+        fsync_path(dirpath)
 
 
 def _pid_alive(pid: int) -> bool:

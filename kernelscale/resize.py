@@ -130,6 +130,18 @@ def _largest_magnitude(rows: torch.Tensor, apply64: Callable[[torch.Tensor], tor
     return largest
 
 
+def _checked(x: torch.Tensor, gains: tuple[float, float], out_dtype: torch.dtype, name: str, check_finite: bool,
+             compute: Callable[[], torch.Tensor], largest: Callable[[], float]) -> torch.Tensor:
+    """``compute()``, the resize of the finite or not ``x`` by an operator of ``gains``, refused with
+    NonFiniteResultError when it overflows ``out_dtype`` (the exact check only where the a-priori
+    bound allows it: :func:`overflow_check_needed`); ``largest()`` gives the message its figure."""
+    magnitude = overflow_check_needed(x, gains, out_dtype) if check_finite else None
+    out = compute()
+    if magnitude is not None:
+        require_finite(out, name, x.dtype, out_dtype, magnitude, gains[0], largest)
+    return out
+
+
 def nan_as_inf(value: float) -> float:
     """A magnitude that came out NaN (inf − inf: beyond even float64) counts as inf."""
     return math.inf if math.isnan(value) else value
@@ -311,12 +323,10 @@ def resize_kernel(
         return weight
     lead = x.shape[:2]
     slices = x.reshape(-1, *x.shape[2:])
-    gains = kernel_gains(operator)
-    magnitude = overflow_check_needed(slices, gains, out_dtype or x.dtype) if check_finite else None
-    out = apply_kernel_resize(slices, operator, out_dtype, backend)
-    if magnitude is not None:
-        require_finite(out, name, x.dtype, out_dtype or x.dtype, magnitude, gains[0], lambda: _largest_magnitude(
-            slices, lambda b: apply_kernel_resize(b, operator, torch.float64, "torch"), math.prod(operator.out_shape)))
+    out = _checked(slices, kernel_gains(operator), out_dtype or x.dtype, name, check_finite,
+                   lambda: apply_kernel_resize(slices, operator, out_dtype, backend),
+                   lambda: _largest_magnitude(slices, lambda b: apply_kernel_resize(b, operator, torch.float64, "torch"),
+                                              math.prod(operator.out_shape)))
     return _like_input(out.reshape(*lead, *operator.out_shape), weight)
 
 
@@ -446,15 +456,16 @@ def resize_grid_linear(
     if operator.is_identity and (out_dtype is None or out_dtype == x.dtype):
         return weight
     planes = x.reshape(x.shape[0] * c, h, w)
-    gains = operator_gains([a.matrix for a in axes])
-    magnitude = overflow_check_needed(planes, gains, out_dtype or x.dtype) if check_finite else None
-    out = dispatch.apply_separable(
-        planes, _torch_matrix(axes[0].matrix, x), _torch_matrix(axes[1].matrix, x), out_dtype or x.dtype, backend=backend
-    )
-    if magnitude is not None:
+
+    def exact_largest() -> float:
         rows, cols = (torch.tensor(a.matrix, dtype=torch.float64, device=x.device) for a in axes)
-        require_finite(out, name, x.dtype, out_dtype or x.dtype, magnitude, gains[0], lambda: _largest_magnitude(
-            planes, lambda b: dispatch.apply_separable(b, rows, cols, torch.float64, backend="torch"), axes[0].k_out * axes[1].k_out))
+        return _largest_magnitude(planes, lambda b: dispatch.apply_separable(b, rows, cols, torch.float64, backend="torch"),
+                                  axes[0].k_out * axes[1].k_out)
+
+    out = _checked(planes, operator_gains([a.matrix for a in axes]), out_dtype or x.dtype, name, check_finite,
+                   lambda: dispatch.apply_separable(planes, _torch_matrix(axes[0].matrix, x), _torch_matrix(axes[1].matrix, x),
+                                                    out_dtype or x.dtype, backend=backend),
+                   exact_largest)
     return _like_input(out.reshape(x.shape[0], c * axes[0].k_out * axes[1].k_out), weight)
 
 
@@ -463,12 +474,9 @@ def scale_tensor(tensor: TensorLike, factor: float, out_dtype: Optional[torch.dt
     """``factor · tensor`` computed in float32 (float64 for float64) and rounded once; same kind.
     Overflow: as :func:`resize_kernel` (NonFiniteResultError; ``check_finite``)."""
     x = _to_torch(tensor, name)
-    compute = _compute_dtype(x.dtype)
-    gains = operator_gains([np.array([[abs(float(factor))]])])
-    magnitude = overflow_check_needed(x, gains, out_dtype or x.dtype) if check_finite else None
-    out = (x.to(compute) * factor).to(out_dtype or x.dtype)
-    if magnitude is not None:
-        require_finite(out, name, x.dtype, out_dtype or x.dtype, magnitude, gains[0], lambda: magnitude * abs(float(factor)))
+    out = _checked(x, operator_gains([np.array([[abs(float(factor))]])]), out_dtype or x.dtype, name, check_finite,
+                   lambda: (x.to(_compute_dtype(x.dtype)) * factor).to(out_dtype or x.dtype),
+                   lambda: float(x.to(torch.float64).abs().max()) * abs(float(factor)))
     return _like_input(out, tensor)
 
 

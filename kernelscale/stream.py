@@ -35,7 +35,7 @@ import torch
 from kernelscale.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
 from kernelscale.checkpoint_plan import ExtraFile, FilePlan, PathLike, WeightNormSource
 from kernelscale.errors import InvalidCheckpointError
-from kernelscale.output import OutputError
+from kernelscale.output import OutputError, fsync_path
 from kernelscale.plan import FORMAT_VERSION, TensorPlan
 from kernelscale.resize import rescale_weight_norm_g, weight_norm_squares
 from kernelscale.safetensors_io import SafetensorsReader, SafetensorsWriter, TensorInfo, torch_dtype
@@ -477,11 +477,7 @@ def _write_extra(extra: ExtraFile, out_path: str) -> None:
             os.fsync(fh.fileno())
         return
     shutil.copyfile(extra.src, out_path)  # type: ignore[arg-type]
-    fd = os.open(out_path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(out_path)
 
 
 def verify_output(path: PathLike, fp: FilePlan) -> None:

@@ -127,9 +127,14 @@ class LayerCertificate:
         return f"{self.file}: {self.name}" if self.file else self.name
 
     @property
+    def name_shown(self) -> str:
+        """``name``, with `` (weight norm)`` when the effective weight g·v/‖v‖ was measured."""
+        return self.name + (" (weight norm)" if self.weight_norm_g else "")
+
+    @property
     def shown(self) -> str:
-        """``label``, with `` (weight norm)`` when the effective weight g·v/‖v‖ was measured."""
-        return self.label + (" (weight norm)" if self.weight_norm_g else "")
+        """``name_shown``, after ``file: `` in a checkpoint of several files."""
+        return f"{self.file}: {self.name_shown}" if self.file else self.name_shown
 
     @property
     def broken(self) -> bool:
@@ -401,7 +406,7 @@ class VerifyReport:
         several), then the summary. A measure that is not a number shows as ``NaN`` or ``inf``, an
         undefined DC gain ratio as ``undef``, and a layer whose CONVERTED tensors hold non-finite
         values says how many at the end of its line."""
-        width = max((len(c.name) + (len(" (weight norm)") if c.weight_norm_g else 0) for c in self.layers), default=5)
+        width = max((len(c.name_shown) for c in self.layers), default=5)
         lines = [f"{'layer':<{width}}  {'method':<8}  {'shape':>21}  structure  alias  dc gain"]
         grouped = any(f.rel for f in self.files) or any(c.file for c in self.layers)
         files = [f.rel for f in self.files] or list(dict.fromkeys(c.file for c in self.layers))
@@ -411,10 +416,9 @@ class VerifyReport:
                 lines.append(f"== {rel} ==" + ("" if layers else "  no changed layer"))
             for c in layers:
                 shapes = f"{'×'.join(map(str, c.old_shape[2:] or c.old_shape))}→{'×'.join(map(str, c.new_shape[2:] or c.new_shape))}"
-                name = c.name + (" (weight norm)" if c.weight_norm_g else "")
                 dc = "undef" if c.dc_gain_ratio is None else format_measure(c.dc_gain_ratio, ".4f")
                 note = f"  CONVERTED holds {c.nonfinite} non-finite value{'s' if c.nonfinite != 1 else ''}" if c.nonfinite else ""
-                lines.append(f"{name:<{width}}  {c.method:<8}  {shapes:>21}  {format_measure(c.structure_error, '.2e'):>9}  "
+                lines.append(f"{c.name_shown:<{width}}  {c.method:<8}  {shapes:>21}  {format_measure(c.structure_error, '.2e'):>9}  "
                              f"{format_measure(c.alias_gain, '.3f'):>5}  {dc:>7}{note}")
         worst = self.worst
         if worst is not None:
