@@ -83,7 +83,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernelscale.errors import GeometryError, InvalidCheckpointError, InvalidOptionError, UnsupportedTensorError
-from kernelscale.checkpoint import checkpoint_files, open_file, read_headers, read_manifest
+from kernelscale.io.checkpoint import read_headers, read_manifest
+from kernelscale.io.discovery import model_files
+from kernelscale.io.safetensors_io import SafetensorsReader
 from kernelscale.plan import Plan, ResizeOptions, TensorSpec, plan_tensors, spectral_norm_layer, weight_norm_parts
 from kernelscale.resize import new_padding
 from kernelscale.state_dict import apply_entry, apply_renorm
@@ -1086,7 +1088,7 @@ def load(
     :func:`supersample`.
     """
     _check_padding_option(padding)
-    files = checkpoint_files(path)
+    files = model_files(path)
     manifest, where = read_headers(files)
     records = manifest["tensors"] if manifest is not None else {}
     state = module.state_dict(keep_vars=True)
@@ -1160,7 +1162,7 @@ def load(
     for name, (file, _) in where.items():
         by_file.setdefault(file, []).append(name)
     for file, names in by_file.items():
-        with open_file(file) as reader:
+        with SafetensorsReader(file) as reader:
             for name in names:
                 tensors[name] = reader.read_tensor(name)
 

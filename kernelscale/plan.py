@@ -275,7 +275,7 @@ class Plan:
 
     def manifest(self) -> dict[str, Any]:
         """The manifest of DESIGN §5: format version, tool version, options, changed tensors."""
-        from kernelscale import __version__
+        from kernelscale.version import __version__
 
         return {
             "format_version": FORMAT_VERSION,
