@@ -100,6 +100,11 @@ def test_symlinked_subfolder_is_walked(tmp_path: Path) -> None:
     assert scan.units[0].files[0].path == str(root / "unet" / "diffusion_pytorch_model.safetensors")
     assert [rel for _, rel in scan.others] == ["unet/config.json"]
     assert model_files(root / "unet") == [root / "unet" / "diffusion_pytorch_model.safetensors"]
+    # convert writes the linked component as real files of OUT (a lone link was left out before)
+    convert_checkpoint(root, tmp_path / "out", ResizeOptions(scale=2), progress=False)
+    out = tmp_path / "out" / "unet"
+    assert not out.is_symlink() and sorted(p.name for p in out.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert read_manifest(out)["tensors"].keys() == {"conv.weight"}
 
 
 def test_symlink_loop_is_refused(tmp_path: Path) -> None:
