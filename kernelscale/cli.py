@@ -42,7 +42,7 @@ class UsageError(Exception):
     """A command line argparse rejected."""
 
 
-class _Terminated(BaseException):
+class Terminated(BaseException):
     """SIGTERM, raised in the main thread so that ``finally`` blocks remove temp files."""
 
 
@@ -304,7 +304,7 @@ def run_convert(args: argparse.Namespace) -> int:
                                  progress=None, dry_run=args.dry_run)
     try:
         return _report_conversion(args, summary, verify)
-    except (KeyboardInterrupt, _Terminated) as exc:
+    except (KeyboardInterrupt, Terminated) as exc:
         if args.dry_run:
             raise
         # OUT is committed by now: say so, rather than main's "no output was written".
@@ -511,7 +511,7 @@ def _fail(message: str) -> int:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    raise _Terminated()
+    raise Terminated()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -533,7 +533,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         _stderr("kernelscale: interrupted; no output was written")
         return EXIT_INTERRUPTED
-    except _Terminated:
+    except Terminated:
         _stderr("kernelscale: terminated; no output was written")
         return EXIT_TERMINATED
     except BrokenPipeError:

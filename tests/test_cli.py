@@ -222,7 +222,7 @@ def test_a_closed_stdout_ends_quietly_with_141(tmp_path: Path) -> None:
     assert proc.wait(timeout=120) == 141 and stderr == b""
 
 
-@pytest.mark.parametrize("signal_exc, code, word", [(KeyboardInterrupt, 130, "interrupted"), (cli._Terminated, 143, "terminated")])
+@pytest.mark.parametrize("signal_exc, code, word", [(KeyboardInterrupt, 130, "interrupted"), (cli.Terminated, 143, "terminated")])
 def test_a_signal_during_verification_says_out_was_written(tmp_path: Path, checkpoint: Path, capsys, monkeypatch,
                                                           signal_exc, code, word) -> None:
     from kernelscale import cli_verify

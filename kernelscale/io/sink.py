@@ -65,6 +65,8 @@ class DirectFileSink:
         return self._fd
 
     def write(self, data: Any) -> int:
+        """Append the bytes of ``data`` (any buffer); returns their count. A full block goes to a
+        writer thread; at most IO_DEPTH blocks are in flight, so memory stays at IO_DEPTH + 1 blocks."""
         view = memoryview(data).cast("B")
         done = 0
         while done < len(view):
@@ -105,6 +107,7 @@ class DirectFileSink:
             future.result()
 
     def flush(self) -> None:
+        """Wait for the blocks in flight and write the partial block, so the file holds every byte written."""
         self._wait()
         if not self._dirty:
             return
@@ -116,6 +119,7 @@ class DirectFileSink:
         self._dirty = False
 
     def close(self) -> None:
+        """Flush, then close the file (a second call does nothing)."""
         if self._fd < 0:
             return
         try:
