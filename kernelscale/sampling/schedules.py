@@ -83,11 +83,13 @@ def alpha_bar_at(alphas_cumprod: torch.Tensor, t: Scalar) -> torch.Tensor:
     return torch.sigmoid(lam)
 
 
-def timestep_from_snr(alphas_cumprod: torch.Tensor, target_snr: Scalar, *, discrete: bool = False) -> torch.Tensor:
+def timestep_from_snr(alphas_cumprod: torch.Tensor, target_snr: Scalar, *, discrete: bool = False,
+                      clamp: bool = False) -> torch.Tensor:
     """The step t with SNR(t) = target_snr (inverse of :func:`alpha_bar_at`'s interpolant).
 
     Continuous (default): t ∈ [0, T−1] in float64, exact on the log-SNR interpolant; a target above
-    SNR(0) or below SNR(T−1) raises InvalidOptionError (the model was never trained there).
+    SNR(0) or below SNR(T−1) raises InvalidOptionError (the model was never trained there), or,
+    with ``clamp=True``, gives the end step 0 or T−1.
     ``discrete=True``: the integer step minimising |log SNR(k) − log target| (the choice of the
     unofficial upsample-guidance code for models that only take integer steps), int64; any
     positive target is accepted and clamps to the ends."""
@@ -98,7 +100,9 @@ def timestep_from_snr(alphas_cumprod: torch.Tensor, target_snr: Scalar, *, discr
     lam = torch.log(target)
     if discrete:
         return torch.argmin((table - lam.unsqueeze(-1)).abs(), dim=-1)
-    if bool(((lam > table[0]) | (lam < table[-1])).any()):
+    if clamp:
+        lam = lam.clamp(min=float(table[-1]), max=float(table[0]))
+    elif bool(((lam > table[0]) | (lam < table[-1])).any()):
         raise InvalidOptionError(
             f"target SNR {target_snr!r} lies outside the schedule's range "
             f"[{math.exp(float(table[-1])):.6g}, {math.exp(float(table[0])):.6g}]")

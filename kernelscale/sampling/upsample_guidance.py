@@ -117,13 +117,15 @@ def low_res_step(x_t: torch.Tensor, alphas_cumprod: torch.Tensor, t: Scalar, fac
 
     τ solves SNR(τ) = k·SNR(t) on the schedule's log-SNR interpolant (``discrete=False``; for
     models that accept a float timestep) or is the nearest integer step in log-SNR
-    (``discrete=True``). The input is D(x_t)/√P_t with P_t from ā_t itself (the power adjustment
-    does not depend on which τ is chosen). x_t: (B, C, *fine axes)."""
+    (``discrete=True``). Where k·SNR(t) exceeds SNR(0) (the last steps: the schedule has no step
+    that clean) τ is clamped to step 0 and ``alpha_bar`` is ā₀, not ā_t/P_t. The input is
+    D(x_t)/√P_t with P_t from ā_t itself (the power adjustment does not depend on which τ is
+    chosen). x_t: (B, C, *fine axes)."""
     fs = check_factors(factors)
     k = math.prod(fs)
     a = check_alphas_cumprod(alphas_cumprod)
     ab_t = alpha_bar_at(a, t)
-    tau = timestep_from_snr(a, k * snr(ab_t), discrete=discrete)
+    tau = timestep_from_snr(a, k * snr(ab_t), discrete=discrete, clamp=True)
     ab_tau = a[tau] if discrete else alpha_bar_at(a, tau)
     p = power(ab_t, k)
     p = p.reshape(p.shape + (1,) * (x_t.ndim - p.ndim)) if p.ndim else p
