@@ -5,7 +5,6 @@ and stock pipelines run with every method on, for DDIM, Euler and DPM-Solver++, 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest

@@ -275,3 +275,15 @@ def test_published_values():
     assert resolved.dilations_at(9)["down_blocks.3.resnets.0.conv1"] == 3.0  # ⌈4·26/35⌉ = ⌈2.97⌉
     assert resolved.dilations_at(35)["down_blocks.3.resnets.0.conv1"] == 1.0
     assert resolved.ndcfg_dilations_at(0)["mid_block.resnets.0.conv1"] == 4.0
+
+
+def test_parse_settings_reads_scalecrafters_format_and_names_bad_lines():
+    assert parse_settings("a.conv1:2\n\nb.conv2:2.5\n") == {"a.conv1": 2.0, "b.conv2": 2.5}
+    with pytest.raises(InvalidOptionError, match="line 2: expected 'layer.name:factor'"):
+        parse_settings("a:2\nb 2\n")
+    with pytest.raises(InvalidOptionError, match="line 1: factor 'two' is not a number"):
+        parse_settings("a:two")
+    with pytest.raises(InvalidOptionError, match="line 1: factor must be a finite number >= 1, got 0.5"):
+        parse_settings("a:0.5")
+    with pytest.raises(InvalidOptionError, match="line 2: layer 'a' given twice"):
+        parse_settings("a:2\na:3")
