@@ -275,3 +275,10 @@ def test_bad_options_are_refused_before_anything_is_touched(pipe):
         with sampling(pipe, nd_cfg=NoiseDampedCFG()):
             pass
     assert "forward" not in pipe.unet.__dict__
+
+
+
+def test_nd_cfg_base_settings_need_the_pipelines_own_unet(pipe):
+    with pytest.raises(InvalidOptionError, match="base_settings re-dilate the pipeline's own UNet"):
+        with sampling(pipe, nd_cfg=NoiseDampedCFG(tau=35, base=sd_unet(), base_settings={CONV: 2})):
+            pass

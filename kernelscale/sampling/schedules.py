@@ -73,7 +73,7 @@ def alpha_bar_at(alphas_cumprod: torch.Tensor, t: Scalar) -> torch.Tensor:
     log-SNR between the integer steps ⌊t⌋ and ⌈t⌉, then ā = sigmoid(log SNR). Exact (to rounding)
     at integer t. Returns float64 of t's shape. Raises InvalidOptionError for t outside [0, T−1]."""
     table = log_snr_table(alphas_cumprod)
-    tt = torch.as_tensor(t, dtype=torch.float64)
+    tt = torch.as_tensor(t, dtype=torch.float64, device=table.device)
     last = table.numel() - 1
     if bool(((tt < 0) | (tt > last) | ~torch.isfinite(tt)).any()):
         raise InvalidOptionError(f"t must lie in [0, {last}] for a schedule of {last + 1} steps, got {t!r}")
@@ -94,7 +94,7 @@ def timestep_from_snr(alphas_cumprod: torch.Tensor, target_snr: Scalar, *, discr
     unofficial upsample-guidance code for models that only take integer steps), int64; any
     positive target is accepted and clamps to the ends."""
     table = log_snr_table(alphas_cumprod)
-    target = torch.as_tensor(target_snr, dtype=torch.float64)
+    target = torch.as_tensor(target_snr, dtype=torch.float64, device=table.device)
     if bool((~(target > 0) | ~torch.isfinite(target)).any()):
         raise InvalidOptionError(f"target SNR must be positive and finite, got {target_snr!r}")
     lam = torch.log(target)

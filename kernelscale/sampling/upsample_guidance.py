@@ -129,7 +129,7 @@ def low_res_step(x_t: torch.Tensor, alphas_cumprod: torch.Tensor, t: Scalar, fac
     ab_tau = a[tau] if discrete else alpha_bar_at(a, tau)
     p = power(ab_t, k)
     p = p.reshape(p.shape + (1,) * (x_t.ndim - p.ndim)) if p.ndim else p
-    sample = downsample_mean(x_t, fs) / torch.sqrt(p).to(x_t.dtype)
+    sample = downsample_mean(x_t, fs) / torch.sqrt(p).to(device=x_t.device, dtype=x_t.dtype)
     return LowResStep(sample=sample, timestep=tau, alpha_bar=ab_tau)
 
 

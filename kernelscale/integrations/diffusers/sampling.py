@@ -174,6 +174,9 @@ def _schedules(unet: nn.Module, redilation: Optional[Redilation], nd: Optional[N
         tau = nd.tau if nd.tau is not None else (preset.ndcfg_tau if preset is not None else None)
         if tau is None or tau < 0:
             raise InvalidOptionError(f"NoiseDampedCFG needs tau >= 0 (or a re-dilation preset that has one), got {nd.tau!r}")
+        if nd.base_settings is not None and nd.base is not None:
+            raise InvalidOptionError("NoiseDampedCFG: base_settings re-dilate the pipeline's own UNet; with base= given, "
+                                     "pass that module already in the state it should run in")
         if nd.base_settings is not None:
             settings = resolve_settings(nd.base_settings, names)
         else:
@@ -183,6 +186,11 @@ def _schedules(unet: nn.Module, redilation: Optional[Redilation], nd: Optional[N
         if nd.base is None:
             _check_convs(unet, settings)
     return main, base
+
+
+def _compute_dtype(device: torch.device) -> torch.dtype:
+    """float64 for the guidance arithmetic, except where the device has none (Apple's MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _step_index(t: float, train_steps: int, reference_steps: int) -> int:
@@ -274,13 +282,13 @@ def sampling(pipe: Any, *, upsample_guidance: Union[UpsampleGuidance, Mapping, N
         if ug is not None:
             w = guidance_weight(t, w=ug.w, eta=ug.eta, t_max=train_steps)
             if w != 0.0:
-                low = low_res_step(sample.to(torch.float64), alphas_cumprod, t, ug.factors, discrete=ug.discrete)
+                dtype = _compute_dtype(sample.device)
+                low = low_res_step(sample.to(dtype), alphas_cumprod, t, ug.factors, discrete=ug.discrete)
                 low_model = ug.model if ug.model is not None else inner
                 tau = low.timestep.to(torch.float32) if not ug.discrete else low.timestep
                 low_pred = _prediction(low_model(low.sample.to(sample.dtype), tau, *args, **kwargs))
                 ab_t = alpha_bar_at(alphas_cumprod, t)
-                pred = guide(pred.to(torch.float64), sample.to(torch.float64), ab_t, low_pred.to(torch.float64), low, ug.factors, w,
-                             prediction_type).to(pred.dtype)
+                pred = guide(pred.to(dtype), sample.to(dtype), ab_t, low_pred.to(dtype), low, ug.factors, w, prediction_type).to(pred.dtype)
         if base is not None and pipe.do_classifier_free_guidance:
             step = _step_index(t, train_steps, base.steps)
             if step < base.tau:
