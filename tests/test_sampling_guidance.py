@@ -225,3 +225,30 @@ def test_shape_errors_name_the_shapes():
         downsample_mean(high, (1.5, 2))
     with pytest.raises(InvalidOptionError, match="differ in shape"):
         cfg(high, low, 2.0)
+
+
+@pytest.mark.parametrize("factors", [(2, 2), (3, 3), (2, 2, 2)])
+@pytest.mark.parametrize("t", [150.0, 500.0, 950.0])
+def test_ug_with_the_bayes_optimal_low_res_model_gives_the_exact_coarse_posterior(factors, t):
+    """Data made of coarse cells, x₀ = U z with z ~ N(0, s²I). At the trained resolution the
+    Bayes-optimal ε-predictor for z is ε̂(y, τ) = √(1−ā_τ)·y/(ā_τ s² + 1 − ā_τ). At the fine
+    resolution the exact posterior of the coarse noise is E[D ε | x_t] =
+    (√(1−ā_t)/k)·D x_t/(ā_t s² + (1−ā_t)/k) (the fine part of x_t is independent of z and D ε).
+    UG with w = 1 must give exactly that as D(ε̃), whatever the fine-resolution model says: this
+    checks SNR matching, the power adjustment and the 1/√k together."""
+    a = sd_alphas_cumprod()
+    s2 = 0.7
+    k = math.prod(factors)
+    g = torch.Generator().manual_seed(int(t) + k)
+    x_t = torch.randn((2, 3) + tuple(2 * f for f in factors), generator=g, dtype=torch.float64)
+    ab_t = float(alpha_bar_at(a, t))
+    low = low_res_step(x_t, a, t, factors)
+    ab_tau = float(low.alpha_bar)
+    eps_low = math.sqrt(1 - ab_tau) * low.sample / (ab_tau * s2 + 1 - ab_tau)
+    wrong_high = 0.3 * x_t  # any fine-resolution prediction
+    guided = combine(wrong_high, eps_low, factors, 1.0)
+    exact = math.sqrt(1 - ab_t) / k * downsample_mean(x_t, factors) / (ab_t * s2 + (1 - ab_t) / k)
+    # ā_τ carries the τ round trip's relative error (≤ 64u·20, test above); the predictor is a
+    # smooth rational function of ā_τ with O(1) condition, plus (k + 8) roundings.
+    m = float(exact.abs().max()) + float(wrong_high.abs().max())
+    assert torch.allclose(downsample_mean(guided, factors), exact, rtol=0, atol=(4 * 64 * 20 + 3 * (k + 8)) * U[torch.float64] * m)
