@@ -15,6 +15,7 @@ transformers = pytest.importorskip("transformers")
 
 from kernelscale.errors import InvalidOptionError  # noqa: E402
 from kernelscale.integrations.diffusers.sampling import (  # noqa: E402
+    FouriScale,
     NoiseDampedCFG,
     Redilation,
     UnsupportedPipelineError,
@@ -22,7 +23,7 @@ from kernelscale.integrations.diffusers.sampling import (  # noqa: E402
     _step_index,
     sampling,
 )
-from kernelscale.sampling import alpha_bar_at, cfg, low_res_step, nd_cfg  # noqa: E402
+from kernelscale.sampling import alpha_bar_at, cfg, fouriscale_conv, low_res_step, nd_cfg  # noqa: E402
 from kernelscale.sampling.upsample_guidance import guide  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -205,6 +206,23 @@ def test_redilation_sets_the_conv_dilation_per_step(pipe):
     assert "forward" not in conv.__dict__
 
 
+@pytest.mark.parametrize("t, d", [(981.0, 2.0), (481.0, 1 + 10 / 15), (100.0, 1.0)])
+def test_fouriscale_runs_the_annealed_factor(pipe, t, d):
+    """Step 0 of 50: d; step 25 (t = 481): (2 − 1)·(35 − 25)/(35 − 20) + 1; step 44: the plain conv."""
+    x, text = _inputs()
+    conv = dict(pipe.unet.named_modules())[CONV]
+    with torch.no_grad():
+        conv.forward = lambda h: fouriscale_conv(h, conv.weight, conv.bias, d)
+        try:
+            want = pipe.unet(x, t, encoder_hidden_states=text).sample
+        finally:
+            del conv.forward
+        with sampling(pipe, fouriscale=FouriScale(layers=[CONV], d=2.0, start=20, stop=35)):
+            got = pipe.unet(x, t, encoder_hidden_states=text).sample
+    assert torch.equal(got, want)
+    assert "forward" not in conv.__dict__
+
+
 def test_step_index_of_ddim_50_is_the_loop_index():
     s = _ddim()
     s.set_timesteps(50)
@@ -219,7 +237,8 @@ def test_stock_pipelines_run_with_every_method(tmp_path, scheduler, prediction_t
     low = Counting(sd_unet())
     with sampling(p, upsample_guidance=UpsampleGuidance(w=1.2, eta=0.6, model=low),
                   nd_cfg=NoiseDampedCFG(tau=35, base_settings={CONV: 2}),
-                  redilation=Redilation(settings={CONV: 3, "up_blocks.0.resnets.0.conv2": 2.5}, tau=30, progressive=False)):
+                  redilation=Redilation(settings={CONV: 3, "up_blocks.0.resnets.0.conv2": 2.5}, tau=30, progressive=False),
+                  fouriscale=FouriScale(layers=["up_blocks.1.resnets.0.conv1", "up_blocks.0.upsamplers.0.conv"], d=2.0)):
         images = generate(p)
     assert images.shape == plain.shape == (1, 4 * SAMPLE, 4 * SAMPLE, 3)
     assert bool(torch.isfinite(images).all()) and not torch.equal(images, plain)
@@ -273,6 +292,12 @@ def test_bad_options_are_refused_before_anything_is_touched(pipe):
         conv.padding = (1, 1)
     with pytest.raises(InvalidOptionError, match="needs tau"):
         with sampling(pipe, nd_cfg=NoiseDampedCFG()):
+            pass
+    with pytest.raises(InvalidOptionError, match=f"both re-dilation and FouriScale: {CONV}"):
+        with sampling(pipe, redilation=Redilation(settings={CONV: 2}, tau=30), fouriscale=FouriScale(layers=[CONV], d=2)):
+            pass
+    with pytest.raises(InvalidOptionError, match="'nope' matches no layer"):
+        with sampling(pipe, fouriscale=FouriScale(layers=["nope"], d=2)):
             pass
     assert "forward" not in pipe.unet.__dict__
 

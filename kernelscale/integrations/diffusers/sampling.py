@@ -1,7 +1,7 @@
 """Sampling-time methods for a diffusers pipeline call (DESIGN §10–§11): thin wiring around the
 pure functions of :mod:`kernelscale.sampling`, adding no maths of its own.
 
-    from kernelscale.integrations.diffusers.sampling import sampling, UpsampleGuidance, Redilation
+    from kernelscale.integrations.diffusers.sampling import NoiseDampedCFG, Redilation, UpsampleGuidance, sampling
 
     with sampling(pipe, upsample_guidance=UpsampleGuidance(w=1.2, eta=0.6),
                   redilation=Redilation(preset="sd1.5-2048x2048"), nd_cfg=NoiseDampedCFG()):
@@ -11,7 +11,8 @@ The context manager wraps the denoiser's ``forward`` (the pipeline's own loop ru
 restores it on exit. Per denoiser call, with t the timestep the pipeline passes:
 
 1. re-dilation: the listed convs run :func:`kernelscale.sampling.redilated_conv` at the step's
-   factor;
+   factor; FouriScale: its listed convs run :func:`kernelscale.sampling.fouriscale_conv` at the
+   step's annealed factor;
 2. upsample guidance: a second pass at the trained resolution on D(x)/√P_t at τ, combined with
    :func:`kernelscale.sampling.upsample_guidance.guide` in the scheduler's ``prediction_type``.
    The denoiser's input is the VP x_t for every scheduler accepted here (DDIM, DDPM, PNDM and
@@ -41,6 +42,8 @@ import torch.nn as nn
 from kernelscale.errors import InvalidOptionError, KernelscaleError
 from kernelscale.sampling import (
     alpha_bar_at,
+    annealed_factor,
+    fouriscale_conv,
     check_alphas_cumprod,
     dilation_at_step,
     get_preset,
@@ -114,6 +117,29 @@ class NoiseDampedCFG:
     base: Optional[nn.Module] = None
     base_settings: Optional[Mapping[str, float]] = None
     reference_steps: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class FouriScale:
+    """FouriScale's convs (dilation ⌈d_i⌉ + its strong low-pass, annealed from d to 1 between
+    steps ``start`` and ``stop``, plain from ``stop`` on) on the named ``layers``; ``value``: the
+    stop-band level (0 for SD 1.5/2.1, 0.6 for SDXL). As the official code, layers named
+    ``*upsamplers*`` are dilated without the filter. Its three-branch guidance (weak filter,
+    attention maps copied) is not wired. Feature sizes must be even (the official code pads to a
+    multiple of the trained size first; the two agree at integer multiples of it)."""
+
+    layers: Sequence[str]
+    d: float
+    start: int = 20
+    stop: int = 35
+    value: float = 0.0
+    reference_steps: int = 50
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(self.layers))
+        annealed_factor(self.d, 0, self.start, self.stop)  # validates d, start, stop
+        if not 0 <= self.value <= 1:
+            raise InvalidOptionError(f"FouriScale value must lie in [0, 1], got {self.value!r}")
 
 
 @dataclass(frozen=True)
@@ -217,6 +243,40 @@ def _redilated(unet: nn.Module, factors: Mapping[str, float]) -> Iterator[None]:
                 conv.forward = previous
 
 
+def _fouriscale_forward(name: str, conv: nn.Conv2d, d: float, value: float) -> Any:
+    stride, groups = tuple(conv.stride), conv.groups
+    if "upsamplers" in name:
+        return lambda x: redilated_conv(x, conv.weight, conv.bias, float(math.ceil(d)), stride=stride, groups=groups)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] % 2 or x.shape[-1] % 2:
+            raise InvalidOptionError(f"{name}: FouriScale's low-pass needs even feature sizes, got {tuple(x.shape[-2:])}")
+        return fouriscale_conv(x, conv.weight, conv.bias, d, stride=stride[0], groups=groups, value=value)
+    return forward
+
+
+@contextlib.contextmanager
+def _fouriscaled(unet: nn.Module, fs: Optional[FouriScale], step: int) -> Iterator[None]:
+    d = 1.0 if fs is None else annealed_factor(fs.d, step, fs.start, fs.stop)
+    if d == 1.0:
+        yield
+        return
+    modules = dict(unet.named_modules())
+    saved = []
+    try:
+        for name in fs.layers:
+            conv = modules[name]
+            saved.append((conv, conv.__dict__.get("forward")))
+            conv.forward = _fouriscale_forward(name, conv, d, fs.value)
+        yield
+    finally:
+        for conv, previous in reversed(saved):
+            if previous is None:
+                del conv.forward
+            else:
+                conv.forward = previous
+
+
 def _half(value: Any, n: int) -> Any:
     """The first (unconditional) half of a CFG batch: tensors whose first axis is 2n, recursively."""
     if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == 2 * n:
@@ -247,9 +307,10 @@ def _as_config(value: Any, kind: type) -> Any:
 @contextlib.contextmanager
 def sampling(pipe: Any, *, upsample_guidance: Union[UpsampleGuidance, Mapping, None] = None,
              nd_cfg: Union[NoiseDampedCFG, Mapping, None] = None,
-             redilation: Union[Redilation, Mapping, None] = None) -> Iterator[Any]:
-    """Enable any combination of upsample guidance, noise-damped CFG and re-dilation for the
-    pipeline calls inside the ``with`` block (module docstring). Yields the pipeline.
+             redilation: Union[Redilation, Mapping, None] = None,
+             fouriscale: Union[FouriScale, Mapping, None] = None) -> Iterator[Any]:
+    """Enable any combination of upsample guidance, noise-damped CFG, re-dilation and FouriScale's
+    convs for the pipeline calls inside the ``with`` block (module docstring). Yields the pipeline.
 
     Raises UnsupportedPipelineError naming a pipeline without a ``unet`` (transformer denoisers)
     or with a scheduler not listed in :data:`VP_SCHEDULERS` (flow matching among them), and
@@ -258,6 +319,7 @@ def sampling(pipe: Any, *, upsample_guidance: Union[UpsampleGuidance, Mapping, N
     ug = _as_config(upsample_guidance, UpsampleGuidance)
     nd = _as_config(nd_cfg, NoiseDampedCFG)
     rd = _as_config(redilation, Redilation)
+    fs = _as_config(fouriscale, FouriScale)
     unet = _denoiser(pipe)
     scheduler = pipe.scheduler
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
@@ -266,6 +328,12 @@ def sampling(pipe: Any, *, upsample_guidance: Union[UpsampleGuidance, Mapping, N
     alphas_cumprod = check_alphas_cumprod(scheduler.alphas_cumprod)
     train_steps = alphas_cumprod.numel()
     main, base = _schedules(unet, rd, nd)
+    if fs is not None:
+        resolve_settings(dict.fromkeys(fs.layers, 1.0), _conv_names(unet))
+        _check_convs(unet, dict.fromkeys(fs.layers, 1.0))
+        both = sorted(set(fs.layers) & set(main.factors))
+        if both:
+            raise InvalidOptionError(f"layers given to both re-dilation and FouriScale: {', '.join(both)}")
     if nd is not None and not hasattr(type(pipe), "do_classifier_free_guidance"):
         raise UnsupportedPipelineError(f"{type(pipe).__name__} does not say whether it runs classifier-free guidance; noise-damped CFG needs it")
     had_forward = "forward" in unet.__dict__
@@ -276,7 +344,8 @@ def sampling(pipe: Any, *, upsample_guidance: Union[UpsampleGuidance, Mapping, N
         if ts.numel() > 1 and not bool((ts == ts[0]).all()):
             raise InvalidOptionError(f"one timestep per denoiser call expected, got {ts.tolist()}")
         t = float(ts[0])
-        with _redilated(unet, main.at(_step_index(t, train_steps, main.steps))):
+        fs_step = 0 if fs is None else _step_index(t, train_steps, fs.reference_steps)
+        with _redilated(unet, main.at(_step_index(t, train_steps, main.steps))), _fouriscaled(unet, fs, fs_step):
             out = inner(sample, timestep, *args, **kwargs)
         pred = _prediction(out)
         if ug is not None:
