@@ -1,0 +1,1 @@
+"""kernelscale for diffusers pipelines."""
