@@ -14,7 +14,7 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
 from kernelscale.errors import InvalidOptionError  # noqa: E402
-from kernelscale.integrations.diffusers.sampling import (  # noqa: E402
+from kernelscale.integrations.diffusers import (  # noqa: E402
     FouriScale,
     NoiseDampedCFG,
     Redilation,

@@ -1,7 +1,7 @@
 """Sampling-time methods for a diffusers pipeline call (DESIGN §10–§11): thin wiring around the
 pure functions of :mod:`kernelscale.sampling`, adding no maths of its own.
 
-    from kernelscale.integrations.diffusers.sampling import NoiseDampedCFG, Redilation, UpsampleGuidance, sampling
+    from kernelscale.integrations.diffusers import NoiseDampedCFG, Redilation, UpsampleGuidance, sampling
 
     with sampling(pipe, upsample_guidance=UpsampleGuidance(w=1.2, eta=0.6),
                   redilation=Redilation(preset="sd1.5-2048x2048"), nd_cfg=NoiseDampedCFG()):
