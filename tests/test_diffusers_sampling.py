@@ -1,4 +1,4 @@
-"""kernelscale.integrations.diffusers.sampling on tiny pipelines built from configs in this file
+"""kernelscale.integrations.diffusers.sampling (sampling_methods.py) on tiny pipelines built from configs in this file
 (nothing downloaded): the wrapped denoiser computes the kernelscale.sampling functions exactly,
 and stock pipelines run with every method on, for DDIM, Euler and DPM-Solver++, ε and v."""
 
@@ -20,9 +20,9 @@ from kernelscale.integrations.diffusers import (  # noqa: E402
     Redilation,
     UnsupportedPipelineError,
     UpsampleGuidance,
-    _step_index,
     sampling,
 )
+from kernelscale.integrations.diffusers.sampling_methods import _step_index  # noqa: E402
 from kernelscale.sampling import alpha_bar_at, cfg, fouriscale_conv, low_res_step, nd_cfg  # noqa: E402
 from kernelscale.sampling.upsample_guidance import guide  # noqa: E402
 
