@@ -144,3 +144,74 @@ def generate(pipe, size: int, steps: int = 2, seed: int = 0) -> torch.Tensor:
     with torch.no_grad():
         out = pipe("a cat", num_inference_steps=steps, generator=generator, output_type="np", **kwargs)
     return torch.from_numpy(out.images)
+
+
+def original_layout(unet) -> dict[str, torch.Tensor]:
+    """A UNet2DConditionModel's state dict under the original (LDM) names, ``model.diffusion_model.*``,
+    as single-file checkpoints hold it: the inverse of diffusers' ``convert_ldm_unet_checkpoint``
+    for this module's blocks (tests check that diffusers maps it back name for name)."""
+    config = unet.config
+    per = config.layers_per_block
+    pairs = [("time_embedding.linear_1.", "time_embed.0."), ("time_embedding.linear_2.", "time_embed.2."),
+             ("add_embedding.linear_1.", "label_emb.0.0."), ("add_embedding.linear_2.", "label_emb.0.2."),
+             ("conv_in.", "input_blocks.0.0."), ("conv_norm_out.", "out.0."), ("conv_out.", "out.2.")]
+    for i, block in enumerate(unet.down_blocks):
+        for j in range(per):
+            pairs += [(f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{(per + 1) * i + j + 1}.0."),
+                      (f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{(per + 1) * i + j + 1}.1.")]
+        if block.downsamplers is not None:
+            pairs.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{(per + 1) * (i + 1)}.0.op."))
+    for i, block in enumerate(unet.up_blocks):
+        for j in range(per + 1):
+            pairs += [(f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{(per + 1) * i + j}.0."),
+                      (f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{(per + 1) * i + j}.1.")]
+        if block.upsamplers is not None:
+            slot = 2 if getattr(block, "attentions", None) is not None else 1
+            pairs.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{(per + 1) * i + per}.{slot}."))
+    pairs += [("mid_block.resnets.0.", "middle_block.0."), ("mid_block.attentions.0.", "middle_block.1."),
+              ("mid_block.resnets.1.", "middle_block.2.")]
+    resnet = [("norm1.", "in_layers.0."), ("conv1.", "in_layers.2."), ("norm2.", "out_layers.0."),
+              ("conv2.", "out_layers.3."), ("time_emb_proj.", "emb_layers.1."), ("conv_shortcut.", "skip_connection.")]
+    out = {}
+    for name, tensor in unet.state_dict().items():
+        prefix = max((p for p in pairs if name.startswith(p[0])), key=lambda p: len(p[0]))
+        rest = name[len(prefix[0]):]
+        if ".resnets." in prefix[0]:
+            rest = next((new + rest[len(old):] for old, new in resnet if rest.startswith(old)), rest)
+        out["model.diffusion_model." + prefix[1] + rest] = tensor
+    return out
+
+
+def original_vae_layout(vae) -> dict[str, torch.Tensor]:
+    """An AutoencoderKL's state dict under the original names, ``first_stage_model.*`` (attention
+    projections as 1×1 convs): the inverse of diffusers' ``convert_ldm_vae_checkpoint``."""
+    n = len(vae.decoder.up_blocks)
+    pairs = [("encoder.conv_norm_out.", "encoder.norm_out."), ("decoder.conv_norm_out.", "decoder.norm_out.")]
+    for part in ("encoder", "decoder"):
+        pairs += [(f"{part}.mid_block.resnets.{i}.", f"{part}.mid.block_{i + 1}.") for i in range(2)]
+        pairs.append((f"{part}.mid_block.attentions.0.", f"{part}.mid.attn_1."))
+    for i in range(len(vae.encoder.down_blocks)):
+        pairs += [(f"encoder.down_blocks.{i}.resnets.", f"encoder.down.{i}.block."),
+                  (f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample.")]
+    for i in range(n):
+        pairs += [(f"decoder.up_blocks.{i}.resnets.", f"decoder.up.{n - 1 - i}.block."),
+                  (f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{n - 1 - i}.upsample.")]
+    attention = {"group_norm.": "norm.", "to_q.": "q.", "to_k.": "k.", "to_v.": "v.", "to_out.0.": "proj_out."}
+    out = {}
+    for name, tensor in vae.state_dict().items():
+        prefix = max((p for p in pairs if name.startswith(p[0])), key=lambda p: len(p[0]), default=("", ""))
+        rest = name[len(prefix[0]):].replace("conv_shortcut.", "nin_shortcut.")
+        if prefix[0].endswith("attentions.0."):
+            old = next(o for o in attention if rest.startswith(o))
+            rest = attention[old] + rest[len(old):]
+            if tensor.ndim == 2:
+                tensor = tensor[:, :, None, None]
+        out["first_stage_model." + prefix[1] + rest] = tensor
+    return out
+
+
+def original_file_layout(pipe) -> dict[str, torch.Tensor]:
+    """A StableDiffusionPipeline as one original-layout single file: UNet, VAE and text encoder."""
+    text = {"cond_stage_model.transformer." + ("" if k.startswith("text_model.") else "text_model.") + k: v
+            for k, v in pipe.text_encoder.state_dict().items()}  # transformers ≥ 5.6 drops ``text_model.``
+    return {**original_layout(pipe.unet), **original_vae_layout(pipe.vae), **text}

@@ -285,3 +285,62 @@ def test_unconverted_folder_is_refused_with_the_fix(tmp_path):
     P.sd_pipeline(tmp_path).save_pretrained(tmp_path / "orig")
     with pytest.raises(InvalidCheckpointError, match=r"supersample_pipeline\(pipe, scale\)"):
         load_pipeline(tmp_path / "orig")
+
+
+# ---------------------------------------------------------------------------------------------
+# Single files in the original layout
+
+
+def single_file(tmp_path: Path, pipe, **options) -> Path:
+    """``pipe`` saved as an original-layout single file, converted by ``kernelscale convert``."""
+    from safetensors.torch import save_file
+
+    from kernelscale.convert import convert_checkpoint
+    from kernelscale.plan import ResizeOptions
+
+    save_file({k: v.contiguous() for k, v in P.original_file_layout(pipe).items()}, str(tmp_path / "model.safetensors"))
+    out = tmp_path / "model_x2.safetensors"
+    convert_checkpoint(tmp_path / "model.safetensors", out, ResizeOptions(scale=2, **options), progress=False)
+    return out
+
+
+def test_converted_single_file_loads_and_matches_supersample(tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import save_file
+
+    pipe = P.sd_pipeline(tmp_path)
+    pipe.save_pretrained(tmp_path / "orig")  # the configs and tokenizer a single file lacks
+    reference = P.generate(pipe, None)
+    # the test's original layout is what diffusers reads: stock from_single_file rebuilds the same pipeline
+    save_file({k: v.contiguous() for k, v in P.original_file_layout(pipe).items()}, str(tmp_path / "plain.safetensors"))
+    stock = StableDiffusionPipeline.from_single_file(str(tmp_path / "plain.safetensors"), config=str(tmp_path / "orig"))
+    assert torch.equal(P.generate(stock, None), reference)
+
+    # the downsamplers' original names: input_blocks.N.0.op
+    path = single_file(tmp_path, pipe, include=("model.diffusion_model.*",), layers=[{"pattern": "*.0.op", "align": "cells"}])
+    direct = P.sd_pipeline(tmp_path)
+    supersample_pipeline(direct, 2, attention=None)
+    loaded = load_pipeline(path, config=tmp_path / "orig")
+    assert loaded.unet.config.sample_size == 2 * P.SAMPLE_SIZE
+    assert same_state(loaded.unet, states(direct.unet))
+    assert same_state(loaded.vae, states(pipe.vae)) and same_state(loaded.text_encoder, states(pipe.text_encoder))
+    assert torch.equal(P.generate(loaded, None), P.generate(direct, None))
+
+    unet = load_denoiser(path, config=tmp_path / "orig" / "unet")
+    assert same_state(unet, states(direct.unet))
+    loaded.save_pretrained(tmp_path / "resaved")  # a single file's pipeline saves as a folder with the manifest
+    assert torch.equal(P.generate(load_pipeline(tmp_path / "resaved"), None), P.generate(direct, None))
+
+
+def test_single_file_refusals_name_the_fix(tmp_path):
+    pipe = P.sd_pipeline(tmp_path)
+    pipe.save_pretrained(tmp_path / "orig")
+    path = single_file(tmp_path, pipe)  # the converter's default resizes the VAE's convs too
+    with pytest.raises(InvalidCheckpointError, match=r"VAE or text encoder was resized too.*--include 'model\.diffusion_model\.\*'"):
+        load_pipeline(path, config=tmp_path / "orig")
+    with pytest.raises(InvalidOptionError, match="config= a local diffusers"):
+        load_denoiser(path)
+    with pytest.raises(InvalidOptionError, match="config= a local diffusers pipeline folder"):
+        load_pipeline(path)
+    with pytest.raises(InvalidCheckpointError, match="no kernelscale manifest.*kernelscale convert"):
+        load_denoiser(tmp_path / "model.safetensors", config=tmp_path / "orig")
