@@ -32,7 +32,7 @@ pytest.importorskip("transformers")
 import pipelines as P  # noqa: E402
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError, KernelscaleError  # noqa: E402
 from kernelscale.integrations.diffusers import (  # noqa: E402
-    CONFIG_KEY, WEIGHTS_NAME, ExecutionUnavailableError, UnsupportedDenoiserError, attention_rules, load_denoiser,
+    CONFIG_KEY, WEIGHTS_NAME, ExecutionUnavailableError, UnsupportedDenoiserError, attention_rules, convert_rules, load_denoiser,
     load_pipeline, supersample_denoiser, supersample_pipeline,
 )
 
@@ -222,10 +222,12 @@ def converted_folder(tmp_path: Path, **options) -> Path:
 
 
 def test_converted_folder_loads_and_matches_supersample(tmp_path):
-    out = converted_folder(tmp_path, exclude=("encoder.*", "decoder.*"), layers=[{"pattern": "*downsamplers*", "align": "cells"}])
+    rules = convert_rules(dict(P.sd_unet().config))  # what `kernelscale convert` needs to match the defaults
+    assert [r.pattern for r in rules["layers"]] == ["*downsamplers*"] and len(rules["attention"]) == 4
+    out = converted_folder(tmp_path, exclude=("encoder.*", "decoder.*"), **rules)
     pipe = load_pipeline(out)
     direct = P.sd_pipeline(tmp_path)
-    supersample_pipeline(direct, 2, attention=None)
+    supersample_pipeline(direct, 2)
     assert pipe.unet.config.sample_size == 2 * P.SAMPLE_SIZE
     assert same_state(pipe.unet, states(direct.unet))
     assert torch.equal(P.generate(pipe, None), P.generate(direct, None))
@@ -316,10 +318,13 @@ def test_converted_single_file_loads_and_matches_supersample(tmp_path):
     stock = StableDiffusionPipeline.from_single_file(str(tmp_path / "plain.safetensors"), config=str(tmp_path / "orig"))
     assert torch.equal(P.generate(stock, None), reference)
 
-    # the downsamplers' original names: input_blocks.N.0.op
-    path = single_file(tmp_path, pipe, include=("model.diffusion_model.*",), layers=[{"pattern": "*.0.op", "align": "cells"}])
+    names = list(P.original_file_layout(pipe))
+    rules = convert_rules(dict(pipe.unet.config), names)  # in the original names: input_blocks.2.0.op, …attn1.to_q
+    assert [r.pattern for r in rules["layers"]] == ["model.diffusion_model.input_blocks.2.0.op"]  # one resnet per block
+    assert rules["attention"][0].pattern == "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q"
+    path = single_file(tmp_path, pipe, include=("model.diffusion_model.*",), **rules)
     direct = P.sd_pipeline(tmp_path)
-    supersample_pipeline(direct, 2, attention=None)
+    supersample_pipeline(direct, 2)
     loaded = load_pipeline(path, config=tmp_path / "orig")
     assert loaded.unet.config.sample_size == 2 * P.SAMPLE_SIZE
     assert same_state(loaded.unet, states(direct.unet))

@@ -11,11 +11,11 @@ diffusers is an optional dependency: ``pip install 'kernelscale[diffusers]'``. d
 
 from kernelscale.integrations.diffusers.denoiser import (
     CONFIG_KEY, DENOISERS, WEIGHTS_NAME, DenoiserReport, ExecutionUnavailableError, UnsupportedDenoiserError,
-    attention_rules, load_denoiser, save_denoiser, supersample_denoiser,
+    attention_rules, convert_rules, load_denoiser, save_denoiser, supersample_denoiser,
 )
 from kernelscale.integrations.diffusers.pipeline import load_pipeline, supersample_pipeline
 
 __all__ = [
     "CONFIG_KEY", "DENOISERS", "WEIGHTS_NAME", "DenoiserReport", "ExecutionUnavailableError", "UnsupportedDenoiserError",
-    "attention_rules", "load_denoiser", "load_pipeline", "save_denoiser", "supersample_denoiser", "supersample_pipeline",
+    "attention_rules", "convert_rules", "load_denoiser", "load_pipeline", "save_denoiser", "supersample_denoiser", "supersample_pipeline",
 ]

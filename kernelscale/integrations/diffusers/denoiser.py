@@ -39,7 +39,7 @@ from kernelscale.plan import AttentionRule, LayerRule
 
 __all__ = [
     "CONFIG_KEY", "DENOISERS", "EXECUTIONS", "WEIGHTS_NAME", "DenoiserReport", "ExecutionUnavailableError",
-    "UnsupportedDenoiserError", "attention_rules", "load_denoiser", "save_denoiser", "supersample_denoiser",
+    "UnsupportedDenoiserError", "attention_rules", "convert_rules", "load_denoiser", "save_denoiser", "supersample_denoiser",
 ]
 
 DENOISERS = ("UNet2DConditionModel", "UNet2DModel")
@@ -404,3 +404,49 @@ def build_and_load(class_name: str, config: Mapping[str, Any], weights: Path, ma
     _set_sample_size(model, scaled_sample_size(trained, manifest["options"]["scale"]))
     mark(model, report.manifest, trained)
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules for the converter
+
+
+def convert_rules(
+    config: Mapping[str, Any],
+    tensor_names: Optional[Sequence[str]] = None,
+    *,
+    attention: bool = True,
+    align_downsamplers: bool = True,
+) -> dict[str, tuple]:
+    """The ``layers`` and ``attention`` ResizeOptions fields that make ``kernelscale convert`` of a
+    denoiser checkpoint match :func:`supersample_denoiser`'s defaults (interp): the aligned
+    downsampler rule and one AttentionRule per self-attention, from the denoiser's diffusers
+    ``config`` (the model is built on the meta device: no memory, no weights).
+
+    ``tensor_names``: the checkpoint's names, when they are in the original layout
+    (``model.diffusion_model.*``): the rules are then written in those names, mapped by diffusers'
+    key conversion. Returns ``{"layers": (...), "attention": (...)}``.
+    """
+    class_name = check_class(str(config.get("_class_name", "UNet2DConditionModel")))
+    import diffusers
+
+    with torch.device("meta"):
+        model = getattr(diffusers, class_name).from_config(dict(config))
+    rules = attention_rules(model) if attention else ()
+    downsamplers = [n for n, _ in model.named_modules() if ".downsamplers." in n and n.endswith(".conv")]
+    if tensor_names is None or not any(n.startswith("model.diffusion_model.") for n in tensor_names):
+        layers = (ALIGNED_DOWNSAMPLERS,) if align_downsamplers and downsamplers else ()
+        return {"layers": layers, "attention": rules}
+    from kernelscale.integrations.diffusers.single_file import to_diffusers_names
+
+    prefixed = [n for n in tensor_names if n.startswith("model.diffusion_model.")]
+    original = {new: old for old, new in to_diffusers_names({n: object() for n in prefixed}, config).items()}
+
+    def renamed(layer: str) -> str:
+        weight = original.get(layer + ".weight")
+        if weight is None:
+            raise InvalidCheckpointError(f"{layer}.weight: not in the checkpoint; is the config this file's architecture?")
+        return weight[: -len(".weight")]
+
+    layers = tuple(LayerRule(renamed(n), align="cells") for n in downsamplers) if align_downsamplers else ()
+    rules = tuple(AttentionRule(renamed(r.pattern), r.tokens, r.new_tokens) for r in rules)
+    return {"layers": layers, "attention": rules}
