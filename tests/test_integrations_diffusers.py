@@ -349,3 +349,17 @@ def test_single_file_refusals_name_the_fix(tmp_path):
         load_pipeline(path)
     with pytest.raises(InvalidCheckpointError, match="no kernelscale manifest.*kernelscale convert"):
         load_denoiser(tmp_path / "model.safetensors", config=tmp_path / "orig")
+
+
+def test_a_copy_saves_itself_and_stock_save_options_that_would_lose_the_manifest_are_refused(tmp_path):
+    pipe = P.sd_pipeline(tmp_path)
+    supersample_pipeline(pipe, 2, attention=None)
+    copied = copy.deepcopy(pipe.unet)
+    with torch.no_grad():
+        copied.conv_in.bias.add_(1.0)  # the copy differs from the original
+    copied.save_pretrained(tmp_path / "copy")
+    assert same_state(load_denoiser(tmp_path / "copy"), states(copied))
+    with pytest.raises(InvalidOptionError, match="variant='fp16'"):
+        pipe.save_pretrained(tmp_path / "v", variant="fp16")
+    with pytest.raises(InvalidOptionError, match="safetensors only"):
+        pipe.save_pretrained(tmp_path / "bin", safe_serialization=False)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -263,17 +264,18 @@ def mark(model: nn.Module, manifest: Mapping[str, Any], trained_sample_size: Any
     setattr(model, CONFIG_ATTR, {"format_version": 1, "weights": WEIGHTS_NAME, "scale": scale,
                                  "trained_sample_size": trained_sample_size, "padding": "asymmetric"})
     model._kernelscale_manifest = dict(manifest)
+    model.save_pretrained = types.MethodType(_save_pretrained, model)  # a bound method: deepcopy rebinds it
 
-    def save_pretrained(save_directory: Union[str, os.PathLike], safe_serialization: bool = True,
-                        variant: Optional[str] = None, **ignored: Any) -> None:
-        if not safe_serialization:
-            raise InvalidOptionError("a supersampled denoiser is saved as safetensors only (its manifest lives in the "
-                                     "safetensors metadata); drop safe_serialization=False")
-        if variant is not None:
-            raise InvalidOptionError(f"variant={variant!r}: a supersampled denoiser is saved as {WEIGHTS_NAME} only")
-        save_denoiser(model, save_directory)
 
-    model.save_pretrained = save_pretrained
+def _save_pretrained(model: nn.Module, save_directory: Union[str, os.PathLike], safe_serialization: bool = True,
+                     variant: Optional[str] = None, **ignored: Any) -> None:
+    """``save_pretrained`` of a supersampled denoiser (what ``pipe.save_pretrained`` calls)."""
+    if not safe_serialization:
+        raise InvalidOptionError("a supersampled denoiser is saved as safetensors only (its manifest lives in the "
+                                 "safetensors metadata); drop safe_serialization=False")
+    if variant is not None:
+        raise InvalidOptionError(f"variant={variant!r}: a supersampled denoiser is saved as {WEIGHTS_NAME} only")
+    save_denoiser(model, save_directory)
 
 
 def save_denoiser(model: nn.Module, folder: Union[str, os.PathLike]) -> Path:
