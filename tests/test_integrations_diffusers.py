@@ -363,3 +363,15 @@ def test_a_copy_saves_itself_and_stock_save_options_that_would_lose_the_manifest
         pipe.save_pretrained(tmp_path / "v", variant="fp16")
     with pytest.raises(InvalidOptionError, match="safetensors only"):
         pipe.save_pretrained(tmp_path / "bin", safe_serialization=False)
+
+
+def test_geometry_only_converted_folder_loads_dilated_and_in_the_dtype_asked(tmp_path):
+    out = converted_folder(tmp_path, method="dilate", geometry_only=True, exclude=("encoder.*", "decoder.*"))
+    pipe = load_pipeline(out)
+    direct = P.sd_pipeline(tmp_path)
+    supersample_pipeline(direct, 2, geometry_only=True, attention=None)
+    assert pipe.unet.down_blocks[0].resnets[0].conv1.dilation == (2, 2)  # the 3×3 kernels re-dilated, not as stored
+    assert torch.equal(P.generate(pipe, None), P.generate(direct, None))
+    half = load_pipeline(out, dtype=torch.bfloat16)
+    assert {p.dtype for p in half.unet.parameters()} == {torch.bfloat16} == {p.dtype for p in half.vae.parameters()}
+    assert half.unet.down_blocks[0].resnets[0].conv1.dilation == (2, 2)

@@ -350,7 +350,7 @@ def load_denoiser(
     path: Union[str, os.PathLike],
     *,
     config: Optional[Union[str, os.PathLike, Mapping[str, Any]]] = None,
-    torch_dtype: Optional[torch.dtype] = None,
+    dtype: Optional[torch.dtype] = None,
 ) -> nn.Module:
     """A runnable supersampled denoiser from a converted or saved model folder (``unet/`` of a
     pipeline: config.json and :data:`WEIGHTS_NAME` or ``diffusion_pytorch_model.safetensors`` with
@@ -360,7 +360,7 @@ def load_denoiser(
 
     The module is built at the trained size from its config, then :func:`kernelscale.nn.load`
     gives it the weights and the geometry the manifest records (``padding='asymmetric'``);
-    ``sample_size`` is the trained one × the manifest's scale. ``torch_dtype`` casts the result.
+    ``sample_size`` is the trained one × the manifest's scale. ``dtype`` casts the result.
     """
     path = Path(path)
     if path.is_file():
@@ -371,7 +371,7 @@ def load_denoiser(
         if config is not None:
             raise InvalidOptionError(f"{path}: a folder carries its own config.json; config= is for single files")
         model = _load_folder(path)
-    return model.to(torch_dtype) if torch_dtype is not None else model
+    return model.to(dtype) if dtype is not None else model
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -452,3 +452,11 @@ def convert_rules(
     layers = tuple(LayerRule(renamed(n), align="cells") for n in downsamplers) if align_downsamplers else ()
     rules = tuple(AttentionRule(renamed(r.pattern), r.tokens, r.new_tokens) for r in rules)
     return {"layers": layers, "attention": rules}
+
+
+def dtype_keyword() -> str:
+    """diffusers' name for the dtype argument of ``from_pretrained``: ``dtype`` where it has
+    replaced ``torch_dtype`` (which then warns), ``torch_dtype`` in older versions."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"

@@ -24,7 +24,7 @@ import torch
 from kernelscale.checkpoint import read_headers
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
 from kernelscale.integrations.diffusers.denoiser import (
-    DenoiserReport, _load_folder, check_class, check_denoiser, supersample_denoiser,
+    DenoiserReport, _load_folder, check_class, check_denoiser, dtype_keyword, supersample_denoiser,
 )
 from kernelscale.plan import LayerRule
 
@@ -112,7 +112,7 @@ def load_pipeline(
     path: Union[str, os.PathLike],
     *,
     config: Optional[Union[str, os.PathLike]] = None,
-    torch_dtype: Optional[torch.dtype] = None,
+    dtype: Optional[torch.dtype] = None,
     **from_pretrained: Any,
 ) -> Any:
     """A runnable diffusers pipeline, generating at the new size by default, from:
@@ -127,15 +127,15 @@ def load_pipeline(
       the VAE and text encoders from the file when it holds them (diffusers' ``from_single_file``),
       else from ``config``.
 
-    ``torch_dtype`` and ``from_pretrained`` keywords go to diffusers' loader for the other
+    ``dtype`` and ``from_pretrained`` keywords go to diffusers' loader for the other
     components; the denoiser is built from its config and given its weights and geometry by
-    :func:`kernelscale.nn.load`, then cast to ``torch_dtype``.
+    :func:`kernelscale.nn.load`, then cast to ``dtype``.
     """
     path = Path(path)
     if path.is_file():
         from kernelscale.integrations.diffusers.single_file import load_single_file_pipeline
 
-        return load_single_file_pipeline(path, config, torch_dtype=torch_dtype, **from_pretrained)
+        return load_single_file_pipeline(path, config, dtype=dtype, **from_pretrained)
     if config is not None:
         raise InvalidOptionError(f"{path}: a pipeline folder carries its own configs; config= is for single files")
     from diffusers import DiffusionPipeline
@@ -148,7 +148,7 @@ def load_pipeline(
     check_class(str(index[name][1]), f"{path}'s {name!r}")
     _refuse_resized_components(path, index, name)
     denoiser = _load_folder(path / name)
-    if torch_dtype is not None:
-        denoiser = denoiser.to(torch_dtype)
-        from_pretrained["torch_dtype"] = torch_dtype
+    if dtype is not None:
+        denoiser = denoiser.to(dtype)
+        from_pretrained[dtype_keyword()] = dtype
     return DiffusionPipeline.from_pretrained(path, **{name: denoiser}, **from_pretrained)

@@ -26,7 +26,7 @@ from torch import nn
 
 from kernelscale.checkpoint import MANIFEST_KEY, parse_manifest
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
-from kernelscale.integrations.diffusers.denoiser import CONFIG_KEY, build_and_load, check_class, read_config
+from kernelscale.integrations.diffusers.denoiser import CONFIG_KEY, build_and_load, check_class, dtype_keyword, read_config
 
 __all__ = ["DENOISER_PREFIX", "OTHER_PREFIXES", "load_single_file_denoiser", "load_single_file_pipeline"]
 
@@ -126,7 +126,7 @@ def load_single_file_denoiser(path: Path, config: ConfigSource) -> nn.Module:
         return build_and_load(class_name, denoiser_config, weights, renamed, trained_sample_size=trained)
 
 
-def load_single_file_pipeline(path: Path, config: ConfigSource, *, torch_dtype: Optional[torch.dtype] = None,
+def load_single_file_pipeline(path: Path, config: ConfigSource, *, dtype: Optional[torch.dtype] = None,
                               **from_pretrained: Any) -> Any:
     """A runnable pipeline from a converted single file: the denoiser from the file; the VAE and
     text encoders from the file when it holds them (diffusers' ``from_single_file`` with ``config``
@@ -140,9 +140,9 @@ def load_single_file_pipeline(path: Path, config: ConfigSource, *, torch_dtype: 
     folder = Path(config)
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     denoiser = load_single_file_denoiser(path, folder)
-    if torch_dtype is not None:
-        denoiser = denoiser.to(torch_dtype)
-        from_pretrained["torch_dtype"] = torch_dtype
+    if dtype is not None:
+        denoiser = denoiser.to(dtype)
+        from_pretrained[dtype_keyword()] = dtype
     if any(k.startswith(OTHER_PREFIXES) for k in _keys(path)):
         cls = getattr(diffusers, str(index.get("_class_name")), None)
         if cls is None or not hasattr(cls, "from_single_file"):
