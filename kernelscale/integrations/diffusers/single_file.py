@@ -110,7 +110,7 @@ def load_single_file_denoiser(path: Path, config: ConfigSource) -> nn.Module:
     tensors, manifest, _ = _read(path)
     if manifest is None:
         raise InvalidCheckpointError(f"{path}: no kernelscale manifest, so it was not converted; convert it first: "
-                                     f"kernelscale convert {path.name} OUT.safetensors --scale 2 --include '{DENOISER_PREFIX}*'")
+                                     f"kernelscale convert {path.name} OUT.safetensors --scale S --include '{DENOISER_PREFIX}*'")
     _refuse_other_resized(path, manifest)
     names = to_diffusers_names(tensors, denoiser_config)
     records = {names[n]: r for n, r in manifest["tensors"].items() if n in names}
