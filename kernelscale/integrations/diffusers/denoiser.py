@@ -36,7 +36,9 @@ from torch import nn
 import kernelscale.nn as knn
 from kernelscale.io.checkpoint import MANIFEST_KEY, read_headers
 from kernelscale.io.discovery import model_files
-from kernelscale.errors import InvalidCheckpointError, InvalidOptionError, KernelscaleError
+from kernelscale.errors import (
+    ExecutionUnavailableError, InvalidCheckpointError, InvalidOptionError, UnsupportedDenoiserError,
+)
 from kernelscale.plan import AttentionRule, LayerRule
 
 __all__ = [
@@ -64,14 +66,6 @@ ALIGNED_DOWNSAMPLERS = LayerRule("*downsamplers*", align="cells")
 
 _TRANSFORMER_HINT = ("its patch embedding and positional embeddings, not conv kernels, carry the resolution; "
                      "kernelscale supersamples UNet denoisers (" + ", ".join(DENOISERS) + ")")
-
-
-class UnsupportedDenoiserError(KernelscaleError, TypeError):
-    """A pipeline whose denoiser kernelscale cannot supersample (a transformer, a video UNet)."""
-
-
-class ExecutionUnavailableError(KernelscaleError, NotImplementedError):
-    """An execution mode that this version of kernelscale does not provide yet."""
 
 
 @dataclass(frozen=True)
