@@ -79,9 +79,13 @@ class FilePlan:
         return "cast" if self.out_dtypes[i] != entry.dtype else "copy"
 
     def counts(self) -> dict[str, int]:
-        counts = {"resize": 0, "dilate": 0, "cast": 0, "copy": 0}
+        """Tensors per outcome: ``resize`` (new kernels, weight norm's g with them), ``rescale``
+        (values only: an attention temperature's query projection), ``dilate``, ``cast``, ``copy``."""
+        counts = {"resize": 0, "rescale": 0, "dilate": 0, "cast": 0, "copy": 0}
         for i in range(len(self.entries)):
             op = self.operation(i)
+            if op == "resize" and self.entries[i].kind == "attention":
+                op = "rescale"
             counts["resize" if op == "renorm" else op] += 1
         return counts
 
@@ -138,7 +142,7 @@ class CheckpointPlan:
         return sum(f.work_bytes(i) for f in self.files for i in range(len(f.entries)))
 
     def counts(self) -> dict[str, int]:
-        total = {"resize": 0, "dilate": 0, "cast": 0, "copy": 0}
+        total = {"resize": 0, "rescale": 0, "dilate": 0, "cast": 0, "copy": 0}
         for f in self.files:
             for k, v in f.counts().items():
                 total[k] += v
@@ -392,7 +396,8 @@ def _loading_notes(scan: CheckpointScan, plans: Sequence[Plan], dst: Optional[Pa
             record.update(stock_loadable=True, config_updates=updates, load=f"{cls}.from_pretrained({os.path.dirname(out_path)!r})")
             loading.append(record)
             continue
-        load = f"kernelscale.nn.load(model, {out_path!r})"
+        asymmetric = any(any((e.record or {}).get("centre_offset") or ()) for e in structural)  # cells, pinv: even sizes
+        load = f"kernelscale.nn.load(model, {out_path!r}" + (", padding='asymmetric')" if asymmetric else ")")
         how = (f"model = {cls}.from_config({cls}.load_config({config_dir!r})); {load}" if cls
                else f"build the original model, then {load}")
         groups: dict[str, list[TensorPlan]] = {}
