@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import posixpath
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -485,6 +486,14 @@ def _pair_units(original: Any, o_scan: Any, converted: Any, c_scan: Any) -> list
         return [(o_scan.units[0], c_scan.units[0])]
     o_units = {_unit_key(u): u for u in o_scan.units}
     c_units = {_unit_key(u): u for u in c_scan.units}
+    # a model renamed in its folder (a diffusion pipeline's denoiser: kernelscale_model.safetensors) pairs
+    # with the folder's one model on the other side
+    for key in [k for k in c_units if k not in o_units]:
+        folder = posixpath.dirname(key)
+        o_here = [k for k in o_units if posixpath.dirname(k) == folder]
+        c_here = [k for k in c_units if posixpath.dirname(k) == folder]
+        if len(o_here) == 1 and len(c_here) == 1 and o_here[0] not in c_units:
+            c_units[o_here[0]] = c_units.pop(key)
     for units, other, arg, other_arg in ((c_units, o_units, converted, original), (o_units, c_units, original, converted)):
         lone = [k for k in units if k not in other]
         if lone:
@@ -627,7 +636,10 @@ def _plan_jobs(original: Any, converted: Any) -> tuple[list[_Job], list[tuple[st
     def shown(src: Any, side: str) -> str:
         return _shown(original, o_scan, src.rel) if side == "ORIG" else _shown(converted, c_scan, src.rel)
 
+    pipeline = c_scan.layout == "folder" and os.path.isfile(os.path.join(c_scan.src, "model_index.json"))
     for o_unit, c_unit in _pair_units(original, o_scan, converted, c_scan):
+        if pipeline and not any(MANIFEST_KEY in src.metadata for src in c_unit.files):
+            continue  # a pipeline component convert copied byte for byte (only the denoiser is resized)
         o_tensors = {t.name: (src, t) for src in o_unit.files for t in src.tensors}
         c_unit_tensors = {t.name: (src, t) for src in c_unit.files for t in src.tensors}  # g may sit in another shard
         o_model = _shown(original, o_scan, _unit_key(o_unit))

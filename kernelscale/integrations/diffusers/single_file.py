@@ -26,18 +26,17 @@ from torch import nn
 
 from kernelscale.io.checkpoint import MANIFEST_KEY, parse_manifest
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
-from kernelscale.integrations.diffusers.denoiser import CONFIG_KEY, build_and_load, check_class, dtype_keyword, read_config
+from kernelscale.integrations.diffusers.denoiser import build_and_load, dtype_keyword, read_config
+from kernelscale.pipeline_layout import CONFIG_KEY, DENOISER_PREFIX, OTHER_PREFIXES, check_class
 
 __all__ = ["DENOISER_PREFIX", "OTHER_PREFIXES", "load_single_file_denoiser", "load_single_file_pipeline"]
-
-DENOISER_PREFIX = "model.diffusion_model."
-OTHER_PREFIXES = ("first_stage_model.", "cond_stage_model.", "conditioner.")
-"""The VAE's and the text encoders' keys in the original layout."""
 
 ConfigSource = Optional[Union[str, os.PathLike, Mapping[str, Any]]]
 
 
-def _denoiser_config(config: ConfigSource, path: Path) -> dict[str, Any]:
+def denoiser_config(config: ConfigSource, path: Path) -> dict[str, Any]:
+    """The denoiser's diffusers config from ``config`` (a pipeline folder, a model folder or a dict)
+    for the single file ``path``; InvalidOptionError naming what to pass when it is None."""
     if config is None:
         raise InvalidOptionError(
             f"{path}: a single file does not carry the denoiser's config; pass config= a local diffusers folder of the same "
@@ -75,8 +74,8 @@ def _refuse_other_resized(path: Path, manifest: Mapping[str, Any]) -> None:
         raise InvalidCheckpointError(
             f"{path}: the VAE or text encoder was resized too ({len(resized)} tensor(s), e.g. {resized[0]}); a diffusion "
             "pipeline resizes only its denoiser (the VAE maps latent cells to pixels at a fixed ratio, the text encoder "
-            f"sees tokens). Convert the original file again with the denoiser only: kernelscale convert ORIGINAL OUT "
-            f"--scale {scale} --include '{DENOISER_PREFIX}*'")
+            f"sees tokens). Convert the original file again without --include, which resizes the denoiser ({DENOISER_PREFIX}*) "
+            f"only: kernelscale convert ORIGINAL OUT --scale {scale} --config FOLDER")
 
 
 def to_diffusers_names(tensors: dict[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, str]:
@@ -105,17 +104,17 @@ def to_diffusers_names(tensors: dict[str, torch.Tensor], config: Mapping[str, An
 
 def load_single_file_denoiser(path: Path, config: ConfigSource) -> nn.Module:
     """The supersampled denoiser of a converted single file (module docstring)."""
-    denoiser_config = _denoiser_config(config, path)
-    class_name = check_class(str(denoiser_config.get("_class_name", "UNet2DConditionModel")), f"{path}'s denoiser")
+    unet_config = denoiser_config(config, path)
+    class_name = check_class(str(unet_config.get("_class_name", "UNet2DConditionModel")), f"{path}'s denoiser")
     tensors, manifest, _ = _read(path)
     if manifest is None:
         raise InvalidCheckpointError(f"{path}: no kernelscale manifest, so it was not converted; convert it first: "
-                                     f"kernelscale convert {path.name} OUT.safetensors --scale S --include '{DENOISER_PREFIX}*'")
+                                     f"kernelscale convert {path.name} OUT.safetensors --scale S --config FOLDER")
     _refuse_other_resized(path, manifest)
-    names = to_diffusers_names(tensors, denoiser_config)
+    names = to_diffusers_names(tensors, unet_config)
     records = {names[n]: r for n, r in manifest["tensors"].items() if n in names}
     renamed = {**manifest, "tensors": records}
-    trained = (denoiser_config.get(CONFIG_KEY) or {}).get("trained_sample_size", denoiser_config.get("sample_size"))
+    trained = (unet_config.get(CONFIG_KEY) or {}).get("trained_sample_size", unet_config.get("sample_size"))
     from safetensors.torch import save_file
 
     with tempfile.TemporaryDirectory(prefix="kernelscale-") as tmp:
@@ -123,7 +122,7 @@ def load_single_file_denoiser(path: Path, config: ConfigSource) -> nn.Module:
         save_file({names[n]: t.contiguous() for n, t in tensors.items()}, str(weights),
                   metadata={"format": "pt", MANIFEST_KEY: json.dumps(renamed, sort_keys=True, separators=(",", ":"))})
         del tensors
-        return build_and_load(class_name, denoiser_config, weights, renamed, trained_sample_size=trained)
+        return build_and_load(class_name, unet_config, weights, renamed, trained_sample_size=trained)
 
 
 def load_single_file_pipeline(path: Path, config: ConfigSource, *, dtype: Optional[torch.dtype] = None,
