@@ -72,8 +72,8 @@ def sample(model, size: int, per_class: int, seed: int = 0) -> tuple[torch.Tenso
 
 
 def test_samples_at_the_trained_resolution_are_recognisable_digits(model, metrics):
-    """Measured: 30 of 30 classified as requested, none duplicated, FD 64.7 (the floor of 30 real
-    digits: see the next test). Asserted with 3 samples of slack each."""
+    """Measured: 30 of 30 classified as requested, none duplicated, FD 64.7 (30 real held-out digits
+    against the training digits: 110.7). Asserted with 3 samples of slack each."""
     images, labels = sample(model, 16, per_class=3)
     report = metrics.report(images, labels)
     assert report.accuracy >= 0.9, report
