@@ -97,7 +97,7 @@ def to_image_range(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)
 
 
-def noise_scheduler(kind: str = "ddpm"):
+def noise_scheduler(kind: str = "ddpm") -> Any:
     """diffusers' DDPMScheduler (``kind="ddpm"``) or DDIMScheduler (``"ddim"``) for ``SCHEDULE``."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
