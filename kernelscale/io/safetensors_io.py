@@ -243,10 +243,15 @@ def _pread_exact(fd: int, size: int, offset: int, path: str) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+READ_BLOCK = 16 << 20
+"""Most bytes one positioned read asks for: a tensor is filled in blocks of this size, so no
+single call depends on a tensor's (or a file's) whole length."""
+
+
 def _read_into(fd: int, view: memoryview, offset: int, path: str) -> None:
     filled = 0
     while filled < len(view):
-        got = os.preadv(fd, [view[filled:]], offset + filled)
+        got = os.preadv(fd, [view[filled:filled + READ_BLOCK]], offset + filled)
         if not got:
             raise InvalidCheckpointError(
                 f"{path}: file ended at byte {offset + filled} while reading "
@@ -375,6 +380,14 @@ class SafetensorsReader:
         """The raw little-endian bytes of tensor ``name`` (len == its nbytes)."""
         info = self._info(name)
         return _pread_exact(self._fd, info.nbytes, info.start, self.path)
+
+    def read_range(self, name: str, begin: int, end: int) -> bytes:
+        """Bytes ``[begin, end)`` of tensor ``name``'s raw data (offsets relative to the tensor);
+        InvalidOptionError for a range outside it."""
+        info = self._info(name)
+        if not (_is_int(begin) and _is_int(end) and 0 <= begin <= end <= info.nbytes):
+            raise InvalidOptionError(f"{self.path}: range [{begin!r}, {end!r}) lies outside tensor {name!r} of {info.nbytes} bytes")
+        return _pread_exact(self._fd, end - begin, info.start + begin, self.path) if end > begin else b""
 
     def iter_chunks(self, name: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
         """The raw bytes of tensor ``name`` as consecutive chunks of at most ``chunk_size``
