@@ -84,7 +84,9 @@ def convert_checkpoint(
     be written; on any failure or interruption no ``dst`` is left behind and temp files are removed.
     """
     started = time.perf_counter()
-    src = os.path.abspath(os.fspath(src))
+    if not os.fspath(dst):
+        raise OutputError("OUT is empty; give the output's file or folder name")
+    src = os.fspath(src)  # scan_checkpoint refuses an empty IN, which abspath would make the current folder
     dst = os.path.abspath(os.fspath(dst))
     resolve_device(device)  # a bad or unavailable device is refused before any reading
     plan = plan_checkpoint(src, options, dtype=dtype, dst=dst)

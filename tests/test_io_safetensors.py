@@ -376,7 +376,7 @@ def test_foreign_formats_are_named_only_when_the_header_fails(tmp_path: Path) ->
 
 
 def test_missing_file_is_a_checkpoint_error(tmp_path: Path) -> None:
-    with pytest.raises(InvalidCheckpointError, match="cannot open"):
+    with pytest.raises(InvalidCheckpointError, match="cannot read"):
         SafetensorsReader(tmp_path / "nope.safetensors")
 
 

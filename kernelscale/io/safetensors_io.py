@@ -12,13 +12,15 @@ any violation. The writer lays out the whole header from a list of specs before 
 byte, then takes the tensors one at a time, so peak memory is one tensor plus a constant. Both
 assume a little-endian host, as safetensors itself does.
 
-This module is pure I/O: it imports nothing from kernelscale but the error hierarchy and the dtype tables.
+This module is pure I/O: it imports nothing from kernelscale but the error hierarchy, the dtype tables
+and :mod:`kernelscale.io.files`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from dataclasses import dataclass
 from typing import IO, Any, BinaryIO, Iterable, Iterator, Sequence, Union
@@ -27,6 +29,7 @@ import torch
 
 from kernelscale.dtypes import DTYPE_ITEMSIZE, TORCH_ATTR, TORCH_DTYPES, dtype_name
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
+from kernelscale.io.files import open_regular
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -149,9 +152,50 @@ def _parse_tensor_entry(path: str, name: str, entry: object, data_start: int) ->
     return TensorInfo(name, dtype, tuple(shape), data_start + begin, data_start + end)
 
 
+MAX_LIST_ITEMS = 64
+"""Most items a list in a header may hold: lists are shapes (torch has at most 64 dimensions) and
+data_offsets (two)."""
+MAX_OBJECT_KEYS = 4096
+"""Most keys an object inside the header (a tensor entry, ``__metadata__``) may hold; the header
+object itself may hold any number of tensors."""
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NESTED_LIST = re.compile(rb"\[[^\]]*[\[{]")  # a list that opens a list or an object before it closes
+_LONG_LIST = re.compile(rb"\[(?:[^\[\],]*,){%d}" % MAX_LIST_ITEMS)
+_NESTED_OBJECT = re.compile(rb"\{[^}]*\{")  # an object that opens another before it closes
+_MANY_KEYS = re.compile(rb"\{(?:[^{}:]*:){%d}" % (MAX_OBJECT_KEYS + 1))
+
+
+def _check_structure(path: str, raw: bytes) -> None:
+    """InvalidCheckpointError for a header whose JSON has more structure than a safetensors header
+    can: a list inside a list or holding an object, a list of more than MAX_LIST_ITEMS items,
+    objects nested deeper than the tensor entries, an inner object of more than MAX_OBJECT_KEYS keys.
+
+    Why before parsing: the JSON parser builds every value it reads; 33 M empty lists (a 99 MB
+    header) cost 2.8 GB. The checks run on the header with its strings blanked (a string may hold
+    any bracket), by regular expressions: 0.3 s for that header, about 3 s for a 118 MB header of
+    a million tensors (most of it blanking the 5 M strings), and one copy of the header beside it."""
+    skeleton = _JSON_STRING.sub(b'""', raw)
+    if _NESTED_LIST.search(skeleton):
+        raise InvalidCheckpointError(f"{path}: header JSON has a list holding a list or an object; "
+                                     "a safetensors header's lists hold integers only")
+    if _LONG_LIST.search(skeleton):
+        raise InvalidCheckpointError(f"{path}: header JSON has a list of more than {MAX_LIST_ITEMS} items; "
+                                     "a safetensors header's lists are shapes and data_offsets")
+    inside = skeleton.strip()
+    inside = memoryview(inside)[1:-1] if inside[:1] == b"{" and inside[-1:] == b"}" else memoryview(inside)
+    if _NESTED_OBJECT.search(inside):
+        raise InvalidCheckpointError(f"{path}: header JSON is nested deeper than a safetensors header "
+                                     "(objects of tensor entries and __metadata__ inside one object)")
+    if _MANY_KEYS.search(inside):
+        raise InvalidCheckpointError(f"{path}: header JSON has an object of more than {MAX_OBJECT_KEYS} keys "
+                                     "inside the top-level one")
+
+
 def _parse_header(
     path: str, raw: bytes, data_start: int, data_size: int
 ) -> tuple[dict[str, str], dict[str, TensorInfo]]:
+    _check_structure(path, raw)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -307,7 +351,8 @@ class SafetensorsReader:
     object or repeats a key, an unknown dtype, a shape whose byte size differs from its offsets,
     tensors that overlap, leave gaps or do not end exactly at the end of the file, and
     ``__metadata__`` that is not string → string. A file that cannot be opened raises
-    InvalidCheckpointError too. No allocation depends on an unchecked length.
+    InvalidCheckpointError too, and so does a path that is not a regular file (a FIFO, a device:
+refused by name, never opened for reading). No allocation depends on an unchecked length.
 
     ``metadata`` is the ``__metadata__`` dict ({} when absent); ``tensors`` maps name →
     TensorInfo in file order (ascending data offset). Use as a context manager or call close().
@@ -315,12 +360,9 @@ class SafetensorsReader:
 
     def __init__(self, path: PathLike) -> None:
         self.path = os.fspath(path)
-        try:
-            self._file: BinaryIO | None = open(self.path, "rb", buffering=0)
-        except OSError as exc:
-            raise InvalidCheckpointError(
-                f"{self.path}: cannot open: {exc.strerror or exc}"
-            ) from exc
+        self._file: BinaryIO | None = os.fdopen(
+            open_regular(self.path, InvalidCheckpointError, "a safetensors file"), "rb", buffering=0
+        )
         try:
             self.metadata, self.tensors = self._read_header()
         except BaseException:
