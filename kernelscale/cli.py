@@ -399,17 +399,11 @@ def _dims(values: Optional[Sequence[Any]]) -> str:
 
 def _manifest_of(metadata: dict[str, str], path: str) -> Optional[dict[str, Any]]:
     """The manifest in a file's ``metadata`` (None without one); errors name ``path``."""
-    from kernelscale.io.checkpoint import MANIFEST_KEY
+    from kernelscale.io.checkpoint import MANIFEST_KEY, check_records, load_manifest_json
 
     if MANIFEST_KEY not in metadata:
         return None
-    try:
-        manifest = json.loads(metadata[MANIFEST_KEY])
-    except ValueError as exc:
-        raise InvalidOptionError(f"{path}: the '{MANIFEST_KEY}' metadata is not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise InvalidOptionError(f"{path}: the '{MANIFEST_KEY}' metadata is not a JSON object")
-    return manifest
+    return check_records(load_manifest_json(metadata[MANIFEST_KEY], path), path)
 
 
 def run_inspect(args: argparse.Namespace) -> int:

@@ -107,6 +107,20 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+MAX_EXTENT = (1 << 63) - 1
+"""Largest product of a shape's non-zero dimensions: the strides of a contiguous tensor must fit
+torch's int64 (a zero-element ``[0, 2**62, 3, 3]`` would need a stride of 9·2**62)."""
+
+
+def _addressable(shape: Sequence[int]) -> bool:
+    extent = 1
+    for d in shape:
+        extent *= max(d, 1)
+        if extent > MAX_EXTENT:
+            return False
+    return True
+
+
 def _parse_tensor_entry(path: str, name: str, entry: object, data_start: int) -> TensorInfo:
     if not isinstance(entry, dict):
         raise InvalidCheckpointError(
@@ -125,6 +139,11 @@ def _parse_tensor_entry(path: str, name: str, entry: object, data_start: int) ->
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
         raise InvalidCheckpointError(
             f"{path}: tensor {name!r} has shape {shape!r}; expected a list of non-negative integers"
+        )
+    if not _addressable(shape):
+        raise InvalidCheckpointError(
+            f"{path}: tensor {name!r} has shape {shape!r}, whose extent (the product of its non-zero "
+            f"dimensions) exceeds {MAX_EXTENT}: no tensor library can index it, even with no element"
         )
     offsets = entry["data_offsets"]
     if (
@@ -192,6 +211,31 @@ def _check_structure(path: str, raw: bytes) -> None:
                                      "inside the top-level one")
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _refuse_lone_surrogates(path: str, obj: dict[str, Any]) -> None:
+    """InvalidCheckpointError for a string of the header that holds a lone UTF-16 surrogate
+    (``"\\ud800"``, valid JSON but not a Unicode character: it cannot be printed, written or
+    encoded as UTF-8). Run only when the header has such an escape (a pair decodes to one character)."""
+    def check(text: str, what: str) -> None:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidCheckpointError(
+                f"{path}: header {what} '{text.encode('utf-8', 'backslashreplace').decode('utf-8')}' holds a lone "
+                f"surrogate (U+{ord(text[exc.start]):04X}), which is not a Unicode character"
+            ) from None
+
+    for name, entry in obj.items():
+        check(name, "key")
+        if isinstance(entry, dict):
+            for key, value in entry.items():
+                check(key, "key")
+                if isinstance(value, str):
+                    check(value, "value")
+
+
 def _parse_header(
     path: str, raw: bytes, data_start: int, data_size: int
 ) -> tuple[dict[str, str], dict[str, TensorInfo]]:
@@ -222,6 +266,8 @@ def _parse_header(
         raise InvalidCheckpointError(
             f"{path}: header JSON is a {type(obj).__name__}, not an object"
         )
+    if _SURROGATE_ESCAPE.search(raw):
+        _refuse_lone_surrogates(path, obj)
 
     metadata: dict[str, str] = {}
     entries: list[TensorInfo] = []
@@ -513,6 +559,11 @@ def encode_header(
         if not all(_is_int(d) and d >= 0 for d in shape):
             raise InvalidOptionError(
                 f"tensor {name!r} has shape {shape!r}; expected non-negative integers"
+            )
+        if not _addressable(shape):
+            raise InvalidOptionError(
+                f"tensor {name!r} would have shape {shape!r}, whose extent (the product of its non-zero "
+                f"dimensions) exceeds {MAX_EXTENT}: no tensor library could index it"
             )
         nbytes = DTYPE_ITEMSIZE[dtype]
         for d in shape:
