@@ -86,6 +86,11 @@ def convert_checkpoint(
     started = time.perf_counter()
     if not os.fspath(dst):
         raise OutputError("OUT is empty; give the output's file or folder name")
+    try:
+        os.fsencode(dst)
+    except UnicodeEncodeError as exc:  # e.g. a lone surrogate: no file can have that name
+        raise OutputError(f"OUT {os.fspath(dst)!r} cannot be a file name on this system: {exc.reason} "
+                          f"at character {exc.start}") from None
     src = os.fspath(src)  # scan_checkpoint refuses an empty IN, which abspath would make the current folder
     dst = os.path.abspath(os.fspath(dst))
     resolve_device(device)  # a bad or unavailable device is refused before any reading

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
@@ -188,7 +189,9 @@ def _read_sharded(index_path: str, index_rel: str) -> ModelUnit:
         if unlisted:
             raise InvalidCheckpointError(f"{index_path}: shard {shard} holds {len(unlisted)} tensor(s) the weight_map does not "
                                          f"put there ({quoted_names(unlisted)}); the index does not match its shards")
-        files.append(SourceFile(shard_path, _join(rel_dir, shard), dict(metadata), tuple(tensors.values())))
+        # normalised (``./s1.safetensors`` is ``s1.safetensors``): a folder walk finds the file under that name
+        files.append(SourceFile(shard_path, _join(rel_dir, posixpath.normpath(shard.replace("\\", "/"))), dict(metadata),
+                                tuple(tensors.values())))
     absent: dict[str, list[str]] = {}
     for name, shard in weight_map.items():
         if owner.get(name) != shard:

@@ -43,9 +43,39 @@ class TempEntry(NamedTuple):
     pid: int
 
 
+NAME_MAX = 255
+"""Longest file name, in bytes, on the filesystems kernelscale writes to (ext4, xfs, btrfs, tmpfs)."""
+_PID_DIGITS = 10
+_HASH_CHARS = 12
+
+
+def entry_base(name: str) -> str:
+    """The part of OUT's base ``name`` its temp entries carry: ``name`` itself when
+    ``.name.kernelscale-tmp-<pid>`` fits NAME_MAX for any pid, else a prefix of it plus ``~`` and
+    12 hex digits of its SHA-256, so a valid OUT name of up to NAME_MAX bytes still gets a temp entry."""
+    budget = NAME_MAX - len(f"..{TMP_TAG}-") - _PID_DIGITS
+    raw = os.fsencode(name)
+    if len(raw) <= budget:
+        return name
+    import hashlib
+
+    digest = hashlib.sha256(raw).hexdigest()[:_HASH_CHARS]
+    prefix = raw[: budget - 1 - _HASH_CHARS].decode("utf-8", "ignore") if _is_utf8(raw) else os.fsdecode(raw[: budget - 1 - _HASH_CHARS])
+    return f"{prefix}~{digest}"
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 def temp_entry_name(name: str, tag: str, pid: int) -> str:
-    """The name of a temp entry beside OUT (``name`` is OUT's base name, ``tag`` TMP_TAG or OLD_TAG)."""
-    return f".{name}.{tag}-{pid}"
+    """The name of a temp entry beside OUT (``name`` is OUT's base name, ``tag`` TMP_TAG or OLD_TAG);
+    a long ``name`` is shortened (:func:`entry_base`) so the entry fits NAME_MAX."""
+    return f".{entry_base(name)}.{tag}-{pid}"
 
 
 def parse_temp_entry(entry: str) -> Optional[TempEntry]:
@@ -419,7 +449,7 @@ def clean_stale(dst: PathLike) -> list[str]:
         return cleaned
     for entry in entries:
         temp = parse_temp_entry(entry)
-        if temp is None or temp.name != name or _pid_alive(temp.pid):
+        if temp is None or temp.name != entry_base(name) or _pid_alive(temp.pid):
             continue
         path = os.path.join(parent, entry)
         if temp.tag == TMP_TAG and os.path.isdir(path) and not os.path.islink(path):
