@@ -310,7 +310,7 @@ def run_convert(args: argparse.Namespace) -> int:
         # OUT is committed by now: say so, rather than main's "no output was written".
         what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated"
         during = "during verification" if verify else "after the conversion"
-        _stderr(f"kernelscale: {what} {during}; {args.output} was written and is complete")
+        _stderr(f"kernelscale: {what} {during}; {summary.dst} was written and is complete")
         return EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_TERMINATED
 
 
@@ -326,14 +326,14 @@ def _report_conversion(args: argparse.Namespace, summary: Any, verify: bool) -> 
         data = summary.to_json()
         if args.dry_run:
             data["plan"] = _plan_json(summary.plan)
-        report = cli_verify.measure(args.input, args.output, args) if verify else None
+        report = cli_verify.measure(args.input, summary.dst, args) if verify else None
         if report is not None:
             data["verify"] = cli_verify.report_json(report, args.tol)
         _stdout(json.dumps(data, indent=2, sort_keys=True, allow_nan=False))
         return cli_verify.exit_code(report, args.tol) if report is not None else EXIT_OK
     _stderr(f"kernelscale: {summary.describe()}")
     if verify:
-        return cli_verify.print_report(cli_verify.measure(args.input, args.output, args), args.tol)
+        return cli_verify.print_report(cli_verify.measure(args.input, summary.dst, args), args.tol)
     return EXIT_OK
 
 

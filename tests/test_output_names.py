@@ -66,3 +66,26 @@ def test_a_non_utf8_out_name_is_written_as_given(tmp_path: Path) -> None:
                              "--grid", "head=8,2,2"], capture_output=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert os.path.exists(out) and b"\xff.safetensors" in os.listdir(os.fsencode(tmp_path))
+
+
+@pytest.mark.parametrize("form", ["slash", "folder"])
+def test_a_folder_out_for_a_file_in_means_into_that_folder(tmp_path: Path, capsys, form: str) -> None:
+    src = save({"conv.weight": torch.randn(2, 2, 3, 3)}, tmp_path / "model.safetensors")
+    (tmp_path / "out").mkdir()
+    out = str(tmp_path / "out") + ("/" if form == "slash" else "")
+    assert main(["convert", str(src), out, "--scale", "2", "--verify"]) == 0, capsys.readouterr().err
+    assert os.listdir(tmp_path / "out") == ["model.safetensors"]
+    assert read_header(tmp_path / "out" / "model.safetensors")[1]["conv.weight"].shape == (2, 2, 7, 7)
+    # into the input's own folder: that is the input itself
+    assert main(["convert", str(src), str(tmp_path) + "/", "--scale", "2", "--force"]) == 2
+    assert "is the input itself" in capsys.readouterr().err
+
+
+def test_a_folder_in_refuses_an_out_named_like_a_file(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    save({"conv.weight": torch.randn(2, 2, 3, 3)}, folder / "model.safetensors")
+    assert main(["convert", str(folder), str(tmp_path / "out.safetensors"), "--scale", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "looks like a file name" in err and "is a folder" in err
+    assert sorted(os.listdir(tmp_path)) == ["in"]

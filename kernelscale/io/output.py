@@ -112,6 +112,26 @@ def _inside(child: str, parent: str) -> bool:
         current = up
 
 
+def resolve_output(src: str, given: str) -> str:
+    """The absolute OUT path that ``given`` (as typed) means for the checkpoint at ``src`` (absolute).
+
+    For a single ``.safetensors`` IN, an OUT ending in ``/`` or naming an existing folder means
+    "into this folder": the result is that folder joined with IN's file name. A folder or shard
+    index IN converts to a folder (or an index path), so an OUT whose name ends in ``.safetensors``
+    is refused (OutputError): it would be a folder that looks like a file."""
+    layout = "folder" if os.path.isdir(src) else "sharded" if src.endswith(".index.json") else "file"
+    dst = os.path.abspath(given)
+    if layout == "file":
+        if given.endswith(("/", os.sep)) or os.path.isdir(dst):
+            return os.path.join(dst, os.path.basename(src))
+        return dst
+    if given.rstrip("/" + os.sep).lower().endswith(".safetensors"):
+        what = "a folder" if layout == "folder" else "a shard index"
+        raise OutputError(f"OUT {given} looks like a file name, but IN {src} is {what}, which converts to a folder "
+                          "of files (a shard index also to an index path, *.safetensors.index.json); give a folder name")
+    return dst
+
+
 class AtomicOutput:
     """Where the result goes and how it is committed.
 
