@@ -128,3 +128,18 @@ def test_brackets_inside_strings_are_not_structure(tmp_path: Path) -> None:
     header = json.dumps({"__metadata__": meta, "t[0]{": {"dtype": "F32", "shape": [], "data_offsets": [0, 4]}}).encode()
     with SafetensorsReader(_header_file(tmp_path / "s.safetensors", header)) as reader:
         assert reader.metadata == meta and list(reader.tensors) == ["t[0]{"]
+
+
+@pytest.mark.parametrize("entry, needle", [(b'"k%d":0', "not an object"), (b'"k%d":{}', "too few keys")])
+def test_a_large_header_of_tiny_entries_is_refused_before_parsing(tmp_path: Path, entry: bytes, needle: str) -> None:
+    # 1.5 M top-level pairs: parsed, each costs ~120–200 bytes (0.2–0.3 GB here, 2.8 GB at the 100 MB limit)
+    header = b"{" + b",".join(entry % i for i in range(1_500_000)) + b"}"
+    path = _header_file(tmp_path / "tiny.safetensors", header)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidCheckpointError, match=needle):
+            SafetensorsReader(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * len(header) + (1 << 20)
