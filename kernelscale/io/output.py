@@ -5,9 +5,11 @@ folder or holds it, exists without ``force``, is a folder holding files this con
 write (``force`` replaces the whole folder, so they would be lost), or goes into a folder that takes no new file
 (read-only, no permission; probed, so ``--dry-run`` sees it too); the result is built as
 ``.OUT.kernelscale-tmp-<pid>`` beside OUT (a file, or a folder for multi-file output), fsynced,
-then renamed onto OUT (the output shard index last, its moves journaled so that the next run undoes
-a half-done one: :func:`roll_back`) and the directory fsynced, so an interrupted run leaves no partial OUT. :func:`clean_stale` removes a temp entry left by a run that died (its
-pid no longer alive) and puts back a previous OUT it had moved aside; :func:`check_free_space`
+then renamed onto OUT (the output shard index last, its moves journaled so that the next run
+undoes a half-done one: :func:`roll_back`) and the directory fsynced, so an interrupted run leaves
+no partial OUT. :func:`clean_stale` removes a temp entry left by a run that died (its pid no longer
+alive) and puts back a previous OUT it had moved aside; :func:`resolve_output` says what an OUT
+as typed means (a folder for a file IN means "into it"); :func:`check_free_space`
 refuses a disk too small before anything is written. Filesystem work only: what goes into the
 temp entry is :mod:`kernelscale.stream`'s job. This module owns the temp entries' names
 (:func:`temp_entry_name`, :func:`parse_temp_entry`), which checkpoint discovery skips.
