@@ -19,10 +19,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional, Sequence
 
 from kernelscale.dtypes import RESIZABLE
-from kernelscale.errors import InvalidOptionError
+from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
 from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, describe_entries, plan_tensors, shape_text
 from kernelscale.io.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
 from kernelscale.io.discovery import CheckpointScan, ModelUnit, scan_checkpoint
+from kernelscale.io.files import read_small_file
 from kernelscale.pipeline_layout import (
     DENOISER_PREFIX, OTHER_PREFIXES, WEIGHTS_NAME, PipelineLayout, components_listing, config_record, denoiser_config_text,
     detect_layout,
@@ -437,13 +438,16 @@ def _plan_units(unit_specs: list[list[TensorSpec]], options: ResizeOptions, wher
     return plans
 
 
+MAX_CONFIG_BYTES = 16_000_000
+"""Largest config.json read beside a model; a larger one is left as it is."""
+
+
 def _config_of(scan: CheckpointScan, unit: ModelUnit) -> Optional[dict[str, Any]]:
     root = scan.src if scan.layout == "folder" else os.path.dirname(scan.src)
     path = os.path.join(root, unit.dir_rel, "config.json")
     try:
-        with open(path, "rb") as fh:
-            data = json.loads(fh.read().decode("utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(read_small_file(path, MAX_CONFIG_BYTES, InvalidCheckpointError, "config.json").decode("utf-8"))
+    except (InvalidCheckpointError, ValueError, RecursionError):  # no usable config: nothing to update
         return None
     return data if isinstance(data, dict) else None
 

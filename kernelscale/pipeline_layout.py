@@ -31,6 +31,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError, UnsupportedDenoiserError
 from kernelscale.io.discovery import CheckpointScan, ModelUnit
+from kernelscale.io.files import read_small_file
 from kernelscale.text import quoted_names
 
 __all__ = [
@@ -179,11 +180,18 @@ class PipelineLayout:
         return data
 
 
+MAX_JSON_BYTES = 16_000_000
+"""Largest model_index.json or denoiser config.json read; a larger one is not a pipeline's."""
+
+
 def _read_json(path: str) -> Optional[dict[str, Any]]:
+    """The JSON object in the regular file ``path``; None when there is none (missing, not a
+    regular file, too large, not JSON, not an object)."""
+    if not os.path.exists(path):
+        return None
     try:
-        with open(path, "rb") as fh:
-            data = json.loads(fh.read().decode("utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(read_small_file(path, MAX_JSON_BYTES, InvalidCheckpointError, os.path.basename(path)).decode("utf-8"))
+    except (InvalidCheckpointError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 

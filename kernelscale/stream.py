@@ -8,8 +8,8 @@ resize workers (:func:`compute_workers`: on CPU one single-threaded worker per u
 most QUEUE_DEPTH + 1; on CUDA two, each on its own stream); the main thread writes the results in order from a queue of
 depth 2 while the next blocks are read and resized, and writer threads put the bytes on disk
 (:class:`kernelscale.io.sink.DirectFileSink`, O_DIRECT where possible). Peak memory is a few blocks, whatever the checkpoint's size. The input
-is only read; each written file is fsynced, and :func:`verify_output` reopens it with the
-reference safetensors library and checks it against its plan.
+is only read; each written file is fsynced, and :func:`verify_output` reopens it with
+kernelscale's own header reader (nothing mapped) and checks it against its plan.
 
 Test hook: ``KERNELSCALE_TEST_SLOW_WRITE=<seconds>`` sleeps that long after writing each
 tensor, so tests can interrupt a conversion mid-write.
@@ -359,30 +359,44 @@ def write_extra(extra: ExtraFile, out_path: str) -> None:
     fsync_path(out_path)
 
 
-def verify_output(path: PathLike, fp: FilePlan) -> None:
-    """Reopen a written file with the reference safetensors library and check it against the plan:
-    names, shapes, dtypes, size, and a manifest that parses. OutputError on any difference."""
-    from safetensors import safe_open
+CHECK_BYTES = 1 << 20
+"""Bytes read back from each end of every written tensor by :func:`verify_output`."""
 
+
+def verify_output(path: PathLike, fp: FilePlan) -> None:
+    """Reopen a written file with kernelscale's own validating header reader and check it against
+    the plan: names, shapes, dtypes, offsets tiling the data section, size, a manifest that parses;
+    then read back the first and last CHECK_BYTES of every tensor (a filesystem that cannot return
+    what was written shows here). Nothing is mapped and at most CHECK_BYTES are held, so the check
+    runs where the file is larger than memory or the address-space limit. OutputError on any
+    difference."""
     path = os.fspath(path)
     try:
-        with safe_open(path, framework="pt") as f:
-            metadata = f.metadata() or {}
-            found = {}
-            for name in f.keys():
-                view = f.get_slice(name)
-                found[name] = (view.get_dtype(), tuple(view.get_shape()))
-    except Exception as exc:  # the reference library's own error types
-        raise OutputError(f"{path}: the written file does not reopen with safetensors: {exc}") from None
-    expected = {name: (dtype, tuple(shape)) for name, dtype, shape in fp.specs()}
-    if found != expected:
-        bad = sorted(set(found) ^ set(expected)) or sorted(n for n in expected if found[n] != expected[n])
-        raise OutputError(f"{path}: the written file does not match its plan (first difference: {bad[0]!r})")
-    if os.stat(path).st_size != fp.bytes_out:
-        raise OutputError(f"{path}: written {os.stat(path).st_size} bytes, planned {fp.bytes_out}")
+        reader = SafetensorsReader(path)
+    except InvalidCheckpointError as exc:
+        raise OutputError(f"the written file does not reopen: {exc}") from None
+    with reader:
+        found = {name: (info.dtype, info.shape) for name, info in reader.tensors.items()}
+        expected = {name: (dtype, tuple(shape)) for name, dtype, shape in fp.specs()}
+        if found != expected:
+            bad = sorted(set(found) ^ set(expected)) or sorted(n for n in expected if found[n] != expected[n])
+            raise OutputError(f"{path}: the written file does not match its plan (first difference: {bad[0]!r})")
+        size = os.fstat(reader._fd).st_size
+        if size != fp.bytes_out:
+            raise OutputError(f"{path}: written {size} bytes, planned {fp.bytes_out}")
+        try:
+            for info in reader.tensors.values():
+                head = min(CHECK_BYTES, info.nbytes)
+                reader.read_range(info.name, 0, head)
+                if info.nbytes > head:
+                    reader.read_range(info.name, info.nbytes - min(CHECK_BYTES, info.nbytes - head), info.nbytes)
+        except InvalidCheckpointError as exc:
+            raise OutputError(f"the written file does not read back: {exc}") from None
+        metadata = reader.metadata
     try:
         manifest = json.loads(metadata[MANIFEST_KEY])
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, RecursionError):
         raise OutputError(f"{path}: the manifest is missing or does not parse") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise OutputError(f"{path}: the manifest has format_version {manifest.get('format_version')!r}")
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise OutputError(f"{path}: the manifest has format_version {version!r}")

@@ -724,8 +724,15 @@ def verify_checkpoints(
             if job.g is not None:
                 g, dim, g_orig, g_conv = job.g
                 weight_norm = WeightNorm(g, dim, read(g_orig, g), read(g_conv, g))
-            cert = certify_record(job.name, read(job.original, job.name), read(job.converted, job.name), job.record,
-                                  weight_norm=weight_norm, band=band, probes=probes, seed=seed, max_channels=max_channels)
+            original_t, converted_t = read(job.original, job.name), read(job.converted, job.name)
+            if original_t.numel() == 0 or converted_t.numel() == 0:
+                # a layer with no weights (a zero-size axis; the others may be huge): nothing to measure,
+                # and the responses would be arrays over those other axes
+                cert = LayerCertificate(job.name, job.record.get("method") or "", tuple(original_t.shape),
+                                        tuple(converted_t.shape), 0.0, 0.0, None)
+            else:
+                cert = certify_record(job.name, original_t, converted_t, job.record, weight_norm=weight_norm, band=band,
+                                      probes=probes, seed=seed, max_channels=max_channels)
             certificates.append(replace(cert, file=job.rel))
     counts = {rel: sum(1 for c in certificates if c.file == rel) for rel, _, _ in files}
     verified = tuple(VerifiedFile(rel, orig, conv, counts[rel]) for rel, orig, conv in files)
