@@ -202,7 +202,8 @@ def state_geometry(factored: FactoredResize, pads: Pads, dilation: Sequence[int]
 
     - ``"original"``: the layer as it was.
     - ``"dilated"`` (T1, geometry-only): dilation d·s, padding s·p on each side — the DESIGN §3
-      rule (window-centre offset scaled), also for the asymmetric padding of an even 'same' kernel.
+      rule (window-centre offset scaled), also for the asymmetric padding of an even 'same' kernel
+      and on a size-1 axis (any s there; GeometryError when s·p is not an integer).
     - ``"interpolated"``: as dilated, plus d·(L − 1)/2 on each side for the prefilter: the padding
       p' of the materialised k' kernel, applied once.
     """
@@ -211,8 +212,14 @@ def state_geometry(factored: FactoredResize, pads: Pads, dilation: Sequence[int]
         return tuple(pads), tuple(dilation)
     grown = tuple(d * s for d, s in zip(dilation, factored.dilations))
     extra = factored.half_widths if state == "interpolated" else (0,) * factored.ndim
-    new = tuple((s * b + d * e, s * a + d * e) for (b, a), s, d, e in zip(pads, factored.dilations, dilation, extra))
-    return new, grown
+    new = []
+    for axis, ((before, after), s, d, e) in enumerate(zip(pads, factored.scales, dilation, extra)):
+        # the padding ring is in input pixels: it scales on every axis, a size-1 kernel's included
+        if not (s * before).is_integer() or not (s * after).is_integer():
+            raise GeometryError(f"axis {axis}: padding ({before}, {after}) at scale {s!r} would be "
+                                f"({s * before!r}, {s * after!r}); a conv padding must be an integer")
+        new.append((int(s * before) + d * e, int(s * after) + d * e))
+    return tuple(new), grown
 
 
 def _check_state(state: str) -> None:
