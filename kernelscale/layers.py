@@ -227,10 +227,12 @@ def _check_state(state: str) -> None:
         raise InvalidOptionError(f"unknown state {state!r}; expected one of {', '.join(STATES)}")
 
 
-def prefilter(x: torch.Tensor, filters: Sequence[Optional[torch.Tensor]], dilation: Sequence[int] = ()) -> torch.Tensor:
+def prefilter(x: torch.Tensor, filters: Sequence[Optional[torch.Tensor]], dilation: Sequence[int] = (),
+              padding: Sequence[int] = ()) -> torch.Tensor:
     """Filter the last d axes of ``x`` ``(N, C, *n)`` with one 1-D filter per axis, 'valid':
     ``(N, C, *(n − dilation·(L − 1)))``. Cross-correlation, the same filter on every channel;
-    ``None`` skips an axis. ``filters[i]``: 1-D, x's dtype and device.
+    ``None`` skips an axis. ``filters[i]``: 1-D, x's dtype and device. ``padding``: zeros added on
+    every axis before the first pass (symmetric, per axis), as if x had been zero-padded first.
 
     One depthwise conv per axis, with a ``(C, 1, …, L, …)`` weight: measured on 2 CPU cores,
     320 channels at 134², 7 taps per axis, this separable form costs 16 ms against 38 ms for the
@@ -238,6 +240,7 @@ def prefilter(x: torch.Tensor, filters: Sequence[Optional[torch.Tensor]], dilati
     """
     ndim = x.ndim - 2
     dilation = tuple(dilation) or (1,) * ndim
+    pad = tuple(padding) or (0,) * ndim
     channels = x.shape[1]
     conv = _CONV[ndim]
     for axis, h in enumerate(filters):
@@ -248,7 +251,8 @@ def prefilter(x: torch.Tensor, filters: Sequence[Optional[torch.Tensor]], dilati
         weight = h.reshape(1, 1, *shape).expand(channels, 1, *shape)
         dil = [1] * ndim
         dil[axis] = dilation[axis]
-        x = conv(x, weight, None, 1, 0, dil, channels)
+        x = conv(x, weight, None, 1, pad, dil, channels)
+        pad = (0,) * ndim
     return x
 
 
@@ -299,12 +303,20 @@ def factored_conv(
     stride_t = _as_tuple(stride, ndim, "stride")
     dil = _as_tuple(dilation, ndim, "dilation")
     pads, conv_dilation = state_geometry(factored, conv_pads(padding, factored.kernel_shape, dil, stride_t), dil, state)
-    x = _pad(x, pads, padding_mode)
-    if state == "interpolated":
-        if filters is None:
-            filters = [None if _is_unit(h) else torch.tensor(h, dtype=x.dtype, device=x.device) for h in factored.prefilters]
-        x = prefilter(x, filters, dil)
-    return _CONV[ndim](x, weight, bias, stride_t, 0, conv_dilation, groups)
+    if state == "interpolated" and filters is None:
+        filters = [None if _is_unit(h) else torch.tensor(h, dtype=x.dtype, device=x.device) for h in factored.prefilters]
+    if state != "interpolated" or all(h is None for h in filters):
+        filters = None
+    # Zero padding, symmetric: the first conv pads (every axis; the later passes are 'valid' on
+    # theirs), which saves F.pad's copy of the input. Otherwise pad once, explicitly.
+    inline = padding_mode == "zeros" and all(b == a for b, a in pads)
+    symmetric = tuple(b for b, _ in pads) if inline else (0,) * ndim
+    if not inline:
+        x = _pad(x, pads, padding_mode)
+    if filters is not None:
+        x = prefilter(x, filters, dil, padding=symmetric)
+        symmetric = (0,) * ndim
+    return _CONV[ndim](x, weight, bias, stride_t, symmetric, conv_dilation, groups)
 
 
 class FactoredConv(nn.Module):

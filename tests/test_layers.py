@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from kernelscale.errors import InvalidOptionError, UnsupportedTensorError
+from kernelscale.errors import GeometryError, InvalidOptionError, UnsupportedTensorError
 from kernelscale.layers import (
     FactoredConv,
     NotFactorableError,
@@ -426,3 +426,18 @@ def test_sgd_on_supersampled_digits_reduces_the_loss():
         losses.append(float(loss))
     assert losses[-1] < losses[0], losses
     assert model.conv1.weight.shape == original.shape and not torch.equal(model.conv1.weight.detach(), original)
+
+
+def test_conv3d_without_bias_per_axis_scales():
+    torch.manual_seed(4)
+    conv = nn.Conv3d(2, 3, (3, 1, 2), padding=(1, 0, 0), bias=False).double()
+    layer = FactoredConv.from_conv(conv, (2, 1.5, 3), mode="lanczos3", coef="paper")
+    assert layer.bias is None and layer.resize.dilations == (2, 1, 3)
+    x = torch.randn(1, 2, 6, 5, 19, dtype=torch.float64)
+    ref, new_pads = materialised(x, conv.weight, None, scale=(2, 1.5, 3), mode="lanczos3", coef="paper", method="interp",
+                                 stride=(1, 1, 1), pads=((1, 1), (0, 0), (0, 0)), dilation=(1, 1, 1), groups=1,
+                                 padding_mode="zeros")
+    assert new_pads == layer.padding_for("interpolated") and new_pads[2] == (8, 8)  # the even kernel's δ = ½, scaled
+    torch.testing.assert_close(layer(x), ref, rtol=0, atol=1e-12)
+    with pytest.raises(GeometryError, match="1.5"):  # a size-1 axis' padding scales too: 1 · 1.5 is no padding
+        FactoredConv.from_conv(nn.Conv3d(2, 3, (3, 1, 2), padding=(1, 1, 0)), (2, 1.5, 3))
