@@ -234,9 +234,12 @@ def prefilter(x: torch.Tensor, filters: Sequence[Optional[torch.Tensor]], dilati
     ``None`` skips an axis. ``filters[i]``: 1-D, x's dtype and device. ``padding``: zeros added on
     every axis before the first pass (symmetric, per axis), as if x had been zero-padded first.
 
-    One depthwise conv per axis, with a ``(C, 1, …, L, …)`` weight: measured on 2 CPU cores,
-    320 channels at 134², 7 taps per axis, this separable form costs 16 ms against 38 ms for the
-    7×7 depthwise outer product and 25 ms for a sum of shifted slices (benchmarks/bench_execution.py).
+    One depthwise conv per axis, with a ``(C, 1, …, L, …)`` weight, in x's own memory layout (a
+    channels-last model gets channels-last passes). Measured on 2 shared CPU cores, one thread,
+    320 channels, 138² → 132², cubic ×2 (7 taps): 98 ms (minimum of 9) in NCHW, 70 ms on a
+    channels-last input, 108–165 ms as sums of shifted slices, 3.3 s as one single-channel conv
+    over channels folded into the batch; the dilated 3×3 conv that follows costs about 1 s there.
+    ``benchmarks/bench_execution.py`` measures the forms again.
     """
     ndim = x.ndim - 2
     dilation = tuple(dilation) or (1,) * ndim
@@ -290,6 +293,8 @@ def factored_conv(
     ORIGINAL taps. ``state="interpolated"``: pad x once by the materialised kernel's p' (in
     ``padding_mode``), prefilter (stride 1), then the conv 'valid' with dilation d·s and the
     layer's stride; equal to the materialised resized conv (T2) up to rounding, borders included.
+    A stride-1 layer with fewer output than input channels runs the conv first and prefilters its
+    output (the two commute), which is cheaper.
     ``"dilated"``: the geometry-only re-dilation (T1); ``"original"``: the layer unchanged.
     ``filters``: the prefilter taps as tensors of x's dtype and device (a module's cached buffers);
     default: built from ``factored``.
@@ -313,10 +318,17 @@ def factored_conv(
     symmetric = tuple(b for b, _ in pads) if inline else (0,) * ndim
     if not inline:
         x = _pad(x, pads, padding_mode)
-    if filters is not None:
-        x = prefilter(x, filters, dil, padding=symmetric)
-        symmetric = (0,) * ndim
-    return _CONV[ndim](x, weight, bias, stride_t, symmetric, conv_dilation, groups)
+    conv = _CONV[ndim]
+    if filters is None:
+        return conv(x, weight, bias, stride_t, symmetric, conv_dilation, groups)
+    if all(st == 1 for st in stride_t) and weight.shape[0] < x.shape[1]:
+        # Both are 'valid' shift-invariant maps and the prefilter is the same on every channel, so
+        # they commute at stride 1: filter the side with fewer channels (an up-block's 960 → 320
+        # conv filters 320 channels, not 960). The bias goes after the prefilter, which scales it.
+        y = prefilter(conv(x, weight, None, 1, symmetric, conv_dilation, groups), filters, dil)
+        return y if bias is None else y + bias.reshape(-1, *(1,) * ndim)
+    x = prefilter(x, filters, dil, padding=symmetric)
+    return conv(x, weight, bias, stride_t, 0, conv_dilation, groups)
 
 
 class FactoredConv(nn.Module):

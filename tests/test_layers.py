@@ -37,7 +37,7 @@ from kernelscale.layers import (
 from kernelscale.resize import new_padding, resize_kernel
 from kernelscale.transforms import MODES, build_axis_resize, build_kernel_resize
 
-PROPERTY = settings(max_examples=150, deadline=None)
+PROPERTY = settings(max_examples=100, deadline=None)
 CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
@@ -241,7 +241,7 @@ def test_factored_equals_materialised_float64(case):
     _check_identity(case)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(conv_cases(dtypes=(torch.float32, torch.bfloat16, torch.float16)))
 def test_factored_equals_materialised_low_precision(case):
     _check_identity(case)
