@@ -20,8 +20,9 @@ the floor's minimum, the better estimate of the work itself on a machine shared 
    ones are ``kernelscale.nn.supersample`` on a copy and are skipped, with the memory they would
    need, when their resized weights do not fit in the available RAM (cubic: ~29 GB in fp32).
 
-Repeats run round-robin over the variants (conv tables), so a burst of load on a shared machine
-hits every variant alike. Nothing is downloaded.
+Repeats run round-robin over the variants, so a burst of load on a shared machine hits every
+variant alike (the materialised UNets, each on its own copy, run after the others). On a busy
+machine ``--threads 1`` gives steadier figures. Nothing is downloaded.
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ is that filter shifted by s taps: factored and materialised share one definition
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 

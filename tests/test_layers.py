@@ -441,3 +441,18 @@ def test_conv3d_without_bias_per_axis_scales():
     torch.testing.assert_close(layer(x), ref, rtol=0, atol=1e-12)
     with pytest.raises(GeometryError, match="1.5"):  # a size-1 axis' padding scales too: 1 · 1.5 is no padding
         FactoredConv.from_conv(nn.Conv3d(2, 3, (3, 1, 2), padding=(1, 1, 0)), (2, 1.5, 3))
+
+
+@pytest.mark.parametrize("padding_mode", ("zeros", "reflect", "replicate", "circular"))
+def test_original_and_dilated_states_every_padding_mode(padding_mode):
+    """original = the conv itself, bit for bit; dilated = resize_conv's geometry-only re-dilation
+    (T1: dilation d·s, padding s·p, applied in the layer's padding mode)."""
+    torch.manual_seed(5)
+    conv = nn.Conv2d(3, 4, (3, 5), padding=(1, 2), stride=(1, 2), dilation=(2, 1), padding_mode=padding_mode).double()
+    layer = FactoredConv.from_conv(conv, (2, 3), mode="cubic", state="original")
+    x = torch.randn(2, 3, 16, 21, dtype=torch.float64)
+    assert torch.equal(layer(x), conv(x))
+    layer.state = "dilated"
+    assert layer.padding_for() == ((2, 2), (6, 6))
+    ref = F.conv2d(_pad(x, ((2, 2), (6, 6)), padding_mode), conv.weight, conv.bias, (1, 2), 0, (4, 3))
+    assert torch.equal(layer(x), ref)
