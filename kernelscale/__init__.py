@@ -12,12 +12,13 @@ __version__ = "0.1.0"
 
 from kernelscale.errors import KernelscaleError  # noqa: E402
 from kernelscale.plan import AttentionRule, LayerRule, Plan, ResizeOptions, TensorPlan, TensorSpec, plan_tensors  # noqa: E402
+from kernelscale.method import Method  # noqa: E402
 from kernelscale.resize import ConvGeometry, ResizedConv, new_padding, resize_conv, resize_grid_linear, resize_kernel  # noqa: E402
 from kernelscale.state_dict import plan_state_dict, resize_state_dict  # noqa: E402
 from kernelscale.transforms import build_axis_resize, build_kernel_resize  # noqa: E402
 
 __all__ = [
-    "AttentionRule", "ConvGeometry", "KernelscaleError", "LayerRule", "Plan", "ResizeOptions", "ResizedConv", "TensorPlan", "TensorSpec",
+    "AttentionRule", "ConvGeometry", "KernelscaleError", "LayerRule", "Method", "Plan", "ResizeOptions", "ResizedConv", "TensorPlan", "TensorSpec",
     "build_axis_resize", "build_kernel_resize", "new_padding", "plan_state_dict", "plan_tensors", "resize_conv",
     "resize_grid_linear", "resize_kernel", "resize_state_dict",
 ]

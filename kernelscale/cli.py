@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional, Sequence
 from kernelscale import __version__
 from kernelscale.dispatch import BACKENDS, ENV_VAR as BACKEND_ENV
 from kernelscale.errors import InvalidOptionError, KernelscaleError
-from kernelscale.transforms import ALIGNS, METHODS, MODES
+from kernelscale.method import ALIGNS, METHODS, MODES, scale_value
 
 EXIT_OK = 0
 EXIT_INTERNAL = 70  # sysexits.h EX_SOFTWARE: distinct from 1, a verify tolerance exceeded
@@ -176,16 +176,6 @@ def add_planning_arguments(parser: argparse.ArgumentParser) -> None:
                         "given here override the file's values. Example: --plan sd15_x2.toml")
 
 
-def parse_scale(text: str) -> Any:
-    """``"2"`` → 2.0, ``"2,1.5"`` → (2.0, 1.5); InvalidOptionError for anything else."""
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        raise InvalidOptionError(f"--scale {text!r}: expected a number or comma-separated numbers, e.g. 2 or 2,1.5") from None
-    return values[0] if len(values) == 1 else values
-
-
 def parse_coef(text: str) -> Any:
     """``mass``, ``paper`` or a number."""
     if text in ("mass", "paper"):
@@ -216,7 +206,7 @@ def options_from_args(args: argparse.Namespace, *, require_scale: bool = True):
 
     fields: dict[str, Any] = dict(load_plan_file(args.plan)) if args.plan else {}
     if args.scale is not None:
-        fields["scale"] = parse_scale(args.scale)
+        fields["scale"] = scale_value(args.scale, "--scale")
     for key in ("method", "mode", "align"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)

@@ -84,6 +84,7 @@ from torch import nn
 
 from kernelscale.errors import GeometryError, InvalidCheckpointError, InvalidOptionError, UnsupportedTensorError
 from kernelscale.checkpoint import checkpoint_files, open_file, read_headers, read_manifest
+from kernelscale.method import axis_scales
 from kernelscale.plan import Plan, ResizeOptions, TensorSpec, plan_tensors, spectral_norm_layer, weight_norm_parts
 from kernelscale.resize import new_padding
 from kernelscale.state_dict import apply_entry, apply_renorm
@@ -337,7 +338,7 @@ def record_geometry(name: str, layer_kind: str, record: Mapping[str, Any], old_k
     (s−1)(σ−1−a)/2, the one padding under which its output is s× the original's (docs/format.md).
     Raises GeometryError for an absorbing transposed conv (its output, not its input, would grow).
     """
-    scales = _axis_scales(record["scale"], len(old_kernel))
+    scales = axis_scales(record["scale"], len(old_kernel), name=name, trailing=True)
     new_kernel = tuple(int(k) for k in record["new_spatial"])
     if record.get("dilation"):
         factors = tuple(int(f) for f in record["dilation"])
@@ -373,7 +374,7 @@ def _conv_change(name: str, layer: nn.Module, record: Mapping[str, Any], padding
         raise GeometryError(f"{name}: the layer's kernel is {_fmt(old.kernel)} but the record was made for {_fmt(old_spatial)}")
     kernel, exact, stride, dilation = record_geometry(name, kind, record, old.kernel, old.padding, old.stride, old.dilation,
                                                       old.output_padding)
-    scales = _axis_scales(record["scale"], len(kernel))
+    scales = axis_scales(record["scale"], len(kernel), name=name, trailing=True)
     is_dilate = record.get("method") == "dilate"
     if transposed and any(b != a for b, a in old.pads):
         raise GeometryError(f"{name}: asymmetric padding on a transposed conv is not supported")
@@ -434,7 +435,7 @@ def _fitting_resize(name: str, record: Mapping[str, Any], old: _Geometry) -> Opt
     gets an integer padding and an output s× the original; None when neither does."""
     from kernelscale.transforms import axis_size
 
-    scales = _axis_scales(record["scale"], len(old.kernel))
+    scales = axis_scales(record["scale"], len(old.kernel), name=name, trailing=True)
     for align in ("cells", "taps"):
         try:
             sizes = [axis_size(k, s, "interp", record.get("mode") or "linear", align) for k, s in zip(old.kernel, scales)]
@@ -505,15 +506,6 @@ def _aligned_side(exact: float, aligned: float, default: str) -> str:
     if low == high or abs(aligned - low) == abs(aligned - high):
         return default
     return "before" if abs(aligned - high) < abs(aligned - low) else "after"
-
-
-def _axis_scales(scale: Any, ndim: int) -> tuple[float, ...]:
-    values = tuple(float(s) for s in (scale if isinstance(scale, (list, tuple)) else [scale]))
-    if len(values) == 1:
-        return values * ndim
-    if len(values) < ndim:
-        raise InvalidOptionError(f"{len(values)} scales {values!r} for a layer with {ndim} spatial axes")
-    return values[-ndim:]
 
 
 def _pool_change(name: str, layer: nn.Module, scales: tuple[float, ...]) -> Optional[tuple[_Geometry, _Geometry, tuple[float, ...]]]:
@@ -768,7 +760,7 @@ def _pool_changes(module: nn.Module, options: ResizeOptions) -> tuple[list[_Pend
         rule = next((r for r in options.layers if _matches(name, r.pattern)), None)
         scale = rule.scale if rule is not None and rule.scale is not None else options.scale
         ndim = _pool_ndim(layer)
-        result = _pool_change(name, layer, _axis_scales(scale, ndim))
+        result = _pool_change(name, layer, axis_scales(scale, ndim, name=name, trailing=True))
         if result is None:
             skipped.append((name, "scale 1"))
             continue

@@ -30,34 +30,10 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from kernelscale.dtypes import RESIZABLE
 from kernelscale.errors import InvalidOptionError, KernelscaleError, SpectralNormError, WeightNormError
-from kernelscale.transforms import (
-    ALIGNS,
-    METHODS,
-    MODES,
-    Coef,
-    DisperseParams,
-    build_axis_resize,
-    build_kernel_resize,
-    normalise_scales,
-    validate_coef,
-    validate_scale,
-)
+from kernelscale.method import ALIGNS, METHODS, MODES, Coef, DisperseParams, Method, Scale, axis_scales, check_choice, scale_value
+from kernelscale.transforms import grid_resize, kernel_resize
 
 FORMAT_VERSION = 1
-Scale = Union[float, tuple[float, ...]]
-
-
-def _check_choice(what: str, value: object, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise InvalidOptionError(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
-
-
-def _scale_value(scale: Any, where: str) -> Scale:
-    if isinstance(scale, (list, tuple)):
-        if not 1 <= len(scale) <= 3:
-            raise InvalidOptionError(f"{where}: give 1 to 3 scales, got {tuple(scale)!r}")
-        return tuple(validate_scale(s, name=where) for s in scale)
-    return validate_scale(scale, name=where)
 
 
 @dataclass(frozen=True)
@@ -77,15 +53,16 @@ class LayerRule:
     def __post_init__(self) -> None:
         where = f"layer rule {self.pattern!r}"
         if self.scale is not None:
-            object.__setattr__(self, "scale", _scale_value(self.scale, where))
-        if self.method is not None:
-            _check_choice("method", self.method, METHODS)
-        if self.mode is not None:
-            _check_choice("mode", self.mode, MODES)
-        if self.align is not None:
-            _check_choice("align", self.align, ALIGNS)
+            object.__setattr__(self, "scale", scale_value(self.scale, where))
+        for what, choices in (("method", METHODS), ("mode", MODES), ("align", ALIGNS)):
+            if getattr(self, what) is not None:
+                check_choice(what, getattr(self, what), choices)
         if self.coef is not None:
-            object.__setattr__(self, "coef", validate_coef(self.coef))
+            object.__setattr__(self, "coef", Method(coef=self.coef).coef)
+
+    def method_for(self, base: Method) -> Method:
+        """``base`` (the job's Method) with this rule's method, mode, align and coef where set."""
+        return base.overridden(method=self.method, mode=self.mode, align=self.align, coef=self.coef)
 
 
 @dataclass(frozen=True)
@@ -123,6 +100,9 @@ class ResizeOptions:
     """Every option of a resize job; one object serves the CLI and the Python API.
 
     ``scale``: one number or one per spatial axis (applied to the last axes of each kernel).
+    ``method``: the method's name, with ``mode``, ``align``, ``coef`` and ``disperse`` beside it,
+    or a :class:`~kernelscale.method.Method` (whose fields then replace those five); either way
+    they are validated once, here, into :attr:`resize_method`.
     ``coef``: None (the default) means ``"mass"`` for conv kernels and ``"paper"`` — HW/(H'W'),
     DESIGN §5 — for grids.
     ``grids``: ``(name, (C, H, W))`` pairs declaring Linear weights over a flattened grid.
@@ -147,16 +127,20 @@ class ResizeOptions:
     disperse: DisperseParams = DisperseParams()
     attention: tuple[AttentionRule, ...] = ()
     absorb_only: Optional[bool] = None
+    resize_method: Method = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scale", _scale_value(self.scale, "scale"))
-        if isinstance(self.disperse, Mapping):
-            object.__setattr__(self, "disperse", DisperseParams(**self.disperse))
-        _check_choice("method", self.method, METHODS)
-        _check_choice("mode", self.mode, MODES)
-        _check_choice("align", self.align, ALIGNS)
-        if self.coef is not None:
-            object.__setattr__(self, "coef", validate_coef(self.coef))
+        object.__setattr__(self, "scale", scale_value(self.scale, "scale"))
+        if isinstance(self.method, Method):
+            given = self.method
+            for what in ("method", "mode", "disperse"):
+                object.__setattr__(self, what, getattr(given, what))
+            object.__setattr__(self, "align", given.align or "taps")
+            object.__setattr__(self, "coef", given.coef)
+        resize = Method(self.method, self.mode, self.align, self.coef, self.disperse)
+        object.__setattr__(self, "resize_method", resize)
+        object.__setattr__(self, "disperse", resize.disperse)
+        object.__setattr__(self, "coef", resize.coef)
         for what in ("include", "exclude", "absorb"):
             value = getattr(self, what)
             if isinstance(value, str):
@@ -230,16 +214,17 @@ class TensorPlan:
     reason: str
     new_shape: tuple[int, ...]
     kind: str = "other"
-    method: str = ""
-    mode: str = ""
-    align: str = ""
-    coef: Coef = ""
+    method: Optional[Method] = None
     scales: tuple[float, ...] = ()
     absorb: bool = False
     grid: Optional[tuple[int, int, int]] = None
     record: Optional[Mapping[str, Any]] = field(default=None, compare=False)
-    disperse: DisperseParams = DisperseParams()
     partner: Optional["TensorPlan"] = None
+
+    @property
+    def coef(self) -> Coef:
+        """The coefficient the entry's Method resolved to (``""`` without a Method)."""
+        return self.method.coef if self.method is not None and self.method.coef is not None else ""
 
     @property
     def changed(self) -> bool:
@@ -635,31 +620,21 @@ def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[tuple[int
         return _copy(spec, f"excluded by {excluded!r}")
 
     rule = next((r for r in options.layers if any(matches_pattern(n, r.pattern) for n in names)), None)
-    pick = lambda attr: getattr(rule, attr) if rule is not None and getattr(rule, attr) is not None else getattr(options, attr)  # noqa: E731
-    method, mode, align, coef, scale = pick("method"), pick("mode"), pick("align"), pick("coef"), pick("scale")
-    if coef is None:
-        coef = "paper" if grid is not None else "mass"
+    resize = rule.method_for(options.resize_method) if rule is not None else options.resize_method
+    scale = rule.scale if rule is not None and rule.scale is not None else options.scale
     source = f"layer rule {rule.pattern!r}" if rule is not None else why
 
     if grid is not None:
-        return _plan_grid(spec, grid, scale, method, mode, coef, source, rule)
+        return _plan_grid(spec, grid, scale, resize, source, rule)
     spatial = spec.shape[2:]
-    scales = _kernel_scales(scale, len(spatial), spec.name)
+    scales = axis_scales(scale, len(spatial), name=spec.name, trailing=True)
     if all(s == 1.0 for s in scales):
         return _copy(spec, f"scale 1 ({source})")
     if absorb:
-        return _plan_conv(spec, scales, method, mode, "cells", coef, f"absorbs the scale ({source})", absorb=True)
-    if method == "dilate" and options.geometry_only:
+        return _plan_conv(spec, scales, replace(resize, align="cells"), f"absorbs the scale ({source})", absorb=True)
+    if resize.method == "dilate" and options.geometry_only:
         return _plan_geometry(spec, scales, source)
-    return _plan_conv(spec, scales, method, mode, align, coef, source, disperse=options.disperse)
-
-
-def _kernel_scales(scale: Scale, ndim: int, name: str) -> tuple[float, ...]:
-    if isinstance(scale, tuple) and len(scale) != ndim:
-        if len(scale) < ndim:
-            raise InvalidOptionError(f"{name}: {len(scale)} scales {scale!r} for a kernel with {ndim} spatial axes")
-        scale = scale[-ndim:]
-    return normalise_scales(scale, ndim, name=name)
+    return _plan_conv(spec, scales, resize, source)
 
 
 def _named(name: str, build, *args):
@@ -669,19 +644,19 @@ def _named(name: str, build, *args):
         raise InvalidOptionError(f"{name}: {exc}") from None
 
 
-def _plan_conv(spec: TensorSpec, scales, method, mode, align, coef, reason: str, absorb: bool = False,
-               disperse: DisperseParams = DisperseParams()) -> TensorPlan:
+def _plan_conv(spec: TensorSpec, scales: tuple[float, ...], resize: Method, reason: str, absorb: bool = False) -> TensorPlan:
     spatial = tuple(spec.shape[2:])
-    operator = _named(spec.name, build_kernel_resize, spatial, scales, method, mode, align, coef, disperse)
+    resize = resize.for_kernel()
+    operator = _named(spec.name, kernel_resize, spatial, scales, resize)
     if absorb and any(not float(s).is_integer() for s in scales):
         raise InvalidOptionError(f"{spec.name}: an absorbing layer needs integer scales, got {scales!r}")
     new_shape = tuple(spec.shape[:2]) + operator.out_shape
     record = {
         "kind": "conv",
-        "method": method,
-        "mode": mode,
-        "align": align,
-        "coef": coef,
+        "method": resize.method,
+        "mode": resize.mode,
+        "align": resize.align,
+        "coef": resize.coef,
         "scale": list(scales),
         "old_spatial": list(spatial),
         "new_spatial": list(operator.out_shape),
@@ -689,12 +664,13 @@ def _plan_conv(spec: TensorSpec, scales, method, mode, align, coef, reason: str,
         "absorb": absorb,
         "dilation": None,
     }
-    label = f"{method}/{mode}/{align}"
-    if method == "disperse":
+    label = resize.label
+    if resize.method == "disperse":
+        disperse = resize.disperse
         record.update(mode=None, coef=None, disperse={**vars(disperse), "size": operator.out_shape[0], "relative_loss": operator.relative_loss})
         label = f"disperse k'={operator.out_shape[0]} m={disperse.probe} eta={disperse.eta}"
     return TensorPlan(spec.name, spec.dtype, spec.shape, "resize", f"{label} ({reason})", new_shape,
-                      "conv", method, mode, align, coef, scales, absorb, None, record, disperse)
+                      "conv", resize, scales, absorb, None, record)
 
 
 def _plan_geometry(spec: TensorSpec, scales, reason: str) -> TensorPlan:
@@ -718,32 +694,33 @@ def _plan_geometry(spec: TensorSpec, scales, reason: str) -> TensorPlan:
         "dilation": [f if k > 1 else 1 for f, k in zip(factors, spatial)],
     }
     return TensorPlan(spec.name, spec.dtype, spec.shape, "geometry", f"re-dilation, weights unchanged ({reason})", spec.shape,
-                      "conv", "dilate", "", "taps", "", tuple(scales), False, None, record)
+                      "conv", Method("dilate", align="taps"), tuple(scales), False, None, record)
 
 
-def _plan_grid(spec: TensorSpec, grid, scale, method, mode, coef, source: str, rule) -> TensorPlan:
+def _plan_grid(spec: TensorSpec, grid, scale: Scale, resize: Method, source: str, rule: Optional[LayerRule]) -> TensorPlan:
     c, h, w = grid
-    scales = _kernel_scales(scale, 2, spec.name)
-    if method not in ("interp", "pinv"):
-        if rule is not None and rule.method == method:
-            raise InvalidOptionError(f"{spec.name}: a grid is resized with interp (cells) or pinv, not {method}")
-        method, source = "interp", f"{source}; {method} does not apply to a grid"
-    grid_coef = coef
-    axes = [_named(spec.name, build_axis_resize, n, s, method, mode, "cells", grid_coef) for n, s in zip((h, w), scales)]
-    new_shape = (spec.shape[0], c * axes[0].k_out * axes[1].k_out)
+    scales = axis_scales(scale, 2, name=spec.name, trailing=True)
+    if resize.method not in ("interp", "pinv"):
+        if rule is not None and rule.method == resize.method:
+            raise InvalidOptionError(f"{spec.name}: a grid is resized with interp (cells) or pinv, not {resize.method}")
+        resize, source = replace(resize, method="interp"), f"{source}; {resize.method} does not apply to a grid"
+    resize = replace(resize, align="cells").for_grid()
+    operator = _named(spec.name, grid_resize, (h, w), scales, resize)
+    new_spatial = operator.out_shape
+    new_shape = (spec.shape[0], c * new_spatial[0] * new_spatial[1])
     record = {
         "kind": "grid",
-        "method": method,
-        "mode": mode,
+        "method": resize.method,
+        "mode": resize.mode,
         "align": "cells",
-        "coef": grid_coef,
+        "coef": resize.coef,
         "scale": list(scales),
         "grid": [c, h, w],
         "old_spatial": [h, w],
-        "new_spatial": [axes[0].k_out, axes[1].k_out],
+        "new_spatial": list(new_spatial),
         "centre_offset": [0.0, 0.0],
         "absorb": False,
         "dilation": None,
     }
     return TensorPlan(spec.name, spec.dtype, spec.shape, "resize", f"grid {c}×{h}×{w} ({source})", new_shape,
-                      "grid", method, mode, "cells", grid_coef, scales, False, grid, record)
+                      "grid", resize, scales, False, grid, record)

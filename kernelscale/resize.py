@@ -18,15 +18,8 @@ import torch
 
 from kernelscale import dispatch
 from kernelscale.errors import GeometryError, InvalidOptionError, NonFiniteResultError, UnsupportedTensorError
-from kernelscale.transforms import (
-    Coef,
-    DisperseParams,
-    KernelResize,
-    build_axis_resize,
-    build_kernel_resize,
-    normalise_scales,
-    validate_coef,
-)
+from kernelscale.method import Coef, DisperseParams, Method, axis_scales, method_of
+from kernelscale.transforms import KernelResize, grid_resize, kernel_resize
 
 TensorLike = Union[torch.Tensor, np.ndarray]
 IntOrTuple = Union[int, Sequence[int]]
@@ -294,20 +287,22 @@ def resize_kernel(
     weight: TensorLike,
     scale: Union[float, Sequence[float]],
     *,
-    method: str = "interp",
-    mode: str = "linear",
-    align: str = "taps",
-    coef: Coef = "mass",
+    method: Union[str, Method, None] = None,
+    mode: Optional[str] = None,
+    align: Optional[str] = None,
+    coef: Optional[Coef] = None,
     name: str = "weight",
     out_dtype: Optional[torch.dtype] = None,
     backend: Optional[str] = None,
-    disperse: DisperseParams = DisperseParams(),
+    disperse: Optional[DisperseParams] = None,
     check_finite: bool = True,
 ) -> TensorLike:
     """Resize a conv weight ``(C_out, C_in/groups, *k)`` (or transposed ``(C_in, C_out/groups, *k)``).
 
     The last ``d = weight.ndim - 2`` axes (d = 1, 2, 3) are spatial; ``scale`` is one number or
-    one per spatial axis. Returns ``(…, *k')`` of the same kind (torch/numpy), device and dtype.
+    one per spatial axis. ``method`` is a :class:`~kernelscale.method.Method`, or its fields as
+    keywords (``method="interp", mode="linear", align="taps", coef="mass"`` by default).
+    Returns ``(…, *k')`` of the same kind (torch/numpy), device and dtype.
     Satisfies T1 (dilate), T2/T3 (interp taps), T4 (mass), T5 (s = 1 returns ``weight`` itself).
 
     A finite weight whose result would overflow the output dtype (a huge ``coef``, float16 values
@@ -318,7 +313,8 @@ def resize_kernel(
     x = _to_torch(weight, name)
     if not 3 <= x.ndim <= 5:
         raise UnsupportedTensorError(f"{name}: a conv weight has 3 to 5 dims (C, C, *k), got shape {tuple(x.shape)}")
-    operator = _operator(x.shape[2:], scale, method, mode, align, coef, name, disperse)
+    resize = _method(name, method, mode=mode, align=align, coef=coef, disperse=disperse)
+    operator = _operator(x.shape[2:], axis_scales(scale, x.ndim - 2, name=name), resize, name)
     if operator.is_identity and (out_dtype is None or out_dtype == x.dtype):
         return weight
     lead = x.shape[:2]
@@ -330,9 +326,17 @@ def resize_kernel(
     return _like_input(out.reshape(*lead, *operator.out_shape), weight)
 
 
-def _operator(spatial: Sequence[int], scale, method, mode, align, coef, name: str, disperse: DisperseParams = DisperseParams()) -> KernelResize:
+def _method(name: str, method: Union[str, Method, None], **fields: object) -> Method:
+    """The Method of a public call (:func:`~kernelscale.method.method_of`), errors naming the tensor."""
     try:
-        return build_kernel_resize(tuple(int(k) for k in spatial), scale, method, mode, align, coef, disperse)
+        return method_of(method, **fields)  # type: ignore[arg-type]
+    except InvalidOptionError as exc:
+        raise InvalidOptionError(f"{name}: {exc}") from None
+
+
+def _operator(spatial: Sequence[int], scales: Sequence[float], method: Method, name: str) -> KernelResize:
+    try:
+        return kernel_resize(tuple(int(k) for k in spatial), scales, method)
     except InvalidOptionError as exc:
         raise InvalidOptionError(f"{name} (kernel {tuple(spatial)}): {exc}") from None
 
@@ -355,18 +359,20 @@ def resize_conv(
     padding: Padding = 0,
     stride: IntOrTuple = 1,
     dilation: IntOrTuple = 1,
-    method: str = "interp",
-    mode: str = "linear",
-    align: str = "taps",
-    coef: Coef = "mass",
+    method: Union[str, Method, None] = None,
+    mode: Optional[str] = None,
+    align: Optional[str] = None,
+    coef: Optional[Coef] = None,
     absorb: bool = False,
     geometry_only: bool = False,
     name: str = "weight",
     out_dtype: Optional[torch.dtype] = None,
     backend: Optional[str] = None,
-    disperse: DisperseParams = DisperseParams(),
+    disperse: Optional[DisperseParams] = None,
 ) -> ResizedConv:
     """Resize a conv weight and derive the layer's new geometry (DESIGN §3, §5).
+
+    ``method``: a :class:`~kernelscale.method.Method` or its fields as keywords, as for :func:`resize_kernel`.
 
     - default: the weight via :func:`resize_kernel`; stride kept; padding by :func:`new_padding`.
     - ``geometry_only`` (``method="dilate"`` only): weights unchanged, ``dilation *= s``; equal to
@@ -382,32 +388,32 @@ def resize_conv(
     ndim = x.ndim - 2
     if not 1 <= ndim <= 3:
         raise UnsupportedTensorError(f"{name}: a conv weight has 3 to 5 dims, got shape {tuple(x.shape)}")
-    scales = normalise_scales(scale, ndim, name=name)
+    scales = axis_scales(scale, ndim, name=name)
+    resize = _method(name, method, mode=mode, align=align, coef=coef, disperse=disperse).for_kernel()
     kernel = tuple(int(k) for k in x.shape[2:])
     stride_t = _as_tuple(stride, ndim, "stride", name)
     dil = _as_tuple(dilation, ndim, "dilation", name)
     pad = _padding_tuple(padding, kernel, dil, stride_t, name)
 
     if geometry_only:
-        if method != "dilate":
-            raise InvalidOptionError(f"{name}: geometry-only surgery is re-dilation; method must be 'dilate', got {method!r}")
+        if resize.method != "dilate":
+            raise InvalidOptionError(f"{name}: geometry-only surgery is re-dilation; method must be 'dilate', got {resize.method!r}")
         factors = tuple(_integer_factor(s, name, "dilation") for s in scales)
         new_dil = tuple(d * f if k > 1 else d for d, f, k in zip(dil, factors, kernel))
         pads = tuple(new_padding(k, k, s, p, d, nd) for k, s, p, d, nd in zip(kernel, scales, pad, dil, new_dil))
         return ResizedConv(weight, ConvGeometry(kernel, pads, stride_t, new_dil), None)
 
     if absorb:
-        if align != "cells" or method not in ("interp", "pinv"):
+        if resize.align != "cells" or resize.method not in ("interp", "pinv"):
             raise InvalidOptionError(f"{name}: an absorbing layer is resized with align='cells' and method interp or pinv")
         factors = tuple(_integer_factor(s, name, "stride") for s in scales)
-        resized = resize_kernel(weight, scales, method=method, mode=mode, align="cells", coef=coef, name=name, out_dtype=out_dtype, backend=backend)
+        resized = resize_kernel(weight, scales, method=resize, name=name, out_dtype=out_dtype, backend=backend)
         new_kernel = tuple(int(k) for k in resized.shape[2:])
         geometry = ConvGeometry(new_kernel, tuple(float(p * f) for p, f in zip(pad, factors)), tuple(st * f for st, f in zip(stride_t, factors)), dil)
-        return ResizedConv(resized, geometry, _operator(kernel, scales, method, mode, "cells", coef, name))
+        return ResizedConv(resized, geometry, _operator(kernel, scales, resize, name))
 
-    operator = _operator(kernel, scales, method, mode, align, coef, name, disperse)
-    resized = resize_kernel(weight, scales, method=method, mode=mode, align=align, coef=coef, name=name, out_dtype=out_dtype,
-                            backend=backend, disperse=disperse)
+    operator = _operator(kernel, scales, resize, name)
+    resized = resize_kernel(weight, scales, method=resize, name=name, out_dtype=out_dtype, backend=backend)
     pads = tuple(new_padding(k, kn, s, p, d, d) for k, kn, s, p, d in zip(kernel, operator.out_shape, scales, pad, dil))
     return ResizedConv(resized, ConvGeometry(operator.out_shape, pads, stride_t, dil), operator)
 
@@ -423,10 +429,10 @@ def resize_grid_linear(
     grid: Sequence[int],
     scale: Union[float, Sequence[float]],
     *,
-    method: str = "interp",
-    mode: str = "linear",
-    align: str = "cells",
-    coef: Coef = "paper",
+    method: Union[str, Method, None] = None,
+    mode: Optional[str] = None,
+    align: Optional[str] = None,
+    coef: Optional[Coef] = None,
     name: str = "weight",
     out_dtype: Optional[torch.dtype] = None,
     backend: Optional[str] = None,
@@ -435,7 +441,8 @@ def resize_grid_linear(
     """Resize a Linear weight ``(out, C·H·W)`` whose input is a flattened ``(C, H, W)`` grid.
 
     Rows are reshaped to the grid, each ``(H, W)`` plane resized (cells by default, coefficient
-    HW/(H'W'); or ``method="pinv"``), and flattened back: ``(out, C·H'·W')``. T6: with pinv,
+    HW/(H'W'); or ``method="pinv"``; ``method`` a Method or its fields, align and coef left None
+    taking the grid defaults cells and paper), and flattened back: ``(out, C·H'·W')``. T6: with pinv,
     ``W' · flatten(U x) = W · flatten(x)`` exactly for U the cells upsampler of ``mode``.
     Overflow: as :func:`resize_kernel` (NonFiniteResultError; ``check_finite``).
     """
@@ -446,13 +453,13 @@ def resize_grid_linear(
     c, h, w = grid
     if x.ndim != 2 or x.shape[1] != c * h * w:
         raise InvalidOptionError(f"{name}: grid {grid!r} has {c * h * w} cells but the weight has shape {tuple(x.shape)}")
-    sh, sw = normalise_scales(scale, 2, name=name)
-    validate_coef(coef)
+    scales = axis_scales(scale, 2, name=name)
+    resize = _method(name, method, mode=mode, align=align, coef=coef)
     try:
-        axes = (build_axis_resize(h, sh, method, mode, align, coef), build_axis_resize(w, sw, method, mode, align, coef))
+        operator = grid_resize((h, w), scales, resize)
     except InvalidOptionError as exc:
         raise InvalidOptionError(f"{name} (grid {grid!r}): {exc}") from None
-    operator = KernelResize(axes)
+    axes = operator.axes
     if operator.is_identity and (out_dtype is None or out_dtype == x.dtype):
         return weight
     planes = x.reshape(x.shape[0] * c, h, w)

@@ -17,7 +17,7 @@ from kernelscale.errors import InvalidOptionError, UnsupportedTensorError
 from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, plan_tensors
 from kernelscale.resize import (TensorLike, kernel_gains, nan_as_inf, operator_gains, overflow_check_needed,
                                rescale_weight_norm_g, require_finite, resize_grid_linear, resize_kernel, scale_tensor, weight_norm_squares)
-from kernelscale.transforms import build_axis_resize, build_kernel_resize
+from kernelscale.transforms import grid_resize, kernel_resize
 
 
 def is_tensor(value: Any) -> bool:
@@ -149,10 +149,10 @@ def apply_entry(
     if entry.kind == "attention":
         return scale_tensor(tensor, entry.record["factor"], out_dtype, name=entry.name, check_finite=check_finite)
     if entry.kind == "grid":
-        return resize_grid_linear(tensor, entry.grid, entry.scales, method=entry.method, mode=entry.mode, align=entry.align,
-                                  coef=entry.coef, name=entry.name, out_dtype=out_dtype, backend=backend, check_finite=check_finite)
-    return resize_kernel(tensor, entry.scales, method=entry.method, mode=entry.mode, align=entry.align, coef=entry.coef,
-                         name=entry.name, out_dtype=out_dtype, backend=backend, disperse=entry.disperse, check_finite=check_finite)
+        return resize_grid_linear(tensor, entry.grid, entry.scales, method=entry.method, name=entry.name, out_dtype=out_dtype,
+                                  backend=backend, check_finite=check_finite)
+    return resize_kernel(tensor, entry.scales, method=entry.method, name=entry.name, out_dtype=out_dtype, backend=backend,
+                         check_finite=check_finite)
 
 
 def entry_gains(entry: TensorPlan) -> tuple[float, float]:
@@ -161,10 +161,8 @@ def entry_gains(entry: TensorPlan) -> tuple[float, float]:
     if entry.kind == "attention":
         return operator_gains([np.array([[abs(float(entry.record["factor"]))]])])
     if entry.kind == "grid":
-        return operator_gains([build_axis_resize(n, s, entry.method, entry.mode, entry.align, entry.coef).matrix
-                               for n, s in zip(entry.grid[1:], entry.scales)])
-    return kernel_gains(build_kernel_resize(tuple(entry.shape[2:]), entry.scales, entry.method, entry.mode, entry.align, entry.coef,
-                                            entry.disperse))
+        return kernel_gains(grid_resize(entry.grid[1:], entry.scales, entry.method))
+    return kernel_gains(kernel_resize(tuple(entry.shape[2:]), entry.scales, entry.method))
 
 
 def entry_overflow_check(entry: TensorPlan, tensor: torch.Tensor, out_dtype: torch.dtype) -> Optional[float]:
