@@ -12,8 +12,9 @@ __version__ = "0.1.0"
 
 from kernelscale.errors import KernelscaleError  # noqa: E402
 from kernelscale.plan import AttentionRule, LayerRule, Plan, ResizeOptions, TensorPlan, TensorSpec, plan_tensors  # noqa: E402
+from kernelscale.geometry import ConvGeometry, new_padding  # noqa: E402
 from kernelscale.method import Method  # noqa: E402
-from kernelscale.resize import ConvGeometry, ResizedConv, new_padding, resize_conv, resize_grid_linear, resize_kernel  # noqa: E402
+from kernelscale.resize import ResizedConv, resize_conv, resize_grid_linear, resize_kernel  # noqa: E402
 from kernelscale.state_dict import plan_state_dict, resize_state_dict  # noqa: E402
 from kernelscale.transforms import build_axis_resize, build_kernel_resize  # noqa: E402
 

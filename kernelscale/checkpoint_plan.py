@@ -22,6 +22,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from kernelscale.dtypes import RESIZABLE
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
+from kernelscale.geometry import LOADER_CHANGES, loader_change
 from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, describe_entries, plan_tensors, shape_text
 from kernelscale.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
 from kernelscale.plan import attention_rule_for, glob_names, matches_pattern  # the planner's own matching rules, for checks across files
@@ -577,7 +578,7 @@ def _loading_notes(scan: CheckpointScan, plans: Sequence[Plan], dst: Optional[Pa
                else f"build the original model, then {load}")
         groups: dict[str, list[TensorPlan]] = {}
         for e in structural:
-            groups.setdefault(_geometry_change(e), []).append(e)
+            groups.setdefault(loader_change(e.record or {}, e.shape, e.new_shape), []).append(e)
         if set(groups) == {"none"}:  # weights resized in place: same shapes, same recorded geometry
             notes.append(_in_place_note(label, groups["none"], how))
             stock = (f"{cls}.from_pretrained({os.path.dirname(out_path)!r})" if cls and scan.layout == "folder"
@@ -586,7 +587,7 @@ def _loading_notes(scan: CheckpointScan, plans: Sequence[Plan], dst: Optional[Pa
             loading.append(record)
             continue
         what = []
-        for change in _GEOMETRY_CHANGES:
+        for change in LOADER_CHANGES:
             if change not in groups:
                 continue
             e = groups[change][0]
@@ -595,7 +596,7 @@ def _loading_notes(scan: CheckpointScan, plans: Sequence[Plan], dst: Optional[Pa
                             f"{shape_text(e.new_shape[2:] or e.new_shape)})")
             else:
                 what.append(f"{len(groups[change])} conv(s) keep their shape but need a new {change} (e.g. {e.name})")
-        ignored = " and ".join(c for c in _GEOMETRY_CHANGES[1:] if c in groups)
+        ignored = " and ".join(c for c in LOADER_CHANGES[1:] if c in groups)
         if cls:
             stock = (f"diffusers' {cls} hard-codes its resnet and sampler convs at 3×3, so from_pretrained would "
                      + ("fail with a size mismatch" if "shape" in groups else f"load them but ignore the new {ignored}"))
@@ -606,25 +607,6 @@ def _loading_notes(scan: CheckpointScan, plans: Sequence[Plan], dst: Optional[Pa
         record.update(stock_loadable=False, load=how)
         loading.append(record)
     return notes, loading, rewritten
-
-
-_GEOMETRY_CHANGES = ("shape", "dilation", "stride", "padding")
-
-
-def _geometry_change(entry: TensorPlan) -> str:
-    """What a loader must change for a resized tensor, read from its manifest record
-    (docs/format.md): ``shape``; for a kernel that keeps its shape, ``dilation`` (re-dilation),
-    ``stride`` (an absorbing layer) or ``padding`` (a half-pixel centre offset); else ``none``."""
-    record = entry.record or {}
-    if entry.new_shape != entry.shape:
-        return "shape"
-    if record.get("dilation"):
-        return "dilation"
-    if record.get("absorb"):
-        return "stride"
-    if any(record.get("centre_offset") or ()):
-        return "padding"
-    return "none"
 
 
 def _in_place_note(label: str, entries: Sequence[TensorPlan], how: str) -> str:

@@ -26,7 +26,7 @@ import fnmatch
 import math
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from kernelscale.dtypes import RESIZABLE
 from kernelscale.errors import InvalidOptionError, KernelscaleError, SpectralNormError, WeightNormError

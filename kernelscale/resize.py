@@ -1,4 +1,5 @@
-"""Apply resize operators to weight tensors, and derive the new layer geometry.
+"""Apply resize operators to weight tensors; :func:`resize_conv` adds the layer's new geometry
+(from :mod:`kernelscale.geometry`).
 
 Accepts torch tensors on any device and numpy arrays and returns the same kind. float16 and
 bfloat16 are computed in float32 and rounded once; float64 stays float64 (DESIGN §2, §7).
@@ -17,13 +18,13 @@ import numpy as np
 import torch
 
 from kernelscale import dispatch
-from kernelscale.errors import GeometryError, InvalidOptionError, NonFiniteResultError, UnsupportedTensorError
+from kernelscale.errors import InvalidOptionError, NonFiniteResultError, UnsupportedTensorError
+from kernelscale.geometry import ConvGeometry, PaddingSpec, as_tuple, conv_padding, integer_factor, resized_geometry
 from kernelscale.method import Coef, DisperseParams, Method, axis_scales, method_of
 from kernelscale.transforms import KernelResize, grid_resize, kernel_resize
 
 TensorLike = Union[torch.Tensor, np.ndarray]
 IntOrTuple = Union[int, Sequence[int]]
-Padding = Union[str, float, Sequence[float]]
 
 # The Triton dense kernel keeps R in registers: up to 64 input and 256 output taps.
 DENSE_MAX_IN = 64
@@ -141,43 +142,12 @@ def nan_as_inf(value: float) -> float:
 
 
 @dataclass(frozen=True)
-class ConvGeometry:
-    """Per spatial axis: kernel size, padding (exact, possibly fractional), stride, dilation."""
-
-    kernel_size: tuple[int, ...]
-    padding: tuple[float, ...]
-    stride: tuple[int, ...]
-    dilation: tuple[int, ...]
-
-    def integer_padding(self, name: str = "layer") -> tuple[int, ...]:
-        """The padding as integers; GeometryError naming the layer when one is fractional or < 0."""
-        out = []
-        for p in self.padding:
-            if p < 0 or abs(p - round(p)) > 1e-9:
-                raise GeometryError(
-                    f"{name}: the new padding would be {self.padding!r}; a conv padding must be a "
-                    "non-negative integer (choose align='taps', another scale, or round explicitly)"
-                )
-            out.append(int(round(p)))
-        return tuple(out)
-
-
-@dataclass(frozen=True)
 class ResizedConv:
     """A resized conv weight (same kind and dtype as the input) and the layer's new geometry."""
 
     weight: TensorLike
     geometry: ConvGeometry
     operator: Optional[KernelResize]
-
-
-def _as_tuple(value: IntOrTuple, ndim: int, what: str, name: str) -> tuple[int, ...]:
-    if isinstance(value, (int, np.integer)):
-        return (int(value),) * ndim
-    value = tuple(int(v) for v in value)
-    if len(value) != ndim:
-        raise InvalidOptionError(f"{name}: {what} {value!r} does not have {ndim} entries")
-    return value
 
 
 def _to_torch(weight: TensorLike, name: str) -> torch.Tensor:
@@ -206,41 +176,6 @@ def _to_torch(weight: TensorLike, name: str) -> torch.Tensor:
 def _like_input(result: torch.Tensor, original: TensorLike) -> TensorLike:
     """``result`` as the input's kind: numpy (native byte order) for numpy, else a plain tensor."""
     return result.numpy() if isinstance(original, np.ndarray) else result
-
-
-def _padding_tuple(padding: Padding, kernel: Sequence[int], dilation: Sequence[int], stride: Sequence[int],
-                   name: str) -> tuple[float, ...]:
-    """Per-axis padding as PyTorch's conv takes it: ``"valid"`` (0), ``"same"`` (stride 1 only;
-    d·(k−1)/2 per axis), a number, or one number per axis.
-
-    ``"same"`` with an odd extent d·(k−1) (an even kernel) is refused: PyTorch pads it
-    asymmetrically, ⌊d(k−1)/2⌋ before, so its windows sit half an input pixel off centre, and
-    that offset must scale with the layer (before' = (k'−1)d/2 − s/2, after' = d(k'−1) −
-    before'); a symmetric padding cannot say so, and the mean d(k−1)/2 would drop the offset:
-    s/2 output pixels of shift (measured: a 4-tap conv at s = 2 on a smooth signal is off by 0.044
-    with the mean, 0.0006 with the asymmetric pads).
-    """
-    ndim = len(kernel)
-    if isinstance(padding, str):
-        if padding == "valid":
-            return (0.0,) * ndim
-        if padding == "same":
-            if any(st != 1 for st in stride):
-                raise InvalidOptionError(f"{name}: padding='same' needs stride 1 (as in PyTorch), got stride {tuple(stride)!r}")
-            odd = [(k, d) for k, d in zip(kernel, dilation) if d * (k - 1) % 2 == 1]
-            if odd:
-                k, d = odd[0]
-                raise GeometryError(
-                    f"{name}: padding='same' on a {k}-tap axis (dilation {d}) pads {d * (k - 1) // 2} before and "
-                    f"{d * (k - 1) - d * (k - 1) // 2} after, half a pixel off centre, which a symmetric padding cannot "
-                    "express; resize the weight with resize_kernel and pad the input yourself")
-            return tuple(d * (k - 1) / 2 for k, d in zip(kernel, dilation))
-        raise InvalidOptionError(f"{name}: padding must be 'same', 'valid', a number or one per axis, got {padding!r}")
-    number = (int, float, np.integer, np.floating)
-    values = (padding,) * ndim if isinstance(padding, number) else tuple(padding) if isinstance(padding, Sequence) else ()
-    if len(values) != ndim or any(isinstance(p, bool) or not isinstance(p, number) or not math.isfinite(p) or p < 0 for p in values):
-        raise InvalidOptionError(f"{name}: padding must be 'same', 'valid' or {ndim} non-negative number(s), got {padding!r}")
-    return tuple(float(p) for p in values)
 
 
 def _torch_matrix(matrix: np.ndarray, x: torch.Tensor) -> torch.Tensor:
@@ -341,22 +276,11 @@ def _operator(spatial: Sequence[int], scales: Sequence[float], method: Method, n
         raise InvalidOptionError(f"{name} (kernel {tuple(spatial)}): {exc}") from None
 
 
-def new_padding(k: int, k_new: int, scale: float, padding: float, dilation: int = 1, dilation_new: int = 1) -> float:
-    """DESIGN §3 geometry rule for one axis: keep the window-centre offset, scaled.
-
-    δ = (k−1)·d/2 − p in input pixels; p' = (k'−1)·d'/2 − s·δ in output pixels. Also right for
-    a stride-1 transposed conv (its equivalent conv has padding (k−1)d − p, and the rule is
-    symmetric under that map). "Same" convs (δ = 0) stay "same".
-    """
-    delta = (k - 1) * dilation / 2 - padding
-    return (k_new - 1) * dilation_new / 2 - scale * delta
-
-
 def resize_conv(
     weight: TensorLike,
     scale: Union[float, Sequence[float]],
     *,
-    padding: Padding = 0,
+    padding: PaddingSpec = 0,
     stride: IntOrTuple = 1,
     dilation: IntOrTuple = 1,
     method: Union[str, Method, None] = None,
@@ -380,7 +304,7 @@ def resize_conv(
     - ``absorb``: the layer takes the scale in its stride (stride' = stride·s, k' = k·s, cells
       alignment, p' = s·p), so every layer downstream is untouched.
 
-    ``padding`` is the layer's: ``"same"``, ``"valid"``, or numbers as :func:`_padding_tuple` takes.
+    ``padding`` is the layer's: ``"same"``, ``"valid"``, or numbers as :func:`kernelscale.geometry.conv_padding` takes.
     Padding is returned exact; ``geometry.integer_padding()`` refuses a fractional one (e.g. a
     "same" layer whose new kernel has an even extent).
     """
@@ -391,37 +315,26 @@ def resize_conv(
     scales = axis_scales(scale, ndim, name=name)
     resize = _method(name, method, mode=mode, align=align, coef=coef, disperse=disperse).for_kernel()
     kernel = tuple(int(k) for k in x.shape[2:])
-    stride_t = _as_tuple(stride, ndim, "stride", name)
-    dil = _as_tuple(dilation, ndim, "dilation", name)
-    pad = _padding_tuple(padding, kernel, dil, stride_t, name)
+    stride_t = as_tuple(stride, ndim, "stride", name)
+    dil = as_tuple(dilation, ndim, "dilation", name)
+    pad = conv_padding(padding, kernel, dil, stride_t, name)
 
     if geometry_only:
         if resize.method != "dilate":
             raise InvalidOptionError(f"{name}: geometry-only surgery is re-dilation; method must be 'dilate', got {resize.method!r}")
-        factors = tuple(_integer_factor(s, name, "dilation") for s in scales)
-        new_dil = tuple(d * f if k > 1 else d for d, f, k in zip(dil, factors, kernel))
-        pads = tuple(new_padding(k, k, s, p, d, nd) for k, s, p, d, nd in zip(kernel, scales, pad, dil, new_dil))
-        return ResizedConv(weight, ConvGeometry(kernel, pads, stride_t, new_dil), None)
+        factors = tuple(f if k > 1 else 1 for f, k in zip([integer_factor(s, name, "dilation") for s in scales], kernel))
+        geometry = resized_geometry(name, "conv", kernel, kernel, scales, pad, stride_t, dil, redilate=factors)
+        return ResizedConv(weight, ConvGeometry(*geometry), None)
 
     if absorb:
         if resize.align != "cells" or resize.method not in ("interp", "pinv"):
             raise InvalidOptionError(f"{name}: an absorbing layer is resized with align='cells' and method interp or pinv")
-        factors = tuple(_integer_factor(s, name, "stride") for s in scales)
-        resized = resize_kernel(weight, scales, method=resize, name=name, out_dtype=out_dtype, backend=backend)
-        new_kernel = tuple(int(k) for k in resized.shape[2:])
-        geometry = ConvGeometry(new_kernel, tuple(float(p * f) for p, f in zip(pad, factors)), tuple(st * f for st, f in zip(stride_t, factors)), dil)
-        return ResizedConv(resized, geometry, _operator(kernel, scales, resize, name))
-
+        for s in scales:
+            integer_factor(s, name, "stride")
     operator = _operator(kernel, scales, resize, name)
     resized = resize_kernel(weight, scales, method=resize, name=name, out_dtype=out_dtype, backend=backend)
-    pads = tuple(new_padding(k, kn, s, p, d, d) for k, kn, s, p, d in zip(kernel, operator.out_shape, scales, pad, dil))
-    return ResizedConv(resized, ConvGeometry(operator.out_shape, pads, stride_t, dil), operator)
-
-
-def _integer_factor(s: float, name: str, what: str) -> int:
-    if not float(s).is_integer():
-        raise InvalidOptionError(f"{name}: {what} can only grow by an integer scale, got {s!r}")
-    return int(s)
+    geometry = resized_geometry(name, "conv", kernel, operator.out_shape, scales, pad, stride_t, dil, absorb=absorb)
+    return ResizedConv(resized, ConvGeometry(*geometry), operator)
 
 
 def resize_grid_linear(

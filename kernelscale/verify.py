@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
+from kernelscale.geometry import window_shift
 
 DEFAULT_BAND = 0.25
 DEFAULT_PROBES = 4
@@ -308,10 +309,8 @@ def certify_record(
     if record.get("kind") == "grid":
         return certify_grid(name, original, converted, record, **options)
     dilation = record.get("dilation")
-    offsets = record.get("centre_offset") or [0.0] * (original.ndim - 2)
-    sign = -1.0 if record.get("pad_extra") == "before" else 1.0
     return certify_conv(
-        name, original, converted, record["scale"], dilation=dilation, shift=[sign * o for o in offsets],
+        name, original, converted, record["scale"], dilation=dilation, shift=list(window_shift(record, original.ndim - 2)),
         method=record.get("method", ""), **options,
     )
 
