@@ -13,20 +13,12 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from kernelscale.errors import InvalidCheckpointError
-from kernelscale.plan import FORMAT_VERSION
+from kernelscale.manifest import check_manifest
 from kernelscale.safetensors_io import SafetensorsReader
 
 MANIFEST_KEY = "kernelscale"
 """The ``__metadata__`` key holding the manifest (compact JSON, sorted keys; docs/format.md)."""
 # The fields a loader needs from each kind of manifest record (docs/format.md).
-_RECORD_FIELDS = {
-    "conv": ("scale", "old_spatial", "new_spatial"),
-    "grid": ("scale", "grid", "old_spatial", "new_spatial"),
-    "attention": ("factor",),
-    "weight_norm": ("v", "dim"),
-}
-
-
 def checkpoint_files(path: Union[str, os.PathLike]) -> list[Path]:
     """The safetensors files of a checkpoint: one file, the shards of an index, or a folder's files."""
     path = Path(path)
@@ -58,21 +50,7 @@ def parse_manifest(text: str, where: Path) -> dict[str, Any]:
         manifest = json.loads(text)
     except ValueError as exc:
         raise InvalidCheckpointError(f"{where}: the {MANIFEST_KEY!r} metadata is not JSON ({exc})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("tensors"), dict):
-        raise InvalidCheckpointError(f"{where}: the {MANIFEST_KEY!r} metadata is not a kernelscale manifest (no 'tensors' table)")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise InvalidCheckpointError(
-            f"{where}: manifest format version {version!r} is not one this kernelscale reads ({FORMAT_VERSION}); "
-            "convert the checkpoint again or upgrade kernelscale")
-    for tensor, record in manifest["tensors"].items():
-        kind = record.get("kind") if isinstance(record, dict) else None
-        if kind not in _RECORD_FIELDS:
-            raise InvalidCheckpointError(f"{where}: manifest record of {tensor!r} has unknown kind {kind!r} "
-                                         f"(this kernelscale reads {', '.join(_RECORD_FIELDS)})")
-        lacking = [k for k in _RECORD_FIELDS[kind] if k not in record]
-        if lacking:
-            raise InvalidCheckpointError(f"{where}: manifest record of {tensor!r} lacks {', '.join(lacking)}")
+    check_manifest(manifest, where, MANIFEST_KEY)
     return manifest
 
 

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 from kernelscale.dtypes import RESIZABLE
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
 from kernelscale.geometry import LOADER_CHANGES, loader_change
+from kernelscale.manifest import ConvRecord
 from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, describe_entries, plan_tensors, shape_text
 from kernelscale.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
 from kernelscale.plan import attention_rule_for, glob_names, matches_pattern  # the planner's own matching rules, for checks across files
@@ -533,9 +534,8 @@ def _stock_kernel_keys(entries: Sequence[TensorPlan], config: Mapping[str, Any])
         layer = e.name[: -len(".weight")] if e.name.endswith(".weight") else e.name
         key = f"{layer}_kernel"
         ks = set(e.new_shape[2:])
-        record = e.record or {}
-        if (e.action != "resize" or e.kind != "conv" or layer not in ("conv_in", "conv_out") or key not in config
-                or len(ks) != 1 or min(ks) % 2 == 0 or record.get("absorb") or any(record.get("centre_offset") or ())):
+        if (e.action != "resize" or not isinstance(e.record, ConvRecord) or layer not in ("conv_in", "conv_out") or key not in config
+                or len(ks) != 1 or min(ks) % 2 == 0 or e.record.absorb or e.record.half_pixel):
             return None
         updates[key] = ks.pop()
     return updates
@@ -578,7 +578,7 @@ def _loading_notes(scan: CheckpointScan, plans: Sequence[Plan], dst: Optional[Pa
                else f"build the original model, then {load}")
         groups: dict[str, list[TensorPlan]] = {}
         for e in structural:
-            groups.setdefault(loader_change(e.record or {}, e.shape, e.new_shape), []).append(e)
+            groups.setdefault(loader_change(e.record, e.shape, e.new_shape), []).append(e)
         if set(groups) == {"none"}:  # weights resized in place: same shapes, same recorded geometry
             notes.append(_in_place_note(label, groups["none"], how))
             stock = (f"{cls}.from_pretrained({os.path.dirname(out_path)!r})" if cls and scan.layout == "folder"

@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional, Sequence
 from kernelscale import __version__
 from kernelscale.dispatch import BACKENDS, ENV_VAR as BACKEND_ENV
 from kernelscale.errors import InvalidOptionError, KernelscaleError
+from kernelscale.manifest import AttentionRecord, GridRecord, Record, RenormRecord, record_from_json
 from kernelscale.method import ALIGNS, METHODS, MODES, scale_value
 
 EXIT_OK = 0
@@ -281,7 +282,7 @@ def _plan_json(plan) -> list[dict[str, Any]]:
             item = {"name": e.name, "dtype": e.dtype, "shape": list(e.shape), "action": fp.operation(i), "reason": e.reason,
                     "new_shape": list(e.new_shape), "out_dtype": fp.out_dtypes[i]}
             if e.record is not None:
-                item["record"] = dict(e.record)
+                item["record"] = e.record.to_json()
             tensors.append(item)
         files.append({"input": fp.src, "output": fp.rel, "bytes_out": fp.bytes_out, "tensors": tensors})
     return files
@@ -380,29 +381,27 @@ def _add_inspect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON on stdout for scripts")
 
 
-def _record_text(record: dict[str, Any]) -> str:
-    kind = record.get("kind")
-    if kind == "attention":
-        return f"attention temperature ×{record.get('factor', 1.0):.4f}"
-    if kind == "weight_norm":
-        norms = "one norm over all of v" if record.get("dim") is None else f"one norm per index of axis {record.get('dim')}"
-        return f"weight norm's g, rescaled for the resized {record.get('v')} ({norms})"
-    scale = "×" + ",".join(f"{s:g}" for s in record.get("scale") or [])
-    old, new = _dims(record.get("old_spatial")), _dims(record.get("new_spatial"))
-    text = f"{record.get('method')}"
-    if record.get("mode"):
-        text += f"/{record.get('mode')}"
-    if record.get("align"):
-        text += f"/{record.get('align')}"
-    text += f" {scale} {old} -> {new}"
-    if kind == "grid":
-        text = f"grid {_dims(record.get('grid'))}: " + text
-    if record.get("dilation"):
-        text += f", dilation {_dims(record['dilation'])}"
-    if record.get("absorb"):
+def _record_text(record: Record) -> str:
+    if isinstance(record, AttentionRecord):
+        return f"attention temperature ×{record.factor:.4f}"
+    if isinstance(record, RenormRecord):
+        norms = "one norm over all of v" if record.dim is None else f"one norm per index of axis {record.dim}"
+        return f"weight norm's g, rescaled for the resized {record.v} ({norms})"
+    scale = "×" + ",".join(f"{s:g}" for s in record.scale)
+    text = f"{record.method}"
+    if record.mode:
+        text += f"/{record.mode}"
+    if record.align:
+        text += f"/{record.align}"
+    text += f" {scale} {_dims(record.old_spatial)} -> {_dims(record.new_spatial)}"
+    if isinstance(record, GridRecord):
+        return f"grid {_dims(record.grid)}: " + text
+    if record.dilation:
+        text += f", dilation {_dims(record.dilation)}"
+    if record.absorb:
         text += ", absorbs the scale (stride ×S)"
-    if record.get("pad_extra"):
-        text += f", extra padding {record['pad_extra']}"
+    if record.pad_extra:
+        text += f", extra padding {record.pad_extra}"
     return text
 
 
@@ -452,11 +451,11 @@ def run_inspect(args: argparse.Namespace) -> int:
                 e = fp.entries[i]
                 item.update(action=fp.operation(i), reason=e.reason, new_shape=list(e.new_shape), out_dtype=fp.out_dtypes[i])
                 if e.record is not None:
-                    item["planned_record"] = dict(e.record)
+                    item["planned_record"] = e.record.to_json()
             else:
                 line = f"{t.name}  {t.dtype}  {shape_text(t.shape)}"
                 if t.name in records:
-                    line += f"  converted: {_record_text(records[t.name])}"
+                    line += f"  converted: {_record_text(record_from_json(records[t.name]))}"
                 lines.append(line)
             tensors.append(item)
         if manifest is not None:

@@ -12,12 +12,13 @@ the nn adapter (:mod:`kernelscale.nn`), the converter's loading notes and ``veri
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence, Union
+from dataclasses import dataclass, replace
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from kernelscale.errors import GeometryError, InvalidOptionError
+from kernelscale.manifest import ConvRecord, Record
 from kernelscale.method import axis_scales
 from kernelscale.transforms import axis_size
 
@@ -118,7 +119,7 @@ def integer_factor(s: float, name: str, what: str) -> int:
     return int(s)
 
 
-def record_geometry(name: str, layer_kind: str, record: Mapping[str, Any], old_kernel: Sequence[int],
+def record_geometry(name: str, layer_kind: str, record: ConvRecord, old_kernel: Sequence[int],
                     padding: Sequence[float], stride: Sequence[int], dilation: Sequence[int],
                     output_padding: Sequence[int] = ()
                     ) -> tuple[tuple[int, ...], tuple[float, ...], tuple[int, ...], tuple[int, ...]]:
@@ -126,17 +127,16 @@ def record_geometry(name: str, layer_kind: str, record: Mapping[str, Any], old_k
     manifest record (DESIGN §3 geometry rule, §5 record); the reference for any loader.
 
     ``layer_kind`` is ``"conv"`` or ``"transposed"``; ``padding`` may be a half-integer (an
-    asymmetric layer's mean). Re-dilation (``record["dilation"]`` set): dilation·f, weights
+    asymmetric layer's mean). Re-dilation (``record.dilation`` set): dilation·f, weights
     unchanged, p' by the rule with the new dilation (= s·p). Absorb: stride·s, p' = s·p.
     Otherwise k' from the record, stride and dilation kept, p' = (k'−1)·d/2 − s·((k−1)·d/2 − p);
     a transposed conv with stride σ and output padding a (``output_padding``, default 0) adds
     (s−1)(σ−1−a)/2, the one padding under which its output is s× the original's (docs/format.md).
     Raises GeometryError for an absorbing transposed conv (its output, not its input, would grow).
     """
-    scales = axis_scales(record["scale"], len(old_kernel), name=name, trailing=True)
-    factors = tuple(int(f) for f in record["dilation"]) if record.get("dilation") else None
-    return resized_geometry(name, layer_kind, old_kernel, tuple(int(k) for k in record["new_spatial"]), scales, padding, stride,
-                            dilation, output_padding, redilate=factors, absorb=bool(record.get("absorb")))
+    scales = axis_scales(record.scale, len(old_kernel), name=name, trailing=True)
+    return resized_geometry(name, layer_kind, old_kernel, record.new_spatial, scales, padding, stride, dilation, output_padding,
+                            redilate=record.dilation, absorb=record.absorb)
 
 
 def resized_geometry(name: str, layer_kind: str, old_kernel: Sequence[int], new_kernel: Sequence[int], scales: Sequence[float],
@@ -267,7 +267,7 @@ def pads_from(name: str, before: tuple[float, ...], totals: tuple[float, ...], s
     return tuple(pads)
 
 
-def conv_change(name: str, kind: str, old: LayerGeometry, record: Mapping[str, Any], padding_opt: str, side_fallback: str
+def conv_change(name: str, kind: str, old: LayerGeometry, record: ConvRecord, padding_opt: str, side_fallback: str
                 ) -> tuple[LayerGeometry, LayerGeometry, tuple[float, ...]]:
     """(old geometry, new geometry, offset) of a conv (``kind`` ``"conv"``) or transposed conv
     (``"transposed"``) of geometry ``old`` under ``record``: integer pads by :func:`pads_from`
@@ -276,13 +276,13 @@ def conv_change(name: str, kind: str, old: LayerGeometry, record: Mapping[str, A
     and per axis the window centres' offset from the ideal grid. GeometryError naming the layer, or
     :class:`Refit` for a transposed conv another resize would fit."""
     transposed = kind == "transposed"
-    old_spatial = tuple(int(k) for k in record["old_spatial"])
+    old_spatial = record.old_spatial
     if old.kernel != old_spatial:
         raise GeometryError(f"{name}: the layer's kernel is {axes_text(old.kernel)} but the record was made for {axes_text(old_spatial)}")
     kernel, exact, stride, dilation = record_geometry(name, kind, record, old.kernel, old.padding, old.stride, old.dilation,
                                                       old.output_padding)
-    scales = axis_scales(record["scale"], len(kernel), name=name, trailing=True)
-    is_dilate = record.get("method") == "dilate"
+    scales = axis_scales(record.scale, len(kernel), name=name, trailing=True)
+    is_dilate = record.method == "dilate"
     if transposed and any(b != a for b, a in old.pads):
         raise GeometryError(f"{name}: asymmetric padding on a transposed conv is not supported")
     if transposed and is_dilate:
@@ -294,7 +294,7 @@ def conv_change(name: str, kind: str, old: LayerGeometry, record: Mapping[str, A
     if transposed and any(abs(p - round(p)) > 1e-9 for p in exact):
         raise Refit(name, f"the new padding of this transposed conv would be {axes_text(exact)}, and a transposed conv cannot "
                            "crop half a pixel", fitting_resize(name, record, old))
-    absorb = bool(record.get("absorb"))
+    absorb = record.absorb
     # Where the window centres would sit on the ideal output grid: a kept stride σ adds (s−1)(σ−1)/2
     # to a conv's padding (DESIGN §4); a transposed conv's already holds (s−1)(σ−1−a)/2 of it, which
     # leaves (s−1)·a/2 for an output padding a; an absorbing layer's patches are exact.
@@ -305,7 +305,7 @@ def conv_change(name: str, kind: str, old: LayerGeometry, record: Mapping[str, A
         aligned = tuple(p + (s - 1) * a / 2 for p, s, a in zip(before, scales, old.output_padding))
     else:
         aligned = tuple(p if absorb else p + (s - 1) * (st - 1) / 2 for p, s, st in zip(before, scales, old.stride))
-    side = record.get("pad_extra") or side_fallback
+    side = record.pad_extra or side_fallback
     # A half-pixel padding on a strided layer: the side that puts the window centres on the ideal
     # grid (e.g. a stride-2 conv resized 3 → 6 at s = 2 is aligned exactly with pads (3, 2)) beats
     # alternation, which only cancels the shifts of stride-1 layers.
@@ -344,24 +344,24 @@ class Refit(GeometryError):
         self.name, self.problem, self.fix = name, problem, fix
 
 
-def fitting_resize(name: str, record: Mapping[str, Any], old: LayerGeometry) -> Optional[dict[str, str]]:
+def fitting_resize(name: str, record: ConvRecord, old: LayerGeometry) -> Optional[dict[str, str]]:
     """The LayerRule fields (``align``, and ``method`` unless the record's is interp) of a resize by
     interp, align cells first, then taps, in the record's mode, under which a transposed conv
     gets an integer padding and an output s× the original; None when neither does."""
-    scales = axis_scales(record["scale"], len(old.kernel), name=name, trailing=True)
+    scales = axis_scales(record.scale, len(old.kernel), name=name, trailing=True)
     for align in ("cells", "taps"):
         try:
-            sizes = [axis_size(k, s, "interp", record.get("mode") or "linear", align) for k, s in zip(old.kernel, scales)]
+            sizes = [axis_size(k, s, "interp", record.mode or "linear", align) for k, s in zip(old.kernel, scales)]
         except (InvalidOptionError, ValueError):
             continue
-        trial = {**record, "method": "interp", "align": align, "new_spatial": sizes, "dilation": None, "absorb": False}
+        trial = replace(record, method="interp", align=align, new_spatial=tuple(sizes), dilation=None, absorb=False)
         _, exact, _, _ = record_geometry(name, "transposed", trial, old.kernel, old.padding, old.stride, old.dilation,
                                          old.output_padding)
         if any(abs(p - round(p)) > 1e-9 or p < -1e-9 for p in exact):
             continue
         new = LayerGeometry(tuple(sizes), tuple((int(round(p)),) * 2 for p in exact), old.stride, old.dilation, old.output_padding)
         if all(sizes_consistent("transposed", old, new, axis, s, s) is None for axis, s in enumerate(scales)):
-            return ({} if record.get("method") == "interp" else {"method": "interp"}) | {"align": align}
+            return ({} if record.method == "interp" else {"method": "interp"}) | {"align": align}
     return None
 
 
@@ -429,7 +429,7 @@ def pool_change(name: str, layer_type: str, old: LayerGeometry, scales: Sequence
 LOADER_CHANGES = ("shape", "dilation", "stride", "padding")
 
 
-def loader_change(record: Mapping[str, Any], shape: Sequence[int], new_shape: Sequence[int]) -> str:
+def loader_change(record: Optional[Record], shape: Sequence[int], new_shape: Sequence[int]) -> str:
     """What a loader must change for a tensor resized from ``shape`` to ``new_shape`` under its
     manifest ``record`` (docs/format.md): ``shape``; for a kernel that keeps its shape,
     ``dilation`` (re-dilation), ``stride`` (an absorbing layer) or ``padding`` (a half-pixel centre
@@ -437,19 +437,21 @@ def loader_change(record: Mapping[str, Any], shape: Sequence[int], new_shape: Se
     p' = (k−1)·d/2 − s·((k−1)·d/2 − p), the padding of a kept kernel stays where p = (k−1)·d/2)."""
     if tuple(new_shape) != tuple(shape):
         return "shape"
-    if record.get("dilation"):
+    if not isinstance(record, ConvRecord):
+        return "none"
+    if record.dilation:
         return "dilation"
-    if record.get("absorb"):
+    if record.absorb:
         return "stride"
-    if any(record.get("centre_offset") or ()):
+    if record.half_pixel:
         return "padding"
     return "none"
 
 
-def window_shift(record: Mapping[str, Any], ndim: int) -> tuple[float, ...]:
+def window_shift(record: ConvRecord, ndim: int) -> tuple[float, ...]:
     """Per axis, the half-pixel offset (in output pixels) that the padding of a conv resized under
     ``record`` imposes on its window centres: the record's ``centre_offset``, positive when the
     extra pixel is padded after (``pad_extra``), negative when before; zeros when it has none."""
-    offsets = record.get("centre_offset") or [0.0] * ndim
-    sign = -1.0 if record.get("pad_extra") == "before" else 1.0
+    offsets = record.centre_offset or (0.0,) * ndim
+    sign = -1.0 if record.pad_extra == "before" else 1.0
     return tuple(sign * float(o) for o in offsets)

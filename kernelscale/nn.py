@@ -84,6 +84,7 @@ from torch import nn
 from kernelscale.errors import GeometryError, InvalidCheckpointError, InvalidOptionError, UnsupportedTensorError
 from kernelscale.checkpoint import checkpoint_files, open_file, read_headers, read_manifest
 from kernelscale.geometry import LayerGeometry, Padding, Refit, axes_text, conv_change, pool_change
+from kernelscale.manifest import Action, AttentionRecord, ConvRecord, GridRecord, Manifest, Record, RenormRecord
 from kernelscale.method import axis_scales
 from kernelscale.recipes import listing, load_recipe, refit_error, supersample_recipe
 from kernelscale.plan import Plan, ResizeOptions, TensorSpec, plan_tensors, spectral_norm_layer, weight_norm_parts
@@ -107,7 +108,8 @@ _PAD_MODES = {"zeros": "constant", "circular": "circular", "replicate": "replica
 
 @dataclass(frozen=True)
 class LayerChange:
-    """What happened to one layer.
+    """What happened to one layer; ``action`` one of :class:`~kernelscale.manifest.Action` (resize, absorb,
+    geometry, grid, attention, pool).
 
     ``kernel_size``/``stride``/``dilation`` are per spatial axis. ``padding`` is per axis too: an
     int, or a ``(before, after)`` pair when the layer pads asymmetrically. For a Linear over a grid
@@ -120,7 +122,7 @@ class LayerChange:
 
     name: str
     layer: str
-    action: str
+    action: Action
     method: str
     old_kernel_size: tuple[int, ...]
     new_kernel_size: tuple[int, ...]
@@ -139,10 +141,10 @@ class LayerChange:
         def arrow(old, new, what):
             return f"{what} {axes_text(old)}" if old == new else f"{what} {axes_text(old)}→{axes_text(new)}"
 
-        if self.action == "attention":
+        if self.action == Action.ATTENTION:
             return f"{self.name} ({self.layer}) attention {self.method}"
-        parts = [arrow(self.old_kernel_size, self.new_kernel_size, "grid" if self.action == "grid" else "k")]
-        if self.action != "grid":
+        parts = [arrow(self.old_kernel_size, self.new_kernel_size, "grid" if self.action == Action.GRID else "k")]
+        if self.action != Action.GRID:
             parts += [arrow(self.old_padding, self.new_padding, "p"), arrow(self.old_stride, self.new_stride, "stride"),
                       arrow(self.old_dilation, self.new_dilation, "dilation")]
         if any(self.offset):
@@ -323,7 +325,7 @@ def _check_layer(name: str, layer: nn.Module, tensor_name: str, allow_reflect: b
     name any tensor of the layer (``holder``: the module holding it, default the layer); conv and
     grid records only its ``weight``, or the v of the weight norm it is under."""
     attr = _owner(tensor_name)[1]
-    if kind == "attention":
+    if kind == AttentionRecord.kind:
         if not isinstance(getattr(holder if holder is not None else layer, attr, None), torch.Tensor):
             raise GeometryError(f"{tensor_name}: the plan scales it, but {name!r} has no tensor attribute {attr!r}")
         return "attention"
@@ -353,36 +355,36 @@ def _check_layer(name: str, layer: nn.Module, tensor_name: str, allow_reflect: b
     return "transposed" if isinstance(layer, _TRANSPOSED) else "conv"
 
 
-def _change_entry(name: str, layer: nn.Module, record: Mapping[str, Any], padding: str, side_fallback: str,
+def _change_entry(name: str, layer: nn.Module, record: Record, padding: str, side_fallback: str,
                   old_shape: tuple[int, ...], new_shape: tuple[int, ...]) -> tuple[LayerChange, Optional[LayerGeometry], Optional[int]]:
     """The LayerChange (and new geometry or in_features) of one planned or recorded tensor."""
-    if record["kind"] == "attention":
-        change = LayerChange(name, type(layer).__name__, "attention", f"temperature ×{float(record['factor']):.4f}", (), (),
+    if isinstance(record, AttentionRecord):
+        change = LayerChange(name, type(layer).__name__, Action.ATTENTION, f"temperature ×{record.factor:.4f}", (), (),
                              old_weight_shape=old_shape, new_weight_shape=new_shape)
         return change, None, None
-    if record["kind"] == "grid":
-        c, h, w = (int(v) for v in record["grid"])
+    if isinstance(record, GridRecord):
+        c, h, w = record.grid
         if layer.in_features != c * h * w:
             raise GeometryError(f"{name}: in_features {layer.in_features} is not the grid {c}×{h}×{w}")
-        nh, nw = (int(v) for v in record["new_spatial"])
-        change = LayerChange(name, type(layer).__name__, "grid", _method_label(record), (c, h, w), (c, nh, nw),
+        nh, nw = record.new_spatial
+        change = LayerChange(name, type(layer).__name__, Action.GRID, _method_label(record), (c, h, w), (c, nh, nw),
                              old_weight_shape=old_shape, new_weight_shape=new_shape)
         return change, None, c * nh * nw
     kind = "transposed" if isinstance(layer, _TRANSPOSED) else "conv"
     old, new, offset = conv_change(name, kind, _layer_geometry(layer), record, padding, side_fallback)
-    action = "absorb" if record.get("absorb") else ("geometry" if record.get("dilation") else "resize")
+    action = Action.ABSORB if record.absorb else (Action.GEOMETRY if record.dilation else Action.RESIZE)
     change = LayerChange(name, type(layer).__name__, action, _method_label(record), old.kernel, new.kernel,
                          old.padding_report(), new.padding_report(), old.stride, new.stride, old.dilation, new.dilation,
                          old_shape, new_shape, offset)
     return change, new, None
 
 
-def _method_label(record: Mapping[str, Any]) -> str:
-    if record.get("dilation"):
+def _method_label(record: Union[ConvRecord, GridRecord]) -> str:
+    if record.dilation:
         return "dilate (geometry only)"
-    if record.get("method") in ("dilate", "disperse"):
-        return record["method"]
-    return "/".join(str(record.get(k)) for k in ("method", "mode", "align"))
+    if record.method in ("dilate", "disperse"):
+        return record.method
+    return f"{record.method}/{record.mode}/{record.align}"
 
 
 def _check_padding_option(padding: str) -> None:
@@ -396,8 +398,8 @@ class _Sides:
     def __init__(self) -> None:
         self.side = "after"
 
-    def take(self, record: Mapping[str, Any]) -> str:
-        if record.get("pad_extra") or not any(record.get("centre_offset") or ()):
+    def take(self, record: Record) -> str:
+        if not record.half_pixel or record.pad_extra:
             return self.side
         side, self.side = self.side, ("before" if self.side == "after" else "after")
         return side
@@ -433,7 +435,7 @@ def _pool_changes(module: nn.Module, options: ResizeOptions) -> tuple[list[_Pend
             skipped.append((name, "scale 1"))
             continue
         old, new, offset = result
-        change = LayerChange(name, type(layer).__name__, "pool", "window", old.kernel, new.kernel, old.padding_report(),
+        change = LayerChange(name, type(layer).__name__, Action.POOL, "window", old.kernel, new.kernel, old.padding_report(),
                              new.padding_report(), old.stride, new.stride, old.dilation, new.dilation, offset=offset)
         pending.append(_Pending(layer, change, new))
     return pending, skipped
@@ -655,7 +657,7 @@ def supersample(
             continue
         if layer is None or holder is None:
             raise GeometryError(f"{entry.name}: the plan resizes it, but no layer named {name!r} owns it; exclude it")
-        if entry.action == "renorm":  # weight norm's g: once its v is resized
+        if entry.action == Action.RENORM:  # weight norm's g: once its v is resized
             renorms.append((entry, layer, holder, attr))
             continue
         _check_layer(name, layer, entry.name, allow_reflect, entry.kind, holder)
@@ -670,7 +672,7 @@ def supersample(
             refits.append(refit)
             continue
         tensors = {}
-        if entry.action == "resize":
+        if entry.action == Action.RESIZE:
             tensors[attr] = resized[entry.name] = apply_entry(entry, tensor.detach(), backend=backend)
         pending.append(_Pending(layer, change, geometry, tensors, in_features, holder))
     if refits:
@@ -742,7 +744,7 @@ def load(
     _check_padding_option(padding)
     files = checkpoint_files(path)
     manifest, where = read_headers(files)
-    records = manifest["tensors"] if manifest is not None else {}
+    records = Manifest.from_json(manifest, path).tensors if manifest is not None else {}
     state = module.state_dict(keep_vars=True)
     missing = [n for n in state if n not in where]
     unexpected = [n for n in where if n not in state]
@@ -782,12 +784,12 @@ def load(
         layer = layers.get(layer_name)
         if layer is None or holder is None:
             raise GeometryError(f"{name}: the manifest records it, but no layer named {layer_name!r} owns it")
-        if record["kind"] == "weight_norm":  # g, rescaled for its resized v: loaded as it is
-            if file_shape != tuple(tensor.shape) or record["v"] not in records:
-                raise InvalidCheckpointError(f"{path}: {name!r} is recorded as weight norm's g of {record['v']!r}, but has shape "
+        if isinstance(record, RenormRecord):  # g, rescaled for its resized v: loaded as it is
+            if file_shape != tuple(tensor.shape) or record.v not in records:
+                raise InvalidCheckpointError(f"{path}: {name!r} is recorded as weight norm's g of {record.v!r}, but has shape "
                                              f"{file_shape} against {tuple(tensor.shape)} in the module, or its v has no record")
             continue
-        _check_layer(layer_name, layer, name, allow_reflect, record["kind"], holder)
+        _check_layer(layer_name, layer, name, allow_reflect, record.kind, holder)
         expected = _expected_shape(name, tuple(tensor.shape), record)
         if file_shape != expected:
             raise InvalidCheckpointError(f"{path}: {name!r} has shape {file_shape} but its record says {expected}")
@@ -828,16 +830,16 @@ def load(
     return SupersampleReport(_ordered_changes(pending, layers), tuple(skipped), manifest or {})
 
 
-def _expected_shape(name: str, shape: tuple[int, ...], record: Mapping[str, Any]) -> tuple[int, ...]:
-    if record["kind"] == "attention":
+def _expected_shape(name: str, shape: tuple[int, ...], record: Record) -> tuple[int, ...]:
+    if isinstance(record, AttentionRecord):
         return shape
-    if record["kind"] == "grid":
-        c, h, w = (int(v) for v in record["grid"])
+    if isinstance(record, GridRecord):
+        c, h, w = record.grid
         if len(shape) != 2 or shape[1] != c * h * w:
             raise GeometryError(f"{name}: the module's weight {shape} is not over the recorded grid {c}×{h}×{w}")
-        nh, nw = (int(v) for v in record["new_spatial"])
+        nh, nw = record.new_spatial
         return (shape[0], c * nh * nw)
-    old = tuple(int(k) for k in record["old_spatial"])
+    old = record.old_spatial
     if tuple(shape[2:]) != old:
         raise GeometryError(f"{name}: the module's kernel is {shape[2:]} but the record was made for {old}")
-    return tuple(shape[:2]) + tuple(int(k) for k in record["new_spatial"])
+    return tuple(shape[:2]) + record.new_spatial

@@ -31,9 +31,19 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 from kernelscale.dtypes import RESIZABLE
 from kernelscale.errors import InvalidOptionError, KernelscaleError, SpectralNormError, WeightNormError
 from kernelscale.method import ALIGNS, METHODS, MODES, Coef, DisperseParams, Method, Scale, axis_scales, check_choice, scale_value
+from kernelscale.manifest import (
+    Action,
+    AttentionRecord,
+    ConvRecord,
+    DisperseFit,
+    GridRecord,
+    Manifest,
+    Record,
+    RenormRecord,
+    SpectralNormLink,
+    WeightNormLink,
+)
 from kernelscale.transforms import grid_resize, kernel_resize
-
-FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -200,26 +210,32 @@ class TensorSpec:
 class TensorPlan:
     """The decision for one tensor.
 
-    ``action``: ``"copy"`` (byte for byte), ``"resize"`` (new weight), ``"geometry"`` (weight
-    bytes unchanged, the loader dilates) or ``"renorm"`` (weight norm's g, rescaled for its resized
-    v: ``partner`` is v's resize entry, the record names v and ``dim``; executed by
-    :func:`kernelscale.state_dict.apply_renorm`, which needs v). ``record`` is the manifest entry
-    (None for copies).
+    ``action`` (:class:`~kernelscale.manifest.Action`): ``copy`` (byte for byte), ``resize`` (new
+    weight), ``geometry`` (weight bytes unchanged, the loader dilates) or ``renorm`` (weight norm's
+    g, rescaled for its resized v: ``partner`` is v's resize entry, the record names v and ``dim``;
+    executed by :func:`kernelscale.state_dict.apply_renorm`, which needs v). ``method`` is the
+    validated Method it is resized by, ``scales`` one per resized axis; ``record`` the typed
+    manifest record (:mod:`kernelscale.manifest`; None for copies).
     """
 
     name: str
     dtype: str
     shape: tuple[int, ...]
-    action: str
+    action: Action
     reason: str
     new_shape: tuple[int, ...]
-    kind: str = "other"
     method: Optional[Method] = None
     scales: tuple[float, ...] = ()
     absorb: bool = False
     grid: Optional[tuple[int, int, int]] = None
-    record: Optional[Mapping[str, Any]] = field(default=None, compare=False)
+    record: Optional[Record] = field(default=None, compare=False)
     partner: Optional["TensorPlan"] = None
+
+    @property
+    def kind(self) -> str:
+        """What the tensor is, as its record says: ``conv``, ``grid``, ``attention``, ``weight_norm``
+        (weight norm's g); ``other`` for a tensor without a record (a copy)."""
+        return self.record.kind if self.record is not None else "other"
 
     @property
     def coef(self) -> Coef:
@@ -228,12 +244,12 @@ class TensorPlan:
 
     @property
     def changed(self) -> bool:
-        return self.action != "copy"
+        return self.action != Action.COPY
 
     @property
     def flop_growth(self) -> float:
         """Multiply-adds per output sample, new over old (the spatial taps ratio)."""
-        if self.action != "resize" or self.kind != "conv":
+        if self.action != Action.RESIZE or self.kind != ConvRecord.kind:
             return 1.0
         return math.prod(self.new_shape[2:]) / math.prod(self.shape[2:])
 
@@ -262,13 +278,8 @@ class Plan:
         """The manifest of DESIGN §5: format version, tool version, options, changed tensors."""
         from kernelscale import __version__
 
-        return {
-            "format_version": FORMAT_VERSION,
-            "tool": "kernelscale",
-            "tool_version": __version__,
-            "options": self.options.to_json(),
-            "tensors": {e.name: dict(e.record) for e in self.entries if e.record is not None},
-        }
+        tensors = {e.name: e.record for e in self.entries if e.record is not None}
+        return Manifest(self.options.to_json(), tensors, __version__).to_json()
 
     def describe(self) -> list[str]:
         """One line per tensor: name, dtype, shape, and what happens and why."""
@@ -284,7 +295,7 @@ def describe_entries(entries: Sequence[TensorPlan], out_dtypes: Optional[Sequenc
         cast = f" as {out_dtype}" if out_dtype != e.dtype else ""
         if e.changed:
             arrow = f" -> {shape_text(e.new_shape)}" if e.new_shape != e.shape else ""
-            growth = f", FLOPs ×{e.flop_growth:.2f}" if e.kind == "conv" and e.action == "resize" else ""
+            growth = f", FLOPs ×{e.flop_growth:.2f}" if e.kind == ConvRecord.kind and e.action == Action.RESIZE else ""
             lines.append(f"{e.name}  {e.dtype}  {shape}{arrow}{cast}  {e.action}: {e.reason}{growth}")
         else:
             lines.append(f"{e.name}  {e.dtype}  {shape}{cast}  {'cast' if cast else 'copy'}: {e.reason}")
@@ -432,28 +443,28 @@ def _plan_weight_norm(pairs: Sequence[tuple[TensorSpec, str, str, str]], specs: 
         if g_spec.dtype not in RESIZABLE:
             raise WeightNormError(f"{layer or v}: weight norm's g {g} is a {g_spec.dtype} tensor, not a float one; "
                                   f"{_remove_weight_norm_hint(layer, v)}")
-        if decision.kind == "attention":  # w = g·v/‖v‖ is linear in g and scale-free in v: the factor goes on g
+        if decision.kind == AttentionRecord.kind:  # w = g·v/‖v‖ is linear in g and scale-free in v: the factor goes on g
             plans[v] = _copy(v_spec, f"{who}: v is kept, the attention factor goes on g")
             plans[g] = replace(decision, name=g, dtype=g_spec.dtype, shape=g_spec.shape, new_shape=g_spec.shape,
                                reason=f"{who}: {decision.reason}")
             continue
-        if decision.action == "geometry":  # the weight is kept, so are v and g
+        if decision.action == Action.GEOMETRY:  # the weight is kept, so are v and g
             plans[v] = replace(decision, name=v, reason=f"{who}: {decision.reason}")
             plans[g] = _copy(g_spec, f"{who}: re-dilation keeps v, so g is kept")
             continue
         dim = weight_norm_dim(layer, v_spec, g_spec)
-        resized_axes = (1,) if decision.kind == "grid" else tuple(range(2, len(v_spec.shape)))
+        resized_axes = (1,) if decision.kind == GridRecord.kind else tuple(range(2, len(v_spec.shape)))
         if dim in resized_axes:
             raise WeightNormError(
                 f"{layer or v}: its weight is held by weight norm as {g} (g, {shape_text(g_spec.shape)}) and {v} "
                 f"(v, {shape_text(v_spec.shape)}) with one norm per index of axis {dim}, which the resize changes, so no "
                 f"rescaled g of that shape keeps w = g·v/‖v‖; {_remove_weight_norm_hint(layer, v)}")
-        record = {**decision.record, "weight_norm": {"g": g, "dim": dim}}
+        record = replace(decision.record, weight_norm=WeightNormLink(g, dim))
         plans[v] = replace(decision, name=v, reason=f"{who}: {decision.reason}", record=record)
         norms = "one norm over all of v" if dim is None else f"one norm per index of axis {dim}"
         reason = f"{who}: rescaled for the resized {v}, g·‖v′‖/‖v‖ ({norms})"
-        plans[g] = TensorPlan(g, g_spec.dtype, g_spec.shape, "renorm", reason, g_spec.shape, "weight_norm",
-                              record={"kind": "weight_norm", "v": v, "dim": dim}, partner=plans[v])
+        plans[g] = TensorPlan(g, g_spec.dtype, g_spec.shape, Action.RENORM, reason, g_spec.shape, record=RenormRecord(v, dim),
+                              partner=plans[v])
     return plans
 
 
@@ -477,11 +488,11 @@ def _plan_spectral_norm(specs: Sequence[TensorSpec], options: ResizeOptions, gri
         stand_in = TensorSpec(_stand_in_name(layer), raw.dtype, raw.shape)
         decision = _plan_one(stand_in, options, grids.get(stand_in.name), aliases=(raw.name,))
         who = f"spectral norm of {layer or 'the root module'}"
-        if decision.action == "geometry":  # the weight is kept: so are its largest singular value, u and v
+        if decision.action == Action.GEOMETRY:  # the weight is kept: so are its largest singular value, u and v
             vectors = {key: next((s.name for s in tensors if s.name in names), None)
                        for key, names in (("u", _spectral_vector_names(layer, "u")), ("v", _spectral_vector_names(layer, "v")))}
             plans[raw.name] = replace(decision, name=raw.name, reason=f"{who}: {decision.reason}",
-                                      record={**decision.record, "spectral_norm": vectors})
+                                      record=replace(decision.record, spectral_norm=SpectralNormLink(vectors["u"], vectors["v"])))
             for spec in tensors:
                 if spec.name != raw.name:
                     plans[spec.name] = _copy(spec, f"{who}: re-dilation keeps the weight, so its power iteration's vectors are kept")
@@ -556,10 +567,10 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
     # The extra padding pixel of a half-pixel kernel alternates sides from layer to layer. A
     # state dict has no topology, so "next layer" is the next name in natural order (conv2
     # before conv10): the same for a module's state dict and for any file order of its tensors.
-    half_pixel = sorted((i for i, e in enumerate(entries) if e.record is not None and any(e.record.get("centre_offset") or ())),
+    half_pixel = sorted((i for i, e in enumerate(entries) if e.record is not None and e.record.half_pixel),
                         key=lambda i: natural_key(entries[i].name))
     for turn, i in enumerate(half_pixel):
-        entries[i] = replace(entries[i], record={**entries[i].record, "pad_extra": ("after", "before")[turn % 2]})
+        entries[i] = replace(entries[i], record=replace(entries[i].record, pad_extra=("after", "before")[turn % 2]))
     final = {e.name: e for e in entries}
     entries = [replace(e, partner=final[e.partner.name]) if e.partner is not None else e for e in entries]
     return Plan(tuple(entries), options)
@@ -571,7 +582,7 @@ def natural_key(name: str) -> tuple:
 
 
 def _copy(spec: TensorSpec, reason: str) -> TensorPlan:
-    return TensorPlan(spec.name, spec.dtype, spec.shape, "copy", reason, spec.shape)
+    return TensorPlan(spec.name, spec.dtype, spec.shape, Action.COPY, reason, spec.shape)
 
 
 def attention_rule_for(name: str, rules: Sequence[AttentionRule]) -> Optional[AttentionRule]:
@@ -584,10 +595,9 @@ def _plan_attention(spec: TensorSpec, rule: AttentionRule, scale: Scale) -> Tens
     if spec.dtype not in RESIZABLE:
         raise InvalidOptionError(f"attention rule {rule.pattern!r} matches {spec.name}, a {spec.dtype} tensor")
     factor = rule.factor(scale)
-    record = {"kind": "attention", "factor": factor, "tokens": rule.tokens,
-              "new_tokens": rule.new_tokens, "scale": list(scale) if isinstance(scale, tuple) else [scale]}
-    return TensorPlan(spec.name, spec.dtype, spec.shape, "resize", f"attention temperature ×{factor:.4f} (rule {rule.pattern!r})",
-                      spec.shape, "attention", record=record)
+    record = AttentionRecord(factor, rule.tokens, rule.new_tokens, scale if isinstance(scale, tuple) else (scale,))
+    return TensorPlan(spec.name, spec.dtype, spec.shape, Action.RESIZE, f"attention temperature ×{factor:.4f} (rule {rule.pattern!r})",
+                      spec.shape, record=record)
 
 
 def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[tuple[int, int, int]],
@@ -651,26 +661,17 @@ def _plan_conv(spec: TensorSpec, scales: tuple[float, ...], resize: Method, reas
     if absorb and any(not float(s).is_integer() for s in scales):
         raise InvalidOptionError(f"{spec.name}: an absorbing layer needs integer scales, got {scales!r}")
     new_shape = tuple(spec.shape[:2]) + operator.out_shape
-    record = {
-        "kind": "conv",
-        "method": resize.method,
-        "mode": resize.mode,
-        "align": resize.align,
-        "coef": resize.coef,
-        "scale": list(scales),
-        "old_spatial": list(spatial),
-        "new_spatial": list(operator.out_shape),
-        "centre_offset": [a.centre_offset if not absorb else 0.0 for a in operator.axes] or [0.0] * len(spatial),
-        "absorb": absorb,
-        "dilation": None,
-    }
+    centre_offset = tuple(a.centre_offset if not absorb else 0.0 for a in operator.axes) or (0.0,) * len(spatial)
+    record = ConvRecord(resize.method, resize.mode, resize.align, resize.coef, tuple(scales), spatial, operator.out_shape,
+                        centre_offset, absorb)
     label = resize.label
     if resize.method == "disperse":
         disperse = resize.disperse
-        record.update(mode=None, coef=None, disperse={**vars(disperse), "size": operator.out_shape[0], "relative_loss": operator.relative_loss})
+        fit = DisperseFit(operator.out_shape[0], disperse.probe, disperse.eta, operator.relative_loss)
+        record = replace(record, mode=None, coef=None, disperse=fit)
         label = f"disperse k'={operator.out_shape[0]} m={disperse.probe} eta={disperse.eta}"
-    return TensorPlan(spec.name, spec.dtype, spec.shape, "resize", f"{label} ({reason})", new_shape,
-                      "conv", resize, scales, absorb, None, record)
+    return TensorPlan(spec.name, spec.dtype, spec.shape, Action.RESIZE, f"{label} ({reason})", new_shape,
+                      resize, scales, absorb, None, record)
 
 
 def _plan_geometry(spec: TensorSpec, scales, reason: str) -> TensorPlan:
@@ -680,21 +681,10 @@ def _plan_geometry(spec: TensorSpec, scales, reason: str) -> TensorPlan:
             raise InvalidOptionError(f"{spec.name}: re-dilation needs integer scales, got {scales!r}")
         factors.append(int(s))
     spatial = tuple(spec.shape[2:])
-    record = {
-        "kind": "conv",
-        "method": "dilate",
-        "mode": None,
-        "align": "taps",
-        "coef": None,
-        "scale": list(scales),
-        "old_spatial": list(spatial),
-        "new_spatial": list(spatial),
-        "centre_offset": [0.0] * len(spatial),
-        "absorb": False,
-        "dilation": [f if k > 1 else 1 for f, k in zip(factors, spatial)],
-    }
-    return TensorPlan(spec.name, spec.dtype, spec.shape, "geometry", f"re-dilation, weights unchanged ({reason})", spec.shape,
-                      "conv", Method("dilate", align="taps"), tuple(scales), False, None, record)
+    dilation = tuple(f if k > 1 else 1 for f, k in zip(factors, spatial))
+    record = ConvRecord("dilate", None, "taps", None, tuple(scales), spatial, spatial, (0.0,) * len(spatial), False, dilation)
+    return TensorPlan(spec.name, spec.dtype, spec.shape, Action.GEOMETRY, f"re-dilation, weights unchanged ({reason})", spec.shape,
+                      Method("dilate", align="taps"), tuple(scales), False, None, record)
 
 
 def _plan_grid(spec: TensorSpec, grid, scale: Scale, resize: Method, source: str, rule: Optional[LayerRule]) -> TensorPlan:
@@ -708,19 +698,6 @@ def _plan_grid(spec: TensorSpec, grid, scale: Scale, resize: Method, source: str
     operator = _named(spec.name, grid_resize, (h, w), scales, resize)
     new_spatial = operator.out_shape
     new_shape = (spec.shape[0], c * new_spatial[0] * new_spatial[1])
-    record = {
-        "kind": "grid",
-        "method": resize.method,
-        "mode": resize.mode,
-        "align": "cells",
-        "coef": resize.coef,
-        "scale": list(scales),
-        "grid": [c, h, w],
-        "old_spatial": [h, w],
-        "new_spatial": list(new_spatial),
-        "centre_offset": [0.0, 0.0],
-        "absorb": False,
-        "dilation": None,
-    }
-    return TensorPlan(spec.name, spec.dtype, spec.shape, "resize", f"grid {c}×{h}×{w} ({source})", new_shape,
-                      "grid", resize, scales, False, grid, record)
+    record = GridRecord(resize.method, resize.mode, "cells", resize.coef, tuple(scales), (c, h, w), (h, w), new_spatial)
+    return TensorPlan(spec.name, spec.dtype, spec.shape, Action.RESIZE, f"grid {c}×{h}×{w} ({source})", new_shape,
+                      resize, scales, False, grid, record)

@@ -147,7 +147,7 @@ def apply_entry(
     if entry.action != "resize":
         return tensor
     if entry.kind == "attention":
-        return scale_tensor(tensor, entry.record["factor"], out_dtype, name=entry.name, check_finite=check_finite)
+        return scale_tensor(tensor, entry.record.factor, out_dtype, name=entry.name, check_finite=check_finite)
     if entry.kind == "grid":
         return resize_grid_linear(tensor, entry.grid, entry.scales, method=entry.method, name=entry.name, out_dtype=out_dtype,
                                   backend=backend, check_finite=check_finite)
@@ -159,7 +159,7 @@ def entry_gains(entry: TensorPlan) -> tuple[float, float]:
     """``(gain, peak)`` of a resize entry's operator (:func:`kernelscale.resize.operator_gains`): its
     result's max magnitude is at most gain × its input's."""
     if entry.kind == "attention":
-        return operator_gains([np.array([[abs(float(entry.record["factor"]))]])])
+        return operator_gains([np.array([[abs(float(entry.record.factor))]])])
     if entry.kind == "grid":
         return kernel_gains(grid_resize(entry.grid[1:], entry.scales, entry.method))
     return kernel_gains(kernel_resize(tuple(entry.shape[2:]), entry.scales, entry.method))
@@ -205,7 +205,7 @@ def apply_renorm(
     """
     if entry.action != "renorm" or entry.partner is None:
         raise InvalidOptionError(f"{entry.name}: apply_renorm executes weight norm's renorm entries, not {entry.action!r} ones")
-    dim = entry.record["dim"]
+    dim = entry.record.dim
     if v_resized is None:
         v_resized = apply_entry(entry.partner, v, backend=backend)
     v_name = entry.partner.name

@@ -36,7 +36,8 @@ from kernelscale.checkpoint import MANIFEST_KEY  # the metadata key of the manif
 from kernelscale.checkpoint_plan import ExtraFile, FilePlan, PathLike, WeightNormSource
 from kernelscale.errors import InvalidCheckpointError
 from kernelscale.output import OutputError, fsync_path
-from kernelscale.plan import FORMAT_VERSION, TensorPlan
+from kernelscale.manifest import FORMAT_VERSION
+from kernelscale.plan import TensorPlan
 from kernelscale.resize import rescale_weight_norm_g, weight_norm_squares
 from kernelscale.safetensors_io import SafetensorsReader, SafetensorsWriter, TensorInfo, torch_dtype
 from kernelscale.state_dict import apply_entry, entry_overflow_check, require_finite_entry
@@ -133,7 +134,7 @@ def _renorm(reader: SafetensorsReader, info: TensorInfo, entry: TensorPlan, out_
     are those of the stored v'. Squared norms add up block by block in float64 (concatenated per
     row for dim 0), so memory stays at one block of v and its v' (about COMPUTE_BYTES of output,
     as for any resized tensor) whatever v's size."""
-    dim = entry.record["dim"]
+    dim = entry.record.dim
     g = reader.read_tensor(info.name)
     v_reader = reader if os.path.abspath(source.path) == os.path.abspath(reader.path) else SafetensorsReader(source.path)
     try:

@@ -36,13 +36,14 @@ import math
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
 from kernelscale.geometry import window_shift
+from kernelscale.manifest import ConvRecord, GridRecord, Record, as_record, record_from_json
 
 DEFAULT_BAND = 0.25
 DEFAULT_PROBES = 4
@@ -290,7 +291,7 @@ def certify_record(
     name: str,
     original: torch.Tensor,
     converted: torch.Tensor,
-    record: Mapping[str, Any],
+    record: Union[ConvRecord, GridRecord, Mapping[str, Any]],
     *,
     weight_norm: Optional[WeightNorm] = None,
     **options: Any,
@@ -306,12 +307,12 @@ def certify_record(
         converted = effective_weight(converted, weight_norm.converted, weight_norm.dim, name)
         cert = certify_record(name, original, converted, record, **options)
         return replace(cert, weight_norm_g=weight_norm.name, **counts)
-    if record.get("kind") == "grid":
+    record = as_record(record, name)
+    if isinstance(record, GridRecord):
         return certify_grid(name, original, converted, record, **options)
-    dilation = record.get("dilation")
     return certify_conv(
-        name, original, converted, record["scale"], dilation=dilation, shift=list(window_shift(record, original.ndim - 2)),
-        method=record.get("method", ""), **options,
+        name, original, converted, record.scale, dilation=record.dilation, shift=list(window_shift(record, original.ndim - 2)),
+        method=record.method or "", **options,
     )
 
 
@@ -320,7 +321,7 @@ def certify_grid(
     name: str,
     original: torch.Tensor,
     converted: torch.Tensor,
-    record: Mapping[str, Any],
+    record: Union[GridRecord, Mapping[str, Any]],
     *,
     band: float = 0.25,
     probes: int = 4,
@@ -331,9 +332,10 @@ def certify_grid(
     U the record's cells upsampler; alias gain is not defined for a grid (reported 0)."""
     from kernelscale.transforms import cells_upsampler
 
-    c, h, w = record["grid"]
-    h_new, w_new = record["new_spatial"]
-    mode = record.get("mode") or "linear"
+    record = as_record(record, name)
+    c, h, w = record.grid
+    h_new, w_new = record.new_spatial
+    mode = record.mode or "linear"
     bh, bw = cells_upsampler(h, h_new, mode), cells_upsampler(w, w_new, mode)
     rng = np.random.default_rng(seed)
 
@@ -356,7 +358,7 @@ def certify_grid(
     # A flat input upsamples to a flat input, so the DC gain is each row's sum over all cells.
     dc_old, dc_new = w_old.sum(axis=(1, 2, 3)), w_new_.sum(axis=(1, 2, 3))
     dc = _dc_ratio(float((dc_new * dc_old).sum()), float((dc_old**2).sum()))
-    return LayerCertificate(name, record.get("method", ""), tuple(original.shape), tuple(converted.shape),
+    return LayerCertificate(name, record.method or "", tuple(original.shape), tuple(converted.shape),
                             _ratio(err, ref), 0.0, dc, nonfinite=_count_nonfinite(converted),
                             nonfinite_original=_count_nonfinite(original))
 
@@ -455,7 +457,7 @@ class _Job:
     """One recorded tensor to certify: where it is on each side, and its record."""
 
     name: str
-    record: Mapping[str, Any]
+    record: Record  # read from the manifest once its shapes are checked (_check_shapes)
     original: str  # path of the ORIG file holding it
     converted: str  # path of the CONVERTED file holding it
     rel: str  # the converted file, relative to CONVERTED
@@ -660,7 +662,7 @@ def _plan_jobs(original: Any, converted: Any) -> tuple[list[_Job], list[tuple[st
                 orig_file = _shown(original, o_scan, o_src.rel)
                 _check_shapes(name, record, tuple(o_info.shape), tuple(c_tensors[name].shape), orig_file, conv_file)
                 g = _weight_norm_job(name, record, tuple(o_info.shape), o_tensors, c_unit_tensors, orig_file, conv_file, shown)
-                jobs.append(_Job(name, record, o_src.path, src.path, rel, g))
+                jobs.append(_Job(name, record_from_json(record), o_src.path, src.path, rel, g))
     return jobs, files
 
 

@@ -116,10 +116,12 @@ def test_in_place_resize_of_a_diffusers_model_leaves_its_config_alone(tmp_path: 
 
 def test_geometry_change_of_a_kernel_that_keeps_its_shape() -> None:
     from kernelscale.geometry import loader_change
+    from kernelscale.manifest import ConvRecord
 
     def change(**record) -> str:
         base = {"dilation": None, "absorb": False, "centre_offset": [0.0, 0.0]}
-        return loader_change({**base, **record}, (2, 2, 4, 4), (2, 2, 4, 4))
+        typed = ConvRecord.from_json({"scale": [2, 2], "old_spatial": [4, 4], "new_spatial": [4, 4], **base, **record})
+        return loader_change(typed, (2, 2, 4, 4), (2, 2, 4, 4))
 
     assert change() == "none"
     assert change(dilation=[2, 2]) == "dilation"

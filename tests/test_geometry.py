@@ -5,12 +5,14 @@ length formulas; the output-length function is checked against torch itself.
 """
 
 import itertools
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from kernelscale.errors import GeometryError, InvalidOptionError
+from kernelscale.manifest import ConvRecord
 from kernelscale.geometry import (
     ConvGeometry,
     LayerGeometry,
@@ -30,11 +32,9 @@ from kernelscale.geometry import (
 )
 
 
-def _record(old, new, scale, **extra):
-    base = {"kind": "conv", "method": "interp", "mode": "linear", "align": "taps", "scale": [scale] * len(old),
-            "old_spatial": list(old), "new_spatial": list(new), "centre_offset": [0.0] * len(old), "absorb": False,
-            "dilation": None}
-    return {**base, **extra}
+def _record(old, new, s, **changes) -> ConvRecord:
+    base = ConvRecord("interp", "linear", "taps", "mass", (s,) * len(old), tuple(old), tuple(new), (0.0,) * len(old))
+    return replace(base, **changes)
 
 
 @pytest.mark.parametrize("k, k_new, s, p, d, d_new, expected", [
@@ -78,9 +78,9 @@ def test_resized_geometry_kinds():
 
 
 def test_record_geometry_reads_the_record():
-    rec = _record((3, 3), (3, 3), 2.0, method="dilate", dilation=[2, 2])
+    rec = _record((3, 3), (3, 3), 2.0, method="dilate", dilation=(2, 2))
     assert record_geometry("c", "conv", rec, (3, 3), (1.0, 1.0), (1, 1), (1, 1)) == ((3, 3), (2.0, 2.0), (1, 1), (2, 2))
-    rec = {**_record((3,), (7,), 2.0), "scale": [4.0, 2.0]}  # a job's 2-D scale on a 1-D kernel: the last axis
+    rec = _record((3,), (7,), 2.0, scale=(4.0, 2.0))  # a job's 2-D scale on a 1-D kernel: the last axis
     assert record_geometry("c", "conv", rec, (3,), (1.0,), (1,), (1,)) == ((7,), (3.0,), (1,), (1,))
     assert ConvGeometry(*record_geometry("c", "conv", rec, (3,), (0.0,), (1,), (1,))).integer_padding() == (1,)
 
@@ -130,7 +130,7 @@ def test_pads_from():
 def test_conv_change_strided_cells_is_aligned():
     # DESIGN §4: at s = 2 a stride-2 conv resized 3 → 6 by cells, the extra pixel on the aligned side, has no offset
     old = LayerGeometry((3,), ((1, 1),), (2,), (1,))
-    rec = _record((3,), (6,), 2.0, align="cells", centre_offset=[0.5], pad_extra="after")
+    rec = _record((3,), (6,), 2.0, align="cells", centre_offset=(0.5,), pad_extra="after")
     _, new, offset = conv_change("down", "conv", old, rec, "asymmetric", "after")
     assert new == LayerGeometry((6,), ((3, 2),), (2,), (1,)) and offset == (0.0,)
     with pytest.raises(GeometryError, match="down: the new padding would be 2.5, half a pixel off the grid"):
@@ -175,10 +175,12 @@ def test_pool_change():
 def test_loader_change_and_window_shift():
     rec = _record((3,), (7,), 2.0)
     assert loader_change(rec, (2, 2, 3), (2, 2, 7)) == "shape"
-    assert loader_change({**rec, "dilation": [2]}, (2, 2, 3), (2, 2, 3)) == "dilation"
-    assert loader_change({**rec, "absorb": True}, (2, 2, 3), (2, 2, 3)) == "stride"
-    assert loader_change({**rec, "centre_offset": [0.5]}, (2, 2, 3), (2, 2, 3)) == "padding"
+    assert loader_change(replace(rec, dilation=(2,)), (2, 2, 3), (2, 2, 3)) == "dilation"
+    assert loader_change(replace(rec, absorb=True), (2, 2, 3), (2, 2, 3)) == "stride"
+    assert loader_change(replace(rec, centre_offset=(0.5,)), (2, 2, 3), (2, 2, 3)) == "padding"
     assert loader_change(rec, (2, 2, 3), (2, 2, 3)) == "none"
-    assert window_shift({"centre_offset": [0.5, 0.0], "pad_extra": "before"}, 2) == (-0.5, 0.0)
-    assert window_shift({"centre_offset": [0.5], "pad_extra": "after"}, 1) == (0.5,)
-    assert window_shift({}, 2) == (0.0, 0.0)
+    assert loader_change(None, (3,), (3,)) == "none"
+    two = _record((4, 3), (8, 7), 2.0)
+    assert window_shift(replace(two, centre_offset=(0.5, 0.0), pad_extra="before"), 2) == (-0.5, 0.0)
+    assert window_shift(replace(rec, centre_offset=(0.5,), pad_extra="after"), 1) == (0.5,)
+    assert window_shift(two, 2) == (0.0, 0.0)
