@@ -23,7 +23,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 from kernelscale.dtypes import RESIZABLE
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
 from kernelscale.geometry import LOADER_CHANGES, loader_change
-from kernelscale.manifest import ConvRecord
+from kernelscale.manifest import Action, ConvRecord
 from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, describe_entries, plan_tensors, shape_text
 from kernelscale.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
 from kernelscale.plan import attention_rule_for, glob_names, matches_pattern  # the planner's own matching rules, for checks across files
@@ -82,31 +82,30 @@ class FilePlan:
         """The output header as (name, dtype, shape) in file order."""
         return [(e.name, d, tuple(e.new_shape)) for e, d in zip(self.entries, self.out_dtypes)]
 
-    def operation(self, i: int) -> str:
-        """What happens to tensor i: ``resize``, ``renorm`` (weight norm's g, rescaled for its
-        resized v; counted as resized), ``dilate`` (weights kept, geometry recorded), ``cast``
-        (values kept, dtype changed) or ``copy`` (byte for byte)."""
+    def operation(self, i: int) -> Action:
+        """What happens to tensor i (:class:`~kernelscale.manifest.Action`): ``resize``, ``renorm``
+        (weight norm's g, rescaled for its resized v; counted as resized), ``geometry`` (weights
+        kept, geometry recorded: counted as dilated), ``cast`` (values kept, dtype changed) or
+        ``copy`` (byte for byte)."""
         entry = self.entries[i]
-        if entry.action in ("resize", "renorm"):
+        if entry.action in (Action.RESIZE, Action.RENORM, Action.GEOMETRY):
             return entry.action
-        if entry.action == "geometry":
-            return "dilate"
-        return "cast" if self.out_dtypes[i] != entry.dtype else "copy"
+        return Action.CAST if self.out_dtypes[i] != entry.dtype else Action.COPY
 
     def counts(self) -> dict[str, int]:
         counts = {"resize": 0, "dilate": 0, "cast": 0, "copy": 0}
         for i in range(len(self.entries)):
             op = self.operation(i)
-            counts["resize" if op == "renorm" else op] += 1
+            counts[{Action.RENORM: "resize", Action.GEOMETRY: "dilate"}.get(op, op.value)] += 1
         return counts
 
     def work_bytes(self, i: int) -> int:
         """Output bytes tensor i's computation produces: a resized tensor's own; for a renormed g,
         its v' again (computed for its norms); 0 for the rest."""
         op = self.operation(i)
-        if op == "resize":
+        if op == Action.RESIZE:
             return math.prod(self.entries[i].new_shape) * DTYPE_ITEMSIZE[self.out_dtypes[i]]
-        if op == "renorm":
+        if op == Action.RENORM:
             source = self.weight_norm_sources[self.entries[i].name]
             return math.prod(self.entries[i].partner.new_shape) * DTYPE_ITEMSIZE[source.out_dtype]
         return 0
@@ -509,7 +508,7 @@ def _plan_units(unit_specs: list[list[TensorSpec]], options: ResizeOptions, wher
         plan = plan_tensors(specs, local)
         entries = plan.entries
         if options.include and not local.include:  # nothing in this model is included
-            entries = tuple(e if not e.changed else TensorPlan(e.name, e.dtype, e.shape, "copy", "not matched by --include", e.shape)
+            entries = tuple(e if not e.changed else TensorPlan(e.name, e.dtype, e.shape, Action.COPY, "not matched by --include", e.shape)
                             for e in entries)
         plans.append(Plan(entries, options))
     return plans

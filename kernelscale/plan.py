@@ -43,7 +43,7 @@ from kernelscale.manifest import (
     SpectralNormLink,
     WeightNormLink,
 )
-from kernelscale.transforms import grid_resize, kernel_resize
+from kernelscale.transforms import GridResize, Operator, ScaleFactor, grid_resize, kernel_resize
 
 
 @dataclass(frozen=True)
@@ -214,8 +214,9 @@ class TensorPlan:
     weight), ``geometry`` (weight bytes unchanged, the loader dilates) or ``renorm`` (weight norm's
     g, rescaled for its resized v: ``partner`` is v's resize entry, the record names v and ``dim``;
     executed by :func:`kernelscale.state_dict.apply_renorm`, which needs v). ``method`` is the
-    validated Method it is resized by, ``scales`` one per resized axis; ``record`` the typed
-    manifest record (:mod:`kernelscale.manifest`; None for copies).
+    validated Method it is resized by; ``record`` the typed manifest record (:mod:`kernelscale.manifest`;
+    None for copies), which holds its scales; ``operator`` the built operator a ``resize`` entry
+    is executed with (:mod:`kernelscale.execute`): a KernelResize, GridResize or ScaleFactor.
     """
 
     name: str
@@ -225,11 +226,9 @@ class TensorPlan:
     reason: str
     new_shape: tuple[int, ...]
     method: Optional[Method] = None
-    scales: tuple[float, ...] = ()
-    absorb: bool = False
-    grid: Optional[tuple[int, int, int]] = None
     record: Optional[Record] = field(default=None, compare=False)
     partner: Optional["TensorPlan"] = None
+    operator: Optional[Operator] = field(default=None, compare=False, repr=False)
 
     @property
     def kind(self) -> str:
@@ -597,7 +596,7 @@ def _plan_attention(spec: TensorSpec, rule: AttentionRule, scale: Scale) -> Tens
     factor = rule.factor(scale)
     record = AttentionRecord(factor, rule.tokens, rule.new_tokens, scale if isinstance(scale, tuple) else (scale,))
     return TensorPlan(spec.name, spec.dtype, spec.shape, Action.RESIZE, f"attention temperature ×{factor:.4f} (rule {rule.pattern!r})",
-                      spec.shape, record=record)
+                      spec.shape, record=record, operator=ScaleFactor(factor))
 
 
 def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[tuple[int, int, int]],
@@ -670,8 +669,8 @@ def _plan_conv(spec: TensorSpec, scales: tuple[float, ...], resize: Method, reas
         fit = DisperseFit(operator.out_shape[0], disperse.probe, disperse.eta, operator.relative_loss)
         record = replace(record, mode=None, coef=None, disperse=fit)
         label = f"disperse k'={operator.out_shape[0]} m={disperse.probe} eta={disperse.eta}"
-    return TensorPlan(spec.name, spec.dtype, spec.shape, Action.RESIZE, f"{label} ({reason})", new_shape,
-                      resize, scales, absorb, None, record)
+    return TensorPlan(spec.name, spec.dtype, spec.shape, Action.RESIZE, f"{label} ({reason})", new_shape, resize, record,
+                      operator=operator)
 
 
 def _plan_geometry(spec: TensorSpec, scales, reason: str) -> TensorPlan:
@@ -684,7 +683,7 @@ def _plan_geometry(spec: TensorSpec, scales, reason: str) -> TensorPlan:
     dilation = tuple(f if k > 1 else 1 for f, k in zip(factors, spatial))
     record = ConvRecord("dilate", None, "taps", None, tuple(scales), spatial, spatial, (0.0,) * len(spatial), False, dilation)
     return TensorPlan(spec.name, spec.dtype, spec.shape, Action.GEOMETRY, f"re-dilation, weights unchanged ({reason})", spec.shape,
-                      Method("dilate", align="taps"), tuple(scales), False, None, record)
+                      Method("dilate", align="taps"), record)
 
 
 def _plan_grid(spec: TensorSpec, grid, scale: Scale, resize: Method, source: str, rule: Optional[LayerRule]) -> TensorPlan:
@@ -695,9 +694,9 @@ def _plan_grid(spec: TensorSpec, grid, scale: Scale, resize: Method, source: str
             raise InvalidOptionError(f"{spec.name}: a grid is resized with interp (cells) or pinv, not {resize.method}")
         resize, source = replace(resize, method="interp"), f"{source}; {resize.method} does not apply to a grid"
     resize = replace(resize, align="cells").for_grid()
-    operator = _named(spec.name, grid_resize, (h, w), scales, resize)
-    new_spatial = operator.out_shape
+    operator = GridResize((c, h, w), _named(spec.name, grid_resize, (h, w), scales, resize))
+    new_spatial = operator.planes.out_shape
     new_shape = (spec.shape[0], c * new_spatial[0] * new_spatial[1])
     record = GridRecord(resize.method, resize.mode, "cells", resize.coef, tuple(scales), (c, h, w), (h, w), new_spatial)
-    return TensorPlan(spec.name, spec.dtype, spec.shape, Action.RESIZE, f"grid {c}×{h}×{w} ({source})", new_shape,
-                      resize, scales, False, grid, record)
+    return TensorPlan(spec.name, spec.dtype, spec.shape, Action.RESIZE, f"grid {c}×{h}×{w} ({source})", new_shape, resize, record,
+                      operator=operator)

@@ -363,6 +363,40 @@ class KernelResize:
         return _dense_of(self.axes)
 
 
+@dataclass(frozen=True)
+class GridResize:
+    """The resize of a Linear ``(out, C·H·W)`` whose input is a flattened ``grid`` (C, H, W)
+    (DESIGN §5): ``planes``, a separable resize of the (H, W) planes, applied to each of the C
+    planes of every row; the result is ``(out, C·H'·W')``."""
+
+    grid: tuple[int, int, int]
+    planes: KernelResize
+
+    @property
+    def out_grid(self) -> tuple[int, int, int]:
+        return (self.grid[0], *self.planes.out_shape)  # type: ignore[return-value]
+
+    @property
+    def is_identity(self) -> bool:
+        return self.planes.is_identity
+
+
+@dataclass(frozen=True)
+class ScaleFactor:
+    """Multiplication of every value by ``factor`` (an attention temperature baked into a query
+    projection, DESIGN §10): the 1×1 operator of a tensor that keeps its shape."""
+
+    factor: float
+
+    @property
+    def is_identity(self) -> bool:
+        return False  # applied even at 1.0: the entry is a resize, its result a new tensor
+
+
+# A built operator of a plan entry: how its tensor's values change (kernelscale.execute applies it).
+Operator = Union[KernelResize, GridResize, ScaleFactor]
+
+
 @functools.lru_cache(maxsize=256)
 def _dense_of(axes: tuple[AxisResize, ...]) -> np.ndarray:
     matrix = _kron_all(tuple(a.matrix for a in axes))

@@ -142,4 +142,4 @@ def test_options_hold_one_validated_method():
         ResizeOptions(scale=2, align="edge")
     entry = plan_state_dict({"c.weight": torch.zeros(2, 2, 3, 3)}, scale=2, mode="cubic")["c.weight"]
     assert entry.method == Method("interp", "cubic", "taps", "mass")
-    assert entry.scales == (2.0, 2.0)
+    assert entry.record.scale == (2.0, 2.0)
