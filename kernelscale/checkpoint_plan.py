@@ -24,9 +24,10 @@ from kernelscale.dtypes import RESIZABLE
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
 from kernelscale.geometry import LOADER_CHANGES, loader_change
 from kernelscale.manifest import Action, ConvRecord
+from kernelscale.reparam import glob_names
 from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, describe_entries, plan_tensors, shape_text
 from kernelscale.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
-from kernelscale.plan import attention_rule_for, glob_names, matches_pattern  # the planner's own matching rules, for checks across files
+from kernelscale.plan import attention_rule_for, matches_pattern  # the planner's own matching rules, for checks across files
 from kernelscale.safetensors_io import DTYPE_ITEMSIZE, TensorInfo, encode_header, read_header
 
 PathLike = Union[str, "os.PathLike[str]"]

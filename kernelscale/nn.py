@@ -75,7 +75,7 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +87,8 @@ from kernelscale.geometry import LayerGeometry, Padding, Refit, axes_text, conv_
 from kernelscale.manifest import Action, AttentionRecord, ConvRecord, GridRecord, Manifest, Record, RenormRecord
 from kernelscale.method import axis_scales
 from kernelscale.recipes import listing, load_recipe, refit_error, supersample_recipe
-from kernelscale.plan import Plan, ResizeOptions, TensorSpec, plan_tensors, spectral_norm_layer, weight_norm_parts
+from kernelscale.plan import Plan, ResizeOptions, TensorSpec, plan_tensors
+from kernelscale.reparam import refresh_weight_norm, spectral_norm_layer, spectral_norm_of, weight_norm_of, weight_norm_parts
 from kernelscale.state_dict import apply_entry, apply_renorm
 
 __all__ = ["LayerChange", "SupersampleReport", "load", "plan_module", "read_manifest", "supersample"]
@@ -331,13 +332,13 @@ def _check_layer(name: str, layer: nn.Module, tensor_name: str, allow_reflect: b
         return "attention"
     if spectral_norm_layer(tensor_name) is not None:
         # The planner lets only geometry-only re-dilation through (the weight is kept, so is σ).
-        if _spectral_norm_of(layer) is None:
+        if spectral_norm_of(layer) is None:
             raise GeometryError(f"{tensor_name}: named as spectral norm's raw weight, but {name!r} has no spectral norm "
                                 "on its weight, so kernelscale.nn cannot patch it; exclude it or patch it yourself")
         attr = "weight"
     parts = weight_norm_parts(tensor_name)
     if parts is not None and parts[1] == tensor_name:
-        if _weight_norm_of(layer) is None:
+        if weight_norm_of(layer) is None:
             raise GeometryError(f"{tensor_name}: named as weight norm's v, but {name!r} has no weight norm (torch.nn.utils."
                                 "weight_norm or parametrizations.weight_norm alone on its weight), so kernelscale.nn cannot "
                                 "patch it; exclude it or patch it yourself")
@@ -448,7 +449,7 @@ def _check_hidden_weights(module: nn.Module, state: Mapping[str, Any], options: 
     for name, layer in module.named_modules():
         if not isinstance(layer, _CONVS + _TRANSPOSED) or (f"{name}.weight" if name else "weight") in state:
             continue
-        if _weight_norm_of(layer) is not None or _spectral_norm_of(layer) is not None:
+        if weight_norm_of(layer) is not None or spectral_norm_of(layer) is not None:
             continue  # planned: kernelscale.plan resizes weight norm and refuses spectral norm unless geometry-only
         if all(k == 1 for k in _tuple(layer.kernel_size, 1)):  # not layer.weight: computing it may update state (spectral_norm)
             continue
@@ -458,38 +459,6 @@ def _check_hidden_weights(module: nn.Module, state: Mapping[str, Any], options: 
                             "spectral_norm?), so the plan cannot resize it; remove it first (torch.nn.utils.parametrize."
                             "remove_parametrizations(module, 'weight'), torch.nn.utils.remove_spectral_norm(module)), "
                             "or exclude the layer")
-
-
-def _weight_norm_of(layer: nn.Module) -> Optional[str]:
-    """``"hook"`` when ``layer.weight`` is under torch.nn.utils.weight_norm (weight_g/weight_v),
-    ``"parametrization"`` under torch.nn.utils.parametrizations.weight_norm alone
-    (parametrizations.weight.original0/1), None otherwise."""
-    from torch.nn.utils.weight_norm import WeightNorm
-
-    return _weight_reparametrized_by(layer, WeightNorm, "_WeightNorm")
-
-
-def _spectral_norm_of(layer: nn.Module) -> Optional[str]:
-    """``"hook"`` when ``layer.weight`` is under torch.nn.utils.spectral_norm (weight_orig),
-    ``"parametrization"`` under torch.nn.utils.parametrizations.spectral_norm alone
-    (parametrizations.weight.original), None otherwise."""
-    from torch.nn.utils.spectral_norm import SpectralNorm
-
-    return _weight_reparametrized_by(layer, SpectralNorm, "_SpectralNorm")
-
-
-def _weight_reparametrized_by(layer: nn.Module, hook_type: type, parametrization: str) -> Optional[str]:
-    """``"hook"`` when a forward pre-hook of ``hook_type`` computes ``layer.weight``,
-    ``"parametrization"`` when the parametrization class named ``parametrization`` (private in
-    torch, hence by name) alone does, None otherwise."""
-    if any(isinstance(h, hook_type) and h.name == "weight" for h in layer._forward_pre_hooks.values()):
-        return "hook"
-    chains = getattr(layer, "parametrizations", None)
-    if isinstance(chains, nn.ModuleDict) and "weight" in chains:
-        chain = chains["weight"]
-        if len(chain) == 1 and type(chain[0]).__name__ == parametrization:
-            return "parametrization"
-    return None
 
 
 def _locate(tensor_name: str, layers: Mapping[str, nn.Module]) -> tuple[str, Optional[nn.Module], str]:
@@ -506,18 +475,6 @@ def _locate(tensor_name: str, layers: Mapping[str, nn.Module]) -> tuple[str, Opt
     else:
         layer_name = holder_name
     return layer_name, layers.get(holder_name), attr
-
-
-def _refresh_weight_norm(layers: Iterable[nn.Module]) -> None:
-    """Recompute ``weight`` of the layers under torch.nn.utils.weight_norm, a plain attribute its
-    forward pre-hook sets from g and v, so that it shows the new ones (and the new kernel size)
-    before the next forward; the parametrization computes it on each access."""
-    from torch.nn.utils.weight_norm import WeightNorm
-
-    for layer in {id(m): m for m in layers}.values():
-        for hook in list(layer._forward_pre_hooks.values()):
-            if isinstance(hook, WeightNorm):
-                hook(layer, None)
 
 
 def _one_change_per_layer(pending: Sequence[_Pending]) -> None:
@@ -686,7 +643,7 @@ def supersample(
         pending += pool_pending
         skipped += pool_skipped
     _apply(pending)
-    _refresh_weight_norm(p.layer for p in pending)
+    refresh_weight_norm(p.layer for p in pending)
     return SupersampleReport(_ordered_changes(pending, layers), tuple(skipped), plan.manifest())
 
 
@@ -826,7 +783,7 @@ def load(
             param = state[name]
             _replace_data(param, torch.empty(shape, dtype=param.dtype, device=param.device))
         module.load_state_dict(tensors, strict=True)
-    _refresh_weight_norm(p.layer for p in pending)
+    refresh_weight_norm(p.layer for p in pending)
     return SupersampleReport(_ordered_changes(pending, layers), tuple(skipped), manifest or {})
 
 

@@ -9,15 +9,8 @@ spatial size > 1 is a conv kernel; everything else is copied byte for byte. A te
 when it is a default-rule candidate or named by a grid or absorb rule, matches an include glob
 (when any are given), and matches no exclude glob. Layer rules refine scale and method.
 
-A conv under weight norm has no ``*weight`` tensor: it is stored as v and g (``x.weight_v`` /
-``x.weight_g``, or ``x.parametrizations.weight.original1`` / ``original0``), w = g·v/‖v‖ with one
-norm per index of the axis ``dim`` (g has v's size there and 1 elsewhere; a scalar g: one norm).
-The pair is planned as its conv ``x.weight`` would be (globs match the real names too). Resized,
-it stays exact when g is constant along the axes the resize changes (``dim`` 0 or 1, or one norm
-over all): then c·R·w = g'·v'/‖v'‖ with v' = c·R·v (v gets the conv's ``resize`` entry and
-record) and g' = g·‖v'‖/‖v‖ (g gets a ``renorm`` entry, its shape kept, that needs v). A g that
-varies along a resized axis, a missing g, or a shape that fits no ``dim`` is refused
-(WeightNormError) rather than left silently unresized; excluded, the pair is copied.
+A layer under weight norm or spectral norm is planned as its plain weight ``<layer>.weight``
+would be, and the decision mapped back to its own tensors by :mod:`kernelscale.reparam`.
 """
 
 from __future__ import annotations
@@ -29,20 +22,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from kernelscale.dtypes import RESIZABLE
-from kernelscale.errors import InvalidOptionError, KernelscaleError, SpectralNormError, WeightNormError
+from kernelscale.errors import InvalidOptionError, KernelscaleError
 from kernelscale.method import ALIGNS, METHODS, MODES, Coef, DisperseParams, Method, Scale, axis_scales, check_choice, scale_value
-from kernelscale.manifest import (
-    Action,
-    AttentionRecord,
-    ConvRecord,
-    DisperseFit,
-    GridRecord,
-    Manifest,
-    Record,
-    RenormRecord,
-    SpectralNormLink,
-    WeightNormLink,
-)
+from kernelscale.manifest import Action, AttentionRecord, ConvRecord, DisperseFit, GridRecord, Manifest, Record
+from kernelscale.reparam import find_reparametrized, glob_names, weight_norm_parts
 from kernelscale.transforms import GridResize, Operator, ScaleFactor, grid_resize, kernel_resize
 
 
@@ -325,195 +308,6 @@ def _first_match(names: Sequence[str], patterns: Iterable[str]) -> Optional[str]
     return next((p for p in patterns if any(matches_pattern(n, p) for n in names)), None)
 
 
-# (v, g) name suffixes of weight norm: torch.nn.utils.weight_norm, and its parametrization.
-WEIGHT_NORM_SUFFIXES = (("weight_v", "weight_g"), ("parametrizations.weight.original1", "parametrizations.weight.original0"))
-
-
-# The tensor spectral norm keeps the raw weight in: torch.nn.utils.spectral_norm, its parametrization.
-SPECTRAL_NORM_SUFFIXES = ("weight_orig", "parametrizations.weight.original")
-
-
-def spectral_norm_layer(name: str) -> Optional[str]:
-    """The layer whose raw weight ``name`` is under spectral norm, else None."""
-    for suffix in SPECTRAL_NORM_SUFFIXES:
-        if name == suffix or name.endswith("." + suffix):
-            return name[: -len(suffix) - 1] if name != suffix else ""
-    return None
-
-
-def _spectral_layers(names: Iterable[str]) -> list[str]:
-    """The layers under spectral norm, each once, in the order their raw weights come."""
-    return list(dict.fromkeys(layer for layer in map(spectral_norm_layer, names) if layer is not None))
-
-
-def _spectral_raw(specs: Iterable[TensorSpec]) -> list[tuple[str, str]]:
-    """``(layer, raw weight name)`` of each spectral-normed layer, in the order the raw weights come."""
-    return [(layer, spec.name) for spec in specs if (layer := spectral_norm_layer(spec.name)) is not None]
-
-
-def weight_norm_parts(name: str) -> Optional[tuple[str, str, str]]:
-    """``(layer, v name, g name)`` when ``name`` is weight norm's v or g tensor, else None."""
-    for v_suffix, g_suffix in WEIGHT_NORM_SUFFIXES:
-        for suffix in (v_suffix, g_suffix):
-            if name == suffix or name.endswith("." + suffix):
-                layer = name[: -len(suffix) - 1] if name != suffix else ""
-                return layer, f"{layer}.{v_suffix}" if layer else v_suffix, f"{layer}.{g_suffix}" if layer else g_suffix
-    return None
-
-
-def _stand_in_name(layer: str) -> str:
-    return f"{layer}.weight" if layer else "weight"
-
-
-def glob_names(names: Iterable[str]) -> set[str]:
-    """The names a rule's glob may match: the tensors', and ``<layer>.weight`` of each layer whose
-    weight weight norm holds as v and g (a glob or grid may name the conv weight it hides)."""
-    names = set(names)
-    spectral = set(_spectral_layers(names))
-    hidden = {_stand_in_name(layer) for layer in spectral}
-    for name in names:
-        parts = weight_norm_parts(name)
-        if parts is not None and parts[1] == name and parts[0] not in spectral:
-            hidden.add(_stand_in_name(parts[0]))
-    return names | hidden
-
-
-def _weight_norm_stand_ins(specs: Sequence[TensorSpec]) -> list[tuple[TensorSpec, str, str, str]]:
-    """``(stand-in, layer, v, g)`` per weight-norm pair: the conv's ``<layer>.weight`` as the
-    planner would see it without weight norm (v's dtype and shape)."""
-    pairs = []
-    spectral = set(_spectral_layers(spec.name for spec in specs))  # spectral norm's weight_v is its power iteration's vector
-    for spec in specs:
-        parts = weight_norm_parts(spec.name)
-        if parts is not None and parts[1] == spec.name and parts[0] not in spectral:
-            layer, v, g = parts
-            pairs.append((TensorSpec(_stand_in_name(layer), spec.dtype, spec.shape), layer, v, g))
-    return pairs
-
-
-def weight_norm_dim(layer: str, v: TensorSpec, g: TensorSpec) -> Optional[int]:
-    """The axis along which weight norm keeps one norm per index (its ``dim``), read from g's shape
-    against v's: g has v's size on that axis and 1 on every other. None: one norm over the whole of
-    v (g a scalar, or all ones: where v has size 1 on the axis, dim and None are the same norm).
-    WeightNormError naming the pair when g's shape fits no axis."""
-    if all(n == 1 for n in g.shape) and len(g.shape) in (0, len(v.shape)):
-        return None
-    axes = [a for a, n in enumerate(g.shape) if n != 1]
-    if len(g.shape) == len(v.shape) and len(axes) == 1 and g.shape[axes[0]] == v.shape[axes[0]]:
-        return axes[0]
-    raise WeightNormError(
-        f"{layer or v.name}: weight norm's g {g.name} has shape {shape_text(g.shape)}, which is neither a scalar nor v's "
-        f"size on one axis and 1 on the others (v {v.name} is {shape_text(v.shape)}), so the norms it multiplies are "
-        f"unknown; {_remove_weight_norm_hint(layer, v.name)}")
-
-
-def _remove_weight_norm_hint(layer: str, v: str) -> str:
-    return ("remove weight norm before converting: torch.nn.utils.remove_weight_norm(module) for weight_g/weight_v, "
-            "torch.nn.utils.parametrize.remove_parametrizations(module, 'weight') for parametrizations.weight."
-            f"original0/1; or exclude {layer or v!r}")
-
-
-def _renamed(message: str, stand_in: str, v: str) -> str:
-    """An error about a weight-normed conv's stand-in ``<layer>.weight``, naming the real v instead."""
-    return re.sub(rf"(?<![\w.]){re.escape(stand_in)}(?![\w.])", lambda _: v, message) if stand_in != "weight" else message
-
-
-def _plan_weight_norm(pairs: Sequence[tuple[TensorSpec, str, str, str]], specs: Mapping[str, TensorSpec], options: ResizeOptions,
-                      grids: Mapping[str, tuple[int, int, int]]) -> dict[str, TensorPlan]:
-    """The entries of every weight-norm v and g: the conv they hold is planned through its stand-in,
-    globs matched against the real names too, and the decision carried over (module docstring).
-    Raises WeightNormError naming the pair where resizing it cannot be exact."""
-    plans: dict[str, TensorPlan] = {}
-    for stand_in, layer, v, g in pairs:
-        who = f"weight norm of {layer or 'the root module'}"
-        v_spec, g_spec = specs[v], specs.get(g)
-        try:
-            decision = _plan_one(stand_in, options, grids.get(stand_in.name), aliases=(v, g))
-        except KernelscaleError as exc:
-            raise type(exc)(_renamed(str(exc), stand_in.name, v)) from None
-        if not decision.changed:
-            plans[v] = _copy(v_spec, f"{who}: {decision.reason}")
-            if g_spec is not None:
-                plans[g] = _copy(g_spec, f"{who}: {decision.reason}")
-            continue
-        if g_spec is None:
-            raise WeightNormError(f"{layer or v}: {v} is weight norm's v, but there is no {g} (g), without which the weight "
-                                  f"g·v/‖v‖ is unknown; {_remove_weight_norm_hint(layer, v)}")
-        if g_spec.dtype not in RESIZABLE:
-            raise WeightNormError(f"{layer or v}: weight norm's g {g} is a {g_spec.dtype} tensor, not a float one; "
-                                  f"{_remove_weight_norm_hint(layer, v)}")
-        if decision.kind == AttentionRecord.kind:  # w = g·v/‖v‖ is linear in g and scale-free in v: the factor goes on g
-            plans[v] = _copy(v_spec, f"{who}: v is kept, the attention factor goes on g")
-            plans[g] = replace(decision, name=g, dtype=g_spec.dtype, shape=g_spec.shape, new_shape=g_spec.shape,
-                               reason=f"{who}: {decision.reason}")
-            continue
-        if decision.action == Action.GEOMETRY:  # the weight is kept, so are v and g
-            plans[v] = replace(decision, name=v, reason=f"{who}: {decision.reason}")
-            plans[g] = _copy(g_spec, f"{who}: re-dilation keeps v, so g is kept")
-            continue
-        dim = weight_norm_dim(layer, v_spec, g_spec)
-        resized_axes = (1,) if decision.kind == GridRecord.kind else tuple(range(2, len(v_spec.shape)))
-        if dim in resized_axes:
-            raise WeightNormError(
-                f"{layer or v}: its weight is held by weight norm as {g} (g, {shape_text(g_spec.shape)}) and {v} "
-                f"(v, {shape_text(v_spec.shape)}) with one norm per index of axis {dim}, which the resize changes, so no "
-                f"rescaled g of that shape keeps w = g·v/‖v‖; {_remove_weight_norm_hint(layer, v)}")
-        record = replace(decision.record, weight_norm=WeightNormLink(g, dim))
-        plans[v] = replace(decision, name=v, reason=f"{who}: {decision.reason}", record=record)
-        norms = "one norm over all of v" if dim is None else f"one norm per index of axis {dim}"
-        reason = f"{who}: rescaled for the resized {v}, g·‖v′‖/‖v‖ ({norms})"
-        plans[g] = TensorPlan(g, g_spec.dtype, g_spec.shape, Action.RENORM, reason, g_spec.shape, record=RenormRecord(v, dim),
-                              partner=plans[v])
-    return plans
-
-
-def _plan_spectral_norm(specs: Sequence[TensorSpec], options: ResizeOptions, grids: Mapping[str, tuple[int, int, int]]
-                        ) -> dict[str, TensorPlan]:
-    """The entries of every tensor of a spectral-normed layer, planned through its stand-in
-    ``<layer>.weight`` (globs match the raw weight's name too): copies, with the reason, when no rule
-    changes the layer; geometry-only re-dilation (weights kept byte for byte, so the layer's
-    normalised weight is unchanged and the dilated conv exact) as a ``geometry`` entry on the raw
-    weight — the layer's record, plus ``spectral_norm: {"u": …, "v": …}`` naming the power
-    iteration's vectors, which are copied; SpectralNormError naming the layer when a rule would
-    change its values (class docstring: that cannot be exact). Layers in the order of their raw
-    weights, so the error names the first one."""
-    by_layer: dict[str, list[TensorSpec]] = {}
-    for layer in _spectral_layers(spec.name for spec in specs):
-        prefix = f"{layer}." if layer else ""
-        by_layer[layer] = [s for s in specs if s.name.startswith(prefix + "weight_") or s.name.startswith(prefix + "parametrizations.weight.")]
-    plans: dict[str, TensorPlan] = {}
-    for layer, tensors in by_layer.items():
-        raw = next(s for s in tensors if spectral_norm_layer(s.name) == layer)
-        stand_in = TensorSpec(_stand_in_name(layer), raw.dtype, raw.shape)
-        decision = _plan_one(stand_in, options, grids.get(stand_in.name), aliases=(raw.name,))
-        who = f"spectral norm of {layer or 'the root module'}"
-        if decision.action == Action.GEOMETRY:  # the weight is kept: so are its largest singular value, u and v
-            vectors = {key: next((s.name for s in tensors if s.name in names), None)
-                       for key, names in (("u", _spectral_vector_names(layer, "u")), ("v", _spectral_vector_names(layer, "v")))}
-            plans[raw.name] = replace(decision, name=raw.name, reason=f"{who}: {decision.reason}",
-                                      record=replace(decision.record, spectral_norm=SpectralNormLink(vectors["u"], vectors["v"])))
-            for spec in tensors:
-                if spec.name != raw.name:
-                    plans[spec.name] = _copy(spec, f"{who}: re-dilation keeps the weight, so its power iteration's vectors are kept")
-            continue
-        if decision.changed:
-            raise SpectralNormError(
-                f"{layer or raw.name}: its weight is held by spectral norm ({raw.name}), which divides whatever weight the "
-                "layer holds by that weight's own largest singular value, so no stored values make it the resized weight; "
-                "remove spectral norm before converting (torch.nn.utils.remove_spectral_norm(module), or "
-                "torch.nn.utils.parametrize.remove_parametrizations(module, 'weight') for the parametrization), "
-                f"or exclude {layer or raw.name!r}")
-        for spec in tensors:
-            plans[spec.name] = _copy(spec, f"{who}: {decision.reason}")
-    return plans
-
-
-def _spectral_vector_names(layer: str, which: str) -> tuple[str, ...]:
-    """The names spectral norm's power-iteration vector ``which`` (u or v) has in either form."""
-    prefix = f"{layer}." if layer else ""
-    return f"{prefix}weight_{which}", f"{prefix}parametrizations.weight.0._{which}"
-
-
 def is_conv_candidate(spec: TensorSpec) -> tuple[bool, str]:
     """The default rule of DESIGN §5, with the reason for the decision."""
     if spec.dtype not in RESIZABLE:
@@ -535,14 +329,12 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
     """
     specs = list(specs)
     names = {s.name for s in specs}
-    weight_norm_pairs = _weight_norm_stand_ins(specs)
+    reparametrized = find_reparametrized(specs)
     rule_names = glob_names(names)  # a glob or grid may name a weight-normed layer's hidden weight
     grids = dict(options.grids)
     # a layer held by weight norm (v, g) or spectral norm (its raw weight) is planned under its
     # stand-in <layer>.weight: a grid naming a real tensor of it applies to the stand-in
-    stand_in_of = {name: stand_in.name for stand_in, _layer, v, g in weight_norm_pairs for name in (v, g)}
-    for layer, raw in _spectral_raw(specs):
-        stand_in_of[raw] = _stand_in_name(layer)
+    stand_in_of = {name: layer.stand_in.name for layer in reparametrized for name in layer.aliases}
     grid_tensor: dict[str, tuple[int, int, int]] = {}
     grid_source: dict[str, str] = {}
     for grid_name in grids:
@@ -560,9 +352,14 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
             if not any(matches_pattern(n, pattern) for n in rule_names):
                 raise InvalidOptionError(f"{what} {pattern!r} matches no tensor")
 
-    weight_norm = _plan_weight_norm(weight_norm_pairs, {s.name: s for s in specs}, options, grid_tensor)
-    weight_norm.update(_plan_spectral_norm(specs, options, grid_tensor))
-    entries = [weight_norm.get(spec.name) or _plan_one(spec, options, grid_tensor.get(spec.name)) for spec in specs]
+    restored: dict[str, TensorPlan] = {}
+    for layer in reparametrized:  # planned as their plain weight, the decision mapped back to their tensors
+        try:
+            decision = _plan_one(layer.stand_in, options, grid_tensor.get(layer.stand_in.name), aliases=layer.aliases)
+        except KernelscaleError as exc:
+            raise type(exc)(layer.renamed(str(exc))) from None
+        restored.update(layer.restore(decision, _copy))
+    entries = [restored.get(spec.name) or _plan_one(spec, options, grid_tensor.get(spec.name)) for spec in specs]
     # The extra padding pixel of a half-pixel kernel alternates sides from layer to layer. A
     # state dict has no topology, so "next layer" is the next name in natural order (conv2
     # before conv10): the same for a module's state dict and for any file order of its tensors.

@@ -572,7 +572,7 @@ def _weight_norm_job(name: str, record: Mapping[str, Any], v_old: tuple[int, ...
     for …original1) when ORIG holds it, with dim read from its shape. ORIG's g must fit v and dim,
     CONVERTED's g must have ORIG's shape (weight norm's g never changes shape)."""
     from kernelscale.checkpoint_plan import shape_text
-    from kernelscale.plan import weight_norm_parts
+    from kernelscale.reparam import weight_norm_parts
 
     recorded = record.get("weight_norm")
     if recorded is not None:
