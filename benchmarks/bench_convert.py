@@ -170,8 +170,8 @@ def disk(path: Path) -> str:
 
 def largest_output_tensor(input_path: Path, scale: float) -> int:
     from kernelscale import ResizeOptions
-    from kernelscale.convert import plan_checkpoint
-    from kernelscale.safetensors_io import DTYPE_ITEMSIZE
+    from kernelscale.checkpoint_plan import plan_checkpoint
+    from kernelscale.io.safetensors_io import DTYPE_ITEMSIZE
 
     plan = plan_checkpoint(input_path, ResizeOptions(scale=scale))
     return max(math.prod(e.new_shape) * DTYPE_ITEMSIZE[d] for fp in plan.files for e, d in zip(fp.entries, fp.out_dtypes))

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from kernelscale.safetensors_io import SafetensorsWriter
+from kernelscale.io.safetensors_io import SafetensorsWriter
 
 SD15_CROSS_ATTENTION_DIM = 768
 SHAPES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sd15_unet_shapes.json")

@@ -8,7 +8,7 @@ The state-dict API::
 See DESIGN §3 for the methods and §4 for what they guarantee.
 """
 
-__version__ = "0.1.0"
+from kernelscale.version import __version__  # noqa: F401  (kernelscale.__version__)
 
 from kernelscale.errors import KernelscaleError  # noqa: E402
 from kernelscale.plan import AttentionRule, LayerRule, Plan, ResizeOptions, TensorPlan, TensorSpec, plan_tensors  # noqa: E402

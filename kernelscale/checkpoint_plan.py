@@ -1,14 +1,12 @@
 """The plan of a whole checkpoint, computed from its headers alone (DESIGN §6).
 
-:func:`scan_checkpoint` finds a checkpoint's files (one safetensors file, a
-``*.safetensors.index.json`` and its shards, or a model folder: its safetensors files grouped by
-index, other files to copy, weights in foreign formats left out) and reads and validates their
-headers. :func:`plan_checkpoint` then plans every tensor (all files of a folder or shard set
+Given the files and validated headers that :func:`kernelscale.io.discovery.scan_checkpoint`
+finds, :func:`plan_checkpoint` plans every tensor (all files of a folder or shard set
 together, so a glob must match somewhere in the checkpoint, not in each file), computes every
 output header, hence the exact output size, rewrites the shard index (and the config.json entries
 stock diffusers can express) and notes how to load each changed model, what leaving out weights in
 foreign formats means, and an --include that resizes nothing. Nothing here reads tensor
-data or writes a file; :class:`ConvertSummary` reports what a conversion did or would do.
+data or writes a file.
 """
 
 from __future__ import annotations
@@ -16,35 +14,24 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
+import posixpath
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence
 
 from kernelscale.dtypes import RESIZABLE
-from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
+from kernelscale.errors import InvalidOptionError
 from kernelscale.geometry import LOADER_CHANGES, loader_change
 from kernelscale.manifest import Action, ConvRecord
-from kernelscale.reparam import glob_names
 from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, describe_entries, plan_tensors, shape_text
-from kernelscale.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
+from kernelscale.io.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
+from kernelscale.io.discovery import CheckpointScan, ModelUnit, scan_checkpoint
 from kernelscale.plan import attention_rule_for, matches_pattern  # the planner's own matching rules, for checks across files
-from kernelscale.safetensors_io import DTYPE_ITEMSIZE, TensorInfo, encode_header, read_header
-
-PathLike = Union[str, "os.PathLike[str]"]
-
-
-# the temp entries beside OUT (kernelscale.output writes them, and its clean_stale removes a dead run's): a scan skips them
-TMP_TAG = "kernelscale-tmp"
-OLD_TAG = "kernelscale-old"
-_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<tag>kernelscale-tmp|kernelscale-old)-(?P<pid>\d+)$")
+from kernelscale.reparam import glob_names
+from kernelscale.io.safetensors_io import DTYPE_ITEMSIZE, PathLike, TensorInfo, encode_header
+from kernelscale.text import quoted_names
 
 OUTPUT_DTYPES: dict[str, Optional[str]] = {"keep": None, "float16": "F16", "bfloat16": "BF16", "float32": "F32"}
 """``--dtype`` choices → safetensors dtype name of every floating (F64/F32/F16/BF16) output tensor."""
-
-FOREIGN_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".msgpack", ".h5", ".onnx", ".gguf")
-"""Weights in formats convert does not rewrite. They are left out of a converted folder, not
-copied (were they copied unchanged, a loader could pick them up instead of the converted
-safetensors); a note says so, and warns when a folder has no safetensors weights to convert."""
 
 
 # --- the plan of a whole checkpoint --------------------------------------------------------------
@@ -180,173 +167,6 @@ def _size(path: Optional[str]) -> int:
         return 0
 
 
-# --- finding the checkpoint's files ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Source:
-    path: str
-    rel: str
-    metadata: dict[str, str]
-    tensors: tuple[TensorInfo, ...]
-
-
-@dataclass(frozen=True)
-class _Unit:
-    """One model: a single safetensors file, or the shards of one index, planned together."""
-
-    files: tuple[_Source, ...]
-    index: Optional[tuple[str, str, dict[str, Any]]]  # (path, rel, parsed JSON)
-    dir_rel: str  # folder of the unit, relative to the checkpoint root ("" at the root)
-
-
-@dataclass(frozen=True)
-class CheckpointScan:
-    """The files of a checkpoint and their headers, before any planning."""
-
-    src: str
-    layout: str
-    units: tuple[_Unit, ...]
-    others: tuple[tuple[str, str], ...]  # (path, rel) of files to copy
-    skipped: tuple[str, ...]
-
-    @property
-    def files(self) -> tuple[_Source, ...]:
-        return tuple(f for u in self.units for f in u.files)
-
-
-def scan_checkpoint(src: PathLike) -> CheckpointScan:
-    """Find a checkpoint's safetensors files and read (and validate) their headers.
-
-    ``src`` is a ``.safetensors`` file, a ``*.safetensors.index.json`` (its shards are read from
-    the index's folder) or a folder (diffusers / Hugging Face layout: every ``*.safetensors`` file,
-    grouped by index where there is one; other files to be copied; ``.git`` ignored).
-    """
-    path = os.path.abspath(os.fspath(src))
-    if os.path.isdir(path):
-        return _scan_folder(path)
-    if not os.path.exists(path):
-        raise InvalidCheckpointError(f"{path}: no such file or directory")
-    if path.endswith(".index.json"):
-        unit = _read_sharded(path, os.path.basename(path))
-        return CheckpointScan(path, "sharded", (unit,), (), ())
-    metadata, tensors = read_header(path)
-    source = _Source(path, "", dict(metadata), tuple(tensors.values()))
-    return CheckpointScan(path, "file", (_Unit((source,), None, ""),), (), ())
-
-
-def _read_json(path: str, what: str) -> Any:
-    try:
-        with open(path, "rb") as fh:
-            return json.loads(fh.read().decode("utf-8"))
-    except OSError as exc:
-        raise InvalidCheckpointError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise InvalidCheckpointError(f"{path}: {what} is not valid JSON: {exc}") from None
-
-
-def _shard_names(index_path: str, data: Any) -> list[str]:
-    if not isinstance(data, dict) or not isinstance(data.get("weight_map"), dict):
-        raise InvalidCheckpointError(f"{index_path}: a shard index needs a 'weight_map' object of tensor name → shard file")
-    if "metadata" in data and not isinstance(data["metadata"], dict):
-        raise InvalidCheckpointError(f"{index_path}: 'metadata' must be an object")
-    shards = set()
-    for name, shard in data["weight_map"].items():
-        if not isinstance(shard, str) or not shard:
-            raise InvalidCheckpointError(f"{index_path}: weight_map gives {shard!r} as the shard of {name!r}")
-        parts = shard.replace("\\", "/").split("/")
-        if shard.startswith("/") or ".." in parts or not shard.endswith(".safetensors"):
-            raise InvalidCheckpointError(f"{index_path}: shard {shard!r} must be a .safetensors file inside the index's folder")
-        shards.add(shard)
-    if not shards:
-        raise InvalidCheckpointError(f"{index_path}: weight_map is empty")
-    return sorted(shards)
-
-
-def _read_sharded(index_path: str, index_rel: str) -> _Unit:
-    data = _read_json(index_path, "shard index")
-    folder = os.path.dirname(index_path)
-    rel_dir = os.path.dirname(index_rel)
-    files = []
-    owner: dict[str, str] = {}
-    shards = _shard_names(index_path, data)  # validates the index first
-    weight_map = data["weight_map"]
-    for shard in shards:
-        if not os.path.isfile(os.path.join(folder, shard)):
-            raise InvalidCheckpointError(f"{index_path}: shard {shard!r} is missing")
-    for shard in shards:
-        shard_path = os.path.join(folder, shard)
-        metadata, tensors = read_header(shard_path)
-        for name in tensors:
-            if name in owner:
-                raise InvalidCheckpointError(f"{index_path}: tensor {name!r} is in both {owner[name]} and {shard}")
-            owner[name] = shard
-        # the rewritten index keeps the weight_map: a tensor it does not list would be unreachable
-        # in the output (and counted in total_size all the same)
-        unlisted = [n for n in tensors if weight_map.get(n) != shard]
-        if unlisted:
-            raise InvalidCheckpointError(f"{index_path}: shard {shard} holds {len(unlisted)} tensor(s) the weight_map does not "
-                                         f"put there ({_names(unlisted)}); the index does not match its shards")
-        files.append(_Source(shard_path, _join(rel_dir, shard), dict(metadata), tuple(tensors.values())))
-    absent: dict[str, list[str]] = {}
-    for name, shard in weight_map.items():
-        if owner.get(name) != shard:
-            absent.setdefault(shard, []).append(name)
-    if absent:
-        shard, names = min(absent.items())
-        raise InvalidCheckpointError(f"{index_path}: weight_map puts {len(names)} tensor(s) in {shard}, which has no such "
-                                     f"tensor ({_names(names)}); the index does not match its shards")
-    return _Unit(tuple(files), (index_path, index_rel, data), rel_dir)
-
-
-def _names(names: Sequence[str], at_most: int = 5) -> str:
-    """``'a', 'b', 'c'`` (with `` …`` past ``at_most`` names)."""
-    return ", ".join(map(repr, names[:at_most])) + (" …" if len(names) > at_most else "")
-
-
-def _join(*parts: str) -> str:
-    return "/".join(p for p in parts if p)
-
-
-def _scan_folder(root: str) -> CheckpointScan:
-    indexes, weights, others, skipped = [], [], [], []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d != ".git" and not _TMP_NAME.match(d))
-        rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
-        rel_dir = "" if rel_dir == "." else rel_dir
-        for name in sorted(filenames):
-            rel = _join(rel_dir, name)
-            if _TMP_NAME.match(name):
-                continue
-            if name.endswith(".safetensors.index.json"):
-                indexes.append(rel)
-            elif name.endswith(".safetensors"):
-                weights.append(rel)
-            elif name.endswith(FOREIGN_WEIGHTS) or name.endswith(tuple(s + ".index.json" for s in FOREIGN_WEIGHTS)):
-                skipped.append(rel)
-            else:
-                others.append(rel)
-    units = []
-    claimed: set[str] = set()
-    for rel in indexes:
-        unit = _read_sharded(os.path.join(root, rel), rel)
-        for f in unit.files:
-            if f.rel in claimed:
-                raise InvalidCheckpointError(f"{os.path.join(root, rel)}: shard {f.rel} is claimed by another index too")
-            claimed.add(f.rel)
-        units.append(unit)
-    for rel in weights:
-        if rel in claimed:
-            continue
-        path = os.path.join(root, rel)
-        metadata, tensors = read_header(path)
-        units.append(_Unit((_Source(path, rel, dict(metadata), tuple(tensors.values())),), None, os.path.dirname(rel)))
-    if not units:
-        raise InvalidCheckpointError(f"{root}: no .safetensors files in this folder")
-    units.sort(key=lambda u: u.files[0].rel if u.index is None else u.index[1])
-    return CheckpointScan(root, "folder", tuple(units), tuple((os.path.join(root, r), r) for r in others), tuple(skipped))
-
-
 # --- planning ------------------------------------------------------------------------------------
 
 
@@ -456,13 +276,13 @@ def _skipped_notes(scan: CheckpointScan) -> list[str]:
     if alone:
         folders = sorted({(os.path.dirname(rel) or ".") + "/" for rel in alone})
         one = len(folders) == 1
-        notes.append(f"left out {len(alone)} file(s) of {what} ({_names(alone, 3)}): they are not copied, and "
+        notes.append(f"left out {len(alone)} file(s) of {what} ({quoted_names(alone, 3)}): they are not copied, and "
                      f"{', '.join(folders)} {'holds' if one else 'hold'} no safetensors weights, so "
                      f"{'that model has' if one else 'those models have'} no weights in OUT and loading "
                      f"{'it' if one else 'them'} from there fails; save them as safetensors "
                      "(safetensors.torch.save_file) and convert again")
     if beside:
-        notes.append(f"left out {len(beside)} file(s) of {what} ({_names(beside, 3)}): they are not copied, so OUT holds "
+        notes.append(f"left out {len(beside)} file(s) of {what} ({quoted_names(beside, 3)}): they are not copied, so OUT holds "
                      "only the converted safetensors beside them and a loader cannot pick up the unconverted weights instead")
     return notes
 
@@ -515,7 +335,7 @@ def _plan_units(unit_specs: list[list[TensorSpec]], options: ResizeOptions, wher
     return plans
 
 
-def _config_of(scan: CheckpointScan, unit: _Unit) -> Optional[dict[str, Any]]:
+def _config_of(scan: CheckpointScan, unit: ModelUnit) -> Optional[dict[str, Any]]:
     root = scan.src if scan.layout == "folder" else os.path.dirname(scan.src)
     path = os.path.join(root, unit.dir_rel, "config.json")
     try:
@@ -565,7 +385,7 @@ def _loading_notes(scan: CheckpointScan, plans: Sequence[Plan], dst: Optional[Pa
         reshaped = any(e.new_shape != e.shape for e in structural)  # else nothing for config.json to say
         updates = _stock_kernel_keys(structural, config) if (config and cls and scan.layout == "folder" and reshaped) else None
         if updates is not None:
-            config_rel = _join(unit.dir_rel, "config.json")
+            config_rel = posixpath.join(unit.dir_rel, "config.json")
             new_config = {**config, **updates}
             rewritten[config_rel] = (json.dumps(new_config, indent=2, sort_keys=True) + "\n").encode("utf-8")
             changes = ", ".join(f"{k} {config[k]} → {v}" for k, v in sorted(updates.items()))
@@ -619,82 +439,3 @@ def _in_place_note(label: str, entries: Sequence[TensorPlan], how: str) -> str:
         note += (", keeping each conv's padding: right for convs padded (k−1)·d/2 (\"same\", as most are); a conv with "
                  f"other padding needs a new one, which the nn adapter applies: {how}")
     return note
-
-
-# --- the summary -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ConvertSummary:
-    """What a conversion did (or, with ``dry_run``, would do)."""
-
-    src: str
-    dst: str
-    layout: str
-    dry_run: bool
-    device: str
-    dtype: str
-    tensors_resized: int
-    tensors_dilated: int
-    tensors_cast: int
-    tensors_copied: int
-    bytes_in: int
-    bytes_out: int
-    seconds: float
-    files: tuple[dict[str, Any], ...] = ()
-    copied_files: tuple[str, ...] = ()
-    rewritten_files: tuple[str, ...] = ()
-    skipped_files: tuple[str, ...] = ()
-    notes: tuple[str, ...] = ()
-    loading: tuple[dict[str, Any], ...] = ()
-    cleaned: tuple[str, ...] = ()
-    plan: Optional[CheckpointPlan] = field(default=None, repr=False, compare=False)
-
-    @property
-    def mb_per_s(self) -> float:
-        """Output megabytes (10⁶ bytes) written per second of the whole run."""
-        return self.bytes_out / 1e6 / self.seconds if self.seconds > 0 and not self.dry_run else 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items() if k != "plan"}
-        data["seconds"] = round(self.seconds, 3)
-        data["mb_per_s"] = round(self.mb_per_s, 1)
-        return data
-
-    def describe(self) -> str:
-        """The closing one-line summary."""
-        parts = [f"{self.tensors_resized} resized"]
-        if self.tensors_dilated:
-            parts.append(f"{self.tensors_dilated} re-dilated")
-        if self.tensors_cast:
-            parts.append(f"{self.tensors_cast} cast")
-        parts.append(f"{self.tensors_copied} copied")
-        files = len(self.files) + len(self.copied_files) + len(self.rewritten_files)
-        where = f"{self.src} -> {self.dst}"
-        if self.dry_run:
-            return (f"dry run: {where}: would write {files} file(s), {_human(self.bytes_out)}; tensors: {', '.join(parts)}; "
-                    f"{_human(self.bytes_in)} in")
-        return (f"{where}: {files} file(s); tensors: {', '.join(parts)}; {_human(self.bytes_in)} in, {_human(self.bytes_out)} out "
-                f"in {self.seconds:.1f} s ({self.mb_per_s:.0f} MB/s)")
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"  # pragma: no cover
-
-
-def _summary(plan: CheckpointPlan, dst: str, device: str, seconds: float, dry_run: bool, cleaned: Sequence[str] = ()) -> ConvertSummary:
-    counts = plan.counts()
-    files = tuple({"input": fp.src, "output": fp.rel or dst, **{k: v for k, v in fp.counts().items()},
-                   "bytes_in": fp.bytes_in, "bytes_out": fp.bytes_out} for fp in plan.files)
-    return ConvertSummary(
-        src=plan.src, dst=dst, layout=plan.layout, dry_run=dry_run, device=device, dtype=plan.dtype,
-        tensors_resized=counts["resize"], tensors_dilated=counts["dilate"], tensors_cast=counts["cast"], tensors_copied=counts["copy"],
-        bytes_in=plan.bytes_in, bytes_out=plan.bytes_out, seconds=seconds, files=files,
-        copied_files=tuple(x.rel for x in plan.extras if x.data is None),
-        rewritten_files=tuple(x.rel for x in plan.extras if x.data is not None),
-        skipped_files=plan.skipped, notes=plan.notes, loading=plan.loading, cleaned=tuple(cleaned), plan=plan,
-    )

@@ -2,8 +2,10 @@
 
 A thin parse → validate → run front end over :mod:`kernelscale.convert`; every option maps to a
 field of :class:`~kernelscale.plan.ResizeOptions` or a keyword of ``convert_checkpoint``.
-Subcommands live in a registry (:func:`register_command`), so a new one is one
-:class:`Command` with an ``add_arguments`` and a ``run`` function.
+Subcommands live in one registry, :data:`COMMANDS`, built at the end of this module from each
+command's :class:`~kernelscale.cli_command.Command` (``verify``'s comes from
+:mod:`kernelscale.cli_verify`, which never imports this module); a new one is one Command with an
+``add_arguments`` and a ``run`` function.
 
 Exit codes: 0 success; 1 a verified layer fails (``verify``, ``convert --verify``): its structure
 error exceeds ``--tol`` (or, under ``--tol``, a measure is not a number), or the converted tensor
@@ -23,21 +25,17 @@ import os
 import signal
 import sys
 import textwrap
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-from kernelscale import __version__
+from kernelscale.cli_command import (EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE,
+                                     Command)
+from kernelscale import cli_verify
 from kernelscale.dispatch import BACKENDS, ENV_VAR as BACKEND_ENV
 from kernelscale.errors import InvalidOptionError, KernelscaleError
 from kernelscale.manifest import AttentionRecord, GridRecord, Record, RenormRecord, record_from_json
 from kernelscale.method import ALIGNS, METHODS, MODES, scale_value
+from kernelscale.version import __version__
 
-EXIT_OK = 0
-EXIT_INTERNAL = 70  # sysexits.h EX_SOFTWARE: distinct from 1, a verify tolerance exceeded
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout closed it
 DEBUG_ENV = "KERNELSCALE_DEBUG"
 
 
@@ -45,7 +43,7 @@ class UsageError(Exception):
     """A command line argparse rejected."""
 
 
-class _Terminated(BaseException):
+class Terminated(BaseException):
     """SIGTERM, raised in the main thread so that ``finally`` blocks remove temp files."""
 
 
@@ -55,25 +53,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 _FORMATTER = argparse.RawDescriptionHelpFormatter
-
-
-@dataclass(frozen=True)
-class Command:
-    """One subcommand: its name, one-line help, long description, arguments and action.
-
-    ``run(args)`` returns the exit code; it raises KernelscaleError for bad input, which
-    :func:`main` prints as one line with exit code 2.
-    """
-
-    name: str
-    help: str
-    description: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
-    epilog: str = ""
-
-
-COMMANDS: dict[str, Command] = {}
 
 
 def register_command(command: Command) -> Command:
@@ -237,7 +216,8 @@ def options_from_args(args: argparse.Namespace, *, require_scale: bool = True):
 
 
 def _add_convert_arguments(p: argparse.ArgumentParser) -> None:
-    from kernelscale.convert import AUTO_CUDA_MIN_BYTES, DEVICES, OUTPUT_DTYPES
+    from kernelscale.checkpoint_plan import OUTPUT_DTYPES
+    from kernelscale.convert import AUTO_CUDA_MIN_BYTES, DEVICES
 
     p.add_argument("input", metavar="IN",
                    help="a .safetensors file, a sharded checkpoint's *.safetensors.index.json, or a model folder "
@@ -262,7 +242,6 @@ def _add_convert_arguments(p: argparse.ArgumentParser) -> None:
                    help="replace OUT if it exists (never when OUT is the input itself)")
     g.add_argument("--json", action="store_true",
                    help="print the summary (with --dry-run: the plan) as JSON on stdout instead of text on stderr")
-    from kernelscale.cli_verify import add_verify_options
 
     v = p.add_argument_group("verification (see 'kernelscale verify --help')",
                              textwrap.fill("Any of --tol, --band, --probes, --seed implies --verify. Their values are "
@@ -271,7 +250,7 @@ def _add_convert_arguments(p: argparse.ArgumentParser) -> None:
                    help="after converting, measure every changed layer as 'kernelscale verify IN OUT' does (implied by "
                         "any option below); with --tol, exit with status 1 when a layer exceeds it (OUT is kept either "
                         "way). Skipped with --dry-run")
-    add_verify_options(v)
+    cli_verify.add_verify_options(v)
 
 
 def _plan_json(plan) -> list[dict[str, Any]]:
@@ -306,18 +285,17 @@ def _keep_freed_blocks() -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from kernelscale.cli_verify import verify_requested
     from kernelscale.convert import convert_checkpoint
 
     options = options_from_args(args)
-    verify = verify_requested(args) and not args.dry_run
+    verify = cli_verify.verify_requested(args) and not args.dry_run
     if not args.dry_run:
         _keep_freed_blocks()
     summary = convert_checkpoint(args.input, args.output, options, dtype=args.dtype, device=args.device, force=args.force,
                                  progress=None, dry_run=args.dry_run)
     try:
         return _report_conversion(args, summary, verify)
-    except (KeyboardInterrupt, _Terminated) as exc:
+    except (KeyboardInterrupt, Terminated) as exc:
         if args.dry_run:
             raise
         # OUT is committed by now: say so, rather than main's "no output was written".
@@ -328,7 +306,6 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def _report_conversion(args: argparse.Namespace, summary: Any, verify: bool) -> int:
-    from kernelscale.cli_verify import exit_code, measure, print_report, report_json
 
     for path in summary.cleaned:
         _stderr(f"kernelscale: removed {path}, left by an interrupted run")
@@ -340,18 +317,18 @@ def _report_conversion(args: argparse.Namespace, summary: Any, verify: bool) -> 
         data = summary.to_json()
         if args.dry_run:
             data["plan"] = _plan_json(summary.plan)
-        report = measure(args.input, args.output, args) if verify else None
+        report = cli_verify.measure(args.input, args.output, args) if verify else None
         if report is not None:
-            data["verify"] = report_json(report, args.tol)
+            data["verify"] = cli_verify.report_json(report, args.tol)
         _stdout(json.dumps(data, indent=2, sort_keys=True, allow_nan=False))
-        return exit_code(report, args.tol) if report is not None else EXIT_OK
+        return cli_verify.exit_code(report, args.tol) if report is not None else EXIT_OK
     _stderr(f"kernelscale: {summary.describe()}")
     if verify:
-        return print_report(measure(args.input, args.output, args), args.tol)
+        return cli_verify.print_report(cli_verify.measure(args.input, args.output, args), args.tol)
     return EXIT_OK
 
 
-register_command(Command(
+CONVERT_COMMAND = Command(
     name="convert",
     help="resize a checkpoint's conv kernels for inputs sampled S times more finely",
     description="Convert IN to OUT, streaming one tensor at a time: conv kernels are resized, everything else is "
@@ -365,14 +342,14 @@ register_command(Command(
            "  kernelscale convert digits.safetensors digits_x2.safetensors --scale 2 --grid fc=32,4,4 --dry-run",
     add_arguments=_add_convert_arguments,
     run=run_convert,
-))
+)
 
 
 # --- inspect -----------------------------------------------------------------------------------
 
 
 def _add_inspect_arguments(p: argparse.ArgumentParser) -> None:
-    from kernelscale.convert import OUTPUT_DTYPES
+    from kernelscale.checkpoint_plan import OUTPUT_DTYPES
 
     p.add_argument("path", metavar="PATH", help="a .safetensors file, a *.safetensors.index.json or a model folder")
     add_planning_arguments(p)
@@ -411,7 +388,7 @@ def _dims(values: Optional[Sequence[Any]]) -> str:
 
 def _manifest_of(metadata: dict[str, str], path: str) -> Optional[dict[str, Any]]:
     """The manifest in a file's ``metadata`` (None without one); errors name ``path``."""
-    from kernelscale.convert import MANIFEST_KEY
+    from kernelscale.io.checkpoint import MANIFEST_KEY
 
     if MANIFEST_KEY not in metadata:
         return None
@@ -425,7 +402,10 @@ def _manifest_of(metadata: dict[str, str], path: str) -> Optional[dict[str, Any]
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from kernelscale.convert import MANIFEST_KEY, describe_entries, plan_checkpoint, scan_checkpoint, shape_text
+    from kernelscale.checkpoint_plan import plan_checkpoint
+    from kernelscale.io.checkpoint import MANIFEST_KEY
+    from kernelscale.io.discovery import scan_checkpoint
+    from kernelscale.plan import describe_entries, shape_text
 
     scan = scan_checkpoint(args.path)
     options = options_from_args(args, require_scale=False)
@@ -476,7 +456,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-register_command(Command(
+INSPECT_COMMAND = Command(
     name="inspect",
     help="list a checkpoint's tensors, what convert would do to each, and a converted file's manifest",
     description="One line per tensor: name, dtype, shape; with --scale (and any planning option of convert) also "
@@ -487,7 +467,11 @@ register_command(Command(
            "  kernelscale inspect model_x2.safetensors --json | jq '.files[0].manifest.options'",
     add_arguments=_add_inspect_arguments,
     run=run_inspect,
-))
+)
+
+
+COMMANDS: dict[str, Command] = {c.name: c for c in (CONVERT_COMMAND, INSPECT_COMMAND, cli_verify.VERIFY_COMMAND)}
+"""Every subcommand, in ``--help`` order: the one registry (:func:`register_command` adds to it)."""
 
 
 # --- entry point -------------------------------------------------------------------------------
@@ -516,7 +500,7 @@ def _fail(message: str) -> int:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    raise _Terminated()
+    raise Terminated()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -538,7 +522,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         _stderr("kernelscale: interrupted; no output was written")
         return EXIT_INTERRUPTED
-    except _Terminated:
+    except Terminated:
         _stderr("kernelscale: terminated; no output was written")
         return EXIT_TERMINATED
     except BrokenPipeError:
@@ -561,11 +545,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
-import kernelscale.cli_verify  # noqa: E402,F401  registers 'verify'
-
 if __name__ == "__main__":
-    # Run as ``python -m kernelscale.cli``, this file is ``__main__``, a second copy of the module:
-    # the commands (``verify`` included) register on ``kernelscale.cli``, so run that one.
-    from kernelscale.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

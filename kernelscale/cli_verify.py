@@ -8,12 +8,11 @@ import math
 import sys
 from typing import Any, Callable, Optional
 
-from kernelscale.cli import EXIT_OK, Command, register_command
+from kernelscale.cli_command import EXIT_OK, EXIT_TOLERANCE, Command
 from kernelscale.errors import InvalidOptionError
 from kernelscale.verify import (DEFAULT_BAND, DEFAULT_PROBES, DEFAULT_SEED, MAX_PROBES, LayerCertificate, VerifyReport, check_band,
                                 check_probes, check_seed, check_tol, format_measure)
 
-EXIT_TOLERANCE = 1
 VERIFY_OPTIONS = ("tol", "band", "probes", "seed")
 """The measuring options (attribute names); on convert, giving any of them implies --verify."""
 
@@ -128,7 +127,7 @@ def run_verify(args: argparse.Namespace) -> int:
     return print_report(report, args.tol)
 
 
-register_command(Command(
+VERIFY_COMMAND = Command(
     name="verify",
     help="measure, layer by layer, how well a converted checkpoint keeps the original's function",
     description="For every layer the converted checkpoint's manifest records: (a) the structure error "
@@ -148,4 +147,4 @@ register_command(Command(
            "  kernelscale verify sd15/ sd15_x2/ --json",
     add_arguments=_add_arguments,
     run=run_verify,
-))
+)

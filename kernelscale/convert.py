@@ -2,59 +2,30 @@
 
 :func:`convert_checkpoint` plans the whole checkpoint from its headers
 (:mod:`kernelscale.checkpoint_plan`), removes dead runs' leftovers and checks OUT and the free
-space (:mod:`kernelscale.output`), streams every file into a temp entry beside OUT and checks it
+space (:mod:`kernelscale.io.output`), streams every file into a temp entry beside OUT and checks it
 against its plan (:mod:`kernelscale.stream`), then commits by renaming; on any failure or
 interruption no OUT is left behind and the temp entry is removed. This module is the public front
-of those three: every name in ``__all__`` is importable from here. The constants are read where
-they are used, so a test that changes one patches that module (e.g. ``kernelscale.stream.COMPUTE_BYTES``).
+of those three; :class:`ConvertSummary` reports what a conversion did or would do.
 """
 from __future__ import annotations
 
 import os
 import sys
 import time
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
 
 import torch
 
-from kernelscale.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
-from kernelscale.checkpoint_plan import (
-    FOREIGN_WEIGHTS,
-    OLD_TAG,
-    OUTPUT_DTYPES,
-    TMP_TAG,
-    CheckpointPlan,
-    CheckpointScan,
-    ConvertSummary,
-    ExtraFile,
-    FilePlan,
-    PathLike,
-    _summary,
-    describe_entries,
-    plan_checkpoint,
-    scan_checkpoint,
-    shape_text,
-)
+from kernelscale.checkpoint_plan import CheckpointPlan, plan_checkpoint
 from kernelscale.errors import BackendUnavailableError, InvalidOptionError
-from kernelscale.output import SPACE_MARGIN, OutputError, _Output, check_free_space, clean_stale
+from kernelscale.io.safetensors_io import PathLike
+from kernelscale.io.output import AtomicOutput, OutputError, check_free_space, clean_stale
 from kernelscale.plan import ResizeOptions
-from kernelscale.stream import (
-    BLOCK_BYTES,
-    COMPUTE_BYTES,
-    QUEUE_DEPTH,
-    SLOW_WRITE_ENV,
-    _write_extra,
-    _write_safetensors,
-    compute_workers,
-    verify_output,
-)
+from kernelscale.stream import verify_output, write_extra, write_safetensors
+from kernelscale.text import human_bytes
 
-__all__ = [
-    "AUTO_CUDA_MIN_BYTES", "BLOCK_BYTES", "COMPUTE_BYTES", "DEVICES", "FOREIGN_WEIGHTS", "MANIFEST_KEY", "OLD_TAG", "OUTPUT_DTYPES", "QUEUE_DEPTH",
-    "SLOW_WRITE_ENV", "SPACE_MARGIN", "TMP_TAG", "CheckpointPlan", "CheckpointScan", "ConvertSummary", "ExtraFile", "FilePlan",
-    "OutputError", "PathLike", "check_free_space", "clean_stale", "compute_workers", "convert_checkpoint", "describe_entries",
-    "plan_checkpoint", "resolve_device", "scan_checkpoint", "shape_text", "verify_output",
-]
+__all__ = ["AUTO_CUDA_MIN_BYTES", "DEVICES", "ConvertSummary", "convert_checkpoint", "resolve_device"]
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -120,10 +91,10 @@ def convert_checkpoint(
     torch_device = resolve_device(device, plan.bytes_resized)
     # before the checks: a dead run's leftovers may include the previous OUT, moved aside
     cleaned = clean_stale(dst) if not dry_run else []
-    output = _Output(plan, dst, force)
+    output = AtomicOutput(plan, dst, force)
     check_free_space(output.parent, plan.bytes_out)
     if dry_run:
-        return _summary(plan, dst, torch_device.type, time.perf_counter() - started, True)
+        return summarize(plan, dst, torch_device.type, time.perf_counter() - started, True)
 
     bar = _progress_bar(progress, plan.bytes_out)
     tick = bar.update if bar is not None else (lambda n: None)
@@ -133,10 +104,10 @@ def convert_checkpoint(
         for fp in plan.files:
             path = output.path_for(fp.rel)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            _write_safetensors(fp, path, torch_device, tick)
+            write_safetensors(fp, path, torch_device, tick)
             verify_output(path, fp)
         for extra in plan.extras:
-            _write_extra(extra, output.path_for(extra.rel))
+            write_extra(extra, output.path_for(extra.rel))
             tick(extra.size)
         output.commit(force)
         committed = True
@@ -148,7 +119,7 @@ def convert_checkpoint(
             bar.close()
         if not committed:
             output.abort()
-    return _summary(plan, dst, torch_device.type, time.perf_counter() - started, False, cleaned)
+    return summarize(plan, dst, torch_device.type, time.perf_counter() - started, False, cleaned)
 
 
 def _progress_bar(progress: Optional[bool], total: int):
@@ -160,3 +131,75 @@ def _progress_bar(progress: Optional[bool], total: int):
 
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, file=sys.stderr, desc="kernelscale", leave=False,
                 dynamic_ncols=True)
+
+
+# --- the summary -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConvertSummary:
+    """What a conversion did (or, with ``dry_run``, would do)."""
+
+    src: str
+    dst: str
+    layout: str
+    dry_run: bool
+    device: str
+    dtype: str
+    tensors_resized: int
+    tensors_dilated: int
+    tensors_cast: int
+    tensors_copied: int
+    bytes_in: int
+    bytes_out: int
+    seconds: float
+    files: tuple[dict[str, Any], ...] = ()
+    copied_files: tuple[str, ...] = ()
+    rewritten_files: tuple[str, ...] = ()
+    skipped_files: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    loading: tuple[dict[str, Any], ...] = ()
+    cleaned: tuple[str, ...] = ()
+    plan: Optional[CheckpointPlan] = field(default=None, repr=False, compare=False)
+
+    @property
+    def mb_per_s(self) -> float:
+        """Output megabytes (10⁶ bytes) written per second of the whole run."""
+        return self.bytes_out / 1e6 / self.seconds if self.seconds > 0 and not self.dry_run else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items() if k != "plan"}
+        data["seconds"] = round(self.seconds, 3)
+        data["mb_per_s"] = round(self.mb_per_s, 1)
+        return data
+
+    def describe(self) -> str:
+        """The closing one-line summary."""
+        parts = [f"{self.tensors_resized} resized"]
+        if self.tensors_dilated:
+            parts.append(f"{self.tensors_dilated} re-dilated")
+        if self.tensors_cast:
+            parts.append(f"{self.tensors_cast} cast")
+        parts.append(f"{self.tensors_copied} copied")
+        files = len(self.files) + len(self.copied_files) + len(self.rewritten_files)
+        where = f"{self.src} -> {self.dst}"
+        if self.dry_run:
+            return (f"dry run: {where}: would write {files} file(s), {human_bytes(self.bytes_out)}; tensors: {', '.join(parts)}; "
+                    f"{human_bytes(self.bytes_in)} in")
+        return (f"{where}: {files} file(s); tensors: {', '.join(parts)}; {human_bytes(self.bytes_in)} in, {human_bytes(self.bytes_out)} out "
+                f"in {self.seconds:.1f} s ({self.mb_per_s:.0f} MB/s)")
+
+
+def summarize(plan: CheckpointPlan, dst: str, device: str, seconds: float, dry_run: bool, cleaned: Sequence[str] = ()) -> ConvertSummary:
+    """The summary of converting (or, with ``dry_run``, planning) ``plan`` to ``dst`` on ``device`` in ``seconds``."""
+    counts = plan.counts()
+    files = tuple({"input": fp.src, "output": fp.rel or dst, **{k: v for k, v in fp.counts().items()},
+                   "bytes_in": fp.bytes_in, "bytes_out": fp.bytes_out} for fp in plan.files)
+    return ConvertSummary(
+        src=plan.src, dst=dst, layout=plan.layout, dry_run=dry_run, device=device, dtype=plan.dtype,
+        tensors_resized=counts["resize"], tensors_dilated=counts["dilate"], tensors_cast=counts["cast"], tensors_copied=counts["copy"],
+        bytes_in=plan.bytes_in, bytes_out=plan.bytes_out, seconds=seconds, files=files,
+        copied_files=tuple(x.rel for x in plan.extras if x.data is None),
+        rewritten_files=tuple(x.rel for x in plan.extras if x.data is not None),
+        skipped_files=plan.skipped, notes=plan.notes, loading=plan.loading, cleaned=tuple(cleaned), plan=plan,
+    )

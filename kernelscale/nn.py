@@ -82,8 +82,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernelscale.errors import GeometryError, InvalidCheckpointError, InvalidOptionError, UnsupportedTensorError
-from kernelscale.checkpoint import checkpoint_files, open_file, read_headers, read_manifest
 from kernelscale.geometry import LayerGeometry, Padding, Refit, axes_text, conv_change, pool_change
+from kernelscale.io.checkpoint import read_headers, read_manifest
+from kernelscale.io.discovery import model_files
+from kernelscale.io.safetensors_io import SafetensorsReader
 from kernelscale.manifest import Action, AttentionRecord, ConvRecord, GridRecord, Manifest, Record, RenormRecord
 from kernelscale.method import axis_scales
 from kernelscale.recipes import listing, load_recipe, refit_error, supersample_recipe
@@ -699,7 +701,7 @@ def load(
     :func:`supersample`.
     """
     _check_padding_option(padding)
-    files = checkpoint_files(path)
+    files = model_files(path)
     manifest, where = read_headers(files)
     records = Manifest.from_json(manifest, path).tensors if manifest is not None else {}
     state = module.state_dict(keep_vars=True)
@@ -773,7 +775,7 @@ def load(
     for name, (file, _) in where.items():
         by_file.setdefault(file, []).append(name)
     for file, names in by_file.items():
-        with open_file(file) as reader:
+        with SafetensorsReader(file) as reader:
             for name in names:
                 tensors[name] = reader.read_tensor(name)
 

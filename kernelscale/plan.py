@@ -258,7 +258,7 @@ class Plan:
 
     def manifest(self) -> dict[str, Any]:
         """The manifest of DESIGN §5: format version, tool version, options, changed tensors."""
-        from kernelscale import __version__
+        from kernelscale.version import __version__
 
         tensors = {e.name: e.record for e in self.entries if e.record is not None}
         return Manifest(self.options.to_json(), tensors, __version__).to_json()

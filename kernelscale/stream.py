@@ -7,7 +7,7 @@ resized again in the same blocks of rows, wherever it sits in the file or in ano
 resize workers (:func:`compute_workers`: on CPU one single-threaded worker per usable core, at
 most QUEUE_DEPTH + 1; on CUDA two, each on its own stream); the main thread writes the results in order from a queue of
 depth 2 while the next blocks are read and resized, and writer threads put the bytes on disk
-(O_DIRECT where possible). Peak memory is a few blocks, whatever the checkpoint's size. The input
+(:class:`kernelscale.io.sink.DirectFileSink`, O_DIRECT where possible). Peak memory is a few blocks, whatever the checkpoint's size. The input
 is only read; each written file is fsynced, and :func:`verify_output` reopens it with the
 reference safetensors library and checks it against its plan.
 
@@ -17,10 +17,8 @@ tensor, so tests can interrupt a conversion mid-write.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
-import mmap
 import os
 import queue
 import shutil
@@ -32,15 +30,16 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from kernelscale.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
-from kernelscale.checkpoint_plan import ExtraFile, FilePlan, PathLike, WeightNormSource
+from kernelscale.checkpoint_plan import ExtraFile, FilePlan, WeightNormSource
 from kernelscale.errors import InvalidCheckpointError
-from kernelscale.output import OutputError, fsync_path
+from kernelscale.execute import apply, check_result, execute, overflow_check
+from kernelscale.io.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
+from kernelscale.io.output import OutputError, fsync_path
+from kernelscale.io.sink import DirectFileSink
+from kernelscale.io.safetensors_io import PathLike, SafetensorsReader, SafetensorsWriter, TensorInfo, torch_dtype
 from kernelscale.manifest import FORMAT_VERSION, Action
 from kernelscale.plan import TensorPlan
-from kernelscale.execute import apply, check_result, execute, overflow_check
 from kernelscale.resize import rescale_weight_norm_g, weight_norm_squares
-from kernelscale.safetensors_io import SafetensorsReader, SafetensorsWriter, TensorInfo, torch_dtype
 
 
 SLOW_WRITE_ENV = "KERNELSCALE_TEST_SLOW_WRITE"
@@ -319,133 +318,13 @@ def _slow_write_delay() -> float:
         return 0.0
 
 
-class _OutputFile:
-    """The write-only file SafetensorsWriter streams into: bytes are gathered into page-aligned
-    blocks that background threads write at their offsets (so the disk works while the next block
-    fills), with ``O_DIRECT`` where the filesystem allows it.
-
-    Why, measured on the benchmark VM (6.5 GB): through the page cache the kernel spent 8–23 s of
-    CPU (bookkeeping per 4 KiB page, on the core the resize needs); O_DIRECT took 0.6 s. One
-    16 MiB O_DIRECT write at a time ran at 0.86 GB/s, two in flight at 1.40 GB/s, four at 1.12.
-    flush() writes the partial last block padded to the alignment and truncates the file back to
-    its length, keeping the tail so that later writes extend it. A filesystem that refuses
-    O_DIRECT gets the same blocks as buffered writes, from the start or the first refused block on.
-    """
-
-    BUFFER = 16 << 20
-    IO_DEPTH = 2
-
-    def __init__(self, path: str) -> None:
-        self.name = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
-        self._align = 4096
-        self.direct = False
-        self._lock = threading.Lock()
-        try:
-            self._align = max(self._align, os.fstatvfs(self._fd).f_bsize)
-            if self.BUFFER % self._align == 0 and getattr(os, "O_DIRECT", 0):
-                self._set_direct(True)
-        except OSError:
-            self.direct = False
-        self._size = max(self.BUFFER, self._align)
-        # one buffer filling while IO_DEPTH are written; round robin reuses only finished ones
-        self._buffers = [mmap.mmap(-1, self._size) for _ in range(self.IO_DEPTH + 1)]  # page-aligned
-        self._current = 0
-        self._fill = 0  # bytes gathered in the current buffer
-        self._offset = 0  # file offset of the current buffer's first byte (aligned)
-        self._dirty = False
-        self._pending: list[Any] = []
-        self._io = ThreadPoolExecutor(max_workers=self.IO_DEPTH, thread_name_prefix="kernelscale-writer")
-
-    def _set_direct(self, on: bool) -> None:
-        import fcntl
-
-        with self._lock:
-            flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
-            flag = getattr(os, "O_DIRECT", 0)
-            fcntl.fcntl(self._fd, fcntl.F_SETFL, (flags | flag) if on else (flags & ~flag))
-            self.direct = on
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        done = 0
-        while done < len(view):
-            buffer = self._buffers[self._current]
-            take = min(len(view) - done, self._size - self._fill)
-            buffer[self._fill:self._fill + take] = view[done:done + take]
-            self._fill += take
-            done += take
-            self._dirty = True
-            if self._fill == self._size:
-                if len(self._pending) >= self.IO_DEPTH:
-                    self._pending.pop(0).result()
-                self._pending.append(self._io.submit(self._write_block, buffer, self._size, self._offset))
-                self._offset += self._size
-                self._current = (self._current + 1) % len(self._buffers)
-                self._fill = 0
-                self._dirty = False
-        return len(view)
-
-    def _write_block(self, buffer: mmap.mmap, length: int, offset: int) -> None:
-        block = memoryview(buffer)[:length]
-        try:
-            done = 0
-            while done < length:
-                direct = self.direct
-                try:
-                    done += os.pwrite(self._fd, block[done:], offset + done)
-                except OSError as exc:
-                    if exc.errno != errno.EINVAL or not direct:
-                        raise
-                    self._set_direct(False)  # refused: carry on through the page cache
-        finally:
-            block.release()
-
-    def _wait(self) -> None:
-        pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()
-
-    def flush(self) -> None:
-        self._wait()
-        if not self._dirty:
-            return
-        padded = -(-self._fill // self._align) * self._align
-        buffer = self._buffers[self._current]
-        buffer[self._fill:padded] = bytes(padded - self._fill)
-        self._write_block(buffer, padded, self._offset)
-        os.ftruncate(self._fd, self._offset + self._fill)
-        self._dirty = False
-
-    def close(self) -> None:
-        if self._fd < 0:
-            return
-        try:
-            self.flush()
-        finally:
-            self._io.shutdown(wait=True)
-            os.close(self._fd)
-            self._fd = -1
-            for buffer in self._buffers:
-                buffer.close()
-
-    def __enter__(self) -> "_OutputFile":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-def _write_safetensors(fp: FilePlan, out_path: str, device: torch.device, tick: Callable[[int], None]) -> None:
+def write_safetensors(fp: FilePlan, out_path: str, device: torch.device, tick: Callable[[int], None]) -> None:
     """Stream one output file: header first, then each tensor, a producer thread computing ahead."""
     delay = _slow_write_delay()
     with SafetensorsReader(fp.src) as reader:
         if tuple(reader.tensors.values()) != fp.tensors:
             raise InvalidCheckpointError(f"{fp.src}: the file changed since it was planned")
-        with _OutputFile(out_path) as fh:
+        with DirectFileSink(out_path) as fh:
             writer = SafetensorsWriter(fh, fp.specs(), dict(fp.metadata))
             tick(fp.header_size)
             items: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_DEPTH)
@@ -468,7 +347,7 @@ def _write_safetensors(fp: FilePlan, out_path: str, device: torch.device, tick: 
             writer.close()
 
 
-def _write_extra(extra: ExtraFile, out_path: str) -> None:
+def write_extra(extra: ExtraFile, out_path: str) -> None:
     os.makedirs(os.path.dirname(out_path), exist_ok=True)
     if extra.data is not None:
         fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)

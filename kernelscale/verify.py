@@ -518,7 +518,7 @@ def _check_shapes(name: str, record: Mapping[str, Any], old: tuple[int, ...], ne
     Conv records: ``(C_out, C_in/groups, *old_spatial)`` → ``(…same channels, *new_spatial)``;
     grid records: ``(out, C·H·W)`` → ``(out, C·H'·W')``.
     """
-    from kernelscale.checkpoint_plan import shape_text
+    from kernelscale.plan import shape_text
 
     hint_orig = "(is ORIG the checkpoint that was converted?)"
     hint_conv = "(was it changed after it was converted?)"
@@ -571,7 +571,7 @@ def _weight_norm_job(name: str, record: Mapping[str, Any], v_old: tuple[int, ...
     do not, and g is then found by name (``<layer>.weight_g`` for ``<layer>.weight_v``, …original0
     for …original1) when ORIG holds it, with dim read from its shape. ORIG's g must fit v and dim,
     CONVERTED's g must have ORIG's shape (weight norm's g never changes shape)."""
-    from kernelscale.checkpoint_plan import shape_text
+    from kernelscale.plan import shape_text
     from kernelscale.reparam import weight_norm_parts
 
     recorded = record.get("weight_norm")
@@ -617,8 +617,8 @@ def _weight_norm_job(name: str, record: Mapping[str, Any], v_old: tuple[int, ...
 def _plan_jobs(original: Any, converted: Any) -> tuple[list[_Job], list[tuple[str, str, str]]]:
     """Every recorded tensor to certify, checked from the headers alone, and each converted file
     as (rel, ORIG file(s), CONVERTED file), in CONVERTED's order."""
-    from kernelscale.checkpoint import MANIFEST_KEY, parse_manifest
-    from kernelscale.checkpoint_plan import scan_checkpoint
+    from kernelscale.io.checkpoint import MANIFEST_KEY, parse_manifest
+    from kernelscale.io.discovery import scan_checkpoint
 
     c_scan = scan_checkpoint(converted)
     if not any(MANIFEST_KEY in f.metadata for f in c_scan.files):
@@ -697,7 +697,7 @@ def verify_checkpoints(
     check_seed(seed)
     if isinstance(max_channels, bool) or not isinstance(max_channels, int) or max_channels < 1:
         raise InvalidOptionError(f"max_channels must be an integer >= 1, got {max_channels!r}")
-    from kernelscale.checkpoint import open_file
+    from kernelscale.io.safetensors_io import SafetensorsReader
 
     jobs, files = _plan_jobs(original, converted)
     certificates = []
@@ -706,7 +706,7 @@ def verify_checkpoints(
 
         def read(path: str, name: str) -> torch.Tensor:
             if path not in readers:
-                readers[path] = stack.enter_context(open_file(Path(path)))
+                readers[path] = stack.enter_context(SafetensorsReader(path))
             return readers[path].read_tensor(name)
 
         for job in jobs:

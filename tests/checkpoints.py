@@ -10,7 +10,7 @@ import safetensors.torch
 import torch
 
 from kernelscale import ResizeOptions
-from kernelscale.safetensors_io import SafetensorsReader
+from kernelscale.io.safetensors_io import SafetensorsReader
 
 
 def mixed_state_dict() -> dict[str, torch.Tensor]:

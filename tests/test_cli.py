@@ -19,7 +19,7 @@ import torch
 from kernelscale import __version__
 from kernelscale import cli
 from kernelscale.cli import Command, build_parser, main, options_from_args, register_command
-from kernelscale.safetensors_io import read_header
+from kernelscale.io.safetensors_io import read_header
 from checkpoints import leftovers, mixed_state_dict, save, save_sharded, sha256
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,9 +155,38 @@ def test_top_level_help_lists_exit_codes_and_environment(capsys) -> None:
 
 
 def test_python_dash_m_kernelscale_cli_knows_every_command() -> None:
-    # Run as a script the module is __main__, a second copy: verify registers on kernelscale.cli.
+    # Run as a script the module is __main__, a second copy: it builds the same registry.
+    assert list(cli.COMMANDS) == ["convert", "inspect", "verify"]
     result = run_cli("verify", "--help")
     assert result.returncode == 0 and "ORIG" in result.stdout
+
+
+def test_imports_run_one_way() -> None:
+    """cli → cli_verify → cli_command, never back; no module of the package imports the package root
+    (the version comes from kernelscale.version, equal to pyproject.toml's)."""
+    import ast
+    import tomllib
+
+    from kernelscale.version import __version__ as version
+
+    imported: dict[str, set[str]] = {}
+    for path in (ROOT / "kernelscale").rglob("*.py"):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        names = imported.setdefault(module, set())
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+                names.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+    assert "kernelscale.cli" not in imported["kernelscale.cli_verify"] | imported["kernelscale.cli_command"]
+    assert "kernelscale.cli_verify" not in imported["kernelscale.cli_command"]
+    # a name from the root that is not a submodule (``from kernelscale import dispatch`` is one)
+    roots = sorted(m for m, names in imported.items() if m != "kernelscale"
+                   and any(n.startswith("kernelscale.") and n.count(".") == 1 and n not in imported
+                           and "kernelscale" in names for n in names))
+    assert roots == [], f"import the package root: {roots}"
+    assert version == tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
 
 
 def test_python_dash_m_kernelscale_is_the_same_command() -> None:
@@ -193,7 +222,7 @@ def test_a_closed_stdout_ends_quietly_with_141(tmp_path: Path) -> None:
     assert proc.wait(timeout=120) == 141 and stderr == b""
 
 
-@pytest.mark.parametrize("signal_exc, code, word", [(KeyboardInterrupt, 130, "interrupted"), (cli._Terminated, 143, "terminated")])
+@pytest.mark.parametrize("signal_exc, code, word", [(KeyboardInterrupt, 130, "interrupted"), (cli.Terminated, 143, "terminated")])
 def test_a_signal_during_verification_says_out_was_written(tmp_path: Path, checkpoint: Path, capsys, monkeypatch,
                                                           signal_exc, code, word) -> None:
     from kernelscale import cli_verify

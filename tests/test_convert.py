@@ -14,9 +14,10 @@ from safetensors import safe_open
 
 from kernelscale import ResizeOptions, plan_state_dict, resize_state_dict
 from kernelscale import convert as convert_module
-from kernelscale.convert import MANIFEST_KEY, convert_checkpoint
+from kernelscale.convert import convert_checkpoint
+from kernelscale.io.checkpoint import MANIFEST_KEY
 from kernelscale.errors import BackendUnavailableError, InvalidOptionError
-from kernelscale.safetensors_io import DTYPE_ITEMSIZE
+from kernelscale.io.safetensors_io import DTYPE_ITEMSIZE
 
 from checkpoints import (
     OPTIONS,

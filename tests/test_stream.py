@@ -1,4 +1,4 @@
-"""The read → resize → write pipeline (kernelscale.stream): row blocks, casts, the output file, verify_output."""
+"""The read → resize → write pipeline (kernelscale.stream): row blocks, casts, verify_output."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import torch
 
 from kernelscale import ResizeOptions, plan_state_dict, resize_state_dict
 from kernelscale import stream as stream_module
-from kernelscale.checkpoint import MANIFEST_KEY
+from kernelscale.io.checkpoint import MANIFEST_KEY
 from kernelscale.convert import convert_checkpoint
-from kernelscale.output import OutputError
-from kernelscale.safetensors_io import SafetensorsReader
+from kernelscale.io.output import OutputError
+from kernelscale.io.safetensors_io import SafetensorsReader
 from kernelscale.resize import NonFiniteResultError
 from kernelscale.execute import apply, check_result, overflow_check
 from kernelscale.state_dict import apply_entry
@@ -165,46 +165,3 @@ def test_verify_catches_a_file_that_differs_from_its_plan(tmp_path: Path, checkp
     bad_entries = tuple(replace(e, new_shape=(1,)) if e.name == "steps" else e for e in fp.entries)
     with pytest.raises(OutputError, match="does not match its plan"):
         verify_output(out, replace(fp, entries=bad_entries))
-
-
-# --- the output file: aligned blocks, O_DIRECT where allowed -----------------------------------
-
-
-def _scribble(out, rng: torch.Generator, sizes: list[int]) -> bytes:
-    written = b""
-    for n in sizes:
-        chunk = torch.randint(0, 256, (n,), generator=rng, dtype=torch.uint8).numpy().tobytes()
-        out.write(memoryview(chunk))
-        written += chunk
-    return written
-
-
-@pytest.mark.parametrize("refuse_direct", [False, True])
-def test_output_file_blocks_tail_and_fallback(tmp_path: Path, monkeypatch, refuse_direct: bool) -> None:
-    monkeypatch.setattr(stream_module._OutputFile, "BUFFER", 8192)
-    path = tmp_path / "blocks.bin"
-    out = stream_module._OutputFile(str(path))
-    if refuse_direct:  # the first block refused as a filesystem without O_DIRECT would: buffered from then on
-        if not out.direct:
-            out.close()
-            pytest.skip("this filesystem takes no O_DIRECT at all")
-        real = os.pwrite
-        refused = []
-
-        def pwrite(fd, data, offset):
-            if not refused:
-                refused.append(offset)
-                raise OSError(22, "Invalid argument")
-            return real(fd, data, offset)
-
-        monkeypatch.setattr(stream_module.os, "pwrite", pwrite)
-    rng = torch.Generator().manual_seed(3)
-    expected = _scribble(out, rng, [1, 4095, 3000, 20000, 7])
-    out.flush()  # a padded tail, then truncated back
-    assert path.stat().st_size == len(expected) and path.read_bytes() == expected
-    expected += _scribble(out, rng, [5000, 100])  # the tail grows after a flush
-    out.close()
-    out.close()
-    assert path.read_bytes() == expected
-    if refuse_direct:
-        assert refused and not out.direct

@@ -30,12 +30,12 @@ from torch import nn
 
 from kernelscale import plan_state_dict, resize_state_dict
 from kernelscale.cli import main
-from kernelscale.convert import plan_checkpoint
+from kernelscale.checkpoint_plan import plan_checkpoint
 from kernelscale.errors import GeometryError, InvalidOptionError, WeightNormError
 from kernelscale.nn import load, supersample
 from kernelscale.plan import ResizeOptions
 from kernelscale.resize import resize_grid_linear, resize_kernel
-from kernelscale.safetensors_io import SafetensorsWriter, read_header
+from kernelscale.io.safetensors_io import SafetensorsWriter, read_header
 from kernelscale.state_dict import apply_entry, apply_renorm
 
 EXACT = 1e-12  # float64: see the module docstring

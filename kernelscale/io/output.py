@@ -1,6 +1,6 @@
 """The output location: where a conversion's result goes and how it is committed (DESIGN §6).
 
-:class:`_Output` refuses an OUT that is an input (same device and inode), lies inside the input
+:class:`AtomicOutput` refuses an OUT that is an input (same device and inode), lies inside the input
 folder or holds it, exists without ``force``, is a folder holding files this conversion would not
 write (``force`` replaces the whole folder, so they would be lost), or goes into a folder that takes no new file
 (read-only, no permission; probed, so ``--dry-run`` sees it too); the result is built as
@@ -9,17 +9,49 @@ then renamed onto OUT (the output shard index last) and the directory fsynced, s
 run leaves no partial OUT. :func:`clean_stale` removes a temp entry left by a run that died (its
 pid no longer alive) and puts back a previous OUT it had moved aside; :func:`check_free_space`
 refuses a disk too small before anything is written. Filesystem work only: what goes into the
-temp entry is :mod:`kernelscale.stream`'s job.
+temp entry is :mod:`kernelscale.stream`'s job. This module owns the temp entries' names
+(:func:`temp_entry_name`, :func:`parse_temp_entry`), which checkpoint discovery skips.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
-from kernelscale.checkpoint_plan import OLD_TAG, TMP_TAG, _TMP_NAME, CheckpointPlan, PathLike, _human
 from kernelscale.errors import KernelscaleError
+from kernelscale.io.safetensors_io import PathLike
+from kernelscale.text import human_bytes
+
+if TYPE_CHECKING:  # the plan is only read here; kernelscale.checkpoint_plan imports this package
+    from kernelscale.checkpoint_plan import CheckpointPlan
+
+TMP_TAG = "kernelscale-tmp"
+"""Tag of the entry a conversion builds beside OUT: ``.OUT.kernelscale-tmp-<pid>``."""
+OLD_TAG = "kernelscale-old"
+"""Tag of the previous OUT moved aside while a ``--force`` run replaces it: ``.OUT.kernelscale-old-<pid>``."""
+_TEMP_ENTRY = re.compile(rf"^\.(?P<name>.+)\.(?P<tag>{TMP_TAG}|{OLD_TAG})-(?P<pid>\d+)$")
+
+
+class TempEntry(NamedTuple):
+    """A temp entry's name taken apart: OUT's base ``name``, the ``tag`` and the writer's ``pid``."""
+
+    name: str
+    tag: str
+    pid: int
+
+
+def temp_entry_name(name: str, tag: str, pid: int) -> str:
+    """The name of a temp entry beside OUT (``name`` is OUT's base name, ``tag`` TMP_TAG or OLD_TAG)."""
+    return f".{name}.{tag}-{pid}"
+
+
+def parse_temp_entry(entry: str) -> Optional[TempEntry]:
+    """The parts of a temp entry's name (:func:`temp_entry_name`), or None for any other name."""
+    match = _TEMP_ENTRY.match(entry)
+    return TempEntry(match.group("name"), match.group("tag"), int(match.group("pid"))) if match else None
 
 
 SPACE_MARGIN = 64_000_000
@@ -50,7 +82,7 @@ def _inside(child: str, parent: str) -> bool:
         current = up
 
 
-class _Output:
+class AtomicOutput:
     """Where the result goes and how it is committed.
 
     ``file``: one file, written as ``.OUT.kernelscale-tmp-<pid>`` and renamed. ``dir``: a folder
@@ -60,7 +92,7 @@ class _Output:
     renamed last, so OUT appears only when everything else is in place.
     """
 
-    def __init__(self, plan: CheckpointPlan, dst: str, force: bool) -> None:
+    def __init__(self, plan: "CheckpointPlan", dst: str, force: bool) -> None:
         self.plan = plan
         self.dst = dst
         self.parent = os.path.dirname(dst)
@@ -73,8 +105,8 @@ class _Output:
             self.mode = "index"
         else:
             self.mode = "dir"
-        self.staging = os.path.join(self.parent, f".{self.name}.{TMP_TAG}-{os.getpid()}")
-        self.old = os.path.join(self.parent, f".{self.name}.{OLD_TAG}-{os.getpid()}")
+        self.staging = os.path.join(self.parent, temp_entry_name(self.name, TMP_TAG, os.getpid()))
+        self.old = os.path.join(self.parent, temp_entry_name(self.name, OLD_TAG, os.getpid()))
         self._check(force)
 
     def _check(self, force: bool) -> None:
@@ -299,11 +331,11 @@ def clean_stale(dst: PathLike) -> list[str]:
     except OSError:
         return cleaned
     for entry in entries:
-        match = _TMP_NAME.match(entry)
-        if not match or match.group("name") != name or _pid_alive(int(match.group("pid"))):
+        temp = parse_temp_entry(entry)
+        if temp is None or temp.name != name or _pid_alive(temp.pid):
             continue
         path = os.path.join(parent, entry)
-        if match.group("tag") == OLD_TAG and not os.path.lexists(dst):
+        if temp.tag == OLD_TAG and not os.path.lexists(dst):
             os.rename(path, dst)
         else:
             _remove(path)
@@ -315,5 +347,5 @@ def check_free_space(folder: str, needed: int) -> None:
     """OutputError unless ``folder``'s filesystem has ``needed`` bytes plus SPACE_MARGIN free."""
     free = shutil.disk_usage(folder).free
     if free < needed + SPACE_MARGIN:
-        raise OutputError(f"not enough free space in {folder}: the output needs {_human(needed)} "
-                          f"(+ {_human(SPACE_MARGIN)} margin) but only {_human(free)} is free")
+        raise OutputError(f"not enough free space in {folder}: the output needs {human_bytes(needed)} "
+                          f"(+ {human_bytes(SPACE_MARGIN)} margin) but only {human_bytes(free)} is free")

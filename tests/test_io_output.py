@@ -1,4 +1,4 @@
-"""The output location (kernelscale.output): refusals, atomic replacement, free space, stale temp entries."""
+"""The output location (kernelscale.io.output): refusals, atomic replacement, free space, stale temp entries."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import pytest
 import safetensors.torch
 
 from kernelscale import ResizeOptions
-from kernelscale import output as output_module
+from kernelscale.io import output as output_module
 from kernelscale import stream as stream_module
 from kernelscale.checkpoint_plan import plan_checkpoint
 from kernelscale.convert import convert_checkpoint
 from kernelscale.errors import InvalidOptionError
-from kernelscale.output import OutputError, clean_stale
 from kernelscale.execute import execute
+from kernelscale.io.output import OutputError, clean_stale
 
 from checkpoints import OPTIONS, leftovers, make_folder, mixed_checkpoint, mixed_state_dict, save_sharded, sha256
 
@@ -125,7 +125,7 @@ def test_writability_probe_leaves_nothing_behind(tmp_path: Path, checkpoint: Pat
     if not tmpfile:  # a filesystem (or OS) without O_TMPFILE: the probe names a file and removes it
         monkeypatch.delattr(output_module.os, "O_TMPFILE", raising=False)
     plan = plan_checkpoint(checkpoint, OPTIONS)
-    out = output_module._Output(plan, str(tmp_path / "out.safetensors"), force=False)
+    out = output_module.AtomicOutput(plan, str(tmp_path / "out.safetensors"), force=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors"]
     # abort on a read-only mount: unlink there reports EROFS even for a missing file
     monkeypatch.setattr(output_module.os, "unlink", lambda path: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only file system")))
@@ -235,13 +235,13 @@ def test_force_never_deletes_what_the_conversion_would_not_write(tmp_path: Path,
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
     convert_checkpoint(src, out, ResizeOptions(scale=2), force=True)
     # something put there while converting is caught before the old folder goes
-    real = output_module._Output.commit
+    real = output_module.AtomicOutput.commit
 
     def commit(self, force):
         (out / "late.txt").write_text("written meanwhile")
         real(self, force)
 
-    monkeypatch.setattr(output_module._Output, "commit", commit)
+    monkeypatch.setattr(output_module.AtomicOutput, "commit", commit)
     with pytest.raises(OutputError, match=r"\(late\.txt\)"):
         convert_checkpoint(src, out, ResizeOptions(scale=2), force=True)
     assert (out / "late.txt").exists() and (out / "README.md").exists() and leftovers(tmp_path) == []

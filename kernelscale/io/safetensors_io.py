@@ -12,7 +12,7 @@ any violation. The writer lays out the whole header from a list of specs before 
 byte, then takes the tensors one at a time, so peak memory is one tensor plus a constant. Both
 assume a little-endian host, as safetensors itself does.
 
-This module is pure I/O: it imports nothing from kernelscale except the error hierarchy.
+This module is pure I/O: it imports nothing from kernelscale but the error hierarchy and the dtype tables.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import IO, Any, BinaryIO, Iterable, Iterator, Sequence, Union
 
 import torch
 
-from kernelscale.dtypes import DTYPE_ITEMSIZE, TORCH_ATTR as _TORCH_ATTR, TORCH_DTYPES
+from kernelscale.dtypes import DTYPE_ITEMSIZE, TORCH_ATTR, TORCH_DTYPES, dtype_name
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -51,8 +51,6 @@ _FROM_TORCH_SAVE = (
     "'model.safetensors') (a dict of tensors; unwrap a nested 'state_dict')"
 )
 
-_TO_TORCH = TORCH_DTYPES
-_FROM_TORCH: dict[torch.dtype, str] = {dtype: name for name, dtype in _TO_TORCH.items()}
 
 _TENSOR_KEYS = ("dtype", "shape", "data_offsets")
 
@@ -63,20 +61,11 @@ def torch_dtype(name: str) -> torch.dtype:
     this torch build has no dtype for."""
     if name not in DTYPE_ITEMSIZE:
         raise InvalidCheckpointError(f"unknown safetensors dtype {name!r}")
-    if name not in _TO_TORCH:
+    if name not in TORCH_DTYPES:
         raise InvalidCheckpointError(
-            f"dtype {name} needs torch.{_TORCH_ATTR[name]}, which torch {torch.__version__} lacks"
+            f"dtype {name} needs torch.{TORCH_ATTR[name]}, which torch {torch.__version__} lacks"
         )
-    return _TO_TORCH[name]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """The safetensors name of a torch dtype (torch.bfloat16 → "BF16"). Raises
-    InvalidOptionError for a dtype safetensors cannot store here (complex, quantized, …)."""
-    try:
-        return _FROM_TORCH[dtype]
-    except (KeyError, TypeError):
-        raise InvalidOptionError(f"torch dtype {dtype} has no safetensors name") from None
+    return TORCH_DTYPES[name]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Integrations of kernelscale with other libraries."""
