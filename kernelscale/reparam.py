@@ -19,8 +19,11 @@ planning it maps the decision for that plain weight back to its own tensors (:me
 - spectral norm: geometry-only re-dilation keeps every byte (exact); any other change is refused
   (SpectralNormError), since no stored values make the normalised weight the resized one.
 
-The module side (which form a live ``nn.Module`` layer uses, recomputing the hook form's weight)
-is here too: :func:`weight_norm_of`, :func:`spectral_norm_of`, :func:`refresh_weight_norm`.
+The tensor side maps v and g to the plain weight (:func:`effective_weight`, which verify
+certifies) and a resized v back to its g (:func:`weight_norm_squares`, :func:`rescale_weight_norm_g`,
+which the state-dict API and the stream execute a ``renorm`` entry with). The module side (which
+form a live ``nn.Module`` layer uses, recomputing the hook form's weight) is here too:
+:func:`weight_norm_of`, :func:`spectral_norm_of`, :func:`refresh_weight_norm`.
 """
 
 from __future__ import annotations
@@ -29,10 +32,14 @@ import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 
+import math
+
+import torch
 from torch import nn
 
 from kernelscale.dtypes import RESIZABLE
-from kernelscale.errors import SpectralNormError, WeightNormError
+from kernelscale.errors import InvalidOptionError, NonFiniteResultError, SpectralNormError, WeightNormError
+from kernelscale.execute import TensorLike, as_torch, like_input, overflow_message
 from kernelscale.manifest import Action, AttentionRecord, GridRecord, RenormRecord, SpectralNormLink, WeightNormLink
 
 if TYPE_CHECKING:  # typing only: the planner imports this module
@@ -255,6 +262,70 @@ def find_reparametrized(specs: Sequence["TensorSpec"]) -> list[Reparametrized]:
         raw = next(s for s in tensors if spectral_norm_layer(s.name) == layer)
         found.append(SpectralNorm(layer, raw, tensors))
     return found
+
+
+# --- tensors: {v, g} to the plain weight and back -------------------------------------------------
+
+
+def effective_weight(v: torch.Tensor, g: torch.Tensor, dim: Optional[int], name: str = "weight_v") -> torch.Tensor:
+    """Weight norm's w = g·v/‖v‖ in float64, the norm over every axis of ``v`` but ``dim`` (all of
+    them for None). Where ‖v‖ = 0, w = 0 (torch gives 0/0; convert keeps g there, v′ being 0 too);
+    non-finite values propagate. InvalidOptionError when g's shape does not fit ``dim``."""
+    v, g = v.double(), g.double()
+    if dim is None:
+        if g.numel() != 1:
+            raise InvalidOptionError(f"{name}: weight norm's g has shape {tuple(g.shape)}, not one value (dim None)")
+        norm, g = v.norm(), g.reshape(())
+    else:
+        if not 0 <= dim < v.ndim or g.numel() != v.shape[dim]:
+            raise InvalidOptionError(f"{name}: weight norm's g has shape {tuple(g.shape)}, not v's {tuple(v.shape)} "
+                                     f"size along dim {dim}")
+        axes = [a for a in range(v.ndim) if a != dim]
+        norm = torch.linalg.vector_norm(v, dim=axes, keepdim=True) if axes else v.abs()
+        g = g.reshape([-1 if a == dim else 1 for a in range(v.ndim)])
+    scale = torch.where(norm == 0, torch.zeros_like(norm), g / torch.where(norm == 0, torch.ones_like(norm), norm))
+    return v * scale
+
+
+def weight_norm_squares(v: TensorLike, dim: Optional[int], name: str = "weight_v") -> torch.Tensor:
+    """Σ v² over every axis of ``v`` but ``dim``, in float64: shape ``(v.shape[dim],)``, or ``()``
+    for ``dim=None`` (one norm over all of v) — the squared norms of weight norm's w = g·v/‖v‖.
+    Sums of squares add over blocks of v: over blocks of rows, concatenate (dim 0) or add (others)."""
+    x = as_torch(v, name).to(torch.float64)
+    if dim is None:
+        return (x * x).sum()
+    axes = [a for a in range(x.ndim) if a != dim]
+    return (x * x).sum(dim=axes) if axes else x * x
+
+
+def rescale_weight_norm_g(g: TensorLike, squares: torch.Tensor, new_squares: torch.Tensor, out_dtype: Optional[torch.dtype] = None,
+                          name: str = "weight_g") -> TensorLike:
+    """Weight norm's g for a resized v: g' = g·‖v'‖/‖v‖, so that g'·v'/‖v'‖ = c·R·(g·v/‖v‖) exactly
+    when v' = c·R·v and g is constant along the axes R changes.
+
+    ``squares``/``new_squares``: :func:`weight_norm_squares` of v and v' (shape ``(n,)`` for g with
+    n entries along its one non-1 axis, or ``()``). Computed in float64 and rounded once to
+    ``out_dtype`` (default g's dtype); same kind as ``g``. Where ‖v‖ = 0 (then v' = 0 too, R being
+    linear) g is kept: the weight is g·0/0 either way, as before.
+    """
+    x = as_torch(g, name)
+    old = squares.to(device=x.device, dtype=torch.float64)
+    new = new_squares.to(device=x.device, dtype=torch.float64)
+    if old.numel() != 1 and old.numel() != x.numel():
+        raise InvalidOptionError(f"{name}: {old.numel()} norms of v for a g of shape {tuple(x.shape)}")
+    ratio = torch.where(old > 0, torch.sqrt(new / torch.where(old > 0, old, 1.0)), 1.0)
+    out = x.to(torch.float64) * ratio.reshape(x.shape if old.numel() == x.numel() else ())
+    result = out.to(out_dtype or x.dtype)
+    # g is small (one value per norm): check it exactly, whenever g and the norms are finite
+    inputs_finite = all(bool(torch.isfinite(t).all()) for t in (x, old, new)) if x.numel() else False
+    if inputs_finite and not bool(torch.isfinite(result).all()):
+        magnitude = float(x.abs().max())
+        largest = float(out.abs().max()) if bool(torch.isfinite(out).all()) else math.inf
+        gain = float(ratio.max()) if ratio.numel() else 1.0
+        raise NonFiniteResultError(overflow_message(name, torch.float64, out_dtype or x.dtype, magnitude, gain, largest))
+    return like_input(result, g)
+
+# --- modules: which form a live layer uses ------------------------------------------------------
 
 
 def weight_norm_of(layer: nn.Module) -> Optional[str]:

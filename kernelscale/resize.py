@@ -5,19 +5,17 @@ Accepts torch tensors on any device and numpy arrays and returns the same kind. 
 bfloat16 are computed in float32 and rounded once; float64 stays float64 (DESIGN §2, §7).
 Each call validates its options into a :class:`~kernelscale.method.Method`, builds the operator
 (:mod:`kernelscale.transforms`) and applies it with :func:`kernelscale.execute.execute`.
-Weight norm's g is rescaled here too (:func:`rescale_weight_norm_g`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
 
-from kernelscale.errors import InvalidOptionError, NonFiniteResultError, UnsupportedTensorError
-from kernelscale.execute import TensorLike, as_torch, execute, like_input, overflow_message
+from kernelscale.errors import InvalidOptionError, UnsupportedTensorError
+from kernelscale.execute import TensorLike, as_torch, execute
 from kernelscale.geometry import ConvGeometry, PaddingSpec, as_tuple, conv_padding, integer_factor, resized_geometry
 from kernelscale.method import Coef, DisperseParams, Method, axis_scales, method_of
 from kernelscale.transforms import GridResize, KernelResize, ScaleFactor, grid_resize, kernel_resize
@@ -183,42 +181,3 @@ def scale_tensor(tensor: TensorLike, factor: float, out_dtype: Optional[torch.dt
     """``factor · tensor`` computed in float32 (float64 for float64) and rounded once; same kind.
     Overflow: as :func:`resize_kernel` (NonFiniteResultError)."""
     return execute(ScaleFactor(float(factor)), tensor, name=name, out_dtype=out_dtype)
-
-
-def weight_norm_squares(v: TensorLike, dim: Optional[int], name: str = "weight_v") -> torch.Tensor:
-    """Σ v² over every axis of ``v`` but ``dim``, in float64: shape ``(v.shape[dim],)``, or ``()``
-    for ``dim=None`` (one norm over all of v) — the squared norms of weight norm's w = g·v/‖v‖.
-    Sums of squares add over blocks of v: over blocks of rows, concatenate (dim 0) or add (others)."""
-    x = as_torch(v, name).to(torch.float64)
-    if dim is None:
-        return (x * x).sum()
-    axes = [a for a in range(x.ndim) if a != dim]
-    return (x * x).sum(dim=axes) if axes else x * x
-
-
-def rescale_weight_norm_g(g: TensorLike, squares: torch.Tensor, new_squares: torch.Tensor, out_dtype: Optional[torch.dtype] = None,
-                          name: str = "weight_g") -> TensorLike:
-    """Weight norm's g for a resized v: g' = g·‖v'‖/‖v‖, so that g'·v'/‖v'‖ = c·R·(g·v/‖v‖) exactly
-    when v' = c·R·v and g is constant along the axes R changes.
-
-    ``squares``/``new_squares``: :func:`weight_norm_squares` of v and v' (shape ``(n,)`` for g with
-    n entries along its one non-1 axis, or ``()``). Computed in float64 and rounded once to
-    ``out_dtype`` (default g's dtype); same kind as ``g``. Where ‖v‖ = 0 (then v' = 0 too, R being
-    linear) g is kept: the weight is g·0/0 either way, as before.
-    """
-    x = as_torch(g, name)
-    old = squares.to(device=x.device, dtype=torch.float64)
-    new = new_squares.to(device=x.device, dtype=torch.float64)
-    if old.numel() != 1 and old.numel() != x.numel():
-        raise InvalidOptionError(f"{name}: {old.numel()} norms of v for a g of shape {tuple(x.shape)}")
-    ratio = torch.where(old > 0, torch.sqrt(new / torch.where(old > 0, old, 1.0)), 1.0)
-    out = x.to(torch.float64) * ratio.reshape(x.shape if old.numel() == x.numel() else ())
-    result = out.to(out_dtype or x.dtype)
-    # g is small (one value per norm): check it exactly, whenever g and the norms are finite
-    inputs_finite = all(bool(torch.isfinite(t).all()) for t in (x, old, new)) if x.numel() else False
-    if inputs_finite and not bool(torch.isfinite(result).all()):
-        magnitude = float(x.abs().max())
-        largest = float(out.abs().max()) if bool(torch.isfinite(out).all()) else math.inf
-        gain = float(ratio.max()) if ratio.numel() else 1.0
-        raise NonFiniteResultError(overflow_message(name, torch.float64, out_dtype or x.dtype, magnitude, gain, largest))
-    return like_input(result, g)

@@ -17,7 +17,7 @@ from kernelscale.errors import InvalidOptionError, UnsupportedTensorError
 from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, plan_tensors
 from kernelscale.execute import TensorLike, execute
 from kernelscale.manifest import Action
-from kernelscale.resize import rescale_weight_norm_g, weight_norm_squares
+from kernelscale.reparam import rescale_weight_norm_g, weight_norm_squares
 
 
 def is_tensor(value: Any) -> bool:

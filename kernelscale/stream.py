@@ -39,7 +39,7 @@ from kernelscale.io.sink import DirectFileSink
 from kernelscale.io.safetensors_io import PathLike, SafetensorsReader, SafetensorsWriter, TensorInfo, torch_dtype
 from kernelscale.manifest import FORMAT_VERSION, Action
 from kernelscale.plan import TensorPlan
-from kernelscale.resize import rescale_weight_norm_g, weight_norm_squares
+from kernelscale.reparam import rescale_weight_norm_g, weight_norm_squares
 
 
 SLOW_WRITE_ENV = "KERNELSCALE_TEST_SLOW_WRITE"

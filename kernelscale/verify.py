@@ -44,6 +44,7 @@ import torch
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
 from kernelscale.geometry import window_shift
 from kernelscale.manifest import ConvRecord, GridRecord, Record, as_record, record_from_json
+from kernelscale.reparam import effective_weight
 
 DEFAULT_BAND = 0.25
 DEFAULT_PROBES = 4
@@ -161,26 +162,6 @@ class LayerCertificate:
         for key in ("structure_error", "alias_gain", "dc_gain_ratio"):
             data[key] = _json_number(data[key])
         return data
-
-
-def effective_weight(v: torch.Tensor, g: torch.Tensor, dim: Optional[int], name: str = "weight_v") -> torch.Tensor:
-    """Weight norm's w = g·v/‖v‖ in float64, the norm over every axis of ``v`` but ``dim`` (all of
-    them for None). Where ‖v‖ = 0, w = 0 (torch gives 0/0; convert keeps g there, v′ being 0 too);
-    non-finite values propagate. InvalidOptionError when g's shape does not fit ``dim``."""
-    v, g = v.double(), g.double()
-    if dim is None:
-        if g.numel() != 1:
-            raise InvalidOptionError(f"{name}: weight norm's g has shape {tuple(g.shape)}, not one value (dim None)")
-        norm, g = v.norm(), g.reshape(())
-    else:
-        if not 0 <= dim < v.ndim or g.numel() != v.shape[dim]:
-            raise InvalidOptionError(f"{name}: weight norm's g has shape {tuple(g.shape)}, not v's {tuple(v.shape)} "
-                                     f"size along dim {dim}")
-        axes = [a for a in range(v.ndim) if a != dim]
-        norm = torch.linalg.vector_norm(v, dim=axes, keepdim=True) if axes else v.abs()
-        g = g.reshape([-1 if a == dim else 1 for a in range(v.ndim)])
-    scale = torch.where(norm == 0, torch.zeros_like(norm), g / torch.where(norm == 0, torch.ones_like(norm), norm))
-    return v * scale
 
 
 def _response(kernel: torch.Tensor, omegas: Sequence[np.ndarray], dilation: Sequence[int], shift: Sequence[float]) -> torch.Tensor:

@@ -126,3 +126,18 @@ def test_module_side_forms():
     v = hook.weight_v
     expected = hook.weight_g * v / v.pow(2).sum(dim=(1, 2, 3), keepdim=True).sqrt()
     assert torch.allclose(hook.weight, expected)
+
+
+@pytest.mark.parametrize("dim, g_shape", [(0, (4, 1, 1, 1)), (1, (1, 2, 1, 1)), (None, ())])
+def test_v_and_g_to_the_plain_weight_and_back(dim, g_shape):
+    """g'·v'/‖v'‖ = c·R·(g·v/‖v‖) with v' = c·R·v and g' = g·‖v'‖/‖v‖ (float64: exact to rounding)."""
+    from kernelscale.reparam import effective_weight, rescale_weight_norm_g, weight_norm_squares
+    from kernelscale.resize import resize_kernel
+
+    torch.manual_seed(0)
+    v, g = torch.randn(4, 2, 3, 3, dtype=torch.float64), torch.rand(g_shape, dtype=torch.float64) + 0.5
+    w = effective_weight(v, g, dim)
+    v_new = resize_kernel(v, 2, mode="cubic")
+    g_new = rescale_weight_norm_g(g, weight_norm_squares(v, dim), weight_norm_squares(v_new, dim))
+    assert g_new.shape == g.shape
+    assert torch.allclose(effective_weight(v_new, g_new, dim), resize_kernel(w, 2, mode="cubic"), rtol=0, atol=1e-12)

@@ -13,7 +13,8 @@ from kernelscale import new_padding, resize_conv, resize_grid_linear, resize_ker
 from kernelscale.errors import GeometryError, InvalidOptionError, KernelscaleError
 from kernelscale.errors import NonFiniteResultError
 from kernelscale.execute import kernel_gains, overflow_check_needed
-from kernelscale.resize import rescale_weight_norm_g, scale_tensor
+from kernelscale.reparam import rescale_weight_norm_g
+from kernelscale.resize import scale_tensor
 from kernelscale.transforms import build_kernel_resize
 
 

@@ -17,7 +17,7 @@ from kernelscale.io.checkpoint import MANIFEST_KEY
 from kernelscale.convert import convert_checkpoint
 from kernelscale.io.output import OutputError
 from kernelscale.io.safetensors_io import SafetensorsReader
-from kernelscale.resize import NonFiniteResultError
+from kernelscale.errors import NonFiniteResultError
 from kernelscale.execute import apply, check_result, overflow_check
 from kernelscale.state_dict import apply_entry
 from kernelscale.stream import verify_output

@@ -270,7 +270,8 @@ def test_weight_normed_layers_are_certified_on_their_effective_weight(tmp_path):
 
     from kernelscale import ResizeOptions
     from kernelscale.convert import convert_checkpoint
-    from kernelscale.verify import effective_weight, verify_checkpoints
+    from kernelscale.reparam import effective_weight
+    from kernelscale.verify import verify_checkpoints
 
     src, out = _weight_normed_stack(tmp_path), tmp_path / "x2.safetensors"
     convert_checkpoint(src, out, ResizeOptions(scale=2))
