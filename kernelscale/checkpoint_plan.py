@@ -22,6 +22,7 @@ from kernelscale.dtypes import RESIZABLE
 from kernelscale.errors import InvalidOptionError
 from kernelscale.geometry import LOADER_CHANGES, loader_change
 from kernelscale.manifest import Action, ConvRecord
+from kernelscale.method import check_choice
 from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, describe_entries, plan_tensors, shape_text
 from kernelscale.io.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
 from kernelscale.io.discovery import CheckpointScan, ModelUnit, scan_checkpoint
@@ -178,8 +179,7 @@ def plan_checkpoint(src: PathLike, options: ResizeOptions, *, dtype: str = "keep
     fit it (a glob matching no tensor anywhere in the checkpoint, a grid for a missing tensor, a
     bad scale for a kernel, an input converted before). ``dst`` only shapes the loading notes.
     """
-    if dtype not in OUTPUT_DTYPES:
-        raise InvalidOptionError(f"unknown dtype {dtype!r}; expected one of {', '.join(OUTPUT_DTYPES)}")
+    check_choice("dtype", dtype, tuple(OUTPUT_DTYPES))
     scan = scan if scan is not None else scan_checkpoint(src)
     for f in scan.files:
         if MANIFEST_KEY in f.metadata:
@@ -354,7 +354,7 @@ def _stock_kernel_keys(entries: Sequence[TensorPlan], config: Mapping[str, Any])
         layer = e.name[: -len(".weight")] if e.name.endswith(".weight") else e.name
         key = f"{layer}_kernel"
         ks = set(e.new_shape[2:])
-        if (e.action != "resize" or not isinstance(e.record, ConvRecord) or layer not in ("conv_in", "conv_out") or key not in config
+        if (e.action != Action.RESIZE or not isinstance(e.record, ConvRecord) or layer not in ("conv_in", "conv_out") or key not in config
                 or len(ks) != 1 or min(ks) % 2 == 0 or e.record.absorb or e.record.half_pixel):
             return None
         updates[key] = ks.pop()

@@ -81,13 +81,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernelscale.errors import GeometryError, InvalidCheckpointError, InvalidOptionError, UnsupportedTensorError
+from kernelscale.errors import GeometryError, InvalidCheckpointError, UnsupportedTensorError
 from kernelscale.geometry import LayerGeometry, Padding, Refit, axes_text, conv_change, pool_change
 from kernelscale.io.checkpoint import read_headers, read_manifest
 from kernelscale.io.discovery import model_files
 from kernelscale.io.safetensors_io import SafetensorsReader
 from kernelscale.manifest import Action, AttentionRecord, ConvRecord, GridRecord, Manifest, Record, RenormRecord
-from kernelscale.method import axis_scales
+from kernelscale.method import axis_scales, check_choice
 from kernelscale.recipes import listing, load_recipe, refit_error, supersample_recipe
 from kernelscale.plan import Plan, ResizeOptions, TensorSpec, plan_tensors
 from kernelscale.reparam import refresh_weight_norm, spectral_norm_layer, spectral_norm_of, weight_norm_of, weight_norm_parts
@@ -390,11 +390,6 @@ def _method_label(record: Union[ConvRecord, GridRecord]) -> str:
     return f"{record.method}/{record.mode}/{record.align}"
 
 
-def _check_padding_option(padding: str) -> None:
-    if padding not in PADDINGS:
-        raise InvalidOptionError(f"unknown padding {padding!r}; expected one of {', '.join(PADDINGS)}")
-
-
 class _Sides:
     """Alternates the half-pixel side for records that carry no ``pad_extra``."""
 
@@ -591,7 +586,7 @@ def supersample(
     per parameter (Adam's moments, SGD's momentum) keeps the old shapes: make the optimiser after
     ``supersample``, or clear its ``state``. The same holds for :func:`load`.
     """
-    _check_padding_option(padding)
+    check_choice("padding", padding, PADDINGS)
     options = ResizeOptions(scale=scale, **plan_options)
     plan = plan_module(module, options)
     state = module.state_dict(keep_vars=True)
@@ -700,7 +695,7 @@ def load(
     a resize of it (then: run one forward pass first). Training after loading: see
     :func:`supersample`.
     """
-    _check_padding_option(padding)
+    check_choice("padding", padding, PADDINGS)
     files = model_files(path)
     manifest, where = read_headers(files)
     records = Manifest.from_json(manifest, path).tensors if manifest is not None else {}
