@@ -19,9 +19,8 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from kernelscale.errors import InvalidOptionError
-from kernelscale.method import (  # noqa: F401  (the choices and DisperseParams are part of this module's interface)
+from kernelscale.method import (
     ALIGNS,
-    COEF_MODES,
     METHODS,
     MODES,
     Coef,

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from kernelscale import plan_state_dict, resize_kernel, resize_state_dict
-from kernelscale.transforms import MODES, frequency_response
+from kernelscale.method import MODES
+from kernelscale.transforms import frequency_response
 from kernelscale.verify import certify_conv, certify_record
 
 
