@@ -90,7 +90,8 @@ from kernelscale.manifest import Action, AttentionRecord, ConvRecord, GridRecord
 from kernelscale.method import axis_scales, check_choice
 from kernelscale.recipes import listing, load_recipe, refit_error, supersample_recipe
 from kernelscale.plan import Plan, ResizeOptions, TensorSpec, plan_tensors
-from kernelscale.reparam import refresh_weight_norm, spectral_norm_layer, spectral_norm_of, weight_norm_of, weight_norm_parts
+from kernelscale.reparam import (refresh_weight_norm, reparametrized_layer, spectral_norm_layer, spectral_norm_of, weight_norm_of,
+                                 weight_norm_parts)
 from kernelscale.state_dict import apply_entry, apply_renorm
 
 __all__ = ["LayerChange", "SupersampleReport", "load", "plan_module", "read_manifest", "supersample"]
@@ -463,15 +464,8 @@ def _locate(tensor_name: str, layers: Mapping[str, nn.Module]) -> tuple[str, Opt
     layer they parametrize, held by it (weight_v/weight_g) or by its parametrization list
     (original1/original0); any other tensor to the module that holds it."""
     holder_name, attr = _owner(tensor_name)
-    parts = weight_norm_parts(tensor_name)
-    spectral = spectral_norm_layer(tensor_name)
-    if parts is not None and parts[0] in layers:
-        layer_name = parts[0]
-    elif spectral is not None and spectral in layers:
-        layer_name = spectral
-    else:
-        layer_name = holder_name
-    return layer_name, layers.get(holder_name), attr
+    layer_name = reparametrized_layer(tensor_name)
+    return layer_name if layer_name in layers else holder_name, layers.get(holder_name), attr
 
 
 def _one_change_per_layer(pending: Sequence[_Pending]) -> None:

@@ -83,6 +83,13 @@ def weight_norm_parts(name: str) -> Optional[tuple[str, str, str]]:
     return None
 
 
+def reparametrized_layer(name: str) -> Optional[str]:
+    """The layer whose weight tensor ``name`` stands for: weight norm's v or g (either form), or
+    spectral norm's raw weight; None for any other tensor."""
+    parts = weight_norm_parts(name)
+    return parts[0] if parts is not None else spectral_norm_layer(name)
+
+
 def stand_in_name(layer: str) -> str:
     """The plain weight a reparametrized layer is planned as: ``<layer>.weight``."""
     return f"{layer}.weight" if layer else "weight"

@@ -14,6 +14,7 @@ from kernelscale.reparam import (
     find_reparametrized,
     glob_names,
     refresh_weight_norm,
+    reparametrized_layer,
     spectral_norm_layer,
     spectral_norm_of,
     stand_in_name,
@@ -40,6 +41,8 @@ def test_names_of_both_forms():
     assert spectral_norm_layer("d.weight_orig") == "d" and spectral_norm_layer("d.parametrizations.weight.original") == "d"
     assert spectral_norm_layer("d.weight") is None
     assert stand_in_name("a.conv") == "a.conv.weight" and stand_in_name("") == "weight"
+    assert [reparametrized_layer(n) for n in ("a.weight_g", "a.parametrizations.weight.original1", "d.weight_orig", "d.weight")] == [
+        "a", "a", "d", None]
     # a glob may name the plain weight of a weight-normed layer; spectral norm's weight_v is no weight norm
     assert glob_names(["a.weight_v", "a.weight_g", "d.weight_orig", "d.weight_u", "d.weight_v"]) == {
         "a.weight_v", "a.weight_g", "a.weight", "d.weight_orig", "d.weight_u", "d.weight_v", "d.weight"}
