@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence, Union
 
 import math
 
@@ -249,7 +249,8 @@ class SpectralNorm:
         return {spec.name: copy(spec, f"{who}: {decision.reason}") for spec in self.tensors}
 
 
-Reparametrized = Any  # WeightNorm | SpectralNorm: .stand_in, .aliases, .renamed(), .restore()
+# A reparametrized layer: .stand_in, .aliases, .renamed(message), .restore(decision, copy).
+Reparametrized = Union[WeightNorm, SpectralNorm]
 
 
 def find_reparametrized(specs: Sequence["TensorSpec"]) -> list[Reparametrized]:
