@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernelscale.errors import GeometryError, InvalidOptionError, UnsupportedTensorError
-from kernelscale.transforms import Coef, build_kernel_resize, normalise_scales, validate_coef
+from kernelscale.method import Coef, axis_scales, validate_coef
+from kernelscale.transforms import build_kernel_resize
 
 STATES = ("original", "dilated", "interpolated")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -113,7 +114,7 @@ def factor_resize(
     shape = tuple(int(k) for k in kernel_shape)
     if not 1 <= len(shape) <= 3 or min(shape) < 1:
         raise InvalidOptionError(f"kernel_shape must have 1 to 3 positive sizes, got {tuple(kernel_shape)!r}")
-    scales = normalise_scales(scale, len(shape))
+    scales = axis_scales(scale, len(shape))
     return _factor_resize(shape, scales, method, mode, align, validate_coef(coef))
 
 

@@ -34,8 +34,10 @@ from kernelscale.layers import (
     factored_conv,
     state_geometry,
 )
-from kernelscale.resize import new_padding, resize_kernel
-from kernelscale.transforms import MODES, build_axis_resize, build_kernel_resize
+from kernelscale.geometry import new_padding
+from kernelscale.method import MODES
+from kernelscale.resize import resize_kernel
+from kernelscale.transforms import build_axis_resize, build_kernel_resize
 
 PROPERTY = settings(max_examples=100, deadline=None)
 CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
