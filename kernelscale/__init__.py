@@ -22,7 +22,7 @@ from kernelscale.errors import KernelscaleError  # noqa: F401
 _EXPORTS = {
     "AttentionRule": "plan", "LayerRule": "plan", "Plan": "plan", "ResizeOptions": "plan", "TensorPlan": "plan",
     "TensorSpec": "plan", "plan_tensors": "plan",
-    "ConvGeometry": "resize", "ResizedConv": "resize", "new_padding": "resize", "resize_conv": "resize",
+    "ConvGeometry": "geometry", "new_padding": "geometry", "Method": "method", "ResizedConv": "resize", "resize_conv": "resize",
     "resize_grid_linear": "resize", "resize_kernel": "resize",
     "plan_state_dict": "state_dict", "resize_state_dict": "state_dict",
     "build_axis_resize": "transforms", "build_kernel_resize": "transforms",
@@ -32,7 +32,9 @@ __all__ = sorted(["KernelscaleError", *_EXPORTS])
 
 if TYPE_CHECKING:
     from kernelscale.plan import AttentionRule, LayerRule, Plan, ResizeOptions, TensorPlan, TensorSpec, plan_tensors  # noqa: F401
-    from kernelscale.resize import ConvGeometry, ResizedConv, new_padding, resize_conv, resize_grid_linear, resize_kernel  # noqa: F401
+    from kernelscale.geometry import ConvGeometry, new_padding  # noqa: F401
+    from kernelscale.method import Method  # noqa: F401
+    from kernelscale.resize import ResizedConv, resize_conv, resize_grid_linear, resize_kernel  # noqa: F401
     from kernelscale.state_dict import plan_state_dict, resize_state_dict  # noqa: F401
     from kernelscale.transforms import build_axis_resize, build_kernel_resize  # noqa: F401
 

@@ -33,6 +33,7 @@ from kernelscale.cli_command import (EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTER
 from kernelscale import cli_verify
 from kernelscale.backends import BACKENDS, ENV_VAR as BACKEND_ENV
 from kernelscale.errors import InvalidOptionError, KernelscaleError
+from kernelscale.manifest import AttentionRecord, GridRecord, Record, RenormRecord, check_records, record_from_json
 from kernelscale.version import __version__
 
 DEBUG_ENV = "KERNELSCALE_DEBUG"
@@ -119,7 +120,7 @@ def add_planning_arguments(parser: argparse.ArgumentParser) -> None:
     Every default is None so that a value given on the command line can be told apart from one
     read from --plan: flags override the plan file.
     """
-    from kernelscale.transforms import ALIGNS, METHODS, MODES
+    from kernelscale.method import ALIGNS, METHODS, MODES
 
     g = parser.add_argument_group("planning (which tensors change, and how)")
     g.add_argument("--scale", metavar="S[,S...]",
@@ -169,16 +170,6 @@ def add_planning_arguments(parser: argparse.ArgumentParser) -> None:
                    help="read options from a plan file: TOML (*.toml), JSON (*.json) or ScaleCrafter's 'name:factor' "
                         "settings text (any other name; listed layers get their factor, others keep scale 1). Flags "
                         "given here override the file's values. Example: --plan sd15_x2.toml")
-
-
-def parse_scale(text: str) -> Any:
-    """``"2"`` → 2.0, ``"2,1.5"`` → (2.0, 1.5); InvalidOptionError for anything else."""
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        raise InvalidOptionError(f"--scale {text!r}: expected a number or comma-separated numbers, e.g. 2 or 2,1.5") from None
-    return values[0] if len(values) == 1 else values
 
 
 def parse_coef(text: str) -> Any:
@@ -263,12 +254,13 @@ def with_diffusion_rules(args: argparse.Namespace, options: Any) -> Any:
 def options_from_args(args: argparse.Namespace, *, require_scale: bool = True):
     """ResizeOptions from the plan file (if any) overridden by the flags; None when no scale is
     given and ``require_scale`` is False (inspect without planning)."""
+    from kernelscale.method import scale_value
     from kernelscale.plan import ResizeOptions
     from kernelscale.plan_file import load_plan_file
 
     fields: dict[str, Any] = dict(load_plan_file(args.plan)) if args.plan else {}
     if args.scale is not None:
-        fields["scale"] = parse_scale(args.scale)
+        fields["scale"] = scale_value(args.scale, "--scale")
     for key in ("method", "mode", "align"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
@@ -346,7 +338,7 @@ def _plan_json(plan) -> list[dict[str, Any]]:
             item = {"name": e.name, "dtype": e.dtype, "shape": list(e.shape), "action": fp.operation(i), "reason": e.reason,
                     "new_shape": list(e.new_shape), "out_dtype": fp.out_dtypes[i]}
             if e.record is not None:
-                item["record"] = dict(e.record)
+                item["record"] = e.record.to_json()
             tensors.append(item)
         files.append({"input": fp.src, "output": fp.rel, "bytes_out": fp.bytes_out, "tensors": tensors})
     return files
@@ -444,29 +436,27 @@ def _add_inspect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON on stdout for scripts")
 
 
-def _record_text(record: dict[str, Any]) -> str:
-    kind = record.get("kind")
-    if kind == "attention":
-        return f"attention temperature ×{record.get('factor', 1.0):.4f}"
-    if kind == "weight_norm":
-        norms = "one norm over all of v" if record.get("dim") is None else f"one norm per index of axis {record.get('dim')}"
-        return f"weight norm's g, rescaled for the resized {record.get('v')} ({norms})"
-    scale = "×" + ",".join(f"{s:g}" for s in record.get("scale") or [])
-    old, new = _dims(record.get("old_spatial")), _dims(record.get("new_spatial"))
-    text = f"{record.get('method')}"
-    if record.get("mode"):
-        text += f"/{record.get('mode')}"
-    if record.get("align"):
-        text += f"/{record.get('align')}"
-    text += f" {scale} {old} -> {new}"
-    if kind == "grid":
-        text = f"grid {_dims(record.get('grid'))}: " + text
-    if record.get("dilation"):
-        text += f", dilation {_dims(record['dilation'])}"
-    if record.get("absorb"):
+def _record_text(record: Record) -> str:
+    if isinstance(record, AttentionRecord):
+        return f"attention temperature ×{record.factor:.4f}"
+    if isinstance(record, RenormRecord):
+        norms = "one norm over all of v" if record.dim is None else f"one norm per index of axis {record.dim}"
+        return f"weight norm's g, rescaled for the resized {record.v} ({norms})"
+    scale = "×" + ",".join(f"{s:g}" for s in record.scale)
+    text = f"{record.method}"
+    if record.mode:
+        text += f"/{record.mode}"
+    if record.align:
+        text += f"/{record.align}"
+    text += f" {scale} {_dims(record.old_spatial)} -> {_dims(record.new_spatial)}"
+    if isinstance(record, GridRecord):
+        return f"grid {_dims(record.grid)}: " + text
+    if record.dilation:
+        text += f", dilation {_dims(record.dilation)}"
+    if record.absorb:
         text += ", absorbs the scale (stride ×S)"
-    if record.get("pad_extra"):
-        text += f", extra padding {record['pad_extra']}"
+    if record.pad_extra:
+        text += f", extra padding {record.pad_extra}"
     return text
 
 
@@ -476,11 +466,13 @@ def _dims(values: Optional[Sequence[Any]]) -> str:
 
 def _manifest_of(metadata: dict[str, str], path: str) -> Optional[dict[str, Any]]:
     """The manifest in a file's ``metadata`` (None without one); errors name ``path``."""
-    from kernelscale.io.checkpoint import MANIFEST_KEY, check_records, load_manifest_json
+    from kernelscale.io.checkpoint import MANIFEST_KEY, load_manifest_json
 
     if MANIFEST_KEY not in metadata:
         return None
-    return check_records(load_manifest_json(metadata[MANIFEST_KEY], path), path)
+    manifest = load_manifest_json(metadata[MANIFEST_KEY], path)
+    check_records(manifest, path)
+    return manifest
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -513,11 +505,11 @@ def run_inspect(args: argparse.Namespace) -> int:
                 e = fp.entries[i]
                 item.update(action=fp.operation(i), reason=e.reason, new_shape=list(e.new_shape), out_dtype=fp.out_dtypes[i])
                 if e.record is not None:
-                    item["planned_record"] = dict(e.record)
+                    item["planned_record"] = e.record.to_json()
             else:
                 line = f"{t.name}  {t.dtype}  {shape_text(t.shape)}"
                 if t.name in records:
-                    line += f"  converted: {_record_text(records[t.name])}"
+                    line += f"  converted: {_record_text(record_from_json(records[t.name]))}"
                 lines.append(line)
             tensors.append(item)
         if manifest is not None:

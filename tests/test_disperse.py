@@ -8,7 +8,8 @@ import torch
 
 from kernelscale import resize_kernel
 from kernelscale.disperse import disperse_matrix, disperse_system
-from kernelscale.transforms import DisperseParams, build_kernel_resize
+from kernelscale.method import DisperseParams
+from kernelscale.transforms import build_kernel_resize
 
 
 def embed(k: int, k_new: int, ndim: int = 2) -> np.ndarray:

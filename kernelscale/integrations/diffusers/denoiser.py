@@ -39,6 +39,7 @@ from kernelscale.io.discovery import model_files
 from kernelscale.errors import (
     ExecutionUnavailableError, InvalidCheckpointError, InvalidOptionError, UnsupportedDenoiserError,
 )
+from kernelscale.manifest import ConvRecord, as_record
 from kernelscale.pipeline_layout import (
     CONFIG_KEY, DENOISERS, WEIGHTS_NAME, check_class, config_record, denoiser_config_text, scaled_sample_size,
 )
@@ -279,8 +280,8 @@ def _undo_stock_kernel_keys(config: dict[str, Any], records: Mapping[str, Any]) 
     trained size, which the record's ``old_spatial`` holds."""
     for key, tensor in (("conv_in_kernel", "conv_in.weight"), ("conv_out_kernel", "conv_out.weight")):
         record = records.get(tensor)
-        if key in config and record is not None and record.get("kind") == "conv":
-            old = record["old_spatial"]
+        if key in config and record is not None and isinstance(record := as_record(record, tensor), ConvRecord):
+            old = record.old_spatial
             if len(set(old)) == 1:
                 config[key] = int(old[0])
 
