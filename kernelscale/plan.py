@@ -19,7 +19,7 @@ import fnmatch
 import math
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from kernelscale.dtypes import RESIZABLE
 from kernelscale.errors import InvalidOptionError, KernelscaleError
@@ -103,11 +103,13 @@ class ResizeOptions:
     downstream of them sees the original resolution, so when absorb globs are given only the
     absorbing layers, declared grids and tensors matching an include glob change
     (``absorb_only``, resolved to ``bool(absorb)`` unless set).
-    ``geometry_only``: with ``method="dilate"``, keep the weights and record ``dilation *= s``.
+    ``geometry_only``: re-dilation that keeps the weights and records ``dilation *= s``; it implies
+    ``method="dilate"`` (the default ``method`` is ``"dilate"`` then, ``"interp"`` otherwise), and
+    another method given with it is refused.
     """
 
     scale: Scale
-    method: str = "interp"
+    method: Union[str, Method, None] = None
     mode: str = "linear"
     align: str = "taps"
     coef: Optional[Coef] = None
@@ -124,6 +126,12 @@ class ResizeOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", scale_value(self.scale, "scale"))
+        if self.method is None:
+            object.__setattr__(self, "method", "dilate" if self.geometry_only else "interp")
+        named = self.method.method if isinstance(self.method, Method) else self.method
+        if self.geometry_only and named != "dilate":
+            raise InvalidOptionError(f"geometry_only=True is re-dilation, which implies method 'dilate'; got method={named!r}: "
+                                     "leave method out (or give 'dilate'), or drop geometry_only for a resize by that method")
         if isinstance(self.method, Method):
             given = self.method
             for what in ("method", "mode", "disperse"):
@@ -147,8 +155,6 @@ class ResizeOptions:
         object.__setattr__(self, "layers", layers)
         attention = tuple(r if isinstance(r, AttentionRule) else AttentionRule(**r) for r in self.attention)
         object.__setattr__(self, "attention", attention)
-        if self.geometry_only and self.method != "dilate":
-            raise InvalidOptionError(f"geometry-only surgery is re-dilation: method must be 'dilate', got {self.method!r}")
 
     def to_json(self) -> dict[str, Any]:
         """The options as JSON-able data, for the manifest."""

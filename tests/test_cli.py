@@ -287,7 +287,7 @@ BAD_INPUTS = {
     "bad method": (None, ["--method", "magic"], "invalid choice: 'magic'"),
     "unknown flag": (None, ["--frobnicate"], "unrecognized arguments: --frobnicate"),
     "missing plan file": (None, ["--plan", "/nonexistent/plan.toml"], "cannot read"),
-    "geometry-only with interp": (None, ["--geometry-only", "--method", "interp"], "must be 'dilate'"),
+    "geometry-only with interp": (None, ["--geometry-only", "--method", "interp"], "implies method 'dilate'"),
     "output exists": (None, ["@exists"], "exists; add --force"),
     "output is the input": (None, ["@same", "--force"], "is the input itself"),
     "output folder missing": (None, ["@nofolder"], "does not exist"),
