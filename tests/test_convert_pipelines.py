@@ -356,3 +356,15 @@ def test_verify_pairs_the_renamed_denoiser_and_skips_copied_components(sd_folder
     report = json.loads(stdout)
     assert {layer["file"] for layer in report["layers"]} == {"unet/" + WEIGHTS_NAME} and len(report["layers"]) == 20
     assert load_denoiser(out / "unet").config.sample_size == 2 * P.SAMPLE_SIZE
+
+
+def test_nn_load_of_a_single_file_into_a_diffusers_unet_names_load_denoiser(tmp_path, capsys):
+    import kernelscale.nn as knn
+
+    pipe = P.sd_pipeline(tmp_path)
+    src = single_file(tmp_path, pipe)
+    code, _, stderr = call(capsys, "convert", src, tmp_path / "x2.safetensors", "--scale", "2")
+    assert code == 0, stderr
+    with pytest.raises(InvalidCheckpointError, match=r"under 'model\.diffusion_model\.' in the original \(LDM\) layout.*"
+                                                      r"load_denoiser\(path, config=\.\.\.\)"):
+        knn.load(P.sd_unet(), tmp_path / "x2.safetensors")

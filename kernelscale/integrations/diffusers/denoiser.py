@@ -341,16 +341,17 @@ def _load_folder(folder: Path) -> nn.Module:
 
 
 def build_and_load(class_name: str, config: Mapping[str, Any], weights: Path, manifest: Mapping[str, Any],
-                   trained_sample_size: Any = None) -> nn.Module:
-    """Build ``class_name`` at the trained size from ``config``, load ``weights`` with nn.load,
-    scale ``sample_size``, mark it (its save_pretrained then keeps the manifest)."""
+                   trained_sample_size: Any = None, names: Optional[Mapping[str, str]] = None) -> nn.Module:
+    """Build ``class_name`` at the trained size from ``config``, load ``weights`` with nn.load
+    (``names``: the file's name → the module's, for a file in another layout; ``manifest`` then in
+    the module's names), scale ``sample_size``, mark it (its save_pretrained then keeps the manifest)."""
     config = dict(config)
     record = config.get(CONFIG_KEY) or {}
     trained = trained_sample_size if trained_sample_size is not None else record.get("trained_sample_size", config.get("sample_size"))
     config["sample_size"] = trained
     _undo_stock_kernel_keys(config, manifest["tensors"])
     model = build_denoiser(class_name, config)
-    report = knn.load(model, weights, padding="asymmetric")
+    report = knn.load(model, weights, padding="asymmetric", names=names)
     _set_sample_size(model, scaled_sample_size(trained, manifest["options"]["scale"]))
     mark(model, report.manifest, trained)
     return model

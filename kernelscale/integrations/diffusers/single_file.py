@@ -4,9 +4,9 @@ A1111 and ComfyUI users share Stable Diffusion checkpoints.
 
 The denoiser's keys are mapped to diffusers names by diffusers' own key conversion
 (``diffusers.loaders.single_file_utils.convert_ldm_unet_checkpoint``, a renaming given the UNet's
-config), the manifest's records follow their tensors, and :func:`kernelscale.nn.load` loads the
-result into the UNet built from that config. kernelscale.nn.load reads files only, so the renamed
-denoiser is written once to a temporary safetensors file (the size of the denoiser) and removed.
+config, done on the names alone), the manifest's records follow their tensors, and
+:func:`kernelscale.nn.load` (``names=`` that renaming) loads the denoiser's tensors from the file
+into the UNet built from that config; the file's other tensors are not read.
 
 The config comes from ``config``: a local diffusers folder of the same architecture — a pipeline
 folder (model_index.json, its ``unet/config.json`` is used) or a model folder (config.json) — or a
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -49,22 +48,18 @@ def denoiser_config(config: ConfigSource, path: Path) -> dict[str, Any]:
     return read_config(folder)
 
 
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], Optional[dict[str, Any]], list[str]]:
-    """(the denoiser's tensors under their file names, the manifest or None, the other keys)."""
+def _header(path: Path) -> tuple[list[str], Optional[dict[str, Any]]]:
+    """(the file's tensor names, its manifest or None), from the header alone."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             keys = list(f.keys())
-            prefixed = [k for k in keys if k.startswith(DENOISER_PREFIX)]
-            mine = prefixed if prefixed else [k for k in keys if not k.startswith(OTHER_PREFIXES)]
-            tensors = {k: f.get_tensor(k) for k in mine}
     except (OSError, ValueError, RuntimeError) as exc:  # safetensors' own errors for a bad file
         raise InvalidCheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     text = metadata.get(MANIFEST_KEY)
-    manifest = parse_manifest(text, path) if text is not None else None
-    return tensors, manifest, [k for k in keys if k not in tensors]
+    return keys, (parse_manifest(text, path) if text is not None else None)
 
 
 def _refuse_other_resized(path: Path, manifest: Mapping[str, Any]) -> None:
@@ -78,10 +73,11 @@ def _refuse_other_resized(path: Path, manifest: Mapping[str, Any]) -> None:
             f"only: kernelscale convert ORIGINAL OUT --scale {scale} --config FOLDER")
 
 
-def to_diffusers_names(tensors: dict[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, str]:
+def to_diffusers_names(tensors: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, str]:
     """Original-layout name → diffusers name for the denoiser's tensors, by diffusers' own
-    conversion (a renaming: each converted tensor is the same object as its source). Tensors
-    already in diffusers' layout (no ``model.diffusion_model.`` prefix) keep their names."""
+    conversion (a renaming: each converted value is the same object as its source, so any distinct
+    placeholders do). Tensors already in diffusers' layout (no ``model.diffusion_model.`` prefix)
+    keep their names."""
     if not any(k.startswith(DENOISER_PREFIX) for k in tensors):
         return {k: k for k in tensors}
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
@@ -106,23 +102,17 @@ def load_single_file_denoiser(path: Path, config: ConfigSource) -> nn.Module:
     """The supersampled denoiser of a converted single file (module docstring)."""
     unet_config = denoiser_config(config, path)
     class_name = check_class(str(unet_config.get("_class_name", "UNet2DConditionModel")), f"{path}'s denoiser")
-    tensors, manifest, _ = _read(path)
+    keys, manifest = _header(path)
     if manifest is None:
         raise InvalidCheckpointError(f"{path}: no kernelscale manifest, so it was not converted; convert it first: "
                                      f"kernelscale convert {path.name} OUT.safetensors --scale S --config FOLDER")
     _refuse_other_resized(path, manifest)
-    names = to_diffusers_names(tensors, unet_config)
-    records = {names[n]: r for n, r in manifest["tensors"].items() if n in names}
-    renamed = {**manifest, "tensors": records}
+    prefixed = [k for k in keys if k.startswith(DENOISER_PREFIX)]
+    mine = prefixed if prefixed else [k for k in keys if not k.startswith(OTHER_PREFIXES)]
+    names = to_diffusers_names({k: object() for k in mine}, unet_config)  # a renaming: no tensor is read for it
+    renamed = {**manifest, "tensors": {names[n]: r for n, r in manifest["tensors"].items() if n in names}}
     trained = (unet_config.get(CONFIG_KEY) or {}).get("trained_sample_size", unet_config.get("sample_size"))
-    from safetensors.torch import save_file
-
-    with tempfile.TemporaryDirectory(prefix="kernelscale-") as tmp:
-        weights = Path(tmp) / "denoiser.safetensors"
-        save_file({names[n]: t.contiguous() for n, t in tensors.items()}, str(weights),
-                  metadata={"format": "pt", MANIFEST_KEY: json.dumps(renamed, sort_keys=True, separators=(",", ":"))})
-        del tensors
-        return build_and_load(class_name, unet_config, weights, renamed, trained_sample_size=trained)
+    return build_and_load(class_name, unet_config, path, renamed, trained_sample_size=trained, names=names)
 
 
 def load_single_file_pipeline(path: Path, config: ConfigSource, *, dtype: Optional[torch.dtype] = None,
