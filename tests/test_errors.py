@@ -82,8 +82,9 @@ def test_wrong_rank():
 
 
 def test_geometry_only_needs_dilate():
-    with pytest.raises(ValueError, match="dilate"):
-        resize_conv(torch.randn(2, 2, 3, 3), 2, geometry_only=True)
+    with pytest.raises(ValueError, match="implies method 'dilate'; got 'interp'"):
+        resize_conv(torch.randn(2, 2, 3, 3), 2, geometry_only=True, method="interp")
+    assert resize_conv(torch.randn(2, 2, 3, 3), 2, geometry_only=True).geometry.dilation == (2, 2)  # implied
 
 
 def test_globs_that_match_nothing():
