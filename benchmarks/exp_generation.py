@@ -210,6 +210,7 @@ class Recipe:
 GEOMETRY_DILATE = dict(method="dilate", geometry_only=True)
 INTERP_LINEAR = dict(method="interp", mode="linear")
 ALL_CONVS = Schedule("all", tau=30, progressive=True)
+ALL_CONVS_40 = Schedule("all", tau=40, progressive=True)
 INNER_LEVEL = Schedule("inner", tau=30, progressive=True)
 
 METHODS: dict[str, Method] = {
@@ -223,14 +224,18 @@ METHODS: dict[str, Method] = {
     "ug-0.5": Method("UG w=0.5 η=1", Recipe(ug=(0.5, 1.0))),
     "ug-1": Method("UG w=1 η=1", Recipe(ug=(1.0, 1.0))),
     "ug-1.5": Method("UG w=1.5 η=1", Recipe(ug=(1.5, 1.0))),
+    "ug-2": Method("UG w=2 η=1", Recipe(ug=(2.0, 1.0))),
+    "ug-1-eta0.8": Method("UG w=1 η=0.8", Recipe(ug=(1.0, 0.8))),
     "ug-1-eta0.5": Method("UG w=1 η=0.5", Recipe(ug=(1.0, 0.5))),
-    "nd-cfg": Method("ND-CFG (base direct, direction dilate)", Recipe(weights=GEOMETRY_DILATE, nd_tau=REFERENCE_STEPS)),
-    "redilate-all": Method("re-dilation schedule, every conv", Recipe(schedule=ALL_CONVS)),
-    "redilate-inner": Method("re-dilation schedule, inner level", Recipe(schedule=INNER_LEVEL)),
-    "ug-dilate": Method("UG w=1 + dilate", Recipe(weights=GEOMETRY_DILATE, ug=(1.0, 1.0))),
+    "nd-cfg": Method("ND-CFG, base direct, direction dilate", Recipe(weights=GEOMETRY_DILATE, nd_tau=REFERENCE_STEPS)),
+    "redilate-all": Method("re-dilation, every conv, τ=30", Recipe(schedule=ALL_CONVS)),
+    "redilate-all-40": Method("re-dilation, every conv, τ=40", Recipe(schedule=ALL_CONVS_40)),
+    "redilate-inner": Method("re-dilation, inner level, τ=30", Recipe(schedule=INNER_LEVEL)),
+    "ug-dilate": Method("UG w=1 + dilate, geometry only", Recipe(weights=GEOMETRY_DILATE, ug=(1.0, 1.0))),
+    "ug-redilate-inner": Method("UG w=1 + re-dilation, inner level, τ=30", Recipe(schedule=INNER_LEVEL, ug=(1.0, 1.0))),
     "ug-interp": Method("UG w=1 + interp linear taps", Recipe(weights=INTERP_LINEAR, ug=(1.0, 1.0))),
-    "nd-redilate-all": Method("ND-CFG + re-dilation, every conv", Recipe(schedule=ALL_CONVS, nd_tau=ALL_CONVS.tau)),
-    "nd-redilate-inner": Method("ND-CFG + re-dilation, inner level", Recipe(schedule=INNER_LEVEL, nd_tau=INNER_LEVEL.tau)),
+    "nd-redilate-all": Method("ND-CFG + re-dilation, every conv, τ=30", Recipe(schedule=ALL_CONVS, nd_tau=ALL_CONVS.tau)),
+    "nd-redilate-inner": Method("ND-CFG + re-dilation, inner level, τ=30", Recipe(schedule=INNER_LEVEL, nd_tau=INNER_LEVEL.tau)),
 }
 
 
