@@ -6,18 +6,46 @@ The state-dict API::
     new_sd, manifest = resize_state_dict(model.state_dict(), scale=2)
 
 See DESIGN §3 for the methods and §4 for what they guarantee.
+
+The names below are imported on first use (PEP 562), so that ``import kernelscale.cli`` — the
+command line's ``--help`` and ``--version`` — does not import torch (1.9 s).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from kernelscale.version import __version__  # noqa: F401  (kernelscale.__version__)
+from kernelscale.errors import KernelscaleError  # noqa: F401
 
-from kernelscale.errors import KernelscaleError  # noqa: E402
-from kernelscale.plan import AttentionRule, LayerRule, Plan, ResizeOptions, TensorPlan, TensorSpec, plan_tensors  # noqa: E402
-from kernelscale.resize import ConvGeometry, ResizedConv, new_padding, resize_conv, resize_grid_linear, resize_kernel  # noqa: E402
-from kernelscale.state_dict import plan_state_dict, resize_state_dict  # noqa: E402
-from kernelscale.transforms import build_axis_resize, build_kernel_resize  # noqa: E402
+_EXPORTS = {
+    "AttentionRule": "plan", "LayerRule": "plan", "Plan": "plan", "ResizeOptions": "plan", "TensorPlan": "plan",
+    "TensorSpec": "plan", "plan_tensors": "plan",
+    "ConvGeometry": "geometry", "new_padding": "geometry", "Method": "method", "ResizedConv": "resize", "resize_conv": "resize",
+    "resize_grid_linear": "resize", "resize_kernel": "resize",
+    "plan_state_dict": "state_dict", "resize_state_dict": "state_dict",
+    "build_axis_resize": "transforms", "build_kernel_resize": "transforms",
+}
 
-__all__ = [
-    "AttentionRule", "ConvGeometry", "KernelscaleError", "LayerRule", "Plan", "ResizeOptions", "ResizedConv", "TensorPlan", "TensorSpec",
-    "build_axis_resize", "build_kernel_resize", "new_padding", "plan_state_dict", "plan_tensors", "resize_conv",
-    "resize_grid_linear", "resize_kernel", "resize_state_dict",
-]
+__all__ = sorted(["KernelscaleError", *_EXPORTS])
+
+if TYPE_CHECKING:
+    from kernelscale.plan import AttentionRule, LayerRule, Plan, ResizeOptions, TensorPlan, TensorSpec, plan_tensors  # noqa: F401
+    from kernelscale.geometry import ConvGeometry, new_padding  # noqa: F401
+    from kernelscale.method import Method  # noqa: F401
+    from kernelscale.resize import ResizedConv, resize_conv, resize_grid_linear, resize_kernel  # noqa: F401
+    from kernelscale.state_dict import plan_state_dict, resize_state_dict  # noqa: F401
+    from kernelscale.transforms import build_axis_resize, build_kernel_resize  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"kernelscale.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kernelscale' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -19,11 +19,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional, Sequence
 
 from kernelscale.dtypes import RESIZABLE
-from kernelscale.errors import InvalidOptionError
+from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
+from kernelscale.geometry import LOADER_CHANGES, loader_change
+from kernelscale.manifest import Action, ConvRecord
+from kernelscale.method import check_choice
 from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, describe_entries, plan_tensors, shape_text
 from kernelscale.io.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
 from kernelscale.io.discovery import CheckpointScan, ModelUnit, scan_checkpoint
-from kernelscale.plan import attention_rule_for, glob_names, matches_pattern  # the planner's own matching rules, for checks across files
+from kernelscale.io.files import read_small_file
+from kernelscale.plan import attention_rule_for, matches_pattern  # the planner's own matching rules, for checks across files
+from kernelscale.reparam import glob_names
 from kernelscale.io.safetensors_io import DTYPE_ITEMSIZE, PathLike, TensorInfo, encode_header
 from kernelscale.text import quoted_names
 
@@ -67,31 +72,30 @@ class FilePlan:
         """The output header as (name, dtype, shape) in file order."""
         return [(e.name, d, tuple(e.new_shape)) for e, d in zip(self.entries, self.out_dtypes)]
 
-    def operation(self, i: int) -> str:
-        """What happens to tensor i: ``resize``, ``renorm`` (weight norm's g, rescaled for its
-        resized v; counted as resized), ``dilate`` (weights kept, geometry recorded), ``cast``
-        (values kept, dtype changed) or ``copy`` (byte for byte)."""
+    def operation(self, i: int) -> Action:
+        """What happens to tensor i (:class:`~kernelscale.manifest.Action`): ``resize``, ``renorm``
+        (weight norm's g, rescaled for its resized v; counted as resized), ``geometry`` (weights
+        kept, geometry recorded: counted as dilated), ``cast`` (values kept, dtype changed) or
+        ``copy`` (byte for byte)."""
         entry = self.entries[i]
-        if entry.action in ("resize", "renorm"):
+        if entry.action in (Action.RESIZE, Action.RENORM, Action.GEOMETRY):
             return entry.action
-        if entry.action == "geometry":
-            return "dilate"
-        return "cast" if self.out_dtypes[i] != entry.dtype else "copy"
+        return Action.CAST if self.out_dtypes[i] != entry.dtype else Action.COPY
 
     def counts(self) -> dict[str, int]:
         counts = {"resize": 0, "dilate": 0, "cast": 0, "copy": 0}
         for i in range(len(self.entries)):
             op = self.operation(i)
-            counts["resize" if op == "renorm" else op] += 1
+            counts[{Action.RENORM: "resize", Action.GEOMETRY: "dilate"}.get(op, op.value)] += 1
         return counts
 
     def work_bytes(self, i: int) -> int:
         """Output bytes tensor i's computation produces: a resized tensor's own; for a renormed g,
         its v' again (computed for its norms); 0 for the rest."""
         op = self.operation(i)
-        if op == "resize":
+        if op == Action.RESIZE:
             return math.prod(self.entries[i].new_shape) * DTYPE_ITEMSIZE[self.out_dtypes[i]]
-        if op == "renorm":
+        if op == Action.RENORM:
             source = self.weight_norm_sources[self.entries[i].name]
             return math.prod(self.entries[i].partner.new_shape) * DTYPE_ITEMSIZE[source.out_dtype]
         return 0
@@ -176,8 +180,7 @@ def plan_checkpoint(src: PathLike, options: ResizeOptions, *, dtype: str = "keep
     fit it (a glob matching no tensor anywhere in the checkpoint, a grid for a missing tensor, a
     bad scale for a kernel, an input converted before). ``dst`` only shapes the loading notes.
     """
-    if dtype not in OUTPUT_DTYPES:
-        raise InvalidOptionError(f"unknown dtype {dtype!r}; expected one of {', '.join(OUTPUT_DTYPES)}")
+    check_choice("dtype", dtype, tuple(OUTPUT_DTYPES))
     scan = scan if scan is not None else scan_checkpoint(src)
     for f in scan.files:
         if MANIFEST_KEY in f.metadata:
@@ -327,19 +330,22 @@ def _plan_units(unit_specs: list[list[TensorSpec]], options: ResizeOptions, wher
         plan = plan_tensors(specs, local)
         entries = plan.entries
         if options.include and not local.include:  # nothing in this model is included
-            entries = tuple(e if not e.changed else TensorPlan(e.name, e.dtype, e.shape, "copy", "not matched by --include", e.shape)
+            entries = tuple(e if not e.changed else TensorPlan(e.name, e.dtype, e.shape, Action.COPY, "not matched by --include", e.shape)
                             for e in entries)
         plans.append(Plan(entries, options))
     return plans
+
+
+MAX_CONFIG_BYTES = 16_000_000
+"""Largest config.json read beside a model; a larger one is left as it is."""
 
 
 def _config_of(scan: CheckpointScan, unit: ModelUnit) -> Optional[dict[str, Any]]:
     root = scan.src if scan.layout == "folder" else os.path.dirname(scan.src)
     path = os.path.join(root, unit.dir_rel, "config.json")
     try:
-        with open(path, "rb") as fh:
-            data = json.loads(fh.read().decode("utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(read_small_file(path, MAX_CONFIG_BYTES, InvalidCheckpointError, "config.json").decode("utf-8"))
+    except (InvalidCheckpointError, ValueError, RecursionError):  # no usable config: nothing to update
         return None
     return data if isinstance(data, dict) else None
 
@@ -352,9 +358,8 @@ def _stock_kernel_keys(entries: Sequence[TensorPlan], config: Mapping[str, Any])
         layer = e.name[: -len(".weight")] if e.name.endswith(".weight") else e.name
         key = f"{layer}_kernel"
         ks = set(e.new_shape[2:])
-        record = e.record or {}
-        if (e.action != "resize" or e.kind != "conv" or layer not in ("conv_in", "conv_out") or key not in config
-                or len(ks) != 1 or min(ks) % 2 == 0 or record.get("absorb") or any(record.get("centre_offset") or ())):
+        if (e.action != Action.RESIZE or not isinstance(e.record, ConvRecord) or layer not in ("conv_in", "conv_out") or key not in config
+                or len(ks) != 1 or min(ks) % 2 == 0 or e.record.absorb or e.record.half_pixel):
             return None
         updates[key] = ks.pop()
     return updates
@@ -397,7 +402,7 @@ def _loading_notes(scan: CheckpointScan, plans: Sequence[Plan], dst: Optional[Pa
                else f"build the original model, then {load}")
         groups: dict[str, list[TensorPlan]] = {}
         for e in structural:
-            groups.setdefault(_geometry_change(e), []).append(e)
+            groups.setdefault(loader_change(e.record, e.shape, e.new_shape), []).append(e)
         if set(groups) == {"none"}:  # weights resized in place: same shapes, same recorded geometry
             notes.append(_in_place_note(label, groups["none"], how))
             stock = (f"{cls}.from_pretrained({os.path.dirname(out_path)!r})" if cls and scan.layout == "folder"
@@ -406,7 +411,7 @@ def _loading_notes(scan: CheckpointScan, plans: Sequence[Plan], dst: Optional[Pa
             loading.append(record)
             continue
         what = []
-        for change in _GEOMETRY_CHANGES:
+        for change in LOADER_CHANGES:
             if change not in groups:
                 continue
             e = groups[change][0]
@@ -415,7 +420,7 @@ def _loading_notes(scan: CheckpointScan, plans: Sequence[Plan], dst: Optional[Pa
                             f"{shape_text(e.new_shape[2:] or e.new_shape)})")
             else:
                 what.append(f"{len(groups[change])} conv(s) keep their shape but need a new {change} (e.g. {e.name})")
-        ignored = " and ".join(c for c in _GEOMETRY_CHANGES[1:] if c in groups)
+        ignored = " and ".join(c for c in LOADER_CHANGES[1:] if c in groups)
         if cls:
             stock = (f"diffusers' {cls} hard-codes its resnet and sampler convs at 3×3, so from_pretrained would "
                      + ("fail with a size mismatch" if "shape" in groups else f"load them but ignore the new {ignored}"))
@@ -426,25 +431,6 @@ def _loading_notes(scan: CheckpointScan, plans: Sequence[Plan], dst: Optional[Pa
         record.update(stock_loadable=False, load=how)
         loading.append(record)
     return notes, loading, rewritten
-
-
-_GEOMETRY_CHANGES = ("shape", "dilation", "stride", "padding")
-
-
-def _geometry_change(entry: TensorPlan) -> str:
-    """What a loader must change for a resized tensor, read from its manifest record
-    (docs/format.md): ``shape``; for a kernel that keeps its shape, ``dilation`` (re-dilation),
-    ``stride`` (an absorbing layer) or ``padding`` (a half-pixel centre offset); else ``none``."""
-    record = entry.record or {}
-    if entry.new_shape != entry.shape:
-        return "shape"
-    if record.get("dilation"):
-        return "dilation"
-    if record.get("absorb"):
-        return "stride"
-    if any(record.get("centre_offset") or ()):
-        return "padding"
-    return "none"
 
 
 def _in_place_note(label: str, entries: Sequence[TensorPlan], how: str) -> str:

@@ -30,9 +30,9 @@ from typing import Any, Optional, Sequence
 from kernelscale.cli_command import (EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE,
                                      Command)
 from kernelscale import cli_verify
-from kernelscale.dispatch import BACKENDS, ENV_VAR as BACKEND_ENV
+from kernelscale.backends import BACKENDS, ENV_VAR as BACKEND_ENV
 from kernelscale.errors import InvalidOptionError, KernelscaleError
-from kernelscale.transforms import ALIGNS, METHODS, MODES
+from kernelscale.manifest import AttentionRecord, GridRecord, Record, RenormRecord, check_records, record_from_json
 from kernelscale.version import __version__
 
 DEBUG_ENV = "KERNELSCALE_DEBUG"
@@ -81,8 +81,11 @@ environment:
        print the traceback of an error instead of one line (for developers)"""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``kernelscale`` parser with every registered subcommand."""
+def build_parser(only: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
+    """The ``kernelscale`` parser with every registered subcommand; with ``only``, the arguments of
+    those subcommands alone are added (the others are listed, with their help line): their
+    ``add_arguments`` import the modules a command needs, torch among them, which ``kernelscale
+    --help`` and ``--version`` do not (0.1 s instead of 3 s)."""
     parser = _Parser(
         prog="kernelscale",
         description=textwrap.fill("Training-free resolution scaling of trained networks by weight surgery: resize the conv "
@@ -101,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS.values():
         p = sub.add_parser(command.name, help=command.help, description=textwrap.fill(command.description, 100),
                            epilog=command.epilog, formatter_class=_FORMATTER)
-        command.add_arguments(p)
+        if only is None or command.name in only:
+            command.add_arguments(p)
         p.set_defaults(_command=command)
     return parser
 
@@ -115,6 +119,8 @@ def add_planning_arguments(parser: argparse.ArgumentParser) -> None:
     Every default is None so that a value given on the command line can be told apart from one
     read from --plan: flags override the plan file.
     """
+    from kernelscale.method import ALIGNS, METHODS, MODES
+
     g = parser.add_argument_group("planning (which tensors change, and how)")
     g.add_argument("--scale", metavar="S[,S...]",
                    help="how many times more finely the inputs are sampled: one number for every spatial axis, or one "
@@ -155,16 +161,6 @@ def add_planning_arguments(parser: argparse.ArgumentParser) -> None:
                         "given here override the file's values. Example: --plan sd15_x2.toml")
 
 
-def parse_scale(text: str) -> Any:
-    """``"2"`` → 2.0, ``"2,1.5"`` → (2.0, 1.5); InvalidOptionError for anything else."""
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        raise InvalidOptionError(f"--scale {text!r}: expected a number or comma-separated numbers, e.g. 2 or 2,1.5") from None
-    return values[0] if len(values) == 1 else values
-
-
 def parse_coef(text: str) -> Any:
     """``mass``, ``paper`` or a number."""
     if text in ("mass", "paper"):
@@ -190,12 +186,13 @@ def parse_grid(text: str) -> tuple[str, tuple[int, int, int]]:
 def options_from_args(args: argparse.Namespace, *, require_scale: bool = True):
     """ResizeOptions from the plan file (if any) overridden by the flags; None when no scale is
     given and ``require_scale`` is False (inspect without planning)."""
+    from kernelscale.method import scale_value
     from kernelscale.plan import ResizeOptions
     from kernelscale.plan_file import load_plan_file
 
     fields: dict[str, Any] = dict(load_plan_file(args.plan)) if args.plan else {}
     if args.scale is not None:
-        fields["scale"] = parse_scale(args.scale)
+        fields["scale"] = scale_value(args.scale, "--scale")
     for key in ("method", "mode", "align"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
@@ -270,7 +267,7 @@ def _plan_json(plan) -> list[dict[str, Any]]:
             item = {"name": e.name, "dtype": e.dtype, "shape": list(e.shape), "action": fp.operation(i), "reason": e.reason,
                     "new_shape": list(e.new_shape), "out_dtype": fp.out_dtypes[i]}
             if e.record is not None:
-                item["record"] = dict(e.record)
+                item["record"] = e.record.to_json()
             tensors.append(item)
         files.append({"input": fp.src, "output": fp.rel, "bytes_out": fp.bytes_out, "tensors": tensors})
     return files
@@ -310,7 +307,7 @@ def run_convert(args: argparse.Namespace) -> int:
         # OUT is committed by now: say so, rather than main's "no output was written".
         what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated"
         during = "during verification" if verify else "after the conversion"
-        _stderr(f"kernelscale: {what} {during}; {args.output} was written and is complete")
+        _stderr(f"kernelscale: {what} {during}; {summary.dst} was written and is complete")
         return EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_TERMINATED
 
 
@@ -326,14 +323,14 @@ def _report_conversion(args: argparse.Namespace, summary: Any, verify: bool) -> 
         data = summary.to_json()
         if args.dry_run:
             data["plan"] = _plan_json(summary.plan)
-        report = cli_verify.measure(args.input, args.output, args) if verify else None
+        report = cli_verify.measure(args.input, summary.dst, args) if verify else None
         if report is not None:
             data["verify"] = cli_verify.report_json(report, args.tol)
         _stdout(json.dumps(data, indent=2, sort_keys=True, allow_nan=False))
         return cli_verify.exit_code(report, args.tol) if report is not None else EXIT_OK
     _stderr(f"kernelscale: {summary.describe()}")
     if verify:
-        return cli_verify.print_report(cli_verify.measure(args.input, args.output, args), args.tol)
+        return cli_verify.print_report(cli_verify.measure(args.input, summary.dst, args), args.tol)
     return EXIT_OK
 
 
@@ -367,29 +364,27 @@ def _add_inspect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON on stdout for scripts")
 
 
-def _record_text(record: dict[str, Any]) -> str:
-    kind = record.get("kind")
-    if kind == "attention":
-        return f"attention temperature ×{record.get('factor', 1.0):.4f}"
-    if kind == "weight_norm":
-        norms = "one norm over all of v" if record.get("dim") is None else f"one norm per index of axis {record.get('dim')}"
-        return f"weight norm's g, rescaled for the resized {record.get('v')} ({norms})"
-    scale = "×" + ",".join(f"{s:g}" for s in record.get("scale") or [])
-    old, new = _dims(record.get("old_spatial")), _dims(record.get("new_spatial"))
-    text = f"{record.get('method')}"
-    if record.get("mode"):
-        text += f"/{record.get('mode')}"
-    if record.get("align"):
-        text += f"/{record.get('align')}"
-    text += f" {scale} {old} -> {new}"
-    if kind == "grid":
-        text = f"grid {_dims(record.get('grid'))}: " + text
-    if record.get("dilation"):
-        text += f", dilation {_dims(record['dilation'])}"
-    if record.get("absorb"):
+def _record_text(record: Record) -> str:
+    if isinstance(record, AttentionRecord):
+        return f"attention temperature ×{record.factor:.4f}"
+    if isinstance(record, RenormRecord):
+        norms = "one norm over all of v" if record.dim is None else f"one norm per index of axis {record.dim}"
+        return f"weight norm's g, rescaled for the resized {record.v} ({norms})"
+    scale = "×" + ",".join(f"{s:g}" for s in record.scale)
+    text = f"{record.method}"
+    if record.mode:
+        text += f"/{record.mode}"
+    if record.align:
+        text += f"/{record.align}"
+    text += f" {scale} {_dims(record.old_spatial)} -> {_dims(record.new_spatial)}"
+    if isinstance(record, GridRecord):
+        return f"grid {_dims(record.grid)}: " + text
+    if record.dilation:
+        text += f", dilation {_dims(record.dilation)}"
+    if record.absorb:
         text += ", absorbs the scale (stride ×S)"
-    if record.get("pad_extra"):
-        text += f", extra padding {record['pad_extra']}"
+    if record.pad_extra:
+        text += f", extra padding {record.pad_extra}"
     return text
 
 
@@ -399,16 +394,12 @@ def _dims(values: Optional[Sequence[Any]]) -> str:
 
 def _manifest_of(metadata: dict[str, str], path: str) -> Optional[dict[str, Any]]:
     """The manifest in a file's ``metadata`` (None without one); errors name ``path``."""
-    from kernelscale.io.checkpoint import MANIFEST_KEY
+    from kernelscale.io.checkpoint import MANIFEST_KEY, load_manifest_json
 
     if MANIFEST_KEY not in metadata:
         return None
-    try:
-        manifest = json.loads(metadata[MANIFEST_KEY])
-    except ValueError as exc:
-        raise InvalidOptionError(f"{path}: the '{MANIFEST_KEY}' metadata is not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise InvalidOptionError(f"{path}: the '{MANIFEST_KEY}' metadata is not a JSON object")
+    manifest = load_manifest_json(metadata[MANIFEST_KEY], path)
+    check_records(manifest, path)
     return manifest
 
 
@@ -442,11 +433,11 @@ def run_inspect(args: argparse.Namespace) -> int:
                 e = fp.entries[i]
                 item.update(action=fp.operation(i), reason=e.reason, new_shape=list(e.new_shape), out_dtype=fp.out_dtypes[i])
                 if e.record is not None:
-                    item["planned_record"] = dict(e.record)
+                    item["planned_record"] = e.record.to_json()
             else:
                 line = f"{t.name}  {t.dtype}  {shape_text(t.shape)}"
                 if t.name in records:
-                    line += f"  converted: {_record_text(records[t.name])}"
+                    line += f"  converted: {_record_text(record_from_json(records[t.name]))}"
                 lines.append(line)
             tensors.append(item)
         if manifest is not None:
@@ -523,8 +514,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError:  # not the main thread: leave signals alone
         pass
     try:
+        argv = sys.argv[1:] if argv is None else [os.fspath(a) for a in argv]
+        # the command is the first argument that is not an option (the top level has no option with a value)
+        chosen = [a for a in argv if not a.startswith("-")][:1]
         try:
-            args = build_parser().parse_args(argv)
+            args = build_parser(only=chosen).parse_args(argv)
         except UsageError as exc:
             return _fail(str(exc))
         except SystemExit as exc:  # --help, --version

@@ -8,10 +8,13 @@ import math
 import sys
 from typing import Any, Callable, Optional
 
+from typing import TYPE_CHECKING
+
 from kernelscale.cli_command import EXIT_OK, EXIT_TOLERANCE, Command
 from kernelscale.errors import InvalidOptionError
-from kernelscale.verify import (DEFAULT_BAND, DEFAULT_PROBES, DEFAULT_SEED, MAX_PROBES, LayerCertificate, VerifyReport, check_band,
-                                check_probes, check_seed, check_tol, format_measure)
+
+if TYPE_CHECKING:  # kernelscale.verify imports torch: only the commands that measure load it
+    from kernelscale.verify import LayerCertificate, VerifyReport
 
 VERIFY_OPTIONS = ("tol", "band", "probes", "seed")
 """The measuring options (attribute names); on convert, giving any of them implies --verify."""
@@ -37,6 +40,8 @@ def _checked(parse: Callable[[str], Any], check: Callable[[Any], Any], expected:
 def add_verify_options(p: Any) -> None:
     """The measuring options shared by ``verify`` and ``convert`` (where any of them implies
     ``--verify``). Defaults are None so that a given option can be told apart; see :func:`verify_requested`."""
+    from kernelscale.verify import DEFAULT_BAND, DEFAULT_PROBES, DEFAULT_SEED, MAX_PROBES, check_band, check_probes, check_seed, check_tol
+
     p.add_argument("--tol", type=_checked(float, check_tol, "a number >= 0"), default=None, metavar="T",
                    help="exit with status 1 when a layer's structure error exceeds T (e.g. 0.05) or a measure is not a "
                         "number (NaN, inf); default: report only (a converted layer holding inf/NaN where the original "
@@ -62,7 +67,7 @@ def _value(args: argparse.Namespace, key: str, default: Any) -> Any:
 
 def measure(original: str, converted: str, args: argparse.Namespace) -> VerifyReport:
     """The report of ``verify ORIG CONVERTED`` with the measuring options of ``args``."""
-    from kernelscale.verify import verify_checkpoints
+    from kernelscale.verify import DEFAULT_BAND, DEFAULT_PROBES, DEFAULT_SEED, verify_checkpoints
 
     return verify_checkpoints(original, converted, band=_value(args, "band", DEFAULT_BAND),
                               probes=_value(args, "probes", DEFAULT_PROBES), seed=_value(args, "seed", DEFAULT_SEED))
@@ -84,6 +89,8 @@ def dumps(data: Any) -> str:
 
 def failure_reason(c: LayerCertificate, tol: Optional[float]) -> str:
     """Why ``c`` fails (:meth:`LayerCertificate.fails`), in one line."""
+    from kernelscale.verify import format_measure
+
     if c.broken:
         return (f"CONVERTED holds {c.nonfinite} non-finite value{'s' if c.nonfinite != 1 else ''} (inf or NaN) "
                 "where ORIG's are all finite")

@@ -20,7 +20,7 @@ import torch
 from kernelscale.checkpoint_plan import CheckpointPlan, plan_checkpoint
 from kernelscale.errors import BackendUnavailableError, InvalidOptionError
 from kernelscale.io.safetensors_io import PathLike
-from kernelscale.io.output import AtomicOutput, OutputError, check_free_space, clean_stale
+from kernelscale.io.output import AtomicOutput, OutputError, check_free_space, clean_stale, resolve_output
 from kernelscale.plan import ResizeOptions
 from kernelscale.stream import verify_output, write_extra, write_safetensors
 from kernelscale.text import human_bytes
@@ -71,7 +71,9 @@ def convert_checkpoint(
     progress: Optional[bool] = None,
     dry_run: bool = False,
 ) -> ConvertSummary:
-    """Convert a checkpoint (file, ``*.safetensors.index.json`` or folder) from ``src`` to ``dst``.
+    """Convert a checkpoint (file, ``*.safetensors.index.json`` or folder) from ``src`` to ``dst``
+    (a file ``src`` into a ``dst`` folder when ``dst`` ends in ``/`` or is a folder; a folder or
+    index ``src`` never into a ``dst`` named ``*.safetensors``: :func:`kernelscale.io.output.resolve_output`).
 
     ``dtype``: ``keep``, or ``float16``/``bfloat16``/``float32`` for every floating tensor (resized
     ones are computed in float32 and rounded once to it; other floating tensors are cast; integer,
@@ -84,8 +86,15 @@ def convert_checkpoint(
     be written; on any failure or interruption no ``dst`` is left behind and temp files are removed.
     """
     started = time.perf_counter()
-    src = os.path.abspath(os.fspath(src))
-    dst = os.path.abspath(os.fspath(dst))
+    if not os.fspath(dst):
+        raise OutputError("OUT is empty; give the output's file or folder name")
+    try:
+        os.fsencode(dst)
+    except UnicodeEncodeError as exc:  # e.g. a lone surrogate: no file can have that name
+        raise OutputError(f"OUT {os.fspath(dst)!r} cannot be a file name on this system: {exc.reason} "
+                          f"at character {exc.start}") from None
+    src = os.fspath(src)  # scan_checkpoint refuses an empty IN, which abspath would make the current folder
+    dst = resolve_output(os.path.abspath(src), os.fspath(dst)) if src else os.path.abspath(os.fspath(dst))
     resolve_device(device)  # a bad or unavailable device is refused before any reading
     plan = plan_checkpoint(src, options, dtype=dtype, dst=dst)
     torch_device = resolve_device(device, plan.bytes_resized)

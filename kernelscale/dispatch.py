@@ -18,10 +18,9 @@ import torch
 
 from kernelscale import triton_ops
 from kernelscale.apply_torch import apply_dense_torch, apply_separable_torch
+from kernelscale.backends import BACKENDS, ENV_VAR
 from kernelscale.errors import BackendUnavailableError, InvalidOptionError
 
-ENV_VAR = "KERNELSCALE_BACKEND"
-BACKENDS = ("torch", "triton", "auto")
 
 
 def _requested(backend: Optional[str]) -> tuple[str, str]:

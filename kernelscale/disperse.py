@@ -21,6 +21,7 @@ the best L cannot reproduce — the same for every K only in the Frobenius (all-
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,9 +102,34 @@ def disperse_matrix(k: int, k_new: int, scale: float, probe: int = DEFAULT_PROBE
     structure term remains (the minimum-norm least-squares solution when it is rank-deficient).
     """
     system = disperse_system(k, k_new, scale, probe, eta, ndim)
-    matrix, *_ = np.linalg.lstsq(system.a, system.b, rcond=None)
-    residual = system.a @ matrix - system.b
-    relative = float(np.linalg.norm(residual) / np.linalg.norm(system.b))
-    matrix = np.ascontiguousarray(matrix)
+    matrix, relative = _solve_on_one_thread(system.a, system.b)
     matrix.flags.writeable = False
+    return matrix, relative
+
+
+_ONE_THREAD = threading.Lock()
+
+
+def _solve_on_one_thread(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
+    """The minimum-norm least-squares solution X of ``a·X ≈ b`` (LAPACK gelsd, rcond = ε·max(rows,
+    cols), as numpy.linalg.lstsq) and ‖a·X − b‖_F / ‖b‖_F, both computed on one thread.
+
+    Why: a threaded BLAS splits the products inside the solve and the residual differently for
+    different thread counts, and the last bits of R and of the manifest's relative_loss changed
+    between OMP_NUM_THREADS=1 and 2 (e.g. 0.20153534182021912 vs …915 for 3 → 11 at scale 3), so a
+    conversion's bytes depended on the machine's cores (DESIGN §6: deterministic). One thread
+    (torch's, which also sets MKL's) makes every summation order fixed."""
+    import torch
+
+    with _ONE_THREAD:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            a_t, b_t = torch.from_numpy(a), torch.from_numpy(b)
+            solution = torch.linalg.lstsq(a_t, b_t, rcond=float(np.finfo(np.float64).eps) * max(a.shape), driver="gelsd").solution
+            residual = a_t @ solution - b_t
+            relative = float(torch.linalg.norm(residual) / torch.linalg.norm(b_t))
+            matrix = np.ascontiguousarray(solution.numpy())
+        finally:
+            torch.set_num_threads(before)
     return matrix, relative

@@ -43,5 +43,5 @@ class SpectralNormError(UnsupportedTensorError, GeometryError):
 class NonFiniteResultError(KernelscaleError, OverflowError):
     """A finite tensor whose resized values overflow the output dtype (or the float32 computation):
     stored, they would be inf or NaN. Raised by every resize (kernelscale.resize: ``resize_kernel``,
-    ``resize_grid_linear``, ``scale_tensor``, ``rescale_weight_norm_g``) rather than
+    ``resize_grid_linear``, ``scale_tensor``, ``reparam.rescale_weight_norm_g``) rather than
     returning such a tensor; a tensor that already holds inf or NaN is resized as it is."""

@@ -8,7 +8,7 @@
 Both run the plan of :mod:`kernelscale.plan` on the module's state-dict names, shapes and dtypes,
 so the adapter and ``kernelscale convert`` make identical decisions and produce identical weights;
 the new layer geometry is derived from the module's own padding, stride and dilation plus the
-per-tensor record (DESIGN §5) by one function, :func:`record_geometry`, shared by both paths.
+per-tensor record (DESIGN §5) by one function, :func:`kernelscale.geometry.record_geometry`, shared by both paths.
 
 Geometry (DESIGN §3): ``p' = (k'−1)·d'/2 − s·δ`` with ``δ = (k−1)·d/2 − p``; stride kept, except an
 absorbing layer (stride·s, p' = s·p) and re-dilation (dilation·s, weights unchanged). A layer whose
@@ -58,7 +58,7 @@ Strided layers that are accepted carry a sub-pixel offset of ``(s−1)(σ−1)/2
 (DESIGN §4) when no integer padding reaches the ideal grid; the report lists it per layer. A
 half-pixel padding on a *strided* conv goes on the side that puts its windows on the ideal grid
 (a stride-2 conv resized 3 → 6 by cells is then exact), not on the record's alternating side.
-A strided transposed conv's padding is fixed by its output size (:func:`record_geometry`); with
+A strided transposed conv's padding is fixed by its output size (:func:`kernelscale.geometry.record_geometry`); with
 no output padding its windows then sit on the ideal grid (ConvTranspose k = 4, stride 2,
 padding 1 resized by cells to k = 8 gets padding 3 and no offset).
 
@@ -71,26 +71,30 @@ padding 1), exactly aligned.
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernelscale.errors import GeometryError, InvalidCheckpointError, InvalidOptionError, UnsupportedTensorError
+from kernelscale.errors import GeometryError, InvalidCheckpointError, UnsupportedTensorError
+from kernelscale.geometry import LayerGeometry, Padding, Refit, axes_text, conv_change, pool_change
 from kernelscale.io.checkpoint import read_headers, read_manifest
 from kernelscale.io.discovery import model_files
 from kernelscale.io.safetensors_io import SafetensorsReader
-from kernelscale.plan import Plan, ResizeOptions, TensorSpec, plan_tensors, spectral_norm_layer, weight_norm_parts
-from kernelscale.resize import new_padding
+from kernelscale.manifest import Action, AttentionRecord, ConvRecord, GridRecord, Manifest, Record, RenormRecord
+from kernelscale.method import axis_scales, check_choice
+from kernelscale.recipes import listing, load_recipe, refit_error, supersample_recipe
+from kernelscale.plan import Plan, ResizeOptions, TensorSpec, plan_tensors
+from kernelscale.reparam import (refresh_weight_norm, reparametrized_layer, spectral_norm_layer, spectral_norm_of, weight_norm_of,
+                                 weight_norm_parts)
 from kernelscale.state_dict import apply_entry, apply_renorm
 
-__all__ = ["LayerChange", "SupersampleReport", "load", "plan_module", "read_manifest", "record_geometry", "supersample"]
+__all__ = ["LayerChange", "SupersampleReport", "load", "plan_module", "read_manifest", "supersample"]
 
 PADDINGS = ("exact", "asymmetric")
 
@@ -100,12 +104,6 @@ _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, 
 _POOL_NDIM = {1: (nn.MaxPool1d, nn.AvgPool1d), 2: (nn.MaxPool2d, nn.AvgPool2d), 3: (nn.MaxPool3d, nn.AvgPool3d)}
 _PAD_MODES = {"zeros": "constant", "circular": "circular", "replicate": "replicate", "reflect": "reflect"}
 
-# Input lengths L = σ·m on which a layer's output size is checked (out'(s·L) = s·out(L)): for such
-# L the output is m plus a constant once the window fits, so a few m suffice; m where the window
-# does not fit yet are skipped.
-_SIZE_CHECK_MULTIPLES = range(4, 12)
-
-Padding = Union[int, tuple[int, int]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +112,8 @@ Padding = Union[int, tuple[int, int]]
 
 @dataclass(frozen=True)
 class LayerChange:
-    """What happened to one layer.
+    """What happened to one layer; ``action`` one of :class:`~kernelscale.manifest.Action` (resize, absorb,
+    geometry, grid, attention, pool).
 
     ``kernel_size``/``stride``/``dilation`` are per spatial axis. ``padding`` is per axis too: an
     int, or a ``(before, after)`` pair when the layer pads asymmetrically. For a Linear over a grid
@@ -127,7 +126,7 @@ class LayerChange:
 
     name: str
     layer: str
-    action: str
+    action: Action
     method: str
     old_kernel_size: tuple[int, ...]
     new_kernel_size: tuple[int, ...]
@@ -144,24 +143,17 @@ class LayerChange:
     def describe(self) -> str:
         """One line: ``name (Layer) action method: k a→b, p a→b, stride a→b, dilation a→b``."""
         def arrow(old, new, what):
-            return f"{what} {_fmt(old)}" if old == new else f"{what} {_fmt(old)}→{_fmt(new)}"
+            return f"{what} {axes_text(old)}" if old == new else f"{what} {axes_text(old)}→{axes_text(new)}"
 
-        if self.action == "attention":
+        if self.action == Action.ATTENTION:
             return f"{self.name} ({self.layer}) attention {self.method}"
-        parts = [arrow(self.old_kernel_size, self.new_kernel_size, "grid" if self.action == "grid" else "k")]
-        if self.action != "grid":
+        parts = [arrow(self.old_kernel_size, self.new_kernel_size, "grid" if self.action == Action.GRID else "k")]
+        if self.action != Action.GRID:
             parts += [arrow(self.old_padding, self.new_padding, "p"), arrow(self.old_stride, self.new_stride, "stride"),
                       arrow(self.old_dilation, self.new_dilation, "dilation")]
         if any(self.offset):
-            parts.append(f"offset {_fmt(tuple(round(o, 3) for o in self.offset))} px")
+            parts.append(f"offset {axes_text(tuple(round(o, 3) for o in self.offset))} px")
         return f"{self.name} ({self.layer}) {self.action} {self.method}: " + ", ".join(parts)
-
-
-def _fmt(values: tuple) -> str:
-    if not values:
-        return "-"
-    text = [f"{v[0]}+{v[1]}" if isinstance(v, tuple) else (f"{v:g}" if isinstance(v, float) else str(v)) for v in values]
-    return text[0] if len(set(text)) == 1 else "(" + ",".join(text) + ")"
 
 
 @dataclass(frozen=True)
@@ -204,24 +196,6 @@ class SupersampleReport:
 # Geometry
 
 
-@dataclass(frozen=True)
-class _Geometry:
-    """A layer's geometry per spatial axis; ``pads`` are (before, after) pairs."""
-
-    kernel: tuple[int, ...]
-    pads: tuple[tuple[int, int], ...]
-    stride: tuple[int, ...]
-    dilation: tuple[int, ...]
-    output_padding: tuple[int, ...] = ()
-
-    @property
-    def padding(self) -> tuple[float, ...]:
-        return tuple((b + a) / 2 for b, a in self.pads)
-
-    def padding_report(self) -> tuple[Padding, ...]:
-        return tuple(b if b == a else (b, a) for b, a in self.pads)
-
-
 def _tuple(value: Any, ndim: int) -> tuple[int, ...]:
     if isinstance(value, (int, float)):
         return (int(value),) * ndim
@@ -229,7 +203,7 @@ def _tuple(value: Any, ndim: int) -> tuple[int, ...]:
     return value * ndim if len(value) == 1 and ndim > 1 else value
 
 
-def _layer_geometry(layer: nn.Module) -> _Geometry:
+def _layer_geometry(layer: nn.Module) -> LayerGeometry:
     """The geometry a conv, transposed conv or pool layer has now, pre-hook padding included."""
     if isinstance(layer, _POOLS):
         ndim = _pool_ndim(layer)
@@ -237,7 +211,7 @@ def _layer_geometry(layer: nn.Module) -> _Geometry:
         stride = _tuple(layer.stride if layer.stride is not None else layer.kernel_size, ndim)
         pad = _tuple(layer.padding, ndim)
         dilation = _tuple(getattr(layer, "dilation", 1), ndim)
-        return _Geometry(kernel, tuple((p, p) for p in pad), stride, dilation)
+        return LayerGeometry(kernel, tuple((p, p) for p in pad), stride, dilation)
     ndim = layer.weight.ndim - 2
     kernel = tuple(int(k) for k in layer.weight.shape[2:])
     dilation = _tuple(layer.dilation, ndim)
@@ -252,323 +226,11 @@ def _layer_geometry(layer: nn.Module) -> _Geometry:
     else:
         pads = tuple((p, p) for p in _tuple(layer.padding, ndim))
     output_padding = _tuple(layer.output_padding, ndim) if isinstance(layer, _TRANSPOSED) else ()
-    return _Geometry(kernel, pads, _tuple(layer.stride, ndim), dilation, output_padding)
+    return LayerGeometry(kernel, pads, _tuple(layer.stride, ndim), dilation, output_padding)
 
 
 def _pool_ndim(layer: nn.Module) -> int:
     return next(d for d, kinds in _POOL_NDIM.items() if isinstance(layer, kinds))
-
-
-def _out_len(kind: str, n: int, g: _Geometry, axis: int, ceil_mode: bool = False) -> int:
-    """Output length of one axis for input length ``n`` (PyTorch's formulas)."""
-    k, (b, a), st, d = g.kernel[axis], g.pads[axis], g.stride[axis], g.dilation[axis]
-    if kind == "transposed":
-        return (n - 1) * st - b - a + d * (k - 1) + g.output_padding[axis] + 1
-    span = n + b + a - d * (k - 1) - 1
-    if not ceil_mode:
-        return span // st + 1
-    out = -(-span // st) + 1
-    return out - 1 if (out - 1) * st >= n + b else out
-
-
-def _sizes_consistent(kind: str, old: _Geometry, new: _Geometry, axis: int, scale: float, ratio: float,
-                      ceil_mode: bool = False) -> Optional[tuple[int, int, int]]:
-    """None when the new layer maps s·L samples to ratio·out(L) for every tested L (a multiple of
-    the old stride); else the first counter-example ``(L, expected, got)``."""
-    step = old.stride[axis]
-    for m in _SIZE_CHECK_MULTIPLES:
-        n = step * m
-        n_new = n * scale
-        if not float(n_new).is_integer() or _out_len(kind, n, old, axis, ceil_mode) < 1:
-            continue
-        expected = _out_len(kind, n, old, axis, ceil_mode) * ratio
-        got = _out_len(kind, int(n_new), new, axis, ceil_mode)
-        if got != expected:
-            return n, expected, got
-    return None
-
-
-def _pads_from(name: str, before: tuple[float, ...], totals: tuple[float, ...], sides: Sequence[str],
-               allow_half: bool) -> tuple[tuple[int, int], ...]:
-    """Integer (before, after) pads per axis from the exact padding ``before`` the input and the
-    exact ``totals`` of both sides. A half-integer one puts its extra pixel on that axis's side, and
-    sides that differ by whole pixels (a layer that pads asymmetrically already) are kept, both
-    through the pre-hook that ``allow_half`` (``padding="asymmetric"``) permits. GeometryError
-    naming the layer otherwise."""
-    means = tuple(t / 2 for t in totals)
-    pads = []
-    for b, total, side in zip(before, totals, sides):
-        if b < -1e-9 or total - b < -1e-9:
-            raise GeometryError(f"{name}: the geometry rule gives a negative padding {_fmt(means)}; the layer cannot be resized this way")
-        if abs(total - round(total)) > 1e-9:
-            raise GeometryError(f"{name}: the new padding would be {_fmt(means)}, which no integer padding expresses")
-        total = int(round(total))
-        if abs(b - round(b)) < 1e-9:
-            b = int(round(b))
-            if b != total - b and not allow_half:
-                raise GeometryError(
-                    f"{name}: the new padding would be {b} before and {total - b} after (the layer pads one side more, "
-                    "as PyTorch's 'same' does for an even kernel); pass padding='asymmetric' to keep that with a pre-hook"
-                )
-            pads.append((b, total - b))
-        elif abs(b - math.floor(b) - 0.5) < 1e-9 and allow_half:
-            low = int(math.floor(b))
-            pads.append((low, total - low) if side == "after" else (low + 1, total - low - 1))
-        elif abs(b - math.floor(b) - 0.5) < 1e-9:
-            raise GeometryError(
-                f"{name}: the new padding would be {_fmt(means)}, half a pixel off the grid; "
-                "pass padding='asymmetric' to put the extra pixel on one side, or use align='taps'"
-            )
-        else:
-            raise GeometryError(f"{name}: the new padding would be {_fmt(means)}, which no integer padding expresses")
-    return tuple(pads)
-
-
-def record_geometry(name: str, layer_kind: str, record: Mapping[str, Any], old_kernel: Sequence[int],
-                    padding: Sequence[float], stride: Sequence[int], dilation: Sequence[int],
-                    output_padding: Sequence[int] = ()
-                    ) -> tuple[tuple[int, ...], tuple[float, ...], tuple[int, ...], tuple[int, ...]]:
-    """New ``(kernel_size, exact padding, stride, dilation)`` of a conv from its own geometry and a
-    manifest record (DESIGN §3 geometry rule, §5 record); the reference for any loader.
-
-    ``layer_kind`` is ``"conv"`` or ``"transposed"``; ``padding`` may be a half-integer (an
-    asymmetric layer's mean). Re-dilation (``record["dilation"]`` set): dilation·f, weights
-    unchanged, p' by the rule with the new dilation (= s·p). Absorb: stride·s, p' = s·p.
-    Otherwise k' from the record, stride and dilation kept, p' = (k'−1)·d/2 − s·((k−1)·d/2 − p);
-    a transposed conv with stride σ and output padding a (``output_padding``, default 0) adds
-    (s−1)(σ−1−a)/2, the one padding under which its output is s× the original's (docs/format.md).
-    Raises GeometryError for an absorbing transposed conv (its output, not its input, would grow).
-    """
-    scales = _axis_scales(record["scale"], len(old_kernel))
-    new_kernel = tuple(int(k) for k in record["new_spatial"])
-    if record.get("dilation"):
-        factors = tuple(int(f) for f in record["dilation"])
-        new_dil = tuple(d * f for d, f in zip(dilation, factors))
-        pads = tuple(new_padding(k, k, s, p, d, nd) for k, s, p, d, nd in zip(old_kernel, scales, padding, dilation, new_dil))
-        return tuple(old_kernel), pads, tuple(stride), new_dil
-    if record.get("absorb"):
-        if layer_kind == "transposed":
-            raise GeometryError(f"{name}: a transposed conv cannot absorb the scale (its output, not its input, "
-                                "would grow); drop it from absorb")
-        bad = [s for s in scales if not s.is_integer()]
-        if bad:
-            raise GeometryError(f"{name}: an absorbing layer's stride grows by the scale, which must be an integer, got {scales!r}")
-        new_stride = tuple(int(st * s) for st, s in zip(stride, scales))
-        return new_kernel, tuple(s * p for s, p in zip(scales, padding)), new_stride, tuple(dilation)
-    pads = tuple(new_padding(k, kn, s, p, d, d) for k, kn, s, p, d in zip(old_kernel, new_kernel, scales, padding, dilation))
-    if layer_kind == "transposed":
-        # out = (n−1)σ − 2p + d(k−1) + a + 1 must become s·out at s·n: that fixes p' alone. For a = 0
-        # it is also where the windows line up with the supersampled output grid (no offset).
-        extra = tuple(output_padding) or (0,) * len(pads)
-        pads = tuple(p + (s - 1) * (st - 1 - a) / 2 for p, s, st, a in zip(pads, scales, stride, extra))
-    return new_kernel, pads, tuple(stride), tuple(dilation)
-
-
-def _conv_change(name: str, layer: nn.Module, record: Mapping[str, Any], padding_opt: str, side_fallback: str
-                 ) -> tuple[_Geometry, _Geometry, tuple[float, ...]]:
-    """(old geometry, new geometry, offset) of a conv layer under ``record``, or GeometryError."""
-    transposed = isinstance(layer, _TRANSPOSED)
-    kind = "transposed" if transposed else "conv"
-    old = _layer_geometry(layer)
-    old_spatial = tuple(int(k) for k in record["old_spatial"])
-    if old.kernel != old_spatial:
-        raise GeometryError(f"{name}: the layer's kernel is {_fmt(old.kernel)} but the record was made for {_fmt(old_spatial)}")
-    kernel, exact, stride, dilation = record_geometry(name, kind, record, old.kernel, old.padding, old.stride, old.dilation,
-                                                      old.output_padding)
-    scales = _axis_scales(record["scale"], len(kernel))
-    is_dilate = record.get("method") == "dilate"
-    if transposed and any(b != a for b, a in old.pads):
-        raise GeometryError(f"{name}: asymmetric padding on a transposed conv is not supported")
-    if transposed and is_dilate:
-        for s, st in zip(scales, old.stride):
-            if st > 1 and math.gcd(st, int(s)) > 1:
-                raise _Refit(name, f"a stride-{st} transposed conv re-dilated by {s:g} leaves output phases empty "
-                                   f"(gcd({st}, {s:g}) > 1; dilate suits a strided transposed conv only when the stride and "
-                                   "the scale share no factor)", _fitting_resize(name, record, old))
-    if transposed and any(abs(p - round(p)) > 1e-9 for p in exact):
-        raise _Refit(name, f"the new padding of this transposed conv would be {_fmt(exact)}, and a transposed conv cannot "
-                           "crop half a pixel", _fitting_resize(name, record, old))
-    absorb = bool(record.get("absorb"))
-    # Where the window centres would sit on the ideal output grid: a kept stride σ adds (s−1)(σ−1)/2
-    # to a conv's padding (DESIGN §4); a transposed conv's already holds (s−1)(σ−1−a)/2 of it, which
-    # leaves (s−1)·a/2 for an output padding a; an absorbing layer's patches are exact.
-    # Every rule is p' = C + s·p, so each side follows it on its own: a layer padded asymmetrically
-    # (PyTorch's "same" for an even kernel pads (1, 2)) keeps its half-pixel offset, scaled by s.
-    before = tuple(p - s * (a - b) / 2 for p, s, (b, a) in zip(exact, scales, old.pads))
-    if transposed:
-        aligned = tuple(p + (s - 1) * a / 2 for p, s, a in zip(before, scales, old.output_padding))
-    else:
-        aligned = tuple(p if absorb else p + (s - 1) * (st - 1) / 2 for p, s, st in zip(before, scales, old.stride))
-    side = record.get("pad_extra") or side_fallback
-    # A half-pixel padding on a strided layer: the side that puts the window centres on the ideal
-    # grid (e.g. a stride-2 conv resized 3 → 6 at s = 2 is aligned exactly with pads (3, 2)) beats
-    # alternation, which only cancels the shifts of stride-1 layers.
-    sides = tuple(_aligned_side(p, a, side) if st > 1 else side for p, a, st in zip(before, aligned, old.stride))
-    pads = _pads_from(name, before, tuple(2 * p for p in exact), sides, allow_half=padding_opt == "asymmetric")
-    new = _Geometry(kernel, pads, stride, dilation, old.output_padding)
-    for axis, (s, st) in enumerate(zip(scales, old.stride)):
-        bad = _sizes_consistent(kind, old, new, axis, s, 1 if absorb else s)
-        if bad is not None:
-            n, expected, got = bad
-            raise GeometryError(
-                f"{name}: stride {st}, kernel {old.kernel[axis]}, padding {_fmt(old.padding_report()[axis:axis + 1])}: "
-                f"with the new kernel {kernel[axis]} and padding {_fmt(new.padding_report()[axis:axis + 1])} an input of "
-                f"{int(n * s)} gives {got} outputs, not {expected:g} (the feature pyramid would change shape); "
-                "absorb the scale in this layer or exclude it")
-    offset = tuple(a - b for a, (b, _) in zip(aligned, pads))
-    return old, new, offset
-
-
-class _Refit(GeometryError):
-    """A transposed conv whose record's resize gives it no exact geometry, though a resize by
-    interp may (``fix``: the LayerRule fields of one that does, or None). :func:`supersample` and
-    :func:`load` collect them and raise one GeometryError with the recipe for all of them."""
-
-    def __init__(self, name: str, problem: str, fix: Optional[dict[str, str]]) -> None:
-        hint = f"resize it with {_rule_fields(fix)} instead" if fix else "no resize by interp fits it: exclude it"
-        super().__init__(f"{name}: {problem}; {hint}")
-        self.name, self.problem, self.fix = name, problem, fix
-
-
-def _fitting_resize(name: str, record: Mapping[str, Any], old: _Geometry) -> Optional[dict[str, str]]:
-    """The LayerRule fields (``align``, and ``method`` unless the record's is interp) of a resize by
-    interp, align cells first, then taps, in the record's mode, under which a transposed conv
-    gets an integer padding and an output s× the original; None when neither does."""
-    from kernelscale.transforms import axis_size
-
-    scales = _axis_scales(record["scale"], len(old.kernel))
-    for align in ("cells", "taps"):
-        try:
-            sizes = [axis_size(k, s, "interp", record.get("mode") or "linear", align) for k, s in zip(old.kernel, scales)]
-        except (InvalidOptionError, ValueError):
-            continue
-        trial = {**record, "method": "interp", "align": align, "new_spatial": sizes, "dilation": None, "absorb": False}
-        _, exact, _, _ = record_geometry(name, "transposed", trial, old.kernel, old.padding, old.stride, old.dilation,
-                                         old.output_padding)
-        if any(abs(p - round(p)) > 1e-9 or p < -1e-9 for p in exact):
-            continue
-        new = _Geometry(tuple(sizes), tuple((int(round(p)),) * 2 for p in exact), old.stride, old.dilation, old.output_padding)
-        if all(_sizes_consistent("transposed", old, new, axis, s, s) is None for axis, s in enumerate(scales)):
-            return ({} if record.get("method") == "interp" else {"method": "interp"}) | {"align": align}
-    return None
-
-
-def _rule_fields(fix: Mapping[str, str]) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in fix.items())
-
-
-def _refit_error(refits: Sequence[_Refit], recipe: str) -> GeometryError:
-    """One GeometryError for every transposed conv that needs another resize: what is wrong with
-    each, then ``recipe``."""
-    problems = "; ".join(f"{r.name}: {r.problem}" for r in refits)
-    return GeometryError(f"{problems}. {recipe}")
-
-
-def _supersample_recipe(refits: Sequence[_Refit]) -> str:
-    """How to call supersample so that these layers fit: a LayerRule each, or exclude."""
-    fixed = [r for r in refits if r.fix]
-    text = []
-    if fixed:
-        fixes = {_rule_fields(r.fix) for r in fixed}
-        lead = f"{fixes.pop()} fits" if len(fixes) == 1 else "another resize fits each"
-        rules = ", ".join(f"LayerRule({r.name!r}, {_rule_fields(r.fix)})" for r in fixed)
-        text.append(f"{lead}: pass layers=[{rules}] to supersample (from kernelscale import LayerRule; ahead of any "
-                    "layer rules of your own, as the first matching rule wins)")
-    unfixed = [r.name for r in refits if not r.fix]
-    if unfixed:
-        text.append(f"no resize by interp fits {_listing(unfixed)}: exclude=[{', '.join(repr(n) for n in unfixed)}]")
-    return "; ".join(text)
-
-
-def _load_recipe(refits: Sequence[_Refit], manifest: Optional[Mapping[str, Any]]) -> str:
-    """How to convert the checkpoint again so that load fits these layers: a plan file with a
-    ``[[layers]]`` rule each (docs/cli.md, "Plan files"), and the convert command."""
-    fixed = [r for r in refits if r.fix]
-    unfixed = [r.name for r in refits if not r.fix]
-    fixes = {_rule_fields(r.fix) for r in fixed}
-    lead = (f"{fixes.pop()} fits" if len(fixes) == 1 else "another resize fits each") if fixed else "no resize by interp fits"
-    lines = []
-    if unfixed:
-        lines.append("exclude = [" + ", ".join(json.dumps(n) for n in unfixed) + "]")
-    for r in fixed:
-        lines += ["", "[[layers]]", f"pattern = {json.dumps(r.name)}", *(f"{k} = {json.dumps(v)}" for k, v in r.fix.items())]
-    scale = (manifest or {}).get("options", {}).get("scale")
-    if scale is not None:
-        scale = ",".join(f"{float(v):g}" for v in (scale if isinstance(scale, (list, tuple)) else [scale]))
-    command = "kernelscale convert ORIGINAL.safetensors OUT.safetensors " + (f"--scale {scale} " if scale else "") + "--plan fix.toml"
-    body = "\n".join("    " + line if line else "" for line in lines)
-    return (f"{lead}: convert the original checkpoint again with this plan file, fix.toml (its rules ahead of any "
-            f"[[layers]] of your own, as the first matching rule wins):\n{body}\n\n    {command}\n\n"
-            "with the other options of the first conversion, then load the new file")
-
-
-def _aligned_side(exact: float, aligned: float, default: str) -> str:
-    low, high = math.floor(exact), math.ceil(exact)
-    if low == high or abs(aligned - low) == abs(aligned - high):
-        return default
-    return "before" if abs(aligned - high) < abs(aligned - low) else "after"
-
-
-def _axis_scales(scale: Any, ndim: int) -> tuple[float, ...]:
-    values = tuple(float(s) for s in (scale if isinstance(scale, (list, tuple)) else [scale]))
-    if len(values) == 1:
-        return values * ndim
-    if len(values) < ndim:
-        raise InvalidOptionError(f"{len(values)} scales {values!r} for a layer with {ndim} spatial axes")
-    return values[-ndim:]
-
-
-def _pool_change(name: str, layer: nn.Module, scales: tuple[float, ...]) -> Optional[tuple[_Geometry, _Geometry, tuple[float, ...]]]:
-    """New window of a MaxPool/AvgPool: the same scene extent, centred by the geometry rule.
-
-    Per axis, among the footprints k·s ("cells", the same scene extent) and (k−1)·s+1 ("taps",
-    the extent between the outer window centres), and the integer paddings nearest the aligned
-    p* = (k'−1)/2 − s·δ + (s−1)(σ−1)/2, keep those whose output stays s× the original (for inputs
-    a multiple of the stride; exactly, for stride 1) and pick the one nearest p*, cells first.
-    Stride-1 windows get the rule exactly ((k−1)s+1, p' = s·p); MaxPool2d(2) at s = 2 becomes
-    window 4, stride 2, padding 1, exactly aligned. None when nothing changes.
-    """
-    old = _layer_geometry(layer)
-    if any(d != 1 for d in old.dilation):
-        raise GeometryError(f"{name}: a dilated pool ({_fmt(old.dilation)}) is not supported")
-    if getattr(layer, "divisor_override", None):
-        raise GeometryError(f"{name}: divisor_override={layer.divisor_override} would have to grow with the window; not supported")
-    ceil_mode = bool(getattr(layer, "ceil_mode", False))
-    kernel, pads, offsets = [], [], []
-    for axis, s in enumerate(scales):
-        k, p, st = old.kernel[axis], old.padding[axis], old.stride[axis]
-        if s == 1.0:
-            kernel.append(k)
-            pads.append((int(p), int(p)))
-            offsets.append(0.0)
-            continue
-        best = None
-        for rank, size in enumerate((k * s, (k - 1) * s + 1)):
-            if not float(size).is_integer() or size < 1:
-                continue
-            size = int(size)
-            aligned = (size - 1) / 2 - s * ((k - 1) / 2 - p) + (s - 1) * (st - 1) / 2
-            for pad in sorted({math.floor(aligned + 1e-9), math.ceil(aligned - 1e-9)}):
-                if pad < 0 or pad > size // 2:
-                    continue
-                trial_old = _Geometry((k,), ((int(p), int(p)),), (st,), (1,))
-                trial_new = _Geometry((size,), ((pad, pad),), (st,), (1,))
-                if _sizes_consistent("pool", trial_old, trial_new, 0, s, s, ceil_mode) is not None:
-                    continue
-                key = (abs(pad - aligned), rank, pad)
-                if best is None or key < best[0]:
-                    best = (key, size, pad, aligned - pad)
-        if best is None:
-            raise GeometryError(f"{name}: no window of a {type(layer).__name__} with kernel {k}, stride {st}, padding {int(p)} "
-                                f"keeps its output {s:g}× larger at scale {s:g}")
-        _, size, pad, offset = best
-        kernel.append(size)
-        pads.append((pad, pad))
-        offsets.append(offset)
-    new = _Geometry(tuple(kernel), tuple(pads), old.stride, old.dilation)
-    if new == old:
-        return None
-    return old, new, tuple(offsets)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -584,7 +246,7 @@ def _asymmetric_pad_hook(layer: nn.Module, args: tuple) -> Optional[tuple]:
     return (F.pad(args[0], pad, mode=_PAD_MODES[layer.padding_mode]), *args[1:])
 
 
-def _set_conv_geometry(layer: nn.Module, g: _Geometry) -> None:
+def _set_conv_geometry(layer: nn.Module, g: LayerGeometry) -> None:
     from torch.nn.modules.utils import _reverse_repeat_tuple
 
     layer.kernel_size = g.kernel
@@ -602,7 +264,7 @@ def _set_conv_geometry(layer: nn.Module, g: _Geometry) -> None:
     layer._reversed_padding_repeated_twice = _reverse_repeat_tuple(layer.padding, 2)
 
 
-def _set_pool_geometry(layer: nn.Module, g: _Geometry) -> None:
+def _set_pool_geometry(layer: nn.Module, g: LayerGeometry) -> None:
     layer.kernel_size = g.kernel
     layer.padding = tuple(b for b, _ in g.pads)
     layer.stride = g.stride
@@ -615,7 +277,7 @@ class _Pending:
 
     layer: nn.Module
     change: Optional[LayerChange]
-    geometry: Optional[_Geometry] = None
+    geometry: Optional[LayerGeometry] = None
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     in_features: Optional[int] = None
     holder: Optional[nn.Module] = None
@@ -667,19 +329,19 @@ def _check_layer(name: str, layer: nn.Module, tensor_name: str, allow_reflect: b
     name any tensor of the layer (``holder``: the module holding it, default the layer); conv and
     grid records only its ``weight``, or the v of the weight norm it is under."""
     attr = _owner(tensor_name)[1]
-    if kind == "attention":
+    if kind == AttentionRecord.kind:
         if not isinstance(getattr(holder if holder is not None else layer, attr, None), torch.Tensor):
             raise GeometryError(f"{tensor_name}: the plan scales it, but {name!r} has no tensor attribute {attr!r}")
         return "attention"
     if spectral_norm_layer(tensor_name) is not None:
         # The planner lets only geometry-only re-dilation through (the weight is kept, so is σ).
-        if _spectral_norm_of(layer) is None:
+        if spectral_norm_of(layer) is None:
             raise GeometryError(f"{tensor_name}: named as spectral norm's raw weight, but {name!r} has no spectral norm "
                                 "on its weight, so kernelscale.nn cannot patch it; exclude it or patch it yourself")
         attr = "weight"
     parts = weight_norm_parts(tensor_name)
     if parts is not None and parts[1] == tensor_name:
-        if _weight_norm_of(layer) is None:
+        if weight_norm_of(layer) is None:
             raise GeometryError(f"{tensor_name}: named as weight norm's v, but {name!r} has no weight norm (torch.nn.utils."
                                 "weight_norm or parametrizations.weight_norm alone on its weight), so kernelscale.nn cannot "
                                 "patch it; exclude it or patch it yourself")
@@ -697,40 +359,36 @@ def _check_layer(name: str, layer: nn.Module, tensor_name: str, allow_reflect: b
     return "transposed" if isinstance(layer, _TRANSPOSED) else "conv"
 
 
-def _change_entry(name: str, layer: nn.Module, record: Mapping[str, Any], padding: str, side_fallback: str,
-                  old_shape: tuple[int, ...], new_shape: tuple[int, ...]) -> tuple[LayerChange, Optional[_Geometry], Optional[int]]:
+def _change_entry(name: str, layer: nn.Module, record: Record, padding: str, side_fallback: str,
+                  old_shape: tuple[int, ...], new_shape: tuple[int, ...]) -> tuple[LayerChange, Optional[LayerGeometry], Optional[int]]:
     """The LayerChange (and new geometry or in_features) of one planned or recorded tensor."""
-    if record["kind"] == "attention":
-        change = LayerChange(name, type(layer).__name__, "attention", f"temperature ×{float(record['factor']):.4f}", (), (),
+    if isinstance(record, AttentionRecord):
+        change = LayerChange(name, type(layer).__name__, Action.ATTENTION, f"temperature ×{record.factor:.4f}", (), (),
                              old_weight_shape=old_shape, new_weight_shape=new_shape)
         return change, None, None
-    if record["kind"] == "grid":
-        c, h, w = (int(v) for v in record["grid"])
+    if isinstance(record, GridRecord):
+        c, h, w = record.grid
         if layer.in_features != c * h * w:
             raise GeometryError(f"{name}: in_features {layer.in_features} is not the grid {c}×{h}×{w}")
-        nh, nw = (int(v) for v in record["new_spatial"])
-        change = LayerChange(name, type(layer).__name__, "grid", _method_label(record), (c, h, w), (c, nh, nw),
+        nh, nw = record.new_spatial
+        change = LayerChange(name, type(layer).__name__, Action.GRID, _method_label(record), (c, h, w), (c, nh, nw),
                              old_weight_shape=old_shape, new_weight_shape=new_shape)
         return change, None, c * nh * nw
-    old, new, offset = _conv_change(name, layer, record, padding, side_fallback)
-    action = "absorb" if record.get("absorb") else ("geometry" if record.get("dilation") else "resize")
+    kind = "transposed" if isinstance(layer, _TRANSPOSED) else "conv"
+    old, new, offset = conv_change(name, kind, _layer_geometry(layer), record, padding, side_fallback)
+    action = Action.ABSORB if record.absorb else (Action.GEOMETRY if record.dilation else Action.RESIZE)
     change = LayerChange(name, type(layer).__name__, action, _method_label(record), old.kernel, new.kernel,
                          old.padding_report(), new.padding_report(), old.stride, new.stride, old.dilation, new.dilation,
                          old_shape, new_shape, offset)
     return change, new, None
 
 
-def _method_label(record: Mapping[str, Any]) -> str:
-    if record.get("dilation"):
+def _method_label(record: Union[ConvRecord, GridRecord]) -> str:
+    if record.dilation:
         return "dilate (geometry only)"
-    if record.get("method") in ("dilate", "disperse"):
-        return record["method"]
-    return "/".join(str(record.get(k)) for k in ("method", "mode", "align"))
-
-
-def _check_padding_option(padding: str) -> None:
-    if padding not in PADDINGS:
-        raise InvalidOptionError(f"unknown padding {padding!r}; expected one of {', '.join(PADDINGS)}")
+    if record.method in ("dilate", "disperse"):
+        return record.method
+    return f"{record.method}/{record.mode}/{record.align}"
 
 
 class _Sides:
@@ -739,8 +397,8 @@ class _Sides:
     def __init__(self) -> None:
         self.side = "after"
 
-    def take(self, record: Mapping[str, Any]) -> str:
-        if record.get("pad_extra") or not any(record.get("centre_offset") or ()):
+    def take(self, record: Record) -> str:
+        if not record.half_pixel or record.pad_extra:
             return self.side
         side, self.side = self.side, ("before" if self.side == "after" else "after")
         return side
@@ -770,12 +428,13 @@ def _pool_changes(module: nn.Module, options: ResizeOptions) -> tuple[list[_Pend
         rule = next((r for r in options.layers if _matches(name, r.pattern)), None)
         scale = rule.scale if rule is not None and rule.scale is not None else options.scale
         ndim = _pool_ndim(layer)
-        result = _pool_change(name, layer, _axis_scales(scale, ndim))
+        result = pool_change(name, type(layer).__name__, _layer_geometry(layer), axis_scales(scale, ndim, name=name, trailing=True),
+                             bool(getattr(layer, "ceil_mode", False)), getattr(layer, "divisor_override", None))
         if result is None:
             skipped.append((name, "scale 1"))
             continue
         old, new, offset = result
-        change = LayerChange(name, type(layer).__name__, "pool", "window", old.kernel, new.kernel, old.padding_report(),
+        change = LayerChange(name, type(layer).__name__, Action.POOL, "window", old.kernel, new.kernel, old.padding_report(),
                              new.padding_report(), old.stride, new.stride, old.dilation, new.dilation, offset=offset)
         pending.append(_Pending(layer, change, new))
     return pending, skipped
@@ -788,7 +447,7 @@ def _check_hidden_weights(module: nn.Module, state: Mapping[str, Any], options: 
     for name, layer in module.named_modules():
         if not isinstance(layer, _CONVS + _TRANSPOSED) or (f"{name}.weight" if name else "weight") in state:
             continue
-        if _weight_norm_of(layer) is not None or _spectral_norm_of(layer) is not None:
+        if weight_norm_of(layer) is not None or spectral_norm_of(layer) is not None:
             continue  # planned: kernelscale.plan resizes weight norm and refuses spectral norm unless geometry-only
         if all(k == 1 for k in _tuple(layer.kernel_size, 1)):  # not layer.weight: computing it may update state (spectral_norm)
             continue
@@ -800,64 +459,13 @@ def _check_hidden_weights(module: nn.Module, state: Mapping[str, Any], options: 
                             "or exclude the layer")
 
 
-def _weight_norm_of(layer: nn.Module) -> Optional[str]:
-    """``"hook"`` when ``layer.weight`` is under torch.nn.utils.weight_norm (weight_g/weight_v),
-    ``"parametrization"`` under torch.nn.utils.parametrizations.weight_norm alone
-    (parametrizations.weight.original0/1), None otherwise."""
-    from torch.nn.utils.weight_norm import WeightNorm
-
-    return _weight_reparametrized_by(layer, WeightNorm, "_WeightNorm")
-
-
-def _spectral_norm_of(layer: nn.Module) -> Optional[str]:
-    """``"hook"`` when ``layer.weight`` is under torch.nn.utils.spectral_norm (weight_orig),
-    ``"parametrization"`` under torch.nn.utils.parametrizations.spectral_norm alone
-    (parametrizations.weight.original), None otherwise."""
-    from torch.nn.utils.spectral_norm import SpectralNorm
-
-    return _weight_reparametrized_by(layer, SpectralNorm, "_SpectralNorm")
-
-
-def _weight_reparametrized_by(layer: nn.Module, hook_type: type, parametrization: str) -> Optional[str]:
-    """``"hook"`` when a forward pre-hook of ``hook_type`` computes ``layer.weight``,
-    ``"parametrization"`` when the parametrization class named ``parametrization`` (private in
-    torch, hence by name) alone does, None otherwise."""
-    if any(isinstance(h, hook_type) and h.name == "weight" for h in layer._forward_pre_hooks.values()):
-        return "hook"
-    chains = getattr(layer, "parametrizations", None)
-    if isinstance(chains, nn.ModuleDict) and "weight" in chains:
-        chain = chains["weight"]
-        if len(chain) == 1 and type(chain[0]).__name__ == parametrization:
-            return "parametrization"
-    return None
-
-
 def _locate(tensor_name: str, layers: Mapping[str, nn.Module]) -> tuple[str, Optional[nn.Module], str]:
     """``(layer name, module holding the tensor, attribute)``. Weight norm's v and g belong to the
     layer they parametrize, held by it (weight_v/weight_g) or by its parametrization list
     (original1/original0); any other tensor to the module that holds it."""
     holder_name, attr = _owner(tensor_name)
-    parts = weight_norm_parts(tensor_name)
-    spectral = spectral_norm_layer(tensor_name)
-    if parts is not None and parts[0] in layers:
-        layer_name = parts[0]
-    elif spectral is not None and spectral in layers:
-        layer_name = spectral
-    else:
-        layer_name = holder_name
-    return layer_name, layers.get(holder_name), attr
-
-
-def _refresh_weight_norm(layers: Iterable[nn.Module]) -> None:
-    """Recompute ``weight`` of the layers under torch.nn.utils.weight_norm, a plain attribute its
-    forward pre-hook sets from g and v, so that it shows the new ones (and the new kernel size)
-    before the next forward; the parametrization computes it on each access."""
-    from torch.nn.utils.weight_norm import WeightNorm
-
-    for layer in {id(m): m for m in layers}.values():
-        for hook in list(layer._forward_pre_hooks.values()):
-            if isinstance(hook, WeightNorm):
-                hook(layer, None)
+    layer_name = reparametrized_layer(tensor_name)
+    return layer_name if layer_name in layers else holder_name, layers.get(holder_name), attr
 
 
 def _one_change_per_layer(pending: Sequence[_Pending]) -> None:
@@ -951,7 +559,7 @@ def supersample(
     module's state dict exactly as ``kernelscale convert`` makes it on a checkpoint of the module,
     and weights are produced by the same :func:`~kernelscale.state_dict.apply_entry`, so the two
     agree bit for bit. Conv1d/2d/3d and ConvTranspose1d/2d/3d get the resized weight and the
-    geometry of :func:`record_geometry`; a Linear named in ``grids`` gets its resized weight and
+    geometry of :func:`kernelscale.geometry.record_geometry`; a Linear named in ``grids`` gets its resized weight and
     ``in_features``; with ``pools=True`` every MaxPool/AvgPool window is scaled (module
     docstring). ``padding="asymmetric"`` accepts half-pixel paddings (align="cells" even
     kernels); ``allow_reflect`` accepts ``padding_mode="reflect"``. ``backend`` picks where R is
@@ -972,7 +580,7 @@ def supersample(
     per parameter (Adam's moments, SGD's momentum) keeps the old shapes: make the optimiser after
     ``supersample``, or clear its ``state``. The same holds for :func:`load`.
     """
-    _check_padding_option(padding)
+    check_choice("padding", padding, PADDINGS)
     options = ResizeOptions(scale=scale, **plan_options)
     plan = plan_module(module, options)
     state = module.state_dict(keep_vars=True)
@@ -984,7 +592,7 @@ def supersample(
     sides = _Sides()
     resized: dict[str, torch.Tensor] = {}
     renorms = []
-    refits: list[_Refit] = []
+    refits: list[Refit] = []
     listed: set[str] = set()
     for entry in plan:
         name, holder, attr = _locate(entry.name, layers)
@@ -997,7 +605,7 @@ def supersample(
             continue
         if layer is None or holder is None:
             raise GeometryError(f"{entry.name}: the plan resizes it, but no layer named {name!r} owns it; exclude it")
-        if entry.action == "renorm":  # weight norm's g: once its v is resized
+        if entry.action == Action.RENORM:  # weight norm's g: once its v is resized
             renorms.append((entry, layer, holder, attr))
             continue
         _check_layer(name, layer, entry.name, allow_reflect, entry.kind, holder)
@@ -1008,15 +616,15 @@ def supersample(
         try:
             change, geometry, in_features = _change_entry(name, layer, entry.record, padding, sides.take(entry.record),
                                                           entry.shape, entry.new_shape)
-        except _Refit as refit:
+        except Refit as refit:
             refits.append(refit)
             continue
         tensors = {}
-        if entry.action == "resize":
+        if entry.action == Action.RESIZE:
             tensors[attr] = resized[entry.name] = apply_entry(entry, tensor.detach(), backend=backend)
         pending.append(_Pending(layer, change, geometry, tensors, in_features, holder))
     if refits:
-        raise _refit_error(refits, _supersample_recipe(refits))
+        raise refit_error(refits, supersample_recipe(refits))
     for entry, layer, holder, attr in renorms:
         v = entry.partner.name
         g = apply_renorm(entry, state[entry.name].detach(), state[v].detach(), resized.get(v), backend=backend)
@@ -1026,7 +634,7 @@ def supersample(
         pending += pool_pending
         skipped += pool_skipped
     _apply(pending)
-    _refresh_weight_norm(p.layer for p in pending)
+    refresh_weight_norm(p.layer for p in pending)
     return SupersampleReport(_ordered_changes(pending, layers), tuple(skipped), plan.manifest())
 
 
@@ -1053,12 +661,6 @@ def _ordered_changes(pending: Sequence[_Pending], layers: Mapping[str, nn.Module
 # load
 
 
-def _listing(names: Sequence[str], limit: int = 8) -> str:
-    names = sorted(names)
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(repr(n) for n in names[:limit]) + more
-
-
 def load(
     module: nn.Module,
     path: Union[str, os.PathLike],
@@ -1072,7 +674,7 @@ def load(
 
     ``path``: a .safetensors file, a folder of them, or a ``*.safetensors.index.json`` shard index.
     For each record (DESIGN §5) the layer's kernel size, padding, stride and dilation come from
-    :func:`record_geometry` applied to the layer's own geometry; Linear grids get the new
+    :func:`kernelscale.geometry.record_geometry` applied to the layer's own geometry; Linear grids get the new
     ``in_features``. ``pools=True`` scales MaxPool/AvgPool windows by the manifest's options, as
     :func:`supersample` does. A checkpoint without a manifest loads as it is.
 
@@ -1087,26 +689,26 @@ def load(
     a resize of it (then: run one forward pass first). Training after loading: see
     :func:`supersample`.
     """
-    _check_padding_option(padding)
+    check_choice("padding", padding, PADDINGS)
     files = model_files(path)
     manifest, where = read_headers(files)
-    records = manifest["tensors"] if manifest is not None else {}
+    records = Manifest.from_json(manifest, path).tensors if manifest is not None else {}
     state = module.state_dict(keep_vars=True)
     missing = [n for n in state if n not in where]
     unexpected = [n for n in where if n not in state]
     if missing:
-        raise InvalidCheckpointError(f"{path}: missing tensors the module needs: {_listing(missing)}")
+        raise InvalidCheckpointError(f"{path}: missing tensors the module needs: {listing(missing)}")
     if unexpected:
-        raise InvalidCheckpointError(f"{path}: unexpected tensors the module does not have: {_listing(unexpected)}")
+        raise InvalidCheckpointError(f"{path}: unexpected tensors the module does not have: {listing(unexpected)}")
     stray = [n for n in records if n not in state]
     if stray:
-        raise InvalidCheckpointError(f"{path}: the manifest records tensors the checkpoint does not hold: {_listing(stray)}")
+        raise InvalidCheckpointError(f"{path}: the manifest records tensors the checkpoint does not hold: {listing(stray)}")
 
     layers = dict(module.named_modules())
     pending: list[_Pending] = []
     sides = _Sides()
     reshaped: dict[str, tuple[int, ...]] = {}
-    refits: list[_Refit] = []
+    refits: list[Refit] = []
     for name, tensor in state.items():
         record = records.get(name)
         file_shape = where[name][1]
@@ -1130,25 +732,25 @@ def load(
         layer = layers.get(layer_name)
         if layer is None or holder is None:
             raise GeometryError(f"{name}: the manifest records it, but no layer named {layer_name!r} owns it")
-        if record["kind"] == "weight_norm":  # g, rescaled for its resized v: loaded as it is
-            if file_shape != tuple(tensor.shape) or record["v"] not in records:
-                raise InvalidCheckpointError(f"{path}: {name!r} is recorded as weight norm's g of {record['v']!r}, but has shape "
+        if isinstance(record, RenormRecord):  # g, rescaled for its resized v: loaded as it is
+            if file_shape != tuple(tensor.shape) or record.v not in records:
+                raise InvalidCheckpointError(f"{path}: {name!r} is recorded as weight norm's g of {record.v!r}, but has shape "
                                              f"{file_shape} against {tuple(tensor.shape)} in the module, or its v has no record")
             continue
-        _check_layer(layer_name, layer, name, allow_reflect, record["kind"], holder)
+        _check_layer(layer_name, layer, name, allow_reflect, record.kind, holder)
         expected = _expected_shape(name, tuple(tensor.shape), record)
         if file_shape != expected:
             raise InvalidCheckpointError(f"{path}: {name!r} has shape {file_shape} but its record says {expected}")
         try:
             change, geometry, in_features = _change_entry(layer_name, layer, record, padding, sides.take(record),
                                                           tuple(tensor.shape), expected)
-        except _Refit as refit:
+        except Refit as refit:
             refits.append(refit)
             continue
         pending.append(_Pending(layer, change, geometry, {}, in_features))
         reshaped[name] = expected
     if refits:
-        raise _refit_error(refits, _load_recipe(refits, manifest))
+        raise refit_error(refits, load_recipe(refits, manifest))
     skipped: list[tuple[str, str]] = []
     if pools and manifest is not None:
         opts = dict(manifest["options"])
@@ -1172,20 +774,20 @@ def load(
             param = state[name]
             _replace_data(param, torch.empty(shape, dtype=param.dtype, device=param.device))
         module.load_state_dict(tensors, strict=True)
-    _refresh_weight_norm(p.layer for p in pending)
+    refresh_weight_norm(p.layer for p in pending)
     return SupersampleReport(_ordered_changes(pending, layers), tuple(skipped), manifest or {})
 
 
-def _expected_shape(name: str, shape: tuple[int, ...], record: Mapping[str, Any]) -> tuple[int, ...]:
-    if record["kind"] == "attention":
+def _expected_shape(name: str, shape: tuple[int, ...], record: Record) -> tuple[int, ...]:
+    if isinstance(record, AttentionRecord):
         return shape
-    if record["kind"] == "grid":
-        c, h, w = (int(v) for v in record["grid"])
+    if isinstance(record, GridRecord):
+        c, h, w = record.grid
         if len(shape) != 2 or shape[1] != c * h * w:
             raise GeometryError(f"{name}: the module's weight {shape} is not over the recorded grid {c}×{h}×{w}")
-        nh, nw = (int(v) for v in record["new_spatial"])
+        nh, nw = record.new_spatial
         return (shape[0], c * nh * nw)
-    old = tuple(int(k) for k in record["old_spatial"])
+    old = record.old_spatial
     if tuple(shape[2:]) != old:
         raise GeometryError(f"{name}: the module's kernel is {shape[2:]} but the record was made for {old}")
-    return tuple(shape[:2]) + tuple(int(k) for k in record["new_spatial"])
+    return tuple(shape[:2]) + record.new_spatial

@@ -9,15 +9,8 @@ spatial size > 1 is a conv kernel; everything else is copied byte for byte. A te
 when it is a default-rule candidate or named by a grid or absorb rule, matches an include glob
 (when any are given), and matches no exclude glob. Layer rules refine scale and method.
 
-A conv under weight norm has no ``*weight`` tensor: it is stored as v and g (``x.weight_v`` /
-``x.weight_g``, or ``x.parametrizations.weight.original1`` / ``original0``), w = g·v/‖v‖ with one
-norm per index of the axis ``dim`` (g has v's size there and 1 elsewhere; a scalar g: one norm).
-The pair is planned as its conv ``x.weight`` would be (globs match the real names too). Resized,
-it stays exact when g is constant along the axes the resize changes (``dim`` 0 or 1, or one norm
-over all): then c·R·w = g'·v'/‖v'‖ with v' = c·R·v (v gets the conv's ``resize`` entry and
-record) and g' = g·‖v'‖/‖v‖ (g gets a ``renorm`` entry, its shape kept, that needs v). A g that
-varies along a resized axis, a missing g, or a shape that fits no ``dim`` is refused
-(WeightNormError) rather than left silently unresized; excluded, the pair is copied.
+A layer under weight norm or spectral norm is planned as its plain weight ``<layer>.weight``
+would be, and the decision mapped back to its own tensors by :mod:`kernelscale.reparam`.
 """
 
 from __future__ import annotations
@@ -26,38 +19,14 @@ import fnmatch
 import math
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from kernelscale.dtypes import RESIZABLE
-from kernelscale.errors import InvalidOptionError, KernelscaleError, SpectralNormError, WeightNormError
-from kernelscale.transforms import (
-    ALIGNS,
-    METHODS,
-    MODES,
-    Coef,
-    DisperseParams,
-    build_axis_resize,
-    build_kernel_resize,
-    normalise_scales,
-    validate_coef,
-    validate_scale,
-)
-
-FORMAT_VERSION = 1
-Scale = Union[float, tuple[float, ...]]
-
-
-def _check_choice(what: str, value: object, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise InvalidOptionError(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
-
-
-def _scale_value(scale: Any, where: str) -> Scale:
-    if isinstance(scale, (list, tuple)):
-        if not 1 <= len(scale) <= 3:
-            raise InvalidOptionError(f"{where}: give 1 to 3 scales, got {tuple(scale)!r}")
-        return tuple(validate_scale(s, name=where) for s in scale)
-    return validate_scale(scale, name=where)
+from kernelscale.errors import InvalidOptionError, KernelscaleError
+from kernelscale.method import ALIGNS, METHODS, MODES, Coef, DisperseParams, Method, Scale, axis_scales, check_choice, scale_value
+from kernelscale.manifest import Action, AttentionRecord, ConvRecord, DisperseFit, GridRecord, Manifest, Record
+from kernelscale.reparam import find_reparametrized, glob_names, weight_norm_parts
+from kernelscale.transforms import GridResize, Operator, ScaleFactor, grid_resize, kernel_resize
 
 
 @dataclass(frozen=True)
@@ -77,15 +46,16 @@ class LayerRule:
     def __post_init__(self) -> None:
         where = f"layer rule {self.pattern!r}"
         if self.scale is not None:
-            object.__setattr__(self, "scale", _scale_value(self.scale, where))
-        if self.method is not None:
-            _check_choice("method", self.method, METHODS)
-        if self.mode is not None:
-            _check_choice("mode", self.mode, MODES)
-        if self.align is not None:
-            _check_choice("align", self.align, ALIGNS)
+            object.__setattr__(self, "scale", scale_value(self.scale, where))
+        for what, choices in (("method", METHODS), ("mode", MODES), ("align", ALIGNS)):
+            if getattr(self, what) is not None:
+                check_choice(what, getattr(self, what), choices)
         if self.coef is not None:
-            object.__setattr__(self, "coef", validate_coef(self.coef))
+            object.__setattr__(self, "coef", Method(coef=self.coef).coef)
+
+    def method_for(self, base: Method) -> Method:
+        """``base`` (the job's Method) with this rule's method, mode, align and coef where set."""
+        return base.overridden(method=self.method, mode=self.mode, align=self.align, coef=self.coef)
 
 
 @dataclass(frozen=True)
@@ -123,6 +93,9 @@ class ResizeOptions:
     """Every option of a resize job; one object serves the CLI and the Python API.
 
     ``scale``: one number or one per spatial axis (applied to the last axes of each kernel).
+    ``method``: the method's name, with ``mode``, ``align``, ``coef`` and ``disperse`` beside it,
+    or a :class:`~kernelscale.method.Method` (whose fields then replace those five); either way
+    they are validated once, here, into :attr:`resize_method`.
     ``coef``: None (the default) means ``"mass"`` for conv kernels and ``"paper"`` — HW/(H'W'),
     DESIGN §5 — for grids.
     ``grids``: ``(name, (C, H, W))`` pairs declaring Linear weights over a flattened grid.
@@ -147,16 +120,20 @@ class ResizeOptions:
     disperse: DisperseParams = DisperseParams()
     attention: tuple[AttentionRule, ...] = ()
     absorb_only: Optional[bool] = None
+    resize_method: Method = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scale", _scale_value(self.scale, "scale"))
-        if isinstance(self.disperse, Mapping):
-            object.__setattr__(self, "disperse", DisperseParams(**self.disperse))
-        _check_choice("method", self.method, METHODS)
-        _check_choice("mode", self.mode, MODES)
-        _check_choice("align", self.align, ALIGNS)
-        if self.coef is not None:
-            object.__setattr__(self, "coef", validate_coef(self.coef))
+        object.__setattr__(self, "scale", scale_value(self.scale, "scale"))
+        if isinstance(self.method, Method):
+            given = self.method
+            for what in ("method", "mode", "disperse"):
+                object.__setattr__(self, what, getattr(given, what))
+            object.__setattr__(self, "align", given.align or "taps")
+            object.__setattr__(self, "coef", given.coef)
+        resize = Method(self.method, self.mode, self.align, self.coef, self.disperse)
+        object.__setattr__(self, "resize_method", resize)
+        object.__setattr__(self, "disperse", resize.disperse)
+        object.__setattr__(self, "coef", resize.coef)
         for what in ("include", "exclude", "absorb"):
             value = getattr(self, what)
             if isinstance(value, str):
@@ -216,39 +193,45 @@ class TensorSpec:
 class TensorPlan:
     """The decision for one tensor.
 
-    ``action``: ``"copy"`` (byte for byte), ``"resize"`` (new weight), ``"geometry"`` (weight
-    bytes unchanged, the loader dilates) or ``"renorm"`` (weight norm's g, rescaled for its resized
-    v: ``partner`` is v's resize entry, the record names v and ``dim``; executed by
-    :func:`kernelscale.state_dict.apply_renorm`, which needs v). ``record`` is the manifest entry
-    (None for copies).
+    ``action`` (:class:`~kernelscale.manifest.Action`): ``copy`` (byte for byte), ``resize`` (new
+    weight), ``geometry`` (weight bytes unchanged, the loader dilates) or ``renorm`` (weight norm's
+    g, rescaled for its resized v: ``partner`` is v's resize entry, the record names v and ``dim``;
+    executed by :func:`kernelscale.state_dict.apply_renorm`, which needs v). ``method`` is the
+    validated Method it is resized by; ``record`` the typed manifest record (:mod:`kernelscale.manifest`;
+    None for copies), which holds its scales; ``operator`` the built operator a ``resize`` entry
+    is executed with (:mod:`kernelscale.execute`): a KernelResize, GridResize or ScaleFactor.
     """
 
     name: str
     dtype: str
     shape: tuple[int, ...]
-    action: str
+    action: Action
     reason: str
     new_shape: tuple[int, ...]
-    kind: str = "other"
-    method: str = ""
-    mode: str = ""
-    align: str = ""
-    coef: Coef = ""
-    scales: tuple[float, ...] = ()
-    absorb: bool = False
-    grid: Optional[tuple[int, int, int]] = None
-    record: Optional[Mapping[str, Any]] = field(default=None, compare=False)
-    disperse: DisperseParams = DisperseParams()
+    method: Optional[Method] = None
+    record: Optional[Record] = field(default=None, compare=False)
     partner: Optional["TensorPlan"] = None
+    operator: Optional[Operator] = field(default=None, compare=False, repr=False)
+
+    @property
+    def kind(self) -> str:
+        """What the tensor is, as its record says: ``conv``, ``grid``, ``attention``, ``weight_norm``
+        (weight norm's g); ``other`` for a tensor without a record (a copy)."""
+        return self.record.kind if self.record is not None else "other"
+
+    @property
+    def coef(self) -> Coef:
+        """The coefficient the entry's Method resolved to (``""`` without a Method)."""
+        return self.method.coef if self.method is not None and self.method.coef is not None else ""
 
     @property
     def changed(self) -> bool:
-        return self.action != "copy"
+        return self.action != Action.COPY
 
     @property
     def flop_growth(self) -> float:
         """Multiply-adds per output sample, new over old (the spatial taps ratio)."""
-        if self.action != "resize" or self.kind != "conv":
+        if self.action != Action.RESIZE or self.kind != ConvRecord.kind:
             return 1.0
         return math.prod(self.new_shape[2:]) / math.prod(self.shape[2:])
 
@@ -277,13 +260,8 @@ class Plan:
         """The manifest of DESIGN §5: format version, tool version, options, changed tensors."""
         from kernelscale.version import __version__
 
-        return {
-            "format_version": FORMAT_VERSION,
-            "tool": "kernelscale",
-            "tool_version": __version__,
-            "options": self.options.to_json(),
-            "tensors": {e.name: dict(e.record) for e in self.entries if e.record is not None},
-        }
+        tensors = {e.name: e.record for e in self.entries if e.record is not None}
+        return Manifest(self.options.to_json(), tensors, __version__).to_json()
 
     def describe(self) -> list[str]:
         """One line per tensor: name, dtype, shape, and what happens and why."""
@@ -299,7 +277,7 @@ def describe_entries(entries: Sequence[TensorPlan], out_dtypes: Optional[Sequenc
         cast = f" as {out_dtype}" if out_dtype != e.dtype else ""
         if e.changed:
             arrow = f" -> {shape_text(e.new_shape)}" if e.new_shape != e.shape else ""
-            growth = f", FLOPs ×{e.flop_growth:.2f}" if e.kind == "conv" and e.action == "resize" else ""
+            growth = f", FLOPs ×{e.flop_growth:.2f}" if e.kind == ConvRecord.kind and e.action == Action.RESIZE else ""
             lines.append(f"{e.name}  {e.dtype}  {shape}{arrow}{cast}  {e.action}: {e.reason}{growth}")
         else:
             lines.append(f"{e.name}  {e.dtype}  {shape}{cast}  {'cast' if cast else 'copy'}: {e.reason}")
@@ -330,195 +308,6 @@ def _first_match(names: Sequence[str], patterns: Iterable[str]) -> Optional[str]
     return next((p for p in patterns if any(matches_pattern(n, p) for n in names)), None)
 
 
-# (v, g) name suffixes of weight norm: torch.nn.utils.weight_norm, and its parametrization.
-WEIGHT_NORM_SUFFIXES = (("weight_v", "weight_g"), ("parametrizations.weight.original1", "parametrizations.weight.original0"))
-
-
-# The tensor spectral norm keeps the raw weight in: torch.nn.utils.spectral_norm, its parametrization.
-SPECTRAL_NORM_SUFFIXES = ("weight_orig", "parametrizations.weight.original")
-
-
-def spectral_norm_layer(name: str) -> Optional[str]:
-    """The layer whose raw weight ``name`` is under spectral norm, else None."""
-    for suffix in SPECTRAL_NORM_SUFFIXES:
-        if name == suffix or name.endswith("." + suffix):
-            return name[: -len(suffix) - 1] if name != suffix else ""
-    return None
-
-
-def _spectral_layers(names: Iterable[str]) -> list[str]:
-    """The layers under spectral norm, each once, in the order their raw weights come."""
-    return list(dict.fromkeys(layer for layer in map(spectral_norm_layer, names) if layer is not None))
-
-
-def _spectral_raw(specs: Iterable[TensorSpec]) -> list[tuple[str, str]]:
-    """``(layer, raw weight name)`` of each spectral-normed layer, in the order the raw weights come."""
-    return [(layer, spec.name) for spec in specs if (layer := spectral_norm_layer(spec.name)) is not None]
-
-
-def weight_norm_parts(name: str) -> Optional[tuple[str, str, str]]:
-    """``(layer, v name, g name)`` when ``name`` is weight norm's v or g tensor, else None."""
-    for v_suffix, g_suffix in WEIGHT_NORM_SUFFIXES:
-        for suffix in (v_suffix, g_suffix):
-            if name == suffix or name.endswith("." + suffix):
-                layer = name[: -len(suffix) - 1] if name != suffix else ""
-                return layer, f"{layer}.{v_suffix}" if layer else v_suffix, f"{layer}.{g_suffix}" if layer else g_suffix
-    return None
-
-
-def _stand_in_name(layer: str) -> str:
-    return f"{layer}.weight" if layer else "weight"
-
-
-def glob_names(names: Iterable[str]) -> set[str]:
-    """The names a rule's glob may match: the tensors', and ``<layer>.weight`` of each layer whose
-    weight weight norm holds as v and g (a glob or grid may name the conv weight it hides)."""
-    names = set(names)
-    spectral = set(_spectral_layers(names))
-    hidden = {_stand_in_name(layer) for layer in spectral}
-    for name in names:
-        parts = weight_norm_parts(name)
-        if parts is not None and parts[1] == name and parts[0] not in spectral:
-            hidden.add(_stand_in_name(parts[0]))
-    return names | hidden
-
-
-def _weight_norm_stand_ins(specs: Sequence[TensorSpec]) -> list[tuple[TensorSpec, str, str, str]]:
-    """``(stand-in, layer, v, g)`` per weight-norm pair: the conv's ``<layer>.weight`` as the
-    planner would see it without weight norm (v's dtype and shape)."""
-    pairs = []
-    spectral = set(_spectral_layers(spec.name for spec in specs))  # spectral norm's weight_v is its power iteration's vector
-    for spec in specs:
-        parts = weight_norm_parts(spec.name)
-        if parts is not None and parts[1] == spec.name and parts[0] not in spectral:
-            layer, v, g = parts
-            pairs.append((TensorSpec(_stand_in_name(layer), spec.dtype, spec.shape), layer, v, g))
-    return pairs
-
-
-def weight_norm_dim(layer: str, v: TensorSpec, g: TensorSpec) -> Optional[int]:
-    """The axis along which weight norm keeps one norm per index (its ``dim``), read from g's shape
-    against v's: g has v's size on that axis and 1 on every other. None: one norm over the whole of
-    v (g a scalar, or all ones: where v has size 1 on the axis, dim and None are the same norm).
-    WeightNormError naming the pair when g's shape fits no axis."""
-    if all(n == 1 for n in g.shape) and len(g.shape) in (0, len(v.shape)):
-        return None
-    axes = [a for a, n in enumerate(g.shape) if n != 1]
-    if len(g.shape) == len(v.shape) and len(axes) == 1 and g.shape[axes[0]] == v.shape[axes[0]]:
-        return axes[0]
-    raise WeightNormError(
-        f"{layer or v.name}: weight norm's g {g.name} has shape {shape_text(g.shape)}, which is neither a scalar nor v's "
-        f"size on one axis and 1 on the others (v {v.name} is {shape_text(v.shape)}), so the norms it multiplies are "
-        f"unknown; {_remove_weight_norm_hint(layer, v.name)}")
-
-
-def _remove_weight_norm_hint(layer: str, v: str) -> str:
-    return ("remove weight norm before converting: torch.nn.utils.remove_weight_norm(module) for weight_g/weight_v, "
-            "torch.nn.utils.parametrize.remove_parametrizations(module, 'weight') for parametrizations.weight."
-            f"original0/1; or exclude {layer or v!r}")
-
-
-def _renamed(message: str, stand_in: str, v: str) -> str:
-    """An error about a weight-normed conv's stand-in ``<layer>.weight``, naming the real v instead."""
-    return re.sub(rf"(?<![\w.]){re.escape(stand_in)}(?![\w.])", lambda _: v, message) if stand_in != "weight" else message
-
-
-def _plan_weight_norm(pairs: Sequence[tuple[TensorSpec, str, str, str]], specs: Mapping[str, TensorSpec], options: ResizeOptions,
-                      grids: Mapping[str, tuple[int, int, int]]) -> dict[str, TensorPlan]:
-    """The entries of every weight-norm v and g: the conv they hold is planned through its stand-in,
-    globs matched against the real names too, and the decision carried over (module docstring).
-    Raises WeightNormError naming the pair where resizing it cannot be exact."""
-    plans: dict[str, TensorPlan] = {}
-    for stand_in, layer, v, g in pairs:
-        who = f"weight norm of {layer or 'the root module'}"
-        v_spec, g_spec = specs[v], specs.get(g)
-        try:
-            decision = _plan_one(stand_in, options, grids.get(stand_in.name), aliases=(v, g))
-        except KernelscaleError as exc:
-            raise type(exc)(_renamed(str(exc), stand_in.name, v)) from None
-        if not decision.changed:
-            plans[v] = _copy(v_spec, f"{who}: {decision.reason}")
-            if g_spec is not None:
-                plans[g] = _copy(g_spec, f"{who}: {decision.reason}")
-            continue
-        if g_spec is None:
-            raise WeightNormError(f"{layer or v}: {v} is weight norm's v, but there is no {g} (g), without which the weight "
-                                  f"g·v/‖v‖ is unknown; {_remove_weight_norm_hint(layer, v)}")
-        if g_spec.dtype not in RESIZABLE:
-            raise WeightNormError(f"{layer or v}: weight norm's g {g} is a {g_spec.dtype} tensor, not a float one; "
-                                  f"{_remove_weight_norm_hint(layer, v)}")
-        if decision.kind == "attention":  # w = g·v/‖v‖ is linear in g and scale-free in v: the factor goes on g
-            plans[v] = _copy(v_spec, f"{who}: v is kept, the attention factor goes on g")
-            plans[g] = replace(decision, name=g, dtype=g_spec.dtype, shape=g_spec.shape, new_shape=g_spec.shape,
-                               reason=f"{who}: {decision.reason}")
-            continue
-        if decision.action == "geometry":  # the weight is kept, so are v and g
-            plans[v] = replace(decision, name=v, reason=f"{who}: {decision.reason}")
-            plans[g] = _copy(g_spec, f"{who}: re-dilation keeps v, so g is kept")
-            continue
-        dim = weight_norm_dim(layer, v_spec, g_spec)
-        resized_axes = (1,) if decision.kind == "grid" else tuple(range(2, len(v_spec.shape)))
-        if dim in resized_axes:
-            raise WeightNormError(
-                f"{layer or v}: its weight is held by weight norm as {g} (g, {shape_text(g_spec.shape)}) and {v} "
-                f"(v, {shape_text(v_spec.shape)}) with one norm per index of axis {dim}, which the resize changes, so no "
-                f"rescaled g of that shape keeps w = g·v/‖v‖; {_remove_weight_norm_hint(layer, v)}")
-        record = {**decision.record, "weight_norm": {"g": g, "dim": dim}}
-        plans[v] = replace(decision, name=v, reason=f"{who}: {decision.reason}", record=record)
-        norms = "one norm over all of v" if dim is None else f"one norm per index of axis {dim}"
-        reason = f"{who}: rescaled for the resized {v}, g·‖v′‖/‖v‖ ({norms})"
-        plans[g] = TensorPlan(g, g_spec.dtype, g_spec.shape, "renorm", reason, g_spec.shape, "weight_norm",
-                              record={"kind": "weight_norm", "v": v, "dim": dim}, partner=plans[v])
-    return plans
-
-
-def _plan_spectral_norm(specs: Sequence[TensorSpec], options: ResizeOptions, grids: Mapping[str, tuple[int, int, int]]
-                        ) -> dict[str, TensorPlan]:
-    """The entries of every tensor of a spectral-normed layer, planned through its stand-in
-    ``<layer>.weight`` (globs match the raw weight's name too): copies, with the reason, when no rule
-    changes the layer; geometry-only re-dilation (weights kept byte for byte, so the layer's
-    normalised weight is unchanged and the dilated conv exact) as a ``geometry`` entry on the raw
-    weight — the layer's record, plus ``spectral_norm: {"u": …, "v": …}`` naming the power
-    iteration's vectors, which are copied; SpectralNormError naming the layer when a rule would
-    change its values (class docstring: that cannot be exact). Layers in the order of their raw
-    weights, so the error names the first one."""
-    by_layer: dict[str, list[TensorSpec]] = {}
-    for layer in _spectral_layers(spec.name for spec in specs):
-        prefix = f"{layer}." if layer else ""
-        by_layer[layer] = [s for s in specs if s.name.startswith(prefix + "weight_") or s.name.startswith(prefix + "parametrizations.weight.")]
-    plans: dict[str, TensorPlan] = {}
-    for layer, tensors in by_layer.items():
-        raw = next(s for s in tensors if spectral_norm_layer(s.name) == layer)
-        stand_in = TensorSpec(_stand_in_name(layer), raw.dtype, raw.shape)
-        decision = _plan_one(stand_in, options, grids.get(stand_in.name), aliases=(raw.name,))
-        who = f"spectral norm of {layer or 'the root module'}"
-        if decision.action == "geometry":  # the weight is kept: so are its largest singular value, u and v
-            vectors = {key: next((s.name for s in tensors if s.name in names), None)
-                       for key, names in (("u", _spectral_vector_names(layer, "u")), ("v", _spectral_vector_names(layer, "v")))}
-            plans[raw.name] = replace(decision, name=raw.name, reason=f"{who}: {decision.reason}",
-                                      record={**decision.record, "spectral_norm": vectors})
-            for spec in tensors:
-                if spec.name != raw.name:
-                    plans[spec.name] = _copy(spec, f"{who}: re-dilation keeps the weight, so its power iteration's vectors are kept")
-            continue
-        if decision.changed:
-            raise SpectralNormError(
-                f"{layer or raw.name}: its weight is held by spectral norm ({raw.name}), which divides whatever weight the "
-                "layer holds by that weight's own largest singular value, so no stored values make it the resized weight; "
-                "remove spectral norm before converting (torch.nn.utils.remove_spectral_norm(module), or "
-                "torch.nn.utils.parametrize.remove_parametrizations(module, 'weight') for the parametrization), "
-                f"or exclude {layer or raw.name!r}")
-        for spec in tensors:
-            plans[spec.name] = _copy(spec, f"{who}: {decision.reason}")
-    return plans
-
-
-def _spectral_vector_names(layer: str, which: str) -> tuple[str, ...]:
-    """The names spectral norm's power-iteration vector ``which`` (u or v) has in either form."""
-    prefix = f"{layer}." if layer else ""
-    return f"{prefix}weight_{which}", f"{prefix}parametrizations.weight.0._{which}"
-
-
 def is_conv_candidate(spec: TensorSpec) -> tuple[bool, str]:
     """The default rule of DESIGN §5, with the reason for the decision."""
     if spec.dtype not in RESIZABLE:
@@ -540,14 +329,12 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
     """
     specs = list(specs)
     names = {s.name for s in specs}
-    weight_norm_pairs = _weight_norm_stand_ins(specs)
+    reparametrized = find_reparametrized(specs)
     rule_names = glob_names(names)  # a glob or grid may name a weight-normed layer's hidden weight
     grids = dict(options.grids)
     # a layer held by weight norm (v, g) or spectral norm (its raw weight) is planned under its
     # stand-in <layer>.weight: a grid naming a real tensor of it applies to the stand-in
-    stand_in_of = {name: stand_in.name for stand_in, _layer, v, g in weight_norm_pairs for name in (v, g)}
-    for layer, raw in _spectral_raw(specs):
-        stand_in_of[raw] = _stand_in_name(layer)
+    stand_in_of = {name: layer.stand_in.name for layer in reparametrized for name in layer.aliases}
     grid_tensor: dict[str, tuple[int, int, int]] = {}
     grid_source: dict[str, str] = {}
     for grid_name in grids:
@@ -565,16 +352,21 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
             if not any(matches_pattern(n, pattern) for n in rule_names):
                 raise InvalidOptionError(f"{what} {pattern!r} matches no tensor")
 
-    weight_norm = _plan_weight_norm(weight_norm_pairs, {s.name: s for s in specs}, options, grid_tensor)
-    weight_norm.update(_plan_spectral_norm(specs, options, grid_tensor))
-    entries = [weight_norm.get(spec.name) or _plan_one(spec, options, grid_tensor.get(spec.name)) for spec in specs]
+    restored: dict[str, TensorPlan] = {}
+    for layer in reparametrized:  # planned as their plain weight, the decision mapped back to their tensors
+        try:
+            decision = _plan_one(layer.stand_in, options, grid_tensor.get(layer.stand_in.name), aliases=layer.aliases)
+        except KernelscaleError as exc:
+            raise type(exc)(layer.renamed(str(exc))) from None
+        restored.update(layer.restore(decision, _copy))
+    entries = [restored.get(spec.name) or _plan_one(spec, options, grid_tensor.get(spec.name)) for spec in specs]
     # The extra padding pixel of a half-pixel kernel alternates sides from layer to layer. A
     # state dict has no topology, so "next layer" is the next name in natural order (conv2
     # before conv10): the same for a module's state dict and for any file order of its tensors.
-    half_pixel = sorted((i for i, e in enumerate(entries) if e.record is not None and any(e.record.get("centre_offset") or ())),
+    half_pixel = sorted((i for i, e in enumerate(entries) if e.record is not None and e.record.half_pixel),
                         key=lambda i: natural_key(entries[i].name))
     for turn, i in enumerate(half_pixel):
-        entries[i] = replace(entries[i], record={**entries[i].record, "pad_extra": ("after", "before")[turn % 2]})
+        entries[i] = replace(entries[i], record=replace(entries[i].record, pad_extra=("after", "before")[turn % 2]))
     final = {e.name: e for e in entries}
     entries = [replace(e, partner=final[e.partner.name]) if e.partner is not None else e for e in entries]
     return Plan(tuple(entries), options)
@@ -586,7 +378,7 @@ def natural_key(name: str) -> tuple:
 
 
 def _copy(spec: TensorSpec, reason: str) -> TensorPlan:
-    return TensorPlan(spec.name, spec.dtype, spec.shape, "copy", reason, spec.shape)
+    return TensorPlan(spec.name, spec.dtype, spec.shape, Action.COPY, reason, spec.shape)
 
 
 def attention_rule_for(name: str, rules: Sequence[AttentionRule]) -> Optional[AttentionRule]:
@@ -599,10 +391,9 @@ def _plan_attention(spec: TensorSpec, rule: AttentionRule, scale: Scale) -> Tens
     if spec.dtype not in RESIZABLE:
         raise InvalidOptionError(f"attention rule {rule.pattern!r} matches {spec.name}, a {spec.dtype} tensor")
     factor = rule.factor(scale)
-    record = {"kind": "attention", "factor": factor, "tokens": rule.tokens,
-              "new_tokens": rule.new_tokens, "scale": list(scale) if isinstance(scale, tuple) else [scale]}
-    return TensorPlan(spec.name, spec.dtype, spec.shape, "resize", f"attention temperature ×{factor:.4f} (rule {rule.pattern!r})",
-                      spec.shape, "attention", record=record)
+    record = AttentionRecord(factor, rule.tokens, rule.new_tokens, scale if isinstance(scale, tuple) else (scale,))
+    return TensorPlan(spec.name, spec.dtype, spec.shape, Action.RESIZE, f"attention temperature ×{factor:.4f} (rule {rule.pattern!r})",
+                      spec.shape, record=record, operator=ScaleFactor(factor))
 
 
 def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[tuple[int, int, int]],
@@ -635,31 +426,21 @@ def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[tuple[int
         return _copy(spec, f"excluded by {excluded!r}")
 
     rule = next((r for r in options.layers if any(matches_pattern(n, r.pattern) for n in names)), None)
-    pick = lambda attr: getattr(rule, attr) if rule is not None and getattr(rule, attr) is not None else getattr(options, attr)  # noqa: E731
-    method, mode, align, coef, scale = pick("method"), pick("mode"), pick("align"), pick("coef"), pick("scale")
-    if coef is None:
-        coef = "paper" if grid is not None else "mass"
+    resize = rule.method_for(options.resize_method) if rule is not None else options.resize_method
+    scale = rule.scale if rule is not None and rule.scale is not None else options.scale
     source = f"layer rule {rule.pattern!r}" if rule is not None else why
 
     if grid is not None:
-        return _plan_grid(spec, grid, scale, method, mode, coef, source, rule)
+        return _plan_grid(spec, grid, scale, resize, source, rule)
     spatial = spec.shape[2:]
-    scales = _kernel_scales(scale, len(spatial), spec.name)
+    scales = axis_scales(scale, len(spatial), name=spec.name, trailing=True)
     if all(s == 1.0 for s in scales):
         return _copy(spec, f"scale 1 ({source})")
     if absorb:
-        return _plan_conv(spec, scales, method, mode, "cells", coef, f"absorbs the scale ({source})", absorb=True)
-    if method == "dilate" and options.geometry_only:
+        return _plan_conv(spec, scales, replace(resize, align="cells"), f"absorbs the scale ({source})", absorb=True)
+    if resize.method == "dilate" and options.geometry_only:
         return _plan_geometry(spec, scales, source)
-    return _plan_conv(spec, scales, method, mode, align, coef, source, disperse=options.disperse)
-
-
-def _kernel_scales(scale: Scale, ndim: int, name: str) -> tuple[float, ...]:
-    if isinstance(scale, tuple) and len(scale) != ndim:
-        if len(scale) < ndim:
-            raise InvalidOptionError(f"{name}: {len(scale)} scales {scale!r} for a kernel with {ndim} spatial axes")
-        scale = scale[-ndim:]
-    return normalise_scales(scale, ndim, name=name)
+    return _plan_conv(spec, scales, resize, source)
 
 
 def _named(name: str, build, *args):
@@ -669,32 +450,24 @@ def _named(name: str, build, *args):
         raise InvalidOptionError(f"{name}: {exc}") from None
 
 
-def _plan_conv(spec: TensorSpec, scales, method, mode, align, coef, reason: str, absorb: bool = False,
-               disperse: DisperseParams = DisperseParams()) -> TensorPlan:
+def _plan_conv(spec: TensorSpec, scales: tuple[float, ...], resize: Method, reason: str, absorb: bool = False) -> TensorPlan:
     spatial = tuple(spec.shape[2:])
-    operator = _named(spec.name, build_kernel_resize, spatial, scales, method, mode, align, coef, disperse)
+    resize = resize.for_kernel()
+    operator = _named(spec.name, kernel_resize, spatial, scales, resize)
     if absorb and any(not float(s).is_integer() for s in scales):
         raise InvalidOptionError(f"{spec.name}: an absorbing layer needs integer scales, got {scales!r}")
     new_shape = tuple(spec.shape[:2]) + operator.out_shape
-    record = {
-        "kind": "conv",
-        "method": method,
-        "mode": mode,
-        "align": align,
-        "coef": coef,
-        "scale": list(scales),
-        "old_spatial": list(spatial),
-        "new_spatial": list(operator.out_shape),
-        "centre_offset": [a.centre_offset if not absorb else 0.0 for a in operator.axes] or [0.0] * len(spatial),
-        "absorb": absorb,
-        "dilation": None,
-    }
-    label = f"{method}/{mode}/{align}"
-    if method == "disperse":
-        record.update(mode=None, coef=None, disperse={**vars(disperse), "size": operator.out_shape[0], "relative_loss": operator.relative_loss})
+    centre_offset = tuple(a.centre_offset if not absorb else 0.0 for a in operator.axes) or (0.0,) * len(spatial)
+    record = ConvRecord(resize.method, resize.mode, resize.align, resize.coef, tuple(scales), spatial, operator.out_shape,
+                        centre_offset, absorb)
+    label = resize.label
+    if resize.method == "disperse":
+        disperse = resize.disperse
+        fit = DisperseFit(operator.out_shape[0], disperse.probe, disperse.eta, operator.relative_loss)
+        record = replace(record, mode=None, coef=None, disperse=fit)
         label = f"disperse k'={operator.out_shape[0]} m={disperse.probe} eta={disperse.eta}"
-    return TensorPlan(spec.name, spec.dtype, spec.shape, "resize", f"{label} ({reason})", new_shape,
-                      "conv", method, mode, align, coef, scales, absorb, None, record, disperse)
+    return TensorPlan(spec.name, spec.dtype, spec.shape, Action.RESIZE, f"{label} ({reason})", new_shape, resize, record,
+                      operator=operator)
 
 
 def _plan_geometry(spec: TensorSpec, scales, reason: str) -> TensorPlan:
@@ -704,46 +477,23 @@ def _plan_geometry(spec: TensorSpec, scales, reason: str) -> TensorPlan:
             raise InvalidOptionError(f"{spec.name}: re-dilation needs integer scales, got {scales!r}")
         factors.append(int(s))
     spatial = tuple(spec.shape[2:])
-    record = {
-        "kind": "conv",
-        "method": "dilate",
-        "mode": None,
-        "align": "taps",
-        "coef": None,
-        "scale": list(scales),
-        "old_spatial": list(spatial),
-        "new_spatial": list(spatial),
-        "centre_offset": [0.0] * len(spatial),
-        "absorb": False,
-        "dilation": [f if k > 1 else 1 for f, k in zip(factors, spatial)],
-    }
-    return TensorPlan(spec.name, spec.dtype, spec.shape, "geometry", f"re-dilation, weights unchanged ({reason})", spec.shape,
-                      "conv", "dilate", "", "taps", "", tuple(scales), False, None, record)
+    dilation = tuple(f if k > 1 else 1 for f, k in zip(factors, spatial))
+    record = ConvRecord("dilate", None, "taps", None, tuple(scales), spatial, spatial, (0.0,) * len(spatial), False, dilation)
+    return TensorPlan(spec.name, spec.dtype, spec.shape, Action.GEOMETRY, f"re-dilation, weights unchanged ({reason})", spec.shape,
+                      Method("dilate", align="taps"), record)
 
 
-def _plan_grid(spec: TensorSpec, grid, scale, method, mode, coef, source: str, rule) -> TensorPlan:
+def _plan_grid(spec: TensorSpec, grid, scale: Scale, resize: Method, source: str, rule: Optional[LayerRule]) -> TensorPlan:
     c, h, w = grid
-    scales = _kernel_scales(scale, 2, spec.name)
-    if method not in ("interp", "pinv"):
-        if rule is not None and rule.method == method:
-            raise InvalidOptionError(f"{spec.name}: a grid is resized with interp (cells) or pinv, not {method}")
-        method, source = "interp", f"{source}; {method} does not apply to a grid"
-    grid_coef = coef
-    axes = [_named(spec.name, build_axis_resize, n, s, method, mode, "cells", grid_coef) for n, s in zip((h, w), scales)]
-    new_shape = (spec.shape[0], c * axes[0].k_out * axes[1].k_out)
-    record = {
-        "kind": "grid",
-        "method": method,
-        "mode": mode,
-        "align": "cells",
-        "coef": grid_coef,
-        "scale": list(scales),
-        "grid": [c, h, w],
-        "old_spatial": [h, w],
-        "new_spatial": [axes[0].k_out, axes[1].k_out],
-        "centre_offset": [0.0, 0.0],
-        "absorb": False,
-        "dilation": None,
-    }
-    return TensorPlan(spec.name, spec.dtype, spec.shape, "resize", f"grid {c}×{h}×{w} ({source})", new_shape,
-                      "grid", method, mode, "cells", grid_coef, scales, False, grid, record)
+    scales = axis_scales(scale, 2, name=spec.name, trailing=True)
+    if resize.method not in ("interp", "pinv"):
+        if rule is not None and rule.method == resize.method:
+            raise InvalidOptionError(f"{spec.name}: a grid is resized with interp (cells) or pinv, not {resize.method}")
+        resize, source = replace(resize, method="interp"), f"{source}; {resize.method} does not apply to a grid"
+    resize = replace(resize, align="cells").for_grid()
+    operator = GridResize((c, h, w), _named(spec.name, grid_resize, (h, w), scales, resize))
+    new_spatial = operator.planes.out_shape
+    new_shape = (spec.shape[0], c * new_spatial[0] * new_spatial[1])
+    record = GridRecord(resize.method, resize.mode, "cells", resize.coef, tuple(scales), (c, h, w), (h, w), new_spatial)
+    return TensorPlan(spec.name, spec.dtype, spec.shape, Action.RESIZE, f"grid {c}×{h}×{w} ({source})", new_shape, resize, record,
+                      operator=operator)

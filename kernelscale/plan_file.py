@@ -22,12 +22,16 @@ import sys
 from typing import Any, Mapping
 
 from kernelscale.errors import InvalidOptionError, KernelscaleError
+from kernelscale.io.files import read_small_file
 from kernelscale.plan import LayerRule, ResizeOptions
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
+
+MAX_PLAN_BYTES = 16_000_000
+"""Largest plan file read, in bytes: a larger one (or a FIFO, /dev/zero) is refused before reading."""
 
 PLAN_KEYS = ("scale", "method", "mode", "align", "coef", "include", "exclude", "absorb", "grids", "layers",
              "geometry_only", "disperse", "attention")
@@ -46,11 +50,7 @@ def load_plan_file(path: "str | os.PathLike[str]") -> dict[str, Any]:
     ``include``/``exclude``/``absorb`` as tuples of globs.
     """
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        raise InvalidOptionError(f"plan file {path}: cannot read: {exc.strerror or exc}") from None
+    raw = read_small_file(path, MAX_PLAN_BYTES, InvalidOptionError, "the plan file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

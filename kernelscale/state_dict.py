@@ -15,9 +15,9 @@ import torch
 from kernelscale.dtypes import dtype_name
 from kernelscale.errors import InvalidOptionError, UnsupportedTensorError
 from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, plan_tensors
-from kernelscale.resize import (TensorLike, kernel_gains, nan_as_inf, operator_gains, overflow_check_needed,
-                               rescale_weight_norm_g, require_finite, resize_grid_linear, resize_kernel, scale_tensor, weight_norm_squares)
-from kernelscale.transforms import build_axis_resize, build_kernel_resize
+from kernelscale.execute import TensorLike, execute
+from kernelscale.manifest import Action
+from kernelscale.reparam import rescale_weight_norm_g, weight_norm_squares
 
 
 def is_tensor(value: Any) -> bool:
@@ -133,59 +133,23 @@ def apply_entry(
     tensor: TensorLike,
     out_dtype: Optional[torch.dtype] = None,
     backend: Optional[str] = None,
-    check_finite: bool = True,
 ) -> TensorLike:
-    """Execute one plan entry on its tensor; copies and geometry-only entries return ``tensor`` itself.
+    """Execute one plan entry on its tensor with the entry's built operator
+    (:func:`kernelscale.execute.execute`); copies and geometry-only entries return ``tensor`` itself.
 
     A ``"renorm"`` entry (weight norm's g) needs v as well: InvalidOptionError pointing to
-    :func:`apply_renorm`. A finite tensor whose result would overflow ``out_dtype`` raises
-    :class:`~kernelscale.resize.NonFiniteResultError` naming the entry; ``check_finite=False``
-    leaves that check to the caller (:func:`entry_overflow_check` and :func:`require_finite_entry`).
+    :func:`apply_renorm`; so does a tensor whose shape is not the one planned. A finite tensor
+    whose result would overflow ``out_dtype`` raises
+    :class:`~kernelscale.errors.NonFiniteResultError` naming the entry.
     """
-    if entry.action == "renorm":
+    if entry.action == Action.RENORM:
         raise InvalidOptionError(f"{entry.name}: weight norm's g is rescaled from its v's norms; use apply_renorm(entry, g, v)")
-    if entry.action != "resize":
+    if entry.action != Action.RESIZE:
         return tensor
-    if entry.kind == "attention":
-        return scale_tensor(tensor, entry.record["factor"], out_dtype, name=entry.name, check_finite=check_finite)
-    if entry.kind == "grid":
-        return resize_grid_linear(tensor, entry.grid, entry.scales, method=entry.method, mode=entry.mode, align=entry.align,
-                                  coef=entry.coef, name=entry.name, out_dtype=out_dtype, backend=backend, check_finite=check_finite)
-    return resize_kernel(tensor, entry.scales, method=entry.method, mode=entry.mode, align=entry.align, coef=entry.coef,
-                         name=entry.name, out_dtype=out_dtype, backend=backend, disperse=entry.disperse, check_finite=check_finite)
-
-
-def entry_gains(entry: TensorPlan) -> tuple[float, float]:
-    """``(gain, peak)`` of a resize entry's operator (:func:`kernelscale.resize.operator_gains`): its
-    result's max magnitude is at most gain × its input's."""
-    if entry.kind == "attention":
-        return operator_gains([np.array([[abs(float(entry.record["factor"]))]])])
-    if entry.kind == "grid":
-        return operator_gains([build_axis_resize(n, s, entry.method, entry.mode, entry.align, entry.coef).matrix
-                               for n, s in zip(entry.grid[1:], entry.scales)])
-    return kernel_gains(build_kernel_resize(tuple(entry.shape[2:]), entry.scales, entry.method, entry.mode, entry.align, entry.coef,
-                                            entry.disperse))
-
-
-def entry_overflow_check(entry: TensorPlan, tensor: torch.Tensor, out_dtype: torch.dtype) -> Optional[float]:
-    """For a resize entry run with ``check_finite=False``: max|tensor| when its result needs checking
-    (:func:`kernelscale.resize.overflow_check_needed`; one pass over the input), else None."""
-    if entry.action != "resize":
-        return None
-    return overflow_check_needed(tensor, entry_gains(entry), out_dtype)
-
-
-def require_finite_entry(entry: TensorPlan, tensor: torch.Tensor, result: torch.Tensor, out_dtype: torch.dtype,
-                         magnitude: float) -> None:
-    """NonFiniteResultError naming the entry unless ``result`` (of ``apply_entry(entry, tensor, out_dtype,
-    check_finite=False)``) is finite everywhere; the message's largest magnitude is recomputed in float64
-    on the CPU."""
-    def largest() -> float:
-        exact = apply_entry(entry, tensor.detach().to("cpu", torch.float64), out_dtype=torch.float64, backend="torch",
-                            check_finite=False)
-        return nan_as_inf(float(exact.abs().max())) if exact.numel() else 0.0
-
-    require_finite(result, entry.name, tensor.dtype, out_dtype, magnitude, entry_gains(entry)[0], largest)
+    if tuple(tensor.shape) != tuple(entry.shape):
+        raise InvalidOptionError(f"{entry.name}: the plan was made for shape {tuple(entry.shape)}, but the tensor has shape "
+                                 f"{tuple(tensor.shape)}")
+    return execute(entry.operator, tensor, name=entry.name, out_dtype=out_dtype, backend=backend)
 
 
 def apply_renorm(
@@ -207,7 +171,7 @@ def apply_renorm(
     """
     if entry.action != "renorm" or entry.partner is None:
         raise InvalidOptionError(f"{entry.name}: apply_renorm executes weight norm's renorm entries, not {entry.action!r} ones")
-    dim = entry.record["dim"]
+    dim = entry.record.dim
     if v_resized is None:
         v_resized = apply_entry(entry.partner, v, backend=backend)
     v_name = entry.partner.name

@@ -1,6 +1,6 @@
 """Streaming one planned file from the input to its place in the output (DESIGN §6).
 
-Per tensor either a raw byte copy, a cast, or read → resize (:func:`kernelscale.state_dict.apply_entry`,
+Per tensor either a raw byte copy, a cast, or read → resize (the entry's operator by :mod:`kernelscale.execute`,
 in blocks of rows) → write; weight norm's g is read, rescaled for its resized v (v read and
 resized again in the same blocks of rows, wherever it sits in the file or in another shard:
 :func:`_renormed`) → written. A reader thread reads blocks in order and hands them to the
@@ -8,8 +8,8 @@ resize workers (:func:`compute_workers`: on CPU one single-threaded worker per u
 most QUEUE_DEPTH + 1; on CUDA two, each on its own stream); the main thread writes the results in order from a queue of
 depth 2 while the next blocks are read and resized, and writer threads put the bytes on disk
 (:class:`kernelscale.io.sink.DirectFileSink`, O_DIRECT where possible). Peak memory is a few blocks, whatever the checkpoint's size. The input
-is only read; each written file is fsynced, and :func:`verify_output` reopens it with the
-reference safetensors library and checks it against its plan.
+is only read; each written file is fsynced, and :func:`verify_output` reopens it with
+kernelscale's own header reader (nothing mapped) and checks it against its plan.
 
 Test hook: ``KERNELSCALE_TEST_SLOW_WRITE=<seconds>`` sleeps that long after writing each
 tensor, so tests can interrupt a conversion mid-write.
@@ -32,13 +32,14 @@ import torch
 
 from kernelscale.checkpoint_plan import ExtraFile, FilePlan, WeightNormSource
 from kernelscale.errors import InvalidCheckpointError
+from kernelscale.execute import apply, check_result, execute, overflow_check
 from kernelscale.io.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
 from kernelscale.io.output import OutputError, fsync_path
 from kernelscale.io.sink import DirectFileSink
-from kernelscale.plan import FORMAT_VERSION, TensorPlan
-from kernelscale.resize import rescale_weight_norm_g, weight_norm_squares
 from kernelscale.io.safetensors_io import PathLike, SafetensorsReader, SafetensorsWriter, TensorInfo, torch_dtype
-from kernelscale.state_dict import apply_entry, entry_overflow_check, require_finite_entry
+from kernelscale.manifest import FORMAT_VERSION, Action
+from kernelscale.plan import TensorPlan
+from kernelscale.reparam import rescale_weight_norm_g, weight_norm_squares
 
 
 SLOW_WRITE_ENV = "KERNELSCALE_TEST_SLOW_WRITE"
@@ -52,7 +53,7 @@ BLOCK_BYTES = 8 << 20
 """Bytes per raw-copy chunk (and per group of cast chunks)."""
 
 COMPUTE_BYTES = {"cpu": 16 << 20, "cuda": 64 << 20}
-"""Output elements × 4 bytes per apply_entry call, i.e. 8 MiB of fp16 output on CPU: bounds the
+"""Output elements × 4 bytes per operator call, i.e. 8 MiB of fp16 output on CPU: bounds the
 memory of a block in flight (the torch path blocks its float32 intermediate itself); on CUDA
 larger calls amortise the transfers."""
 
@@ -119,7 +120,7 @@ def _row_blocks(reader: SafetensorsReader, info: TensorInfo, entry: TensorPlan, 
 
 def _renormed(reader: SafetensorsReader, info: TensorInfo, entry: TensorPlan, out_dtype: str, source: WeightNormSource,
               device: torch.device, pool: Executor) -> Iterator[Future]:
-    """Weight norm's g rescaled for its resized v (:func:`kernelscale.state_dict.apply_renorm`), as
+    """Weight norm's g rescaled for its resized v (as :func:`kernelscale.state_dict.apply_renorm` does it), as
     one future of raw bytes."""
     if info.nbytes:
         yield pool.submit(_renorm, reader, info, entry, out_dtype, source, device)
@@ -132,7 +133,7 @@ def _renorm(reader: SafetensorsReader, info: TensorInfo, entry: TensorPlan, out_
     are those of the stored v'. Squared norms add up block by block in float64 (concatenated per
     row for dim 0), so memory stays at one block of v and its v' (about COMPUTE_BYTES of output,
     as for any resized tensor) whatever v's size."""
-    dim = entry.record["dim"]
+    dim = entry.record.dim
     g = reader.read_tensor(info.name)
     v_reader = reader if os.path.abspath(source.path) == os.path.abspath(reader.path) else SafetensorsReader(source.path)
     try:
@@ -160,9 +161,9 @@ def _resize_block(entry: TensorPlan, x: torch.Tensor, dst_dtype: torch.dtype, de
 
 
 def _resize_rows(entry: TensorPlan, x: torch.Tensor, dst_dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """One block of rows resized, as a CPU tensor of ``dst_dtype``."""
+    """One block of rows resized by the entry's operator, as a CPU tensor of ``dst_dtype``."""
     if device.type == "cpu":
-        return apply_entry(entry, x, out_dtype=dst_dtype)
+        return execute(entry.operator, x, name=entry.name, out_dtype=dst_dtype)
     return _resize_block_cuda(entry, x, dst_dtype, device)
 
 
@@ -180,23 +181,23 @@ def _resize_block_cuda(entry: TensorPlan, x: torch.Tensor, dst_dtype: torch.dtyp
     stream = getattr(_worker, "stream", None)
     if stream is None:
         stream = _worker.stream = torch.cuda.Stream(device)
-    # The overflow check (state_dict.apply_entry's) runs here on the host, before the upload and
-    # after the download: inside apply_entry it would wait for the GPU while holding the launch lock.
-    magnitude = entry_overflow_check(entry, x, dst_dtype)
+    # The overflow check (execute's) runs here on the host, before the upload and after the
+    # download: inside execute it would wait for the GPU while holding the launch lock.
+    magnitude = overflow_check(entry.operator, x, dst_dtype)
     with torch.cuda.stream(stream):
         x_gpu = x.pin_memory().to(device, non_blocking=True)
         with _LAUNCH_LOCK:
-            y = apply_entry(entry, x_gpu, out_dtype=dst_dtype, check_finite=False)
+            y = apply(entry.operator, x_gpu, dst_dtype)
         host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
         host.copy_(y, non_blocking=True)
     stream.synchronize()
     if magnitude is not None:
-        require_finite_entry(entry, x, host, dst_dtype, magnitude)
+        check_result(entry.operator, x, host, dst_dtype, magnitude, entry.name)
     return host
 
 
 def _rows_per_call(info: TensorInfo, entry: TensorPlan, device: torch.device) -> int:
-    """Leading-axis rows per apply_entry call: about COMPUTE_BYTES of output. The operator is the
+    """Leading-axis rows per operator call: about COMPUTE_BYTES of output. The operator is the
     same for every block; only the BLAS summation order may differ from a whole-tensor call (it can
     depend on the row count), so results agree with resize_state_dict's to float32 rounding."""
     rows = info.shape[0] if info.shape else 1
@@ -216,11 +217,11 @@ def _blocks(reader: SafetensorsReader, fp: FilePlan, i: int, device: torch.devic
     """Tensor i's output as queue items: a list of raw buffers, or a future of one."""
     info, entry, out_dtype = fp.tensors[i], fp.entries[i], fp.out_dtypes[i]
     op = fp.operation(i)
-    if op == "resize":
+    if op == Action.RESIZE:
         return _resized(reader, info, entry, out_dtype, device, pool)
-    if op == "renorm":
+    if op == Action.RENORM:
         return _renormed(reader, info, entry, out_dtype, fp.weight_norm_sources[entry.name], device, pool)
-    if op == "cast" or (op == "dilate" and out_dtype != info.dtype):
+    if op == Action.CAST or (op == Action.GEOMETRY and out_dtype != info.dtype):
         return _gather(_cast(reader, info, out_dtype))
     return ([chunk] for chunk in reader.iter_chunks(info.name, BLOCK_BYTES))
 
@@ -359,30 +360,44 @@ def write_extra(extra: ExtraFile, out_path: str) -> None:
     fsync_path(out_path)
 
 
-def verify_output(path: PathLike, fp: FilePlan) -> None:
-    """Reopen a written file with the reference safetensors library and check it against the plan:
-    names, shapes, dtypes, size, and a manifest that parses. OutputError on any difference."""
-    from safetensors import safe_open
+CHECK_BYTES = 1 << 20
+"""Bytes read back from each end of every written tensor by :func:`verify_output`."""
 
+
+def verify_output(path: PathLike, fp: FilePlan) -> None:
+    """Reopen a written file with kernelscale's own validating header reader and check it against
+    the plan: names, shapes, dtypes, offsets tiling the data section, size, a manifest that parses;
+    then read back the first and last CHECK_BYTES of every tensor (a filesystem that cannot return
+    what was written shows here). Nothing is mapped and at most CHECK_BYTES are held, so the check
+    runs where the file is larger than memory or the address-space limit. OutputError on any
+    difference."""
     path = os.fspath(path)
     try:
-        with safe_open(path, framework="pt") as f:
-            metadata = f.metadata() or {}
-            found = {}
-            for name in f.keys():
-                view = f.get_slice(name)
-                found[name] = (view.get_dtype(), tuple(view.get_shape()))
-    except Exception as exc:  # the reference library's own error types
-        raise OutputError(f"{path}: the written file does not reopen with safetensors: {exc}") from None
-    expected = {name: (dtype, tuple(shape)) for name, dtype, shape in fp.specs()}
-    if found != expected:
-        bad = sorted(set(found) ^ set(expected)) or sorted(n for n in expected if found[n] != expected[n])
-        raise OutputError(f"{path}: the written file does not match its plan (first difference: {bad[0]!r})")
-    if os.stat(path).st_size != fp.bytes_out:
-        raise OutputError(f"{path}: written {os.stat(path).st_size} bytes, planned {fp.bytes_out}")
+        reader = SafetensorsReader(path)
+    except InvalidCheckpointError as exc:
+        raise OutputError(f"the written file does not reopen: {exc}") from None
+    with reader:
+        found = {name: (info.dtype, info.shape) for name, info in reader.tensors.items()}
+        expected = {name: (dtype, tuple(shape)) for name, dtype, shape in fp.specs()}
+        if found != expected:
+            bad = sorted(set(found) ^ set(expected)) or sorted(n for n in expected if found[n] != expected[n])
+            raise OutputError(f"{path}: the written file does not match its plan (first difference: {bad[0]!r})")
+        size = os.fstat(reader._fd).st_size
+        if size != fp.bytes_out:
+            raise OutputError(f"{path}: written {size} bytes, planned {fp.bytes_out}")
+        try:
+            for info in reader.tensors.values():
+                head = min(CHECK_BYTES, info.nbytes)
+                reader.read_range(info.name, 0, head)
+                if info.nbytes > head:
+                    reader.read_range(info.name, info.nbytes - min(CHECK_BYTES, info.nbytes - head), info.nbytes)
+        except InvalidCheckpointError as exc:
+            raise OutputError(f"the written file does not read back: {exc}") from None
+        metadata = reader.metadata
     try:
         manifest = json.loads(metadata[MANIFEST_KEY])
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, RecursionError):
         raise OutputError(f"{path}: the manifest is missing or does not parse") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise OutputError(f"{path}: the manifest has format_version {manifest.get('format_version')!r}")
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise OutputError(f"{path}: the manifest has format_version {version!r}")

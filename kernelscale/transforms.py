@@ -19,13 +19,20 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from kernelscale.errors import InvalidOptionError
-
-METHODS = ("interp", "dilate", "pinv", "disperse")
-MODES = ("nearest", "linear", "cubic", "lanczos3")
-ALIGNS = ("taps", "cells")
-COEF_MODES = ("mass", "paper")
-
-Coef = Union[str, float]
+from kernelscale.method import (
+    ALIGNS,
+    METHODS,
+    MODES,
+    Coef,
+    DisperseParams,
+    Method,
+    axis_scales,
+    check_choice,
+    method_of,
+    number_text,
+    validate_coef,
+    validate_scale,
+)
 
 # Half-width of each interpolation kernel's support, in input pixels.
 SUPPORT_RADIUS = {"nearest": 0.5, "linear": 1.0, "cubic": 2.0, "lanczos3": 3.0}
@@ -46,7 +53,7 @@ def interpolation_kernel(mode: str) -> Callable[[np.ndarray], np.ndarray]:
     1/s sums to exactly s for integer s); linear is the triangle; cubic is Keys' kernel with
     a = -0.75; lanczos3 is sinc(x)·sinc(x/3) on |x| < 3, exactly 0 at non-zero integers.
     """
-    _check_choice("mode", mode, MODES)
+    check_choice("mode", mode, MODES)
     if mode == "nearest":
         return lambda x: np.where(np.abs(x) < 0.5, 1.0, np.where(np.abs(x) == 0.5, 0.5, 0.0))
     if mode == "linear":
@@ -103,44 +110,6 @@ class AxisResize:
         return float(((self.k_out - 1) / 2 - self.scale * delta) % 1.0)
 
 
-def validate_scale(scale: object, *, name: str = "scale") -> float:
-    """Return ``scale`` as a float, or raise InvalidOptionError naming it when not finite and > 0."""
-    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)):
-        raise InvalidOptionError(f"{name}: scale must be a number, got {scale!r}")
-    value = float(scale)
-    if not math.isfinite(value) or value <= 0:
-        raise InvalidOptionError(f"{name}: scale must be finite and > 0, got {scale!r}")
-    return value
-
-
-def validate_coef(coef: object) -> Coef:
-    """Return ``coef`` normalised: ``"mass"``, ``"paper"`` or a finite float > 0.
-
-    The coefficient scales the resized kernel (≈ 1/∏s): 0 would zero every kernel and a negative
-    one flip its sign, so both are refused (InvalidOptionError), as are nan and ±inf.
-    """
-    if isinstance(coef, str):
-        _check_choice("coef", coef, COEF_MODES)
-        return coef
-    if isinstance(coef, bool) or not isinstance(coef, (int, float, np.integer, np.floating)):
-        raise InvalidOptionError(f"coef must be 'mass', 'paper' or a number, got {coef!r}")
-    value = float(coef)
-    if not math.isfinite(value) or value <= 0:
-        raise InvalidOptionError(f"coef must be a finite number > 0, got {number_text(value)}")
-    return value
-
-
-def number_text(value: float) -> str:
-    """A number as a user would type it: ``0``, ``-1``, ``1000000000``, ``0.25``, ``nan``."""
-    text = repr(float(value))
-    return text[:-2] if text.endswith(".0") else text
-
-
-def _check_choice(what: str, value: object, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise InvalidOptionError(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
-
-
 def _is_integer(s: float) -> bool:
     return float(s).is_integer()
 
@@ -171,9 +140,9 @@ def build_axis_resize(
     Raises InvalidOptionError for a bad method, mode, align, coef or scale.
     """
     scale = validate_scale(scale)
-    _check_choice("method", method, METHODS)
-    _check_choice("mode", mode, MODES)
-    _check_choice("align", align, ALIGNS)
+    check_choice("method", method, METHODS)
+    check_choice("mode", mode, MODES)
+    check_choice("align", align, ALIGNS)
     coef = validate_coef(coef)
     if isinstance(k, bool) or int(k) != k or k < 1:
         raise InvalidOptionError(f"kernel size must be a positive integer, got {k!r}")
@@ -311,7 +280,7 @@ def cells_upsampler(n_in: int, n_out: int, mode: str) -> np.ndarray:
     edges and rows normalised to sum 1.
     Rows of B are the weights of each output sample. Read-only.
     """
-    _check_choice("mode", mode, MODES)
+    check_choice("mode", mode, MODES)
     if mode == "lanczos3":
         matrix = _lanczos_cells(n_in, n_out)
     elif mode == "nearest" and n_out < n_in:
@@ -355,23 +324,6 @@ def _lanczos_cells(n_in: int, n_out: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class DisperseParams:
-    """Settings of method ``disperse``: new kernel size (default (k−1)s+1), probe size m, weight η."""
-
-    size: Optional[int] = None
-    probe: int = 7
-    eta: float = 0.05
-
-    def __post_init__(self) -> None:
-        if self.size is not None and (isinstance(self.size, bool) or int(self.size) != self.size or self.size < 1):
-            raise InvalidOptionError(f"disperse size must be a positive odd integer, got {self.size!r}")
-        if isinstance(self.probe, bool) or int(self.probe) != self.probe or self.probe < 2:
-            raise InvalidOptionError(f"disperse probe must be an integer >= 2, got {self.probe!r}")
-        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not math.isfinite(self.eta) or self.eta < 0:
-            raise InvalidOptionError(f"disperse eta must be a finite number >= 0, got {self.eta!r}")
-
-
-@dataclass(frozen=True)
 class KernelResize:
     """The resize of a d-dimensional kernel: one AxisResize per spatial axis, or one dense
     non-separable matrix (method ``disperse``).
@@ -410,6 +362,40 @@ class KernelResize:
         return _dense_of(self.axes)
 
 
+@dataclass(frozen=True)
+class GridResize:
+    """The resize of a Linear ``(out, C·H·W)`` whose input is a flattened ``grid`` (C, H, W)
+    (DESIGN §5): ``planes``, a separable resize of the (H, W) planes, applied to each of the C
+    planes of every row; the result is ``(out, C·H'·W')``."""
+
+    grid: tuple[int, int, int]
+    planes: KernelResize
+
+    @property
+    def out_grid(self) -> tuple[int, int, int]:
+        return (self.grid[0], *self.planes.out_shape)  # type: ignore[return-value]
+
+    @property
+    def is_identity(self) -> bool:
+        return self.planes.is_identity
+
+
+@dataclass(frozen=True)
+class ScaleFactor:
+    """Multiplication of every value by ``factor`` (an attention temperature baked into a query
+    projection, DESIGN §10): the 1×1 operator of a tensor that keeps its shape."""
+
+    factor: float
+
+    @property
+    def is_identity(self) -> bool:
+        return False  # applied even at 1.0: the entry is a resize, its result a new tensor
+
+
+# A built operator of a plan entry: how its tensor's values change (kernelscale.execute applies it).
+Operator = Union[KernelResize, GridResize, ScaleFactor]
+
+
 @functools.lru_cache(maxsize=256)
 def _dense_of(axes: tuple[AxisResize, ...]) -> np.ndarray:
     matrix = _kron_all(tuple(a.matrix for a in axes))
@@ -424,33 +410,43 @@ def _kron_all(matrices: tuple[np.ndarray, ...]) -> np.ndarray:
     return out
 
 
-def normalise_scales(scale: Union[float, Sequence[float]], ndim: int, *, name: str = "scale") -> tuple[float, ...]:
-    """Expand a scalar scale to ``ndim`` axes, or check a per-axis sequence has ``ndim`` entries."""
-    if isinstance(scale, (list, tuple, np.ndarray)):
-        if len(scale) != ndim:
-            raise InvalidOptionError(f"{name}: {len(scale)} scales given for {ndim} spatial axes: {tuple(scale)!r}")
-        return tuple(validate_scale(s, name=name) for s in scale)
-    return (validate_scale(scale, name=name),) * ndim
-
-
 def build_kernel_resize(
     kernel_shape: Sequence[int],
     scale: Union[float, Sequence[float]],
-    method: str = "interp",
-    mode: str = "linear",
-    align: str = "taps",
-    coef: Coef = "mass",
-    disperse: DisperseParams = DisperseParams(),
+    method: Union[str, Method, None] = None,
+    mode: Optional[str] = None,
+    align: Optional[str] = None,
+    coef: Optional[Coef] = None,
+    disperse: Optional[DisperseParams] = None,
 ) -> KernelResize:
     """Build the resize of a kernel with spatial shape ``kernel_shape`` (d = 1, 2 or 3 axes).
 
-    ``scale`` is one number or one per axis. A user float ``coef`` is the constant for the whole
-    kernel and is folded into the first resized axis; ``"mass"``/``"paper"`` act per axis.
-    ``disperse`` (method ``"disperse"`` only): see :mod:`kernelscale.disperse`; the kernel must
-    have equal odd sizes and equal integer scales on every axis.
+    ``scale`` is one number or one per axis. ``method`` is a :class:`~kernelscale.method.Method`,
+    or its fields as arguments (defaults: interp, linear, taps, mass). A user float ``coef`` is the
+    constant for the whole kernel and is folded into the first resized axis; ``"mass"``/``"paper"``
+    act per axis. ``disperse`` (method ``"disperse"`` only): see :mod:`kernelscale.disperse`; the
+    kernel must have equal odd sizes and equal integer scales on every axis.
     """
-    return _build_kernel_resize(tuple(int(k) for k in kernel_shape), normalise_scales(scale, len(kernel_shape)),
-                                method, mode, align, validate_coef(coef), disperse)
+    resize = method_of(method, mode=mode, align=align, coef=coef, disperse=disperse)
+    return kernel_resize(kernel_shape, axis_scales(scale, len(kernel_shape)), resize)
+
+
+def kernel_resize(kernel_shape: Sequence[int], scales: Sequence[float], method: Method) -> KernelResize:
+    """:func:`build_kernel_resize` for values already validated where they entered: ``scales`` one
+    per axis (:func:`~kernelscale.method.axis_scales`), ``method`` a Method (align and coef left
+    None take the kernel defaults, taps and mass). Cached per distinct arguments."""
+    m = method.for_kernel()
+    return _build_kernel_resize(tuple(int(k) for k in kernel_shape), tuple(float(s) for s in scales), m.method, m.mode, m.align,
+                                m.coef, m.disperse)
+
+
+def grid_resize(plane_shape: Sequence[int], scales: Sequence[float], method: Method) -> KernelResize:
+    """The separable resize of the ``(H, W)`` planes of a Linear over a flattened grid (DESIGN §5):
+    one :func:`build_axis_resize` per axis with the grid defaults (align cells, coef paper) for
+    fields ``method`` leaves None."""
+    m = method.for_grid()
+    return KernelResize(tuple(build_axis_resize(int(n), float(s), m.method, m.mode, m.align, m.coef)
+                              for n, s in zip(plane_shape, scales)))
 
 
 @functools.lru_cache(maxsize=1024)

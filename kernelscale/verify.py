@@ -36,12 +36,15 @@ import math
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
+from kernelscale.geometry import window_shift
+from kernelscale.manifest import ConvRecord, GridRecord, Record, as_record, record_from_json
+from kernelscale.reparam import effective_weight
 
 DEFAULT_BAND = 0.25
 DEFAULT_PROBES = 4
@@ -161,26 +164,6 @@ class LayerCertificate:
         return data
 
 
-def effective_weight(v: torch.Tensor, g: torch.Tensor, dim: Optional[int], name: str = "weight_v") -> torch.Tensor:
-    """Weight norm's w = g·v/‖v‖ in float64, the norm over every axis of ``v`` but ``dim`` (all of
-    them for None). Where ‖v‖ = 0, w = 0 (torch gives 0/0; convert keeps g there, v′ being 0 too);
-    non-finite values propagate. InvalidOptionError when g's shape does not fit ``dim``."""
-    v, g = v.double(), g.double()
-    if dim is None:
-        if g.numel() != 1:
-            raise InvalidOptionError(f"{name}: weight norm's g has shape {tuple(g.shape)}, not one value (dim None)")
-        norm, g = v.norm(), g.reshape(())
-    else:
-        if not 0 <= dim < v.ndim or g.numel() != v.shape[dim]:
-            raise InvalidOptionError(f"{name}: weight norm's g has shape {tuple(g.shape)}, not v's {tuple(v.shape)} "
-                                     f"size along dim {dim}")
-        axes = [a for a in range(v.ndim) if a != dim]
-        norm = torch.linalg.vector_norm(v, dim=axes, keepdim=True) if axes else v.abs()
-        g = g.reshape([-1 if a == dim else 1 for a in range(v.ndim)])
-    scale = torch.where(norm == 0, torch.zeros_like(norm), g / torch.where(norm == 0, torch.ones_like(norm), norm))
-    return v * scale
-
-
 def _response(kernel: torch.Tensor, omegas: Sequence[np.ndarray], dilation: Sequence[int], shift: Sequence[float]) -> torch.Tensor:
     """H(ω) = Σ_t K[t]·e^{−i ω·(d·t + shift)} on the grid ``omegas`` (one 1-D array per axis).
 
@@ -289,7 +272,7 @@ def certify_record(
     name: str,
     original: torch.Tensor,
     converted: torch.Tensor,
-    record: Mapping[str, Any],
+    record: Union[ConvRecord, GridRecord, Mapping[str, Any]],
     *,
     weight_norm: Optional[WeightNorm] = None,
     **options: Any,
@@ -305,14 +288,12 @@ def certify_record(
         converted = effective_weight(converted, weight_norm.converted, weight_norm.dim, name)
         cert = certify_record(name, original, converted, record, **options)
         return replace(cert, weight_norm_g=weight_norm.name, **counts)
-    if record.get("kind") == "grid":
+    record = as_record(record, name)
+    if isinstance(record, GridRecord):
         return certify_grid(name, original, converted, record, **options)
-    dilation = record.get("dilation")
-    offsets = record.get("centre_offset") or [0.0] * (original.ndim - 2)
-    sign = -1.0 if record.get("pad_extra") == "before" else 1.0
     return certify_conv(
-        name, original, converted, record["scale"], dilation=dilation, shift=[sign * o for o in offsets],
-        method=record.get("method", ""), **options,
+        name, original, converted, record.scale, dilation=record.dilation, shift=list(window_shift(record, original.ndim - 2)),
+        method=record.method or "", **options,
     )
 
 
@@ -321,7 +302,7 @@ def certify_grid(
     name: str,
     original: torch.Tensor,
     converted: torch.Tensor,
-    record: Mapping[str, Any],
+    record: Union[GridRecord, Mapping[str, Any]],
     *,
     band: float = 0.25,
     probes: int = 4,
@@ -332,9 +313,10 @@ def certify_grid(
     U the record's cells upsampler; alias gain is not defined for a grid (reported 0)."""
     from kernelscale.transforms import cells_upsampler
 
-    c, h, w = record["grid"]
-    h_new, w_new = record["new_spatial"]
-    mode = record.get("mode") or "linear"
+    record = as_record(record, name)
+    c, h, w = record.grid
+    h_new, w_new = record.new_spatial
+    mode = record.mode or "linear"
     bh, bw = cells_upsampler(h, h_new, mode), cells_upsampler(w, w_new, mode)
     rng = np.random.default_rng(seed)
 
@@ -357,7 +339,7 @@ def certify_grid(
     # A flat input upsamples to a flat input, so the DC gain is each row's sum over all cells.
     dc_old, dc_new = w_old.sum(axis=(1, 2, 3)), w_new_.sum(axis=(1, 2, 3))
     dc = _dc_ratio(float((dc_new * dc_old).sum()), float((dc_old**2).sum()))
-    return LayerCertificate(name, record.get("method", ""), tuple(original.shape), tuple(converted.shape),
+    return LayerCertificate(name, record.method or "", tuple(original.shape), tuple(converted.shape),
                             _ratio(err, ref), 0.0, dc, nonfinite=_count_nonfinite(converted),
                             nonfinite_original=_count_nonfinite(original))
 
@@ -456,7 +438,7 @@ class _Job:
     """One recorded tensor to certify: where it is on each side, and its record."""
 
     name: str
-    record: Mapping[str, Any]
+    record: Record  # read from the manifest once its shapes are checked (_check_shapes)
     original: str  # path of the ORIG file holding it
     converted: str  # path of the CONVERTED file holding it
     rel: str  # the converted file, relative to CONVERTED
@@ -570,7 +552,8 @@ def _weight_norm_job(name: str, record: Mapping[str, Any], v_old: tuple[int, ...
     do not, and g is then found by name (``<layer>.weight_g`` for ``<layer>.weight_v``, …original0
     for …original1) when ORIG holds it, with dim read from its shape. ORIG's g must fit v and dim,
     CONVERTED's g must have ORIG's shape (weight norm's g never changes shape)."""
-    from kernelscale.plan import shape_text, weight_norm_parts
+    from kernelscale.plan import shape_text
+    from kernelscale.reparam import weight_norm_parts
 
     recorded = record.get("weight_norm")
     if recorded is not None:
@@ -660,7 +643,7 @@ def _plan_jobs(original: Any, converted: Any) -> tuple[list[_Job], list[tuple[st
                 orig_file = _shown(original, o_scan, o_src.rel)
                 _check_shapes(name, record, tuple(o_info.shape), tuple(c_tensors[name].shape), orig_file, conv_file)
                 g = _weight_norm_job(name, record, tuple(o_info.shape), o_tensors, c_unit_tensors, orig_file, conv_file, shown)
-                jobs.append(_Job(name, record, o_src.path, src.path, rel, g))
+                jobs.append(_Job(name, record_from_json(record), o_src.path, src.path, rel, g))
     return jobs, files
 
 
@@ -712,8 +695,15 @@ def verify_checkpoints(
             if job.g is not None:
                 g, dim, g_orig, g_conv = job.g
                 weight_norm = WeightNorm(g, dim, read(g_orig, g), read(g_conv, g))
-            cert = certify_record(job.name, read(job.original, job.name), read(job.converted, job.name), job.record,
-                                  weight_norm=weight_norm, band=band, probes=probes, seed=seed, max_channels=max_channels)
+            original_t, converted_t = read(job.original, job.name), read(job.converted, job.name)
+            if original_t.numel() == 0 or converted_t.numel() == 0:
+                # a layer with no weights (a zero-size axis; the others may be huge): nothing to measure,
+                # and the responses would be arrays over those other axes
+                cert = LayerCertificate(job.name, job.record.get("method") or "", tuple(original_t.shape),
+                                        tuple(converted_t.shape), 0.0, 0.0, None)
+            else:
+                cert = certify_record(job.name, original_t, converted_t, job.record, weight_norm=weight_norm, band=band,
+                                      probes=probes, seed=seed, max_channels=max_channels)
             certificates.append(replace(cert, file=job.rel))
     counts = {rel: sum(1 for c in certificates if c.file == rel) for rel, _, _ in files}
     verified = tuple(VerifiedFile(rel, orig, conv, counts[rel]) for rel, orig, conv in files)

@@ -115,17 +115,18 @@ def test_in_place_resize_of_a_diffusers_model_leaves_its_config_alone(tmp_path: 
 
 
 def test_geometry_change_of_a_kernel_that_keeps_its_shape() -> None:
-    from kernelscale.checkpoint_plan import _geometry_change
-    from kernelscale.plan import TensorPlan
+    from kernelscale.geometry import loader_change
+    from kernelscale.manifest import ConvRecord
 
-    def entry(**record) -> TensorPlan:
+    def change(**record) -> str:
         base = {"dilation": None, "absorb": False, "centre_offset": [0.0, 0.0]}
-        return TensorPlan("c.weight", "F32", (2, 2, 4, 4), "resize", "", (2, 2, 4, 4), "conv", record={**base, **record})
+        typed = ConvRecord.from_json({"scale": [2, 2], "old_spatial": [4, 4], "new_spatial": [4, 4], **base, **record})
+        return loader_change(typed, (2, 2, 4, 4), (2, 2, 4, 4))
 
-    assert _geometry_change(entry()) == "none"
-    assert _geometry_change(entry(dilation=[2, 2])) == "dilation"
-    assert _geometry_change(entry(absorb=True)) == "stride"
-    assert _geometry_change(entry(centre_offset=[0.5, 0.0])) == "padding"
+    assert change() == "none"
+    assert change(dilation=[2, 2]) == "dilation"
+    assert change(absorb=True) == "stride"
+    assert change(centre_offset=[0.5, 0.0]) == "padding"
 
 
 @pytest.mark.parametrize("include, needle", [

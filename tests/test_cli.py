@@ -436,3 +436,26 @@ def test_diffusers_loads_resized_conv_in_and_conv_out_as_they_are(unet_folder: P
     assert model.conv_in.kernel_size == (7, 7) and model.conv_in.padding == (3, 3)
     stored = safetensors.torch.load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
     assert torch.equal(model.conv_out.weight.detach(), stored["conv_out.weight"])
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], []])
+def test_help_and_version_do_not_import_torch(args: list[str]) -> None:
+    # importing torch takes about 2 s; the top-level help and the version need none of it
+    code = ("import sys; from kernelscale.cli import main; code = main(sys.argv[1:]); "
+            "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'imported'; sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "imported" not in result.stderr, result.stderr
+    assert result.returncode == (2 if not args else 0)
+    expected = {"--version": __version__, "--help": "convert"}.get(args[0] if args else "", "required: COMMAND")
+    assert expected in result.stdout + result.stderr
+
+
+def test_a_command_still_gets_its_arguments_and_the_package_its_names() -> None:
+    import kernelscale
+
+    assert kernelscale.resize_state_dict.__module__ == "kernelscale.state_dict"
+    assert set(kernelscale.__all__) <= set(dir(kernelscale))
+    with pytest.raises(AttributeError):
+        kernelscale.no_such_name  # noqa: B018
+    help_text = build_parser(only=["inspect"])._subparsers._group_actions[0].choices["inspect"].format_help()
+    assert "--scale" in help_text

@@ -8,7 +8,8 @@ import torch
 
 from kernelscale import resize_kernel
 from kernelscale.disperse import disperse_matrix, disperse_system
-from kernelscale.transforms import DisperseParams, build_kernel_resize
+from kernelscale.method import DisperseParams
+from kernelscale.transforms import build_kernel_resize
 
 
 def embed(k: int, k_new: int, ndim: int = 2) -> np.ndarray:
@@ -82,3 +83,32 @@ def test_bad_settings():
         DisperseParams(eta=-1.0)
     with pytest.raises(ValueError, match="odd"):
         build_kernel_resize((3, 3), 2, "disperse", disperse=DisperseParams(size=6))
+
+
+def test_disperse_output_bytes_do_not_depend_on_the_thread_count(tmp_path) -> None:
+    """DESIGN §6 (deterministic): the calibration's solve and its relative_loss, which the manifest
+    stores, are computed on one thread, so 1 and 2 threads (torch's and the BLAS's) give the same
+    bytes; before, R and relative_loss differed in their last bits."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import safetensors.torch
+
+    root = Path(__file__).resolve().parents[1]
+    g = torch.Generator().manual_seed(0)
+    src = tmp_path / "in.safetensors"
+    safetensors.torch.save_file({"a.weight": torch.randn(4, 4, 3, 3, generator=g), "b.weight": torch.randn(4, 4, 5, 5, generator=g)},
+                                str(src))
+    digests = set()
+    for threads in ("1", "2"):
+        out = tmp_path / f"out{threads}.safetensors"
+        script = (f"import sys, torch; torch.set_num_threads({threads}); from kernelscale.cli import main; "
+                  f"sys.exit(main(['convert', {str(src)!r}, {str(out)!r}, '--scale', '3', '--method', 'disperse']))")
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr
+        digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
+    assert len(digests) == 1

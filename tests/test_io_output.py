@@ -18,8 +18,8 @@ from kernelscale import stream as stream_module
 from kernelscale.checkpoint_plan import plan_checkpoint
 from kernelscale.convert import convert_checkpoint
 from kernelscale.errors import InvalidOptionError
+from kernelscale.execute import execute
 from kernelscale.io.output import OutputError, clean_stale
-from kernelscale.state_dict import apply_entry
 
 from checkpoints import OPTIONS, leftovers, make_folder, mixed_checkpoint, mixed_state_dict, save_sharded, sha256
 
@@ -135,13 +135,13 @@ def test_writability_probe_leaves_nothing_behind(tmp_path: Path, checkpoint: Pat
 def test_failure_mid_write_leaves_nothing(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
     calls = []
 
-    def failing(entry, tensor, out_dtype=None, backend=None):
-        calls.append(entry.name)
+    def failing(operator, tensor, *, name="weight", out_dtype=None, backend=None):
+        calls.append(name)
         if len(calls) == 3:
-            raise InvalidOptionError(f"{entry.name}: injected failure")
-        return apply_entry(entry, tensor, out_dtype=out_dtype, backend=backend)
+            raise InvalidOptionError(f"{name}: injected failure")
+        return execute(operator, tensor, name=name, out_dtype=out_dtype, backend=backend)
 
-    monkeypatch.setattr(stream_module, "apply_entry", failing)
+    monkeypatch.setattr(stream_module, "execute", failing)
     out = tmp_path / "out.safetensors"
     with pytest.raises(InvalidOptionError, match="injected failure"):
         convert_checkpoint(checkpoint, out, OPTIONS)

@@ -376,7 +376,7 @@ def test_foreign_formats_are_named_only_when_the_header_fails(tmp_path: Path) ->
 
 
 def test_missing_file_is_a_checkpoint_error(tmp_path: Path) -> None:
-    with pytest.raises(InvalidCheckpointError, match="cannot open"):
+    with pytest.raises(InvalidCheckpointError, match="cannot read"):
         SafetensorsReader(tmp_path / "nope.safetensors")
 
 
@@ -547,3 +547,17 @@ def test_fuzzed_headers_agree_with_safetensors(tmp_path: Path, blob: bytes) -> N
         with safe_open(str(path), framework="np") as f:
             assert set(f.keys()) == set(reader.tensors)
             assert (f.metadata() or {}) == reader.metadata
+
+
+def test_read_range_reads_part_of_a_tensor_and_refuses_a_range_outside_it(tmp_path: Path) -> None:
+    from kernelscale.errors import InvalidOptionError
+    from kernelscale.io.safetensors_io import SafetensorsReader
+
+    t = torch.arange(10, dtype=torch.int32)
+    path = tmp_path / "r.safetensors"
+    safetensors.torch.save_file({"t": t}, str(path))
+    with SafetensorsReader(path) as reader:
+        assert reader.read_range("t", 8, 16) == t[2:4].numpy().tobytes()
+        assert reader.read_range("t", 40, 40) == b""
+        with pytest.raises(InvalidOptionError, match=r"range \[36, 44\) lies outside tensor 't' of 40 bytes"):
+            reader.read_range("t", 36, 44)

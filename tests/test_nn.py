@@ -21,7 +21,8 @@ from torch import nn
 from kernelscale import resize_conv
 from kernelscale.errors import GeometryError, InvalidCheckpointError, InvalidOptionError
 from kernelscale.nn import LayerChange, SupersampleReport, load, plan_module, read_manifest, supersample
-from kernelscale.plan import FORMAT_VERSION, ResizeOptions
+from kernelscale.manifest import FORMAT_VERSION
+from kernelscale.plan import ResizeOptions
 from kernelscale.state_dict import resize_state_dict
 
 EXACT = 1e-12  # float64 rounding bound, see the module docstring

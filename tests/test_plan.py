@@ -225,10 +225,10 @@ def test_spectral_normed_conv_may_be_re_dilated_geometry_only(form):
 
 def test_spectral_norm_errors_name_the_first_layer_in_file_order():
     """Which layer the error names does not depend on PYTHONHASHSEED (a set's order)."""
-    from kernelscale.plan import _spectral_layers
+    from kernelscale.reparam import spectral_layers
 
     names = [f"net.{i}.weight_orig" for i in range(40, 0, -1)]
-    assert _spectral_layers(names) == [f"net.{i}" for i in range(40, 0, -1)]
+    assert spectral_layers(names) == [f"net.{i}" for i in range(40, 0, -1)]
     specs = [TensorSpec(n, "F32", (2, 2, 3, 3)) for n in names]
     with pytest.raises(SpectralNormError, match=r"^net\.40: "):
         plan_tensors(specs, ResizeOptions(scale=2))

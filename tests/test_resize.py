@@ -11,8 +11,10 @@ import torch.nn.functional as F
 
 from kernelscale import new_padding, resize_conv, resize_grid_linear, resize_kernel
 from kernelscale.errors import GeometryError, InvalidOptionError, KernelscaleError
-from kernelscale.resize import (NonFiniteResultError, kernel_gains, overflow_check_needed, rescale_weight_norm_g,
-                                scale_tensor)
+from kernelscale.errors import NonFiniteResultError
+from kernelscale.execute import kernel_gains, overflow_check_needed
+from kernelscale.reparam import rescale_weight_norm_g
+from kernelscale.resize import scale_tensor
 from kernelscale.transforms import build_kernel_resize
 
 
@@ -249,10 +251,10 @@ def test_in_range_results_and_non_finite_inputs_pass():
 
 def test_the_overflow_check_costs_one_pass_over_the_input(monkeypatch):
     """The exact check of the output runs only when the a-priori bound max|x|·gain allows an overflow."""
-    import kernelscale.resize as resize_module
+    import kernelscale.execute as execute_module
 
     checked = []
-    monkeypatch.setattr(resize_module, "require_finite", lambda *args, **kw: checked.append(args[1]))
+    monkeypatch.setattr(execute_module, "require_finite", lambda *args, **kw: checked.append(args[1]))
     resize_kernel(torch.randn(8, 4, 3, 3, dtype=torch.float16), 2, name="small")
     resize_kernel(torch.randn(8, 4, 3, 3), 2, coef=1e3, name="float32 output")
     assert checked == []

@@ -17,8 +17,9 @@ from kernelscale.io.checkpoint import MANIFEST_KEY
 from kernelscale.convert import convert_checkpoint
 from kernelscale.io.output import OutputError
 from kernelscale.io.safetensors_io import SafetensorsReader
-from kernelscale.resize import NonFiniteResultError
-from kernelscale.state_dict import apply_entry, entry_overflow_check, require_finite_entry
+from kernelscale.errors import NonFiniteResultError
+from kernelscale.execute import apply, check_result, overflow_check
+from kernelscale.state_dict import apply_entry
 from kernelscale.stream import verify_output
 
 from checkpoints import OPTIONS, as_bytes, mixed_checkpoint, mixed_state_dict, raw_bytes, sha256
@@ -131,19 +132,19 @@ def test_an_overflowing_resize_is_refused_and_writes_nothing(tmp_path: Path, che
 
 
 def test_the_cuda_path_checks_overflow_on_the_host() -> None:
-    """_resize_block_cuda resizes with check_finite=False and checks on the host with these two."""
+    """_resize_block_cuda applies the operator unchecked and checks on the host with these two."""
     sd = mixed_state_dict()
     plan = plan_state_dict(sd, replace(OPTIONS, coef=1e6))
     for name in ("stem.weight", "head.weight"):
         entry, x = plan[name], sd[name]
-        y = apply_entry(entry, x, out_dtype=torch.float16, check_finite=False)
+        y = apply(entry.operator, x, torch.float16)
         assert not torch.isfinite(y).all()
-        magnitude = entry_overflow_check(entry, x, torch.float16)
+        magnitude = overflow_check(entry.operator, x, torch.float16)
         assert magnitude == pytest.approx(float(x.abs().max()))
         with pytest.raises(NonFiniteResultError, match=rf"^{name}: the resized values reach"):
-            require_finite_entry(entry, x, y, torch.float16, magnitude)
+            check_result(entry.operator, x, y, torch.float16, magnitude, name)
     entry = plan_state_dict(sd, OPTIONS)["stem.weight"]
-    assert entry_overflow_check(entry, sd["stem.weight"], torch.float16) is None
+    assert overflow_check(entry.operator, sd["stem.weight"], torch.float16) is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernelscale import resize_conv, resize_grid_linear, resize_kernel
+from kernelscale.method import MODES
 from kernelscale.transforms import (
-    MODES,
     build_axis_resize,
     cells_upsampler,
     filter_taps,

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from kernelscale import transforms
 from kernelscale.errors import InvalidOptionError
-from kernelscale.transforms import MODES, build_axis_resize, build_kernel_resize, filter_taps, interpolation_kernel
+from kernelscale.method import MODES, number_text, validate_coef
+from kernelscale.transforms import build_axis_resize, build_kernel_resize, filter_taps, interpolation_kernel
 
 
 def test_linear_taps_k3_s2_by_hand():
@@ -161,9 +162,9 @@ def test_down_then_up_keeps_dc_gain_but_is_not_the_identity(mode, k):
 @pytest.mark.parametrize("coef", [0, 0.0, -1, -0.25, float("nan"), float("inf")])
 def test_coef_must_be_a_finite_number_above_zero(coef):
     # 0 would zero every kernel, a negative coefficient flip its sign.
-    expected = transforms.number_text(coef)
+    expected = number_text(coef)
     with pytest.raises(InvalidOptionError, match=f"coef must be a finite number > 0, got {expected}$"):
-        transforms.validate_coef(coef)
+        validate_coef(coef)
     with pytest.raises(InvalidOptionError, match="coef must be a finite number > 0"):
         build_kernel_resize((3, 3), 2, coef=coef)
     with pytest.raises(InvalidOptionError, match="coef must be a finite number > 0"):

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from kernelscale import plan_state_dict, resize_kernel, resize_state_dict
-from kernelscale.transforms import MODES, frequency_response
+from kernelscale.method import MODES
+from kernelscale.transforms import frequency_response
 from kernelscale.verify import certify_conv, certify_record
 
 
@@ -270,7 +271,8 @@ def test_weight_normed_layers_are_certified_on_their_effective_weight(tmp_path):
 
     from kernelscale import ResizeOptions
     from kernelscale.convert import convert_checkpoint
-    from kernelscale.verify import effective_weight, verify_checkpoints
+    from kernelscale.reparam import effective_weight
+    from kernelscale.verify import verify_checkpoints
 
     src, out = _weight_normed_stack(tmp_path), tmp_path / "x2.safetensors"
     convert_checkpoint(src, out, ResizeOptions(scale=2))

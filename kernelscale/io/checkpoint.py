@@ -15,41 +15,29 @@ from typing import Any, Optional, Sequence, Union
 from kernelscale.errors import InvalidCheckpointError
 from kernelscale.io.discovery import model_files
 from kernelscale.io.safetensors_io import SafetensorsReader
-from kernelscale.plan import FORMAT_VERSION
+from kernelscale.manifest import check_manifest
 
 MANIFEST_KEY = "kernelscale"
 """The ``__metadata__`` key holding the manifest (compact JSON, sorted keys; docs/format.md)."""
-# The fields a loader needs from each kind of manifest record (docs/format.md).
-_RECORD_FIELDS = {
-    "conv": ("scale", "old_spatial", "new_spatial"),
-    "grid": ("scale", "grid", "old_spatial", "new_spatial"),
-    "attention": ("factor",),
-    "weight_norm": ("v", "dim"),
-}
+
+
+def load_manifest_json(text: str, where: Union[str, Path]) -> Any:
+    """The manifest's JSON text parsed; InvalidCheckpointError naming ``where`` when it does not
+    parse or nests too deeply for the parser."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InvalidCheckpointError(f"{where}: the {MANIFEST_KEY!r} metadata is JSON nested too deeply") from None
+    except ValueError as exc:
+        raise InvalidCheckpointError(f"{where}: the {MANIFEST_KEY!r} metadata is not valid JSON ({exc})") from None
 
 
 def parse_manifest(text: str, where: Path) -> dict[str, Any]:
-    """The manifest JSON ``text`` read from file ``where``, checked: a ``tensors`` table, this
-    kernelscale's format version, a known kind and its fields in every record (docs/format.md)."""
-    try:
-        manifest = json.loads(text)
-    except ValueError as exc:
-        raise InvalidCheckpointError(f"{where}: the {MANIFEST_KEY!r} metadata is not JSON ({exc})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("tensors"), dict):
-        raise InvalidCheckpointError(f"{where}: the {MANIFEST_KEY!r} metadata is not a kernelscale manifest (no 'tensors' table)")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise InvalidCheckpointError(
-            f"{where}: manifest format version {version!r} is not one this kernelscale reads ({FORMAT_VERSION}); "
-            "convert the checkpoint again or upgrade kernelscale")
-    for tensor, record in manifest["tensors"].items():
-        kind = record.get("kind") if isinstance(record, dict) else None
-        if kind not in _RECORD_FIELDS:
-            raise InvalidCheckpointError(f"{where}: manifest record of {tensor!r} has unknown kind {kind!r} "
-                                         f"(this kernelscale reads {', '.join(_RECORD_FIELDS)})")
-        lacking = [k for k in _RECORD_FIELDS[kind] if k not in record]
-        if lacking:
-            raise InvalidCheckpointError(f"{where}: manifest record of {tensor!r} lacks {', '.join(lacking)}")
+    """The manifest JSON ``text`` read from file ``where``, checked by
+    :func:`kernelscale.manifest.check_manifest`: a ``tensors`` table, this kernelscale's format
+    version, a known kind and its fields in every record (docs/format.md)."""
+    manifest = load_manifest_json(text, where)
+    check_manifest(manifest, where, MANIFEST_KEY)
     return manifest
 
 

@@ -9,7 +9,9 @@ A checkpoint is given as
   ones followed (a link back to a folder above it is refused); every ``*.safetensors`` file,
   grouped by the shard index that lists it, else a model of its own; files in the weight formats of
   :data:`FOREIGN_WEIGHTS` are listed as skipped, every other file as one to copy; ``.git`` and
-  kernelscale's own temp entries (:func:`kernelscale.io.output.parse_temp_entry`) are ignored.
+  kernelscale's own temp entries (:func:`kernelscale.io.output.parse_temp_entry`) are ignored;
+  anything that is not a regular file or folder (a FIFO, a device, a socket, a dangling link) is
+  refused by name, never opened.
 
 :func:`scan_checkpoint` finds the files and reads and validates every header (no tensor data is
 read). A *model* (:class:`ModelUnit`) is one file, or the shards of one index: what one
@@ -22,11 +24,13 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
 from kernelscale.errors import InvalidCheckpointError
+from kernelscale.io.files import kind_of, read_small_file
 from kernelscale.io.output import parse_temp_entry
 from kernelscale.io.safetensors_io import PathLike, TensorInfo, read_header
 from kernelscale.text import quoted_names
@@ -99,7 +103,11 @@ def scan_checkpoint(src: PathLike) -> CheckpointScan:
     path, a broken header or index, an index that does not match its shards, a shard claimed by two
     indexes, a folder link that loops, or a folder with no safetensors file anywhere below it.
     """
-    path = os.path.abspath(os.fspath(src))
+    given = os.fspath(src)
+    if not given:
+        raise InvalidCheckpointError("the checkpoint path is empty; give a file, a shard index or a folder "
+                                     "(the current folder is '.')")
+    path = os.path.abspath(given)
     if os.path.isdir(path):
         return _scan_folder(path)
     if not os.path.exists(path):
@@ -125,12 +133,16 @@ def model_files(src: PathLike) -> list[Path]:
     return [Path(f.path) for f in scan.units[0].files]
 
 
+MAX_INDEX_BYTES = 100_000_000
+"""Largest shard index read, in bytes (as large as the largest safetensors header)."""
+
+
 def _read_json(path: str, what: str) -> Any:
+    raw = read_small_file(path, MAX_INDEX_BYTES, InvalidCheckpointError, what)
     try:
-        with open(path, "rb") as fh:
-            return json.loads(fh.read().decode("utf-8"))
-    except OSError as exc:
-        raise InvalidCheckpointError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise InvalidCheckpointError(f"{path}: {what} is JSON nested too deeply") from None
     except ValueError as exc:
         raise InvalidCheckpointError(f"{path}: {what} is not valid JSON: {exc}") from None
 
@@ -177,7 +189,9 @@ def _read_sharded(index_path: str, index_rel: str) -> ModelUnit:
         if unlisted:
             raise InvalidCheckpointError(f"{index_path}: shard {shard} holds {len(unlisted)} tensor(s) the weight_map does not "
                                          f"put there ({quoted_names(unlisted)}); the index does not match its shards")
-        files.append(SourceFile(shard_path, _join(rel_dir, shard), dict(metadata), tuple(tensors.values())))
+        # normalised (``./s1.safetensors`` is ``s1.safetensors``): a folder walk finds the file under that name
+        files.append(SourceFile(shard_path, _join(rel_dir, posixpath.normpath(shard.replace("\\", "/"))), dict(metadata),
+                                tuple(tensors.values())))
     absent: dict[str, list[str]] = {}
     for name, shard in weight_map.items():
         if owner.get(name) != shard:
@@ -211,8 +225,15 @@ def _walk(root: str) -> list[tuple[str, list[str]]]:
                 continue
             if entry.is_dir():  # follows links
                 folders.append(entry)
-            else:
+            elif entry.is_file():
                 files.append(entry.name)
+            else:  # never opened: reading a FIFO would block, copying a device would not end
+                try:
+                    kind = kind_of(os.stat(entry.path).st_mode)
+                except OSError:
+                    kind = "a link to nothing"
+                raise InvalidCheckpointError(f"{entry.path}: the checkpoint folder holds {kind}, not a regular file; "
+                                             "move it out of the folder")
         found.append((rel, files))
         for entry in folders:
             target = os.path.realpath(entry.path)

@@ -5,9 +5,11 @@ folder or holds it, exists without ``force``, is a folder holding files this con
 write (``force`` replaces the whole folder, so they would be lost), or goes into a folder that takes no new file
 (read-only, no permission; probed, so ``--dry-run`` sees it too); the result is built as
 ``.OUT.kernelscale-tmp-<pid>`` beside OUT (a file, or a folder for multi-file output), fsynced,
-then renamed onto OUT (the output shard index last) and the directory fsynced, so an interrupted
-run leaves no partial OUT. :func:`clean_stale` removes a temp entry left by a run that died (its
-pid no longer alive) and puts back a previous OUT it had moved aside; :func:`check_free_space`
+then renamed onto OUT (the output shard index last, its moves journaled so that the next run
+undoes a half-done one: :func:`roll_back`) and the directory fsynced, so an interrupted run leaves
+no partial OUT. :func:`clean_stale` removes a temp entry left by a run that died (its pid no longer
+alive) and puts back a previous OUT it had moved aside; :func:`resolve_output` says what an OUT
+as typed means (a folder for a file IN means "into it"); :func:`check_free_space`
 refuses a disk too small before anything is written. Filesystem work only: what goes into the
 temp entry is :mod:`kernelscale.stream`'s job. This module owns the temp entries' names
 (:func:`temp_entry_name`, :func:`parse_temp_entry`), which checkpoint discovery skips.
@@ -43,9 +45,39 @@ class TempEntry(NamedTuple):
     pid: int
 
 
+NAME_MAX = 255
+"""Longest file name, in bytes, on the filesystems kernelscale writes to (ext4, xfs, btrfs, tmpfs)."""
+_PID_DIGITS = 10
+_HASH_CHARS = 12
+
+
+def entry_base(name: str) -> str:
+    """The part of OUT's base ``name`` its temp entries carry: ``name`` itself when
+    ``.name.kernelscale-tmp-<pid>`` fits NAME_MAX for any pid, else a prefix of it plus ``~`` and
+    12 hex digits of its SHA-256, so a valid OUT name of up to NAME_MAX bytes still gets a temp entry."""
+    budget = NAME_MAX - len(f"..{TMP_TAG}-") - _PID_DIGITS
+    raw = os.fsencode(name)
+    if len(raw) <= budget:
+        return name
+    import hashlib
+
+    digest = hashlib.sha256(raw).hexdigest()[:_HASH_CHARS]
+    prefix = raw[: budget - 1 - _HASH_CHARS].decode("utf-8", "ignore") if _is_utf8(raw) else os.fsdecode(raw[: budget - 1 - _HASH_CHARS])
+    return f"{prefix}~{digest}"
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 def temp_entry_name(name: str, tag: str, pid: int) -> str:
-    """The name of a temp entry beside OUT (``name`` is OUT's base name, ``tag`` TMP_TAG or OLD_TAG)."""
-    return f".{name}.{tag}-{pid}"
+    """The name of a temp entry beside OUT (``name`` is OUT's base name, ``tag`` TMP_TAG or OLD_TAG);
+    a long ``name`` is shortened (:func:`entry_base`) so the entry fits NAME_MAX."""
+    return f".{entry_base(name)}.{tag}-{pid}"
 
 
 def parse_temp_entry(entry: str) -> Optional[TempEntry]:
@@ -82,6 +114,26 @@ def _inside(child: str, parent: str) -> bool:
         current = up
 
 
+def resolve_output(src: str, given: str) -> str:
+    """The absolute OUT path that ``given`` (as typed) means for the checkpoint at ``src`` (absolute).
+
+    For a single ``.safetensors`` IN, an OUT ending in ``/`` or naming an existing folder means
+    "into this folder": the result is that folder joined with IN's file name. A folder or shard
+    index IN converts to a folder (or an index path), so an OUT whose name ends in ``.safetensors``
+    is refused (OutputError): it would be a folder that looks like a file."""
+    layout = "folder" if os.path.isdir(src) else "sharded" if src.endswith(".index.json") else "file"
+    dst = os.path.abspath(given)
+    if layout == "file":
+        if given.endswith(("/", os.sep)) or os.path.isdir(dst):
+            return os.path.join(dst, os.path.basename(src))
+        return dst
+    if given.rstrip("/" + os.sep).lower().endswith(".safetensors"):
+        what = "a folder" if layout == "folder" else "a shard index"
+        raise OutputError(f"OUT {given} looks like a file name, but IN {src} is {what}, which converts to a folder "
+                          "of files (a shard index also to an index path, *.safetensors.index.json); give a folder name")
+    return dst
+
+
 class AtomicOutput:
     """Where the result goes and how it is committed.
 
@@ -89,7 +141,9 @@ class AtomicOutput:
     built as ``.OUT.kernelscale-tmp-<pid>/`` and renamed last (an existing OUT, with --force, is
     first moved to ``.OUT.kernelscale-old-<pid>`` and removed after). ``index``: OUT names the
     output shard index; the shards are built in the temp folder, moved beside OUT, and the index
-    renamed last, so OUT appears only when everything else is in place.
+    renamed last, so OUT appears only when everything else is in place; the moves are journaled
+    and a run that dies among them is undone by the next (:func:`roll_back`): the previous index
+    and shards come back.
     """
 
     def __init__(self, plan: "CheckpointPlan", dst: str, force: bool) -> None:
@@ -204,22 +258,106 @@ class AtomicOutput:
             if moved:
                 _remove(self.old)
         else:
-            for fp in self.plan.files:
-                target = os.path.join(self.parent, fp.rel)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                os.replace(os.path.join(self.staging, fp.rel), target)
-                fsync_path(os.path.dirname(target))
-            os.replace(os.path.join(self.staging, self.name), self.dst)
-            _remove(self.staging)
+            self._commit_index()
         fsync_path(self.parent)
 
+    def _commit_index(self) -> None:
+        """Move the shards beside OUT and rename the index onto OUT, journaled so that a run that
+        dies half-way is undone by the next (:func:`roll_back`): first the list of files goes into
+        the temp folder (:data:`JOURNAL`); then the old index, and each old shard just before its
+        new one takes its place, go aside into the temp folder's :data:`REPLACED`; the new index is
+        renamed onto OUT last. Until that rename no index is at OUT, so none ever names a mix of
+        old and new shards; after it, the temp folder (with the old files) is removed."""
+        rels = [fp.rel for fp in self.plan.files]
+        _write_journal(self.staging, rels)
+        replaced = os.path.join(self.staging, REPLACED)
+        if os.path.lexists(self.dst):
+            _move_aside(self.dst, os.path.join(replaced, self.name))
+            fsync_path(self.parent)
+        for rel in rels:
+            target = os.path.join(self.parent, rel)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if os.path.lexists(target):
+                _move_aside(target, os.path.join(replaced, rel))
+            os.replace(os.path.join(self.staging, rel), target)
+            fsync_path(os.path.dirname(target))
+        os.replace(os.path.join(self.staging, self.name), self.dst)
+        fsync_path(self.parent)
+        _remove(self.staging)
+
     def abort(self) -> None:
-        """Remove the temp entry, if any. Never raises: it runs while an error is on its way out,
-        and a temp entry it cannot remove is removed by the next run (clean_stale)."""
+        """Undo a half-done index commit (:func:`roll_back`) and remove the temp entry, if any.
+        Never raises: it runs while an error is on its way out, and a temp entry it cannot remove
+        is removed by the next run (clean_stale)."""
         try:
+            if self.mode == "index":
+                roll_back(self.staging, self.dst)
             _remove(self.staging)
         except OSError:
             pass
+
+
+JOURNAL = ".kernelscale-commit"
+"""In an index commit's temp folder: the shards' relative paths, one per line, written (and
+fsynced) before the first file moves."""
+REPLACED = ".kernelscale-replaced"
+"""In an index commit's temp folder: the previous index and shards, moved aside as the new ones
+take their place."""
+
+
+def _write_journal(staging: str, rels: list[str]) -> None:
+    path = os.path.join(staging, JOURNAL)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("".join(f"{rel}\n" for rel in rels))
+        fh.flush()
+        os.fsync(fh.fileno())
+    fsync_path(staging)
+
+
+def _read_journal(staging: str) -> Optional[list[str]]:
+    """The shard paths of a journal (:data:`JOURNAL`), None without one; a path that could point
+    outside OUT's folder (absolute, with ``..``, not a ``.safetensors`` file) ends the list."""
+    try:
+        with open(os.path.join(staging, JOURNAL), "rb") as fh:
+            lines = fh.read(1 << 20).decode("utf-8", "replace").splitlines()
+    except FileNotFoundError:
+        return None
+    rels = []
+    for rel in lines:
+        if rel.startswith("/") or ".." in rel.split("/") or not rel.endswith(".safetensors"):
+            break
+        rels.append(rel)
+    return rels
+
+
+def _move_aside(path: str, aside: str) -> None:
+    os.makedirs(os.path.dirname(aside), exist_ok=True)
+    os.replace(path, aside)
+
+
+def roll_back(staging: str, dst: str) -> bool:
+    """Undo the index commit whose temp folder is ``staging`` (OUT = ``dst``), if it began and did
+    not finish: every shard it moved beside OUT is removed, or replaced by the previous one it had
+    moved aside, and the previous index is put back. Nothing happens without a journal (the commit
+    had not begun) or once the new index is at OUT (the commit is done). Returns whether it undid
+    anything."""
+    rels = _read_journal(staging)
+    name = os.path.basename(dst)
+    if rels is None or not os.path.lexists(os.path.join(staging, name)):
+        return False
+    parent = os.path.dirname(dst)
+    replaced = os.path.join(staging, REPLACED)
+    for rel in rels:
+        target, old = os.path.join(parent, rel), os.path.join(replaced, rel)
+        if os.path.lexists(old):
+            os.replace(old, target)
+        elif not os.path.lexists(os.path.join(staging, rel)) and os.path.lexists(target):
+            os.unlink(target)  # the new shard, moved in: it had no predecessor
+    old_index = os.path.join(replaced, name)
+    if os.path.lexists(old_index):
+        os.replace(old_index, dst)
+    fsync_path(parent)
+    return True
 
 
 def _parents(rel: str) -> list[str]:
@@ -321,7 +459,8 @@ def _pid_alive(pid: int) -> bool:
 
 def clean_stale(dst: PathLike) -> list[str]:
     """Remove temp files and folders that an interrupted run left beside ``dst`` (``.NAME.kernelscale-tmp-<pid>``
-    whose pid is no longer alive). A ``.NAME.kernelscale-old-<pid>`` (the previous OUT, moved aside
+    whose pid is no longer alive), first undoing a shard-index commit it had begun (:func:`roll_back`).
+    A ``.NAME.kernelscale-old-<pid>`` (the previous OUT, moved aside
     while a --force run replaced it) is put back when OUT is missing, else removed. Returns the paths."""
     dst = os.path.abspath(os.fspath(dst))
     parent, name = os.path.dirname(dst), os.path.basename(dst)
@@ -332,9 +471,11 @@ def clean_stale(dst: PathLike) -> list[str]:
         return cleaned
     for entry in entries:
         temp = parse_temp_entry(entry)
-        if temp is None or temp.name != name or _pid_alive(temp.pid):
+        if temp is None or temp.name != entry_base(name) or _pid_alive(temp.pid):
             continue
         path = os.path.join(parent, entry)
+        if temp.tag == TMP_TAG and os.path.isdir(path) and not os.path.islink(path):
+            roll_back(path, dst)
         if temp.tag == OLD_TAG and not os.path.lexists(dst):
             os.rename(path, dst)
         else:

@@ -12,13 +12,15 @@ any violation. The writer lays out the whole header from a list of specs before 
 byte, then takes the tensors one at a time, so peak memory is one tensor plus a constant. Both
 assume a little-endian host, as safetensors itself does.
 
-This module is pure I/O: it imports nothing from kernelscale but the error hierarchy and the dtype tables.
+This module is pure I/O: it imports nothing from kernelscale but the error hierarchy, the dtype tables
+and :mod:`kernelscale.io.files`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from dataclasses import dataclass
 from typing import IO, Any, BinaryIO, Iterable, Iterator, Sequence, Union
@@ -27,6 +29,7 @@ import torch
 
 from kernelscale.dtypes import DTYPE_ITEMSIZE, TORCH_ATTR, TORCH_DTYPES, dtype_name
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
+from kernelscale.io.files import open_regular
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -104,6 +107,20 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+MAX_EXTENT = (1 << 63) - 1
+"""Largest product of a shape's non-zero dimensions: the strides of a contiguous tensor must fit
+torch's int64 (a zero-element ``[0, 2**62, 3, 3]`` would need a stride of 9·2**62)."""
+
+
+def _addressable(shape: Sequence[int]) -> bool:
+    extent = 1
+    for d in shape:
+        extent *= max(d, 1)
+        if extent > MAX_EXTENT:
+            return False
+    return True
+
+
 def _parse_tensor_entry(path: str, name: str, entry: object, data_start: int) -> TensorInfo:
     if not isinstance(entry, dict):
         raise InvalidCheckpointError(
@@ -122,6 +139,11 @@ def _parse_tensor_entry(path: str, name: str, entry: object, data_start: int) ->
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
         raise InvalidCheckpointError(
             f"{path}: tensor {name!r} has shape {shape!r}; expected a list of non-negative integers"
+        )
+    if not _addressable(shape):
+        raise InvalidCheckpointError(
+            f"{path}: tensor {name!r} has shape {shape!r}, whose extent (the product of its non-zero "
+            f"dimensions) exceeds {MAX_EXTENT}: no tensor library can index it, even with no element"
         )
     offsets = entry["data_offsets"]
     if (
@@ -149,9 +171,121 @@ def _parse_tensor_entry(path: str, name: str, entry: object, data_start: int) ->
     return TensorInfo(name, dtype, tuple(shape), data_start + begin, data_start + end)
 
 
+MAX_LIST_ITEMS = 64
+"""Most items a list in a header may hold: lists are shapes (torch has at most 64 dimensions) and
+data_offsets (two)."""
+MAX_OBJECT_KEYS = 4096
+"""Most keys an object inside the header (a tensor entry, ``__metadata__``) may hold; the header
+object itself may hold any number of tensors."""
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NESTED_LIST = re.compile(rb"\[[^\]]*[\[{]")  # a list that opens a list or an object before it closes
+_LONG_LIST = re.compile(rb"\[(?:[^\[\],]*,){%d}" % MAX_LIST_ITEMS)
+_NESTED_OBJECT = re.compile(rb"\{[^}]*\{")  # an object that opens another before it closes
+_MANY_KEYS = re.compile(rb"\{(?:[^{}:]*:){%d}" % (MAX_OBJECT_KEYS + 1))
+_TOP_LEVEL_SCALAR = re.compile(rb"(?:\A|\})[^{}]*:[^{]")
+_DENSITY_CHECK_BYTES = 1 << 20
+"""Above this header size the entries' density is checked before parsing too: every top-level
+value an object, three keys per tensor entry. A top-level ``"k":0`` costs 4 bytes of header and
+~120 bytes of parsed pairs, so 25 M of them would take 2.8 GB; a parsed valid entry costs about
+10× its bytes, which bounds a 100 MB header at about 1 GB."""
+
+
+_PLAIN_STRING = re.compile(rb'"[^"]*"')
+_WHITESPACE = re.compile(rb"[ \t\r\n]+")
+_BLANK_WINDOW = 1 << 20
+
+
+def _blank_strings(path: str, raw: bytes) -> bytearray:
+    """``raw`` with every JSON string replaced by ``""`` and the whitespace between tokens removed. Escapes go first (a backslash is only
+    valid inside a string), so a quote opens or closes a string and the parity of the quotes before
+    a position tells whether it lies inside one; the strings are then blanked a window of
+    _BLANK_WINDOW bytes at a time, each window ending outside a string, so the substitution's pieces
+    stay bounded by the window whatever the number of strings (on a whole header of 25 M strings
+    they took 2 GB)."""
+    plain = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    out = bytearray()
+    pos, size = 0, len(plain)
+    while pos < size:
+        end = min(size, pos + _BLANK_WINDOW)
+        if plain.count(b'"', pos, end) % 2:  # the window ends inside a string: take the rest of it
+            close = plain.find(b'"', end)
+            if close < 0:
+                raise InvalidCheckpointError(f"{path}: header is not valid JSON: a string never ends")
+            end = close + 1
+        out += _WHITESPACE.sub(b"", _PLAIN_STRING.sub(b'""', plain[pos:end]))
+        pos = end
+    return out
+
+
+def _check_structure(path: str, raw: bytes) -> None:
+    """InvalidCheckpointError for a header whose JSON has more structure than a safetensors header
+    can: a list inside a list or holding an object, a list of more than MAX_LIST_ITEMS items,
+    objects nested deeper than the tensor entries, an inner object of more than MAX_OBJECT_KEYS keys;
+    above _DENSITY_CHECK_BYTES also a top-level value that is not an object, or objects with fewer
+    keys than their tensor entries need.
+
+    Why before parsing: the JSON parser builds every value it reads; 33 M empty lists (a 99 MB
+    header) cost 2.8 GB. The checks run on the header with its strings blanked (a string may hold
+    any bracket and spaces), by regular expressions, holding one copy of the header beside it:
+    2.2 s for that header, 1.2 s for a valid 25 MB header of 200 000 tensors (shared 2-core VM)."""
+    skeleton = _blank_strings(path, raw)
+    if _NESTED_LIST.search(skeleton):
+        raise InvalidCheckpointError(f"{path}: header JSON has a list holding a list or an object; "
+                                     "a safetensors header's lists hold integers only")
+    if _LONG_LIST.search(skeleton):
+        raise InvalidCheckpointError(f"{path}: header JSON has a list of more than {MAX_LIST_ITEMS} items; "
+                                     "a safetensors header's lists are shapes and data_offsets")
+    # skeleton has no whitespace: the header object's braces are its first and last bytes
+    inside = memoryview(skeleton)[1:-1] if skeleton[:1] == b"{" and skeleton[-1:] == b"}" else memoryview(skeleton)
+    if _NESTED_OBJECT.search(inside):
+        raise InvalidCheckpointError(f"{path}: header JSON is nested deeper than a safetensors header "
+                                     "(objects of tensor entries and __metadata__ inside one object)")
+    if _MANY_KEYS.search(inside):
+        raise InvalidCheckpointError(f"{path}: header JSON has an object of more than {MAX_OBJECT_KEYS} keys "
+                                     "inside the top-level one")
+    if len(raw) <= _DENSITY_CHECK_BYTES:  # small enough to parse: the parser's own errors are more precise
+        return
+    # From here lists hold no braces and objects nest two deep, so the bytes between a '}' (or the
+    # start) and the next '{' are at the top level, and every '{' but the first opens an entry.
+    if _TOP_LEVEL_SCALAR.search(inside):
+        raise InvalidCheckpointError(f"{path}: header JSON has a top-level value that is not an object; "
+                                     "each key must name a tensor entry or __metadata__")
+    objects = skeleton.count(b"{") - 1
+    if skeleton.count(b":") - objects < 3 * (objects - 1):
+        raise InvalidCheckpointError(f"{path}: header JSON has {objects} objects but too few keys for their tensor "
+                                     "entries (each needs dtype, shape and data_offsets)")
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _refuse_lone_surrogates(path: str, obj: dict[str, Any]) -> None:
+    """InvalidCheckpointError for a string of the header that holds a lone UTF-16 surrogate
+    (``"\\ud800"``, valid JSON but not a Unicode character: it cannot be printed, written or
+    encoded as UTF-8). Run only when the header has such an escape (a pair decodes to one character)."""
+    def check(text: str, what: str) -> None:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidCheckpointError(
+                f"{path}: header {what} '{text.encode('utf-8', 'backslashreplace').decode('utf-8')}' holds a lone "
+                f"surrogate (U+{ord(text[exc.start]):04X}), which is not a Unicode character"
+            ) from None
+
+    for name, entry in obj.items():
+        check(name, "key")
+        if isinstance(entry, dict):
+            for key, value in entry.items():
+                check(key, "key")
+                if isinstance(value, str):
+                    check(value, "value")
+
+
 def _parse_header(
     path: str, raw: bytes, data_start: int, data_size: int
 ) -> tuple[dict[str, str], dict[str, TensorInfo]]:
+    _check_structure(path, raw)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -178,6 +312,8 @@ def _parse_header(
         raise InvalidCheckpointError(
             f"{path}: header JSON is a {type(obj).__name__}, not an object"
         )
+    if _SURROGATE_ESCAPE.search(raw):
+        _refuse_lone_surrogates(path, obj)
 
     metadata: dict[str, str] = {}
     entries: list[TensorInfo] = []
@@ -243,10 +379,15 @@ def _pread_exact(fd: int, size: int, offset: int, path: str) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+READ_BLOCK = 16 << 20
+"""Most bytes one positioned read asks for: a tensor is filled in blocks of this size, so no
+single call depends on a tensor's (or a file's) whole length."""
+
+
 def _read_into(fd: int, view: memoryview, offset: int, path: str) -> None:
     filled = 0
     while filled < len(view):
-        got = os.preadv(fd, [view[filled:]], offset + filled)
+        got = os.preadv(fd, [view[filled:filled + READ_BLOCK]], offset + filled)
         if not got:
             raise InvalidCheckpointError(
                 f"{path}: file ended at byte {offset + filled} while reading "
@@ -302,7 +443,8 @@ class SafetensorsReader:
     object or repeats a key, an unknown dtype, a shape whose byte size differs from its offsets,
     tensors that overlap, leave gaps or do not end exactly at the end of the file, and
     ``__metadata__`` that is not string → string. A file that cannot be opened raises
-    InvalidCheckpointError too. No allocation depends on an unchecked length.
+    InvalidCheckpointError too, and so does a path that is not a regular file (a FIFO, a device:
+refused by name, never opened for reading). No allocation depends on an unchecked length.
 
     ``metadata`` is the ``__metadata__`` dict ({} when absent); ``tensors`` maps name →
     TensorInfo in file order (ascending data offset). Use as a context manager or call close().
@@ -310,12 +452,9 @@ class SafetensorsReader:
 
     def __init__(self, path: PathLike) -> None:
         self.path = os.fspath(path)
-        try:
-            self._file: BinaryIO | None = open(self.path, "rb", buffering=0)
-        except OSError as exc:
-            raise InvalidCheckpointError(
-                f"{self.path}: cannot open: {exc.strerror or exc}"
-            ) from exc
+        self._file: BinaryIO | None = os.fdopen(
+            open_regular(self.path, InvalidCheckpointError, "a safetensors file"), "rb", buffering=0
+        )
         try:
             self.metadata, self.tensors = self._read_header()
         except BaseException:
@@ -375,6 +514,14 @@ class SafetensorsReader:
         """The raw little-endian bytes of tensor ``name`` (len == its nbytes)."""
         info = self._info(name)
         return _pread_exact(self._fd, info.nbytes, info.start, self.path)
+
+    def read_range(self, name: str, begin: int, end: int) -> bytes:
+        """Bytes ``[begin, end)`` of tensor ``name``'s raw data (offsets relative to the tensor);
+        InvalidOptionError for a range outside it."""
+        info = self._info(name)
+        if not (_is_int(begin) and _is_int(end) and 0 <= begin <= end <= info.nbytes):
+            raise InvalidOptionError(f"{self.path}: range [{begin!r}, {end!r}) lies outside tensor {name!r} of {info.nbytes} bytes")
+        return _pread_exact(self._fd, end - begin, info.start + begin, self.path) if end > begin else b""
 
     def iter_chunks(self, name: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
         """The raw bytes of tensor ``name`` as consecutive chunks of at most ``chunk_size``
@@ -458,6 +605,11 @@ def encode_header(
         if not all(_is_int(d) and d >= 0 for d in shape):
             raise InvalidOptionError(
                 f"tensor {name!r} has shape {shape!r}; expected non-negative integers"
+            )
+        if not _addressable(shape):
+            raise InvalidOptionError(
+                f"tensor {name!r} would have shape {shape!r}, whose extent (the product of its non-zero "
+                f"dimensions) exceeds {MAX_EXTENT}: no tensor library could index it"
             )
         nbytes = DTYPE_ITEMSIZE[dtype]
         for d in shape:

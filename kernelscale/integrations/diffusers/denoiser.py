@@ -37,6 +37,7 @@ import kernelscale.nn as knn
 from kernelscale.io.checkpoint import MANIFEST_KEY, read_headers
 from kernelscale.io.discovery import model_files
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError, KernelscaleError
+from kernelscale.manifest import ConvRecord, as_record
 from kernelscale.plan import AttentionRule, LayerRule
 
 __all__ = [
@@ -333,8 +334,8 @@ def _undo_stock_kernel_keys(config: dict[str, Any], records: Mapping[str, Any]) 
     trained size, which the record's ``old_spatial`` holds."""
     for key, tensor in (("conv_in_kernel", "conv_in.weight"), ("conv_out_kernel", "conv_out.weight")):
         record = records.get(tensor)
-        if key in config and record is not None and record.get("kind") == "conv":
-            old = record["old_spatial"]
+        if key in config and record is not None and isinstance(record := as_record(record, tensor), ConvRecord):
+            old = record.old_spatial
             if len(set(old)) == 1:
                 config[key] = int(old[0])
 
