@@ -47,6 +47,7 @@ import digits_diffusion as dd  # noqa: E402
 from generation_metrics import Metrics, Report  # noqa: E402
 
 import kernelscale.sampling as ks  # noqa: E402
+from kernelscale.layers import FactoredConv  # noqa: E402
 from kernelscale.nn import supersample  # noqa: E402
 
 QUICK_STEPS = 2
@@ -136,12 +137,38 @@ class Redilated:
         return self.net
 
 
+class Factored:
+    """A copy of the trained network whose convs are ``kernelscale.layers.FactoredConv`` (DESIGN §9):
+    the trained taps, run as prefilter + dilated conv (``"interpolated"``, equal to interp's
+    materialised kernel by T2) — or, with a switch step τ, as the geometry-only re-dilation
+    (``"dilated"``) for nominal steps i < τ and interpolated afterwards; the state is a buffer-free
+    switch per step, no weight changes."""
+
+    def __init__(self, model: nn.Module, scale: int, mode: str, switch_tau: Optional[int] = None):
+        self.net = copy.deepcopy(model)
+        self.switch_tau = switch_tau
+        self.layers: list[FactoredConv] = []
+        for name, conv in [(n, m) for n, m in self.net.named_modules() if isinstance(m, nn.Conv2d)]:
+            parent, _, child = name.rpartition(".")
+            layer = FactoredConv.from_conv(conv, scale, method="interp", mode=mode)
+            setattr(self.net.get_submodule(parent) if parent else self.net, child, layer)
+            self.layers.append(layer)
+
+    def at(self, t: int) -> nn.Module:
+        """The network with every layer's state set for timestep t."""
+        state = "dilated" if self.switch_tau is not None and nominal_step(t) < self.switch_tau else "interpolated"
+        for layer in self.layers:
+            layer.state = state
+        return self.net
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A sampling-time method, optionally on top of weight surgery.
 
     - ``weights``: ``supersample`` options for the network at the new size (None: the trained
-      weights, i.e. direct inference); ``schedule``: a re-dilation schedule instead.
+      weights, i.e. direct inference); ``schedule``: a re-dilation schedule instead; ``factored``:
+      (interp mode, switch τ or None) for a :class:`Factored` network instead.
     - ``ug``: upsample guidance (w, η) — ``kernelscale.sampling``'s ``low_res_step`` (continuous τ,
       SNR matching), ``guidance_weight`` and ``upsample_guidance.combine`` — with the trained
       network at 16² (both CFG halves) as the low-resolution model.
@@ -154,11 +181,17 @@ class Recipe:
     schedule: Optional[Schedule] = None
     ug: Optional[tuple[float, float]] = None
     nd_tau: Optional[int] = None
+    factored: Optional[tuple[str, Optional[int]]] = None
 
     def __call__(self, model: nn.Module, scale: int, guidance: float) -> tuple[dd.EpsFn, list[nn.Module]]:
-        if self.weights is not None and self.schedule is not None:
-            raise ValueError(f"a recipe has weights {self.weights} or a schedule {self.schedule}, not both")
-        if self.weights is not None:
+        if sum(option is not None for option in (self.weights, self.schedule, self.factored)) > 1:
+            raise ValueError(f"a recipe has at most one of weights {self.weights}, schedule {self.schedule} and "
+                             f"factored {self.factored}")
+        if self.factored is not None:
+            factored = Factored(model, scale, *self.factored)
+            network = factored.at
+            networks = [model, factored.net]
+        elif self.weights is not None:
             resized = copy.deepcopy(model)
             supersample(resized, scale, **self.weights)
             network: Callable[[int], nn.Module] = lambda t: resized  # noqa: E731
@@ -220,6 +253,8 @@ METHODS: dict[str, Method] = {
     "interp-cells": Method("interp, linear cells (paper)",
                            Recipe(weights=dict(method="interp", mode="linear", align="cells", padding="asymmetric"))),
     "dilate": Method("dilate (every conv)", Recipe(weights=dict(method="dilate"))),
+    "factored-linear": Method("interp, linear taps, factored", Recipe(factored=("linear", None))),
+    "factored-cubic": Method("interp, cubic taps, factored", Recipe(factored=("cubic", None))),
     "dilate-geometry": Method("dilate, geometry only", Recipe(weights=GEOMETRY_DILATE)),
     "ug-0.5": Method("UG w=0.5 η=1", Recipe(ug=(0.5, 1.0))),
     "ug-1": Method("UG w=1 η=1", Recipe(ug=(1.0, 1.0))),
@@ -233,6 +268,7 @@ METHODS: dict[str, Method] = {
     "redilate-inner": Method("re-dilation, inner level, τ=30", Recipe(schedule=INNER_LEVEL)),
     "ug-dilate": Method("UG w=1 + dilate, geometry only", Recipe(weights=GEOMETRY_DILATE, ug=(1.0, 1.0))),
     "ug-redilate-inner": Method("UG w=1 + re-dilation, inner level, τ=30", Recipe(schedule=INNER_LEVEL, ug=(1.0, 1.0))),
+    "dilate-then-interp": Method("factored cubic: dilated for τ=40, then interpolated", Recipe(factored=("cubic", 40))),
     "ug-interp": Method("UG w=1 + interp linear taps", Recipe(weights=INTERP_LINEAR, ug=(1.0, 1.0))),
     "nd-redilate-all": Method("ND-CFG + re-dilation, every conv, τ=30", Recipe(schedule=ALL_CONVS, nd_tau=ALL_CONVS.tau)),
     "nd-redilate-inner": Method("ND-CFG + re-dilation, inner level, τ=30", Recipe(schedule=INNER_LEVEL, nd_tau=INNER_LEVEL.tau)),

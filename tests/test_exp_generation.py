@@ -119,3 +119,24 @@ def test_nd_cfg_with_the_same_base_is_cfg(model):
     nd, _ = exp.Recipe(nd_tau=50)(model, 3, 2.0)
     with torch.no_grad():
         torch.testing.assert_close(nd(x, 500, labels), exp.dd.guided(model, 2.0)(x, 500, labels), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["linear", "cubic"])
+def test_factored_network_is_the_materialised_interp_and_switches_to_dilation(model, mode):
+    """DESIGN §9 T2 on the whole UNet: the FactoredConv network computes what ``supersample(...,
+    method="interp")`` computes (float32; measured 2e-6 on |ε| ≤ 2: 1e-5), and in the "dilated"
+    state (nominal steps i < τ) the geometry-only dilation, bit for bit."""
+    import torch
+
+    exp = load_experiment()
+    x, labels = sample_input(3, seed=3)
+    factored = exp.Factored(model, 3, mode, switch_tau=40)
+    materialised = exp.copy.deepcopy(model)
+    exp.supersample(materialised, 3, method="interp", mode=mode)
+    dilated = exp.copy.deepcopy(model)
+    exp.supersample(dilated, 3, method="dilate", geometry_only=True)
+    with torch.no_grad():
+        late = factored.at(100)(x, 100, class_labels=labels).sample  # nominal step 44 ≥ 40: interpolated
+        torch.testing.assert_close(late, materialised(x, 100, class_labels=labels).sample, rtol=0, atol=1e-5)
+        early = factored.at(900)(x, 900, class_labels=labels).sample  # step 4 < 40: dilated
+        torch.testing.assert_close(early, dilated(x, 900, class_labels=labels).sample, rtol=0, atol=0)
