@@ -16,9 +16,19 @@ from kernelscale.errors import InvalidOptionError
 _FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 # On CPU the float32 intermediate of a whole SD-sized tensor (1280·1280 slices × 49 taps, 320 MB)
-# falls out of cache; blocks of 16384 rows keep it in L2 and made 3×3 → 7×7 on 1280×1280 fp16
-# 2.5× faster (295 → 118 ms, 2 cores; 4096 and 65536 rows were both slower).
+# falls out of cache; blocks keep it in L2 and made 3×3 → 7×7 on 1280×1280 fp16 2.5× faster
+# (295 → 118 ms, 2 cores). The block is sized by the taps: about CPU_BLOCK_BYTES of intermediate,
+# at most CPU_BLOCK_ROWS rows. Measured (640·1280 fp16 slices, one thread, CPU time): 7×7 taps
+# 60 ms at 16384 and 4096 rows, 67 at 2048; 11×11 (cubic) 229 ms at 16384 rows, 158 at 4096,
+# 153 at 2048, 163 at 1024: a fixed 16384 rows cost the cubic conversion a third more CPU.
+CPU_BLOCK_BYTES = 2 << 20
 CPU_BLOCK_ROWS = 16384
+
+
+def _cpu_block_rows(k_out: int, compute: torch.dtype) -> int:
+    """Rows per block for a ``k_out``-tap product: about CPU_BLOCK_BYTES of ``compute`` values."""
+    itemsize = torch.empty((), dtype=compute).element_size()
+    return max(256, min(CPU_BLOCK_ROWS, CPU_BLOCK_BYTES // max(1, k_out * itemsize)))
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -55,12 +65,13 @@ def apply_dense_torch(x: torch.Tensor, matrix: torch.Tensor, out_dtype: torch.dt
     compute = _compute_dtype(x)
     r_t = matrix.to(device=x.device, dtype=compute).T
     n = x.shape[0]
-    if x.device.type != "cpu" or n <= CPU_BLOCK_ROWS:
+    block = _cpu_block_rows(r_t.shape[1], compute)
+    if x.device.type != "cpu" or n <= block:
         return (x.to(compute) @ r_t).to(out_dtype).contiguous()
     out = torch.empty(n, r_t.shape[1], dtype=out_dtype)
-    buffer = torch.empty(CPU_BLOCK_ROWS, r_t.shape[1], dtype=compute)
-    for start in range(0, n, CPU_BLOCK_ROWS):
-        stop = min(n, start + CPU_BLOCK_ROWS)
+    buffer = torch.empty(block, r_t.shape[1], dtype=compute)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
         torch.matmul(x[start:stop].to(compute), r_t, out=buffer[: stop - start])
         out[start:stop].copy_(buffer[: stop - start])
     return out

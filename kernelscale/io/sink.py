@@ -13,6 +13,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+
 
 class DirectFileSink:
     """The write-only file SafetensorsWriter streams into: bytes are gathered into page-aligned
@@ -45,6 +47,9 @@ class DirectFileSink:
         self._size = max(self.BUFFER, self._align)
         # one buffer filling while IO_DEPTH are written; round robin reuses only finished ones
         self._buffers = [mmap.mmap(-1, self._size) for _ in range(self.IO_DEPTH + 1)]  # page-aligned
+        # numpy views of the buffers: copies into them run without the GIL (numpy releases it for
+        # plain byte copies), so the resize workers and the reader keep running meanwhile
+        self._arrays = [np.frombuffer(buffer, dtype=np.uint8) for buffer in self._buffers]
         self._current = 0
         self._fill = 0  # bytes gathered in the current buffer
         self._offset = 0  # file offset of the current buffer's first byte (aligned)
@@ -68,11 +73,12 @@ class DirectFileSink:
         """Append the bytes of ``data`` (any buffer); returns their count. A full block goes to a
         writer thread; at most IO_DEPTH blocks are in flight, so memory stays at IO_DEPTH + 1 blocks."""
         view = memoryview(data).cast("B")
+        source = np.frombuffer(view, dtype=np.uint8)
         done = 0
         while done < len(view):
             buffer = self._buffers[self._current]
             take = min(len(view) - done, self._size - self._fill)
-            buffer[self._fill:self._fill + take] = view[done:done + take]
+            self._arrays[self._current][self._fill:self._fill + take] = source[done:done + take]
             self._fill += take
             done += take
             self._dirty = True
@@ -128,6 +134,7 @@ class DirectFileSink:
             self._io.shutdown(wait=True)
             os.close(self._fd)
             self._fd = -1
+            self._arrays = []  # the views hold the buffers' exports: released before closing them
             for buffer in self._buffers:
                 buffer.close()
 
