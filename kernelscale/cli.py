@@ -34,6 +34,7 @@ from kernelscale import cli_verify
 from kernelscale.backends import BACKENDS, ENV_VAR as BACKEND_ENV
 from kernelscale.errors import InvalidOptionError, KernelscaleError
 from kernelscale.manifest import AttentionRecord, GridRecord, Record, RenormRecord, check_records, record_from_json
+from kernelscale.method import Coef, validate_coef
 from kernelscale.version import __version__
 
 DEBUG_ENV = "KERNELSCALE_DEBUG"
@@ -172,14 +173,17 @@ def add_planning_arguments(parser: argparse.ArgumentParser) -> None:
                         "given here override the file's values. Example: --plan sd15_x2.toml")
 
 
-def parse_coef(text: str) -> Any:
-    """``mass``, ``paper`` or a number."""
-    if text in ("mass", "paper"):
-        return text
+def parse_coef(text: str) -> Coef:
+    """``mass``, ``paper`` or a finite number > 0, checked by :func:`kernelscale.method.validate_coef`;
+    InvalidOptionError naming ``--coef`` and the text otherwise."""
     try:
-        return float(text)
+        value: Any = float(text)
     except ValueError:
-        raise InvalidOptionError(f"--coef {text!r}: expected mass, paper or a number") from None
+        value = text
+    try:
+        return validate_coef(value)
+    except InvalidOptionError as exc:
+        raise InvalidOptionError(f"--coef {text!r}: expected mass, paper or a number > 0 ({exc})") from None
 
 
 def parse_grid(text: str) -> tuple[str, tuple[int, int, int]]:

@@ -284,6 +284,8 @@ BAD_INPUTS = {
     "include matching nothing": (None, ["--include", "nope*"], "--include 'nope*' matches no tensor"),
     "absorb on a bias": (None, ["--absorb", "stem.bias"], "not a conv kernel"),
     "bad coef": (None, ["--coef", "lots"], "--coef 'lots'"),
+    "coef zero": (None, ["--coef", "0"], "--coef '0': expected mass, paper or a number > 0"),
+    "coef nan": (None, ["--coef", "nan"], "finite number > 0, got nan"),
     "bad method": (None, ["--method", "magic"], "invalid choice: 'magic'"),
     "unknown flag": (None, ["--frobnicate"], "unrecognized arguments: --frobnicate"),
     "missing plan file": (None, ["--plan", "/nonexistent/plan.toml"], "cannot read"),
