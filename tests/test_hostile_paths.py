@@ -116,6 +116,7 @@ def test_a_header_of_millions_of_empty_lists_is_refused_at_the_cost_of_its_bytes
     (b'"x":{"y":{}}', "nested deeper"),
     (b'"x":[' + b"0," * 64 + b"0]", "more than 64 items"),
     (b'"x":[{}]', "a list holding"),
+    (b",".join(b'"k%d":0' % i for i in range(4096)), "an object of more than 4096 keys"),
 ])
 def test_header_structure_beyond_a_safetensors_header_is_refused(tmp_path: Path, extra: bytes, needle: str) -> None:
     header = b'{"t":{"dtype":"F32","shape":[],"data_offsets":[0,4],' + extra + b"}}"
