@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 import textwrap
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 from kernelscale.cli_command import (EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE,
                                      Command)
@@ -34,7 +34,6 @@ from kernelscale import cli_verify
 from kernelscale.backends import BACKENDS, ENV_VAR as BACKEND_ENV
 from kernelscale.errors import InvalidOptionError, KernelscaleError
 from kernelscale.manifest import AttentionRecord, GridRecord, Record, RenormRecord, check_records, record_from_json
-from kernelscale.method import Coef, validate_coef
 from kernelscale.version import __version__
 
 DEBUG_ENV = "KERNELSCALE_DEBUG"
@@ -173,9 +172,11 @@ def add_planning_arguments(parser: argparse.ArgumentParser) -> None:
                         "given here override the file's values. Example: --plan sd15_x2.toml")
 
 
-def parse_coef(text: str) -> Coef:
+def parse_coef(text: str) -> Union[str, float]:
     """``mass``, ``paper`` or a finite number > 0, checked by :func:`kernelscale.method.validate_coef`;
     InvalidOptionError naming ``--coef`` and the text otherwise."""
+    from kernelscale.method import validate_coef
+
     try:
         value: Any = float(text)
     except ValueError:
