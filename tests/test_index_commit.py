@@ -4,7 +4,6 @@ previous output back (or, when there was none, removes the dead run's shards) be
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -17,7 +16,7 @@ import torch
 
 from kernelscale.cli import main
 from kernelscale.io.safetensors_io import read_header
-from checkpoints import leftovers, save_sharded
+from checkpoints import leftovers, save_sharded, sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +56,7 @@ def _killed_run(*args: str) -> None:
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    return {p.name: sha256(p) for p in sorted(folder.iterdir())}
 
 
 def _kernel_sizes(index: Path) -> set[int]:
