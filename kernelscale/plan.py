@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from kernelscale.dtypes import RESIZABLE
 from kernelscale.errors import InvalidOptionError, KernelscaleError
-from kernelscale.method import ALIGNS, METHODS, MODES, Coef, DisperseParams, Method, Scale, axis_scales, check_choice, scale_value
+from kernelscale.method import ALIGNS, EXECUTIONS, METHODS, MODES, Coef, DisperseParams, Method, Scale, axis_scales, check_choice, scale_value
 from kernelscale.manifest import Action, AttentionRecord, ConvRecord, DisperseFit, GridRecord, Manifest, Record
 from kernelscale.reparam import find_reparametrized, glob_names, weight_norm_parts
 from kernelscale.transforms import GridResize, Operator, ScaleFactor, grid_resize, kernel_resize
@@ -104,6 +104,10 @@ class ResizeOptions:
     absorbing layers, declared grids and tensors matching an include glob change
     (``absorb_only``, resolved to ``bool(absorb)`` unless set).
     ``geometry_only``: with ``method="dilate"``, keep the weights and record ``dilation *= s``.
+    ``execution``: ``"materialised"`` (the default: resized kernels written out, loadable by any
+    framework that sets the recorded geometry) or ``"factored"``: every conv resize that factors
+    (interp/taps at integer scales: :mod:`kernelscale.factored_plan`) keeps its weight and
+    records a dilation and a prefilter (DESIGN §9); the others are materialised, their reason says why.
     """
 
     scale: Scale
@@ -120,6 +124,7 @@ class ResizeOptions:
     disperse: DisperseParams = DisperseParams()
     attention: tuple[AttentionRule, ...] = ()
     absorb_only: Optional[bool] = None
+    execution: str = "materialised"
     resize_method: Method = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -147,6 +152,7 @@ class ResizeOptions:
         object.__setattr__(self, "layers", layers)
         attention = tuple(r if isinstance(r, AttentionRule) else AttentionRule(**r) for r in self.attention)
         object.__setattr__(self, "attention", attention)
+        check_choice("execution", self.execution, EXECUTIONS)
         if self.geometry_only and self.method != "dilate":
             raise InvalidOptionError(f"geometry-only surgery is re-dilation: method must be 'dilate', got {self.method!r}")
 
@@ -167,6 +173,7 @@ class ResizeOptions:
             "absorb_only": self.absorb_only,
             "disperse": vars(self.disperse).copy(),
             "attention": [{k: v for k, v in vars(r).items() if v is not None} for r in self.attention],
+            "execution": self.execution,
         }
 
 
@@ -367,6 +374,10 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
                         key=lambda i: natural_key(entries[i].name))
     for turn, i in enumerate(half_pixel):
         entries[i] = replace(entries[i], record=replace(entries[i].record, pad_extra=("after", "before")[turn % 2]))
+    if options.execution == "factored":
+        from kernelscale.factored_plan import factor_entry
+
+        entries = [factor_entry(e)[0] for e in entries]
     final = {e.name: e for e in entries}
     entries = [replace(e, partner=final[e.partner.name]) if e.partner is not None else e for e in entries]
     return Plan(tuple(entries), options)
