@@ -240,7 +240,7 @@ def supersample_denoiser(
     old_size = model.config.sample_size
     new_size = scaled_sample_size(old_size, scale)
     report = knn.supersample(model, scale, method=method, geometry_only=geometry_only, layers=rules,
-                             attention=attention_rules_, padding="asymmetric", **plan_options)
+                             attention=attention_rules_, padding="asymmetric", execution=execution, **plan_options)
     _set_sample_size(model, new_size)
     mark(model, report.manifest, old_size)
     return DenoiserReport(name, _plain_scale(scale), (old_size, new_size), attention_rules_, report)
