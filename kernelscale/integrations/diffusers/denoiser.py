@@ -38,6 +38,7 @@ from kernelscale.io.checkpoint import MANIFEST_KEY, read_headers
 from kernelscale.io.discovery import model_files
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError, KernelscaleError
 from kernelscale.manifest import ConvRecord, as_record
+from kernelscale.method import EXECUTIONS
 from kernelscale.plan import AttentionRule, LayerRule
 
 __all__ = [
@@ -47,8 +48,6 @@ __all__ = [
 
 DENOISERS = ("UNet2DConditionModel", "UNet2DModel")
 """The denoiser classes kernelscale supersamples."""
-
-EXECUTIONS = ("materialised", "factored")
 
 WEIGHTS_NAME = "kernelscale_model.safetensors"
 """The denoiser's weights file in a saved or converted pipeline folder (sharded:
@@ -72,7 +71,8 @@ class UnsupportedDenoiserError(KernelscaleError, TypeError):
 
 
 class ExecutionUnavailableError(KernelscaleError, NotImplementedError):
-    """An execution mode that this version of kernelscale does not provide yet."""
+    """An execution mode that this version of kernelscale does not provide (none at present: both
+    ``materialised`` and ``factored`` run; kept so that code catching it keeps working)."""
 
 
 @dataclass(frozen=True)
@@ -193,13 +193,10 @@ def _rules_from(attention: Any, model: nn.Module) -> tuple[AttentionRule, ...]:
 
 
 def check_execution(execution: str) -> None:
-    """Accept ``materialised``; ``factored`` (FactoredConv, DESIGN §9) is refused until it exists."""
+    """Accept ``materialised`` and ``factored`` (kernelscale.nn.supersample's ``execution``:
+    FactoredConv where the resize factors, DESIGN §9); InvalidOptionError naming anything else."""
     if execution not in EXECUTIONS:
         raise InvalidOptionError(f"execution must be one of {', '.join(EXECUTIONS)}, got {execution!r}")
-    if execution == "factored":
-        raise ExecutionUnavailableError(
-            "execution='factored' (dilated conv + depthwise prefilter, DESIGN §9) is not available in this version "
-            "of kernelscale; use execution='materialised' (the same outputs, larger kernels)")
 
 
 def supersample_denoiser(
@@ -222,7 +219,11 @@ def supersample_denoiser(
     the aligned rule for the strided downsamplers (interp only). ``layers`` are extra LayerRules
     (matched after the aligned rule, so a user rule for ``*downsamplers*`` needs
     ``align_downsamplers=False``); ``plan_options`` other ResizeOptions fields (mode, coef,
-    include, exclude, …). Everything is checked before the module is touched.
+    include, exclude, …). ``execution``: ``materialised`` (default) or ``factored`` — each conv whose
+    resize factors runs as a :class:`~kernelscale.layers.FactoredConv` (same outputs to rounding,
+    about the original conv's cost; the aligned downsamplers, cells, stay materialised), and the
+    saved denoiser keeps those weights byte for byte with factored records (:func:`save_denoiser`,
+    :func:`load_denoiser`). Everything is checked before the module is touched.
     """
     name = check_denoiser(model)
     check_execution(execution)
