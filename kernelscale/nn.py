@@ -5,8 +5,15 @@
     report = kernelscale.nn.load(model, "model_x2.safetensors")         # written by `kernelscale convert`
     print(report)                                                      # one line per changed layer
 
+Execution (DESIGN §9): by default :func:`supersample` runs each conv whose resize factors
+(interp, taps alignment, integer scales) as a :class:`~kernelscale.layers.FactoredConv` — its own
+weight and bias Parameters at dilation s after a separable prefilter, the state dict unchanged —
+and materialises the rest, saying why per layer; ``execution="materialised"`` writes every resized
+kernel out. :func:`load` wraps the layers a factored record names (``convert --execution factored``).
+
 Both run the plan of :mod:`kernelscale.plan` on the module's state-dict names, shapes and dtypes,
-so the adapter and ``kernelscale convert`` make identical decisions and produce identical weights;
+so the adapter and ``kernelscale convert`` make identical decisions and produce identical weights
+(materialised execution);
 the new layer geometry is derived from the module's own padding, stride and dilation plus the
 per-tensor record (DESIGN §5) by one function, :func:`kernelscale.geometry.record_geometry`, shared by both paths.
 
