@@ -227,6 +227,20 @@ def test_factored_execution_generates_the_materialised_images_and_round_trips(tm
     assert torch.equal(P.generate(again, None), images)
 
 
+def test_factored_conversion_of_a_folder_loads_as_factored_supersample(tmp_path):
+    """``convert --execution factored`` on a pipeline folder: load_pipeline wraps the same layers
+    and generates bit for bit what ``supersample_pipeline(execution="factored")`` does."""
+    from kernelscale.layers import FactoredConv
+
+    rules = convert_rules(dict(P.sd_unet().config))
+    out = converted_folder(tmp_path, exclude=("encoder.*", "decoder.*"), execution="factored", **rules)
+    pipe = load_pipeline(out)
+    direct = P.sd_pipeline(tmp_path)
+    supersample_pipeline(direct, 2, execution="factored")
+    assert isinstance(pipe.unet.conv_in, FactoredConv) and same_state(pipe.unet, states(direct.unet))
+    assert torch.equal(P.generate(pipe, None), P.generate(direct, None))
+
+
 def test_sdxl_round_trip(tmp_path):
     pipe = P.sdxl_pipeline(tmp_path)
     supersample_pipeline(pipe, 2)
