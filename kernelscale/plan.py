@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from kernelscale.dtypes import RESIZABLE
 from kernelscale.errors import InvalidOptionError, KernelscaleError
-from kernelscale.method import ALIGNS, METHODS, MODES, Coef, DisperseParams, Method, Scale, axis_scales, check_choice, scale_value
+from kernelscale.method import ALIGNS, EXECUTIONS, METHODS, MODES, Coef, DisperseParams, Method, Scale, axis_scales, check_choice, scale_value
 from kernelscale.manifest import Action, AttentionRecord, ConvRecord, DisperseFit, GridRecord, Manifest, Record
 from kernelscale.reparam import find_reparametrized, glob_names, weight_norm_parts
 from kernelscale.transforms import GridResize, Operator, ScaleFactor, grid_resize, kernel_resize
@@ -106,6 +106,10 @@ class ResizeOptions:
     ``geometry_only``: re-dilation that keeps the weights and records ``dilation *= s``; it implies
     ``method="dilate"`` (the default ``method`` is ``"dilate"`` then, ``"interp"`` otherwise), and
     another method given with it is refused.
+    ``execution``: ``"materialised"`` (the default: resized kernels written out, loadable by any
+    framework that sets the recorded geometry) or ``"factored"``: every conv resize that factors
+    (interp/taps at integer scales: :mod:`kernelscale.factored_plan`) keeps its weight and
+    records a dilation and a prefilter (DESIGN §9); the others are materialised, their reason says why.
     """
 
     scale: Scale
@@ -122,6 +126,7 @@ class ResizeOptions:
     disperse: DisperseParams = DisperseParams()
     attention: tuple[AttentionRule, ...] = ()
     absorb_only: Optional[bool] = None
+    execution: str = "materialised"
     resize_method: Method = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -155,6 +160,7 @@ class ResizeOptions:
         object.__setattr__(self, "layers", layers)
         attention = tuple(r if isinstance(r, AttentionRule) else AttentionRule(**r) for r in self.attention)
         object.__setattr__(self, "attention", attention)
+        check_choice("execution", self.execution, EXECUTIONS)
 
     def to_json(self) -> dict[str, Any]:
         """The options as JSON-able data, for the manifest."""
@@ -173,6 +179,7 @@ class ResizeOptions:
             "absorb_only": self.absorb_only,
             "disperse": vars(self.disperse).copy(),
             "attention": [{k: v for k, v in vars(r).items() if v is not None} for r in self.attention],
+            "execution": self.execution,
         }
 
 
@@ -373,6 +380,10 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
                         key=lambda i: natural_key(entries[i].name))
     for turn, i in enumerate(half_pixel):
         entries[i] = replace(entries[i], record=replace(entries[i].record, pad_extra=("after", "before")[turn % 2]))
+    if options.execution == "factored":
+        from kernelscale.factored_plan import factor_entry
+
+        entries = [factor_entry(e)[0] for e in entries]
     final = {e.name: e for e in entries}
     entries = [replace(e, partner=final[e.partner.name]) if e.partner is not None else e for e in entries]
     return Plan(tuple(entries), options)
