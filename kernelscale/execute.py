@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from kernelscale import dispatch
-from kernelscale.errors import NonFiniteResultError, UnsupportedTensorError
+from kernelscale.errors import InvalidOptionError, NonFiniteResultError, UnsupportedTensorError
 from kernelscale.transforms import GridResize, KernelResize, Operator, ScaleFactor
 
 TensorLike = Union[torch.Tensor, np.ndarray]
@@ -149,8 +149,23 @@ def as_torch(weight: TensorLike, name: str) -> torch.Tensor:
     if isinstance(weight, torch.Tensor):
         if not weight.is_floating_point() or weight.dtype.itemsize == 1:
             raise UnsupportedTensorError(f"{name}: cannot resize a tensor of dtype {weight.dtype}; only float16/bfloat16/float32/float64")
+        if weight.is_meta:
+            raise UnsupportedTensorError(f"{name}: a meta tensor holds no values to resize (load the weights first)")
+        if weight.layout != torch.strided:
+            raise UnsupportedTensorError(f"{name}: cannot resize a {weight.layout} tensor; pass a dense one (.to_dense())")
         return weight.detach()
     raise UnsupportedTensorError(f"{name}: expected a torch tensor or numpy array, got {type(weight).__name__}")
+
+
+OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+"""The dtypes a resized tensor may be stored in (``out_dtype``)."""
+
+
+def check_out_dtype(out_dtype: object, name: str) -> Optional[torch.dtype]:
+    """``out_dtype`` when None or one of OUT_DTYPES; InvalidOptionError naming it and ``name`` otherwise."""
+    if out_dtype is None or (isinstance(out_dtype, torch.dtype) and out_dtype in OUT_DTYPES):
+        return out_dtype  # type: ignore[return-value]
+    raise InvalidOptionError(f"{name}: out_dtype must be one of {', '.join(map(str, OUT_DTYPES))} (or None), got {out_dtype!r}")
 
 
 def like_input(result: torch.Tensor, original: TensorLike) -> TensorLike:
@@ -261,7 +276,7 @@ def execute(operator: Operator, tensor: TensorLike, *, name: str = "weight", out
     NonFiniteResultError naming ``name`` (the exact check runs only where the a-priori bound
     max|x|·gain allows an overflow); a tensor already holding inf or NaN is resized as it is."""
     x = as_torch(tensor, name)
-    out_dtype = out_dtype or x.dtype
+    out_dtype = check_out_dtype(out_dtype, name) or x.dtype
     if operator.is_identity and out_dtype == x.dtype:
         return tensor
     magnitude = overflow_check(operator, x, out_dtype)

@@ -89,7 +89,7 @@ from kernelscale.io.safetensors_io import SafetensorsReader
 from kernelscale.manifest import Action, AttentionRecord, ConvRecord, GridRecord, Manifest, Record, RenormRecord
 from kernelscale.method import axis_scales, check_choice
 from kernelscale.recipes import listing, load_recipe, refit_error, supersample_recipe
-from kernelscale.plan import Plan, ResizeOptions, TensorSpec, plan_tensors
+from kernelscale.plan import Plan, ResizeOptions, TensorSpec, plan_tensors, resize_options
 from kernelscale.reparam import (refresh_weight_norm, reparametrized_layer, spectral_norm_layer, spectral_norm_of, weight_norm_of,
                                  weight_norm_parts)
 from kernelscale.state_dict import apply_entry, apply_renorm
@@ -581,7 +581,7 @@ def supersample(
     ``supersample``, or clear its ``state``. The same holds for :func:`load`.
     """
     check_choice("padding", padding, PADDINGS)
-    options = ResizeOptions(scale=scale, **plan_options)
+    options = resize_options(scale=scale, **plan_options)
     plan = plan_module(module, options)
     state = module.state_dict(keep_vars=True)
     _check_hidden_weights(module, state, options)

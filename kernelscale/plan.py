@@ -18,12 +18,12 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from kernelscale.dtypes import RESIZABLE
 from kernelscale.errors import InvalidOptionError, KernelscaleError
-from kernelscale.method import ALIGNS, METHODS, MODES, Coef, DisperseParams, Method, Scale, axis_scales, check_choice, scale_value
+from kernelscale.method import ALIGNS, METHODS, MODES, Coef, DisperseParams, Method, Scale, axis_scales, check_choice, scale_value, whole_number
 from kernelscale.manifest import Action, AttentionRecord, ConvRecord, DisperseFit, GridRecord, Manifest, Record
 from kernelscale.reparam import find_reparametrized, glob_names, weight_norm_parts
 from kernelscale.transforms import GridResize, Operator, ScaleFactor, grid_resize, kernel_resize
@@ -44,6 +44,8 @@ class LayerRule:
     coef: Optional[Coef] = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.pattern, str) or not self.pattern:
+            raise InvalidOptionError(f"layer rule: pattern must be a non-empty glob, got {self.pattern!r}")
         where = f"layer rule {self.pattern!r}"
         if self.scale is not None:
             object.__setattr__(self, "scale", scale_value(self.scale, where))
@@ -56,6 +58,27 @@ class LayerRule:
     def method_for(self, base: Method) -> Method:
         """``base`` (the job's Method) with this rule's method, mode, align and coef where set."""
         return base.overridden(method=self.method, mode=self.mode, align=self.align, coef=self.coef)
+
+
+MAX_TOKENS = 2**53
+"""The largest token count an attention rule takes: a count a float still holds exactly."""
+
+
+def _rule(cls: type, value: Any, what: str) -> Any:
+    """``value`` as a ``cls`` (LayerRule or AttentionRule): itself, or built from a mapping of its
+    fields; InvalidOptionError naming an unknown key or a value of the wrong kind."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise InvalidOptionError(f"{what} must be a {cls.__name__} or a mapping of its fields, got {value!r}")
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(map(str, set(value) - set(known)))
+    if unknown:
+        raise InvalidOptionError(f"{what} {value.get('pattern', '')!r}: unknown key(s) {', '.join(map(repr, unknown))}; "
+                                 f"expected some of {', '.join(known)}")
+    if "pattern" not in value:
+        raise InvalidOptionError(f"{what} {dict(value)!r} needs a pattern")
+    return cls(**value)
 
 
 @dataclass(frozen=True)
@@ -73,10 +96,12 @@ class AttentionRule:
     new_tokens: Optional[int] = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.pattern, str) or not self.pattern:
+            raise InvalidOptionError(f"attention rule: pattern must be a non-empty glob, got {self.pattern!r}")
         for what in ("tokens", "new_tokens"):
             value = getattr(self, what)
-            if value is not None and (isinstance(value, bool) or int(value) != value or value < 2):
-                raise InvalidOptionError(f"attention rule {self.pattern!r}: {what} must be an integer >= 2, got {value!r}")
+            if value is not None:
+                object.__setattr__(self, what, whole_number(value, f"attention rule {self.pattern!r}: {what}", 2, MAX_TOKENS))
 
     def factor(self, scale: Scale) -> float:
         """√(log n' / log n), n' = new_tokens or tokens·∏s over two image axes."""
@@ -143,9 +168,9 @@ class ResizeOptions:
             object.__setattr__(self, "absorb_only", bool(self.absorb))
         grids = dict(self.grids) if not isinstance(self.grids, Mapping) else self.grids
         object.__setattr__(self, "grids", tuple((str(k), _grid_shape(k, v)) for k, v in dict(grids).items()))
-        layers = tuple(r if isinstance(r, LayerRule) else LayerRule(**r) for r in self.layers)
+        layers = tuple(_rule(LayerRule, r, "layer rule") for r in self.layers)
         object.__setattr__(self, "layers", layers)
-        attention = tuple(r if isinstance(r, AttentionRule) else AttentionRule(**r) for r in self.attention)
+        attention = tuple(_rule(AttentionRule, r, "attention rule") for r in self.attention)
         object.__setattr__(self, "attention", attention)
         if self.geometry_only and self.method != "dilate":
             raise InvalidOptionError(f"geometry-only surgery is re-dilation: method must be 'dilate', got {self.method!r}")
@@ -168,6 +193,16 @@ class ResizeOptions:
             "disperse": vars(self.disperse).copy(),
             "attention": [{k: v for k, v in vars(r).items() if v is not None} for r in self.attention],
         }
+
+
+def resize_options(**given: Any) -> ResizeOptions:
+    """ResizeOptions from keyword arguments, as the Python API's ``**options`` pass them: a key that
+    is not one of its fields raises InvalidOptionError naming it (not Python's TypeError)."""
+    known = [f.name for f in fields(ResizeOptions) if f.init]
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise InvalidOptionError(f"unknown option(s) {', '.join(map(repr, unknown))}; expected some of {', '.join(known)}")
+    return ResizeOptions(**given)
 
 
 def _grid_shape(name: str, shape: Any) -> tuple[int, int, int]:

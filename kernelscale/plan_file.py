@@ -61,12 +61,16 @@ def load_plan_file(path: "str | os.PathLike[str]") -> dict[str, Any]:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise InvalidOptionError(f"plan file {path}: invalid TOML: {exc}") from None
+        except RecursionError:
+            raise InvalidOptionError(f"plan file {path}: nested too deeply to read (a plan file is a flat table)") from None
         return _from_mapping(data, path)
     if lower.endswith(".json"):
         try:
             data = json.loads(text)
         except ValueError as exc:
             raise InvalidOptionError(f"plan file {path}: invalid JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidOptionError(f"plan file {path}: nested too deeply to read (a plan file is a flat table)") from None
         return _from_mapping(data, path)
     return _from_scalecrafter(text, path)
 

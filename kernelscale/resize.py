@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from kernelscale.errors import InvalidOptionError, UnsupportedTensorError
@@ -162,9 +163,10 @@ def resize_grid_linear(
     Overflow: as :func:`resize_kernel` (NonFiniteResultError).
     """
     x = as_torch(weight, name)
+    if (not isinstance(grid, (tuple, list)) or len(grid) != 3
+            or not all(isinstance(g, (int, np.integer)) and not isinstance(g, bool) and g >= 1 for g in grid)):
+        raise InvalidOptionError(f"{name}: a grid is (C, H, W), three positive integers, got {grid!r}")
     grid = tuple(int(g) for g in grid)
-    if len(grid) != 3 or min(grid) < 1:
-        raise InvalidOptionError(f"{name}: a grid is (C, H, W) with positive sizes, got {grid!r}")
     c, h, w = grid
     if x.ndim != 2 or x.shape[1] != c * h * w:
         raise InvalidOptionError(f"{name}: grid {grid!r} has {c * h * w} cells but the weight has shape {tuple(x.shape)}")

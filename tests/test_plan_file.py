@@ -130,7 +130,8 @@ def test_plan_keys_are_resize_option_fields() -> None:
     (["convert", "--scale", "2", "--coef", "0"], "coef must be a finite number > 0, got 0"),
     (["convert", "--scale", "2", "--coef", "-1"], "coef must be a finite number > 0, got -1"),
     (["convert", "--plan", "{plan}"], "coef must be a finite number > 0, got 0"),
-    (["convert", "--scale", "1e9", "--dry-run"], "c.weight: scale 1000000000 would make a 3-tap axis 3999999999 taps long (limit 65536)"),
+    (["convert", "--scale", "1e9", "--dry-run"], "--scale: scale must be between 1/65536 and 65536 (limit 65536 taps per axis), got 1000000000"),
+    (["convert", "--scale", "40000", "--dry-run"], "c.weight: scale 40000 would make a 3-tap axis 159999 taps long (limit 65536)"),
     (["inspect", "--scale", "1e9"], "limit 65536"),
 ])
 def test_the_command_line_refuses_bad_coefficients_and_scales_in_one_line(tmp_path: Path, capsys, args, needle) -> None:
