@@ -472,6 +472,9 @@ def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[tuple[int
     if all(s == 1.0 for s in scales):
         return _copy(spec, f"scale 1 ({source})")
     if absorb:
+        if resize.method == "dilate":  # zero insertion has no cells form: its kernel is aligned by taps
+            return _plan_conv(spec, scales, replace(resize, align="taps"), f"absorbs the scale ({source}); dilate zero-inserts, "
+                              "aligned by taps", absorb=True)
         return _plan_conv(spec, scales, replace(resize, align="cells"), f"absorbs the scale ({source})", absorb=True)
     if resize.method == "dilate" and options.geometry_only:
         return _plan_geometry(spec, scales, source)
@@ -524,11 +527,11 @@ def _plan_grid(spec: TensorSpec, grid, scale: Scale, resize: Method, source: str
     if resize.method not in ("interp", "pinv"):
         if rule is not None and rule.method == resize.method:
             raise InvalidOptionError(f"{spec.name}: a grid is resized with interp (cells) or pinv, not {resize.method}")
-        resize, source = replace(resize, method="interp"), f"{source}; {resize.method} does not apply to a grid"
+        resize, source = replace(resize, method="interp"), f"{source}; {resize.method} does not apply to a grid: resized by interp"
     resize = replace(resize, align="cells").for_grid()
     operator = GridResize((c, h, w), _named(spec.name, grid_resize, (h, w), scales, resize))
     new_spatial = operator.planes.out_shape
     new_shape = (spec.shape[0], c * new_spatial[0] * new_spatial[1])
     record = GridRecord(resize.method, resize.mode, "cells", resize.coef, tuple(scales), (c, h, w), (h, w), new_spatial)
-    return TensorPlan(spec.name, spec.dtype, spec.shape, Action.RESIZE, f"grid {c}×{h}×{w} ({source})", new_shape, resize, record,
+    return TensorPlan(spec.name, spec.dtype, spec.shape, Action.RESIZE, f"grid {c}×{h}×{w} {resize.label} ({source})", new_shape, resize, record,
                       operator=operator)
