@@ -131,6 +131,11 @@ def add_planning_arguments(parser: argparse.ArgumentParser) -> None:
                         "coefficient; dilate: insert zeros (ScaleCrafter re-dilation, exact on any shift-invariant "
                         "upsampler); pinv: pseudo-inverse of the upsampler (FlexiViT; exact on inputs upsampled by it); "
                         "disperse: ScaleCrafter's dispersed convolution. Example: --method dilate")
+    g.add_argument("--fallback", choices=METHODS, metavar="METHOD",
+                   help="resize the conv kernels that --method cannot handle (disperse on an even or non-square "
+                        "kernel, dilate or disperse at a non-integer scale) by METHOD instead; each such layer is "
+                        "named in the plan, the summary and its manifest record. Without it such a layer is refused. "
+                        "Example: --method disperse --fallback interp")
     g.add_argument("--mode", choices=MODES,
                    help="interpolation kernel for interp and pinv (default: linear). Example: --mode cubic")
     g.add_argument("--align", choices=ALIGNS,
@@ -193,7 +198,7 @@ def options_from_args(args: argparse.Namespace, *, require_scale: bool = True):
     fields: dict[str, Any] = dict(load_plan_file(args.plan)) if args.plan else {}
     if args.scale is not None:
         fields["scale"] = scale_value(args.scale, "--scale")
-    for key in ("method", "mode", "align"):
+    for key in ("method", "mode", "align", "fallback"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
     if args.coef is not None:

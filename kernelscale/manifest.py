@@ -143,11 +143,12 @@ class ConvRecord(_Record):
     (``dilation``: per-axis factor, weights kept); per spatial axis ``scale``, ``old_spatial``,
     ``new_spatial`` and ``centre_offset`` (0 or 0.5 output pixels, the half-pixel part of the
     padding); ``pad_extra`` the side of the extra pixel where an offset is non-zero; ``absorb`` a
-    layer that takes the scale into its stride (docs/format.md, "kind: conv")."""
+    layer that takes the scale into its stride; ``fallback`` the method the plan asked for where it
+    could not handle this layer (``method`` is then the fallback that ran) (docs/format.md, "kind: conv")."""
 
     kind: ClassVar[str] = "conv"
     REQUIRED: ClassVar[tuple[str, ...]] = ("scale", "old_spatial", "new_spatial")
-    OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ("pad_extra", "disperse", "weight_norm", "spectral_norm")
+    OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ("pad_extra", "disperse", "weight_norm", "spectral_norm", "fallback")
 
     method: Optional[str]
     mode: Optional[str]
@@ -163,6 +164,7 @@ class ConvRecord(_Record):
     disperse: Optional[DisperseFit] = None
     weight_norm: Optional[WeightNormLink] = None
     spectral_norm: Optional[SpectralNormLink] = None
+    fallback: Optional[str] = None
 
     @property
     def half_pixel(self) -> bool:
@@ -180,6 +182,7 @@ class ConvRecord(_Record):
             disperse=DisperseFit(**{k: dp.get(k) for k in ("size", "probe", "eta", "relative_loss")}) if dp else None,
             weight_norm=WeightNormLink(wn["g"], wn.get("dim")) if wn else None,
             spectral_norm=SpectralNormLink(sn.get("u"), sn.get("v")) if sn else None,
+            fallback=data.get("fallback"),
         )
 
 
@@ -314,6 +317,7 @@ FIELD_TYPES: dict[str, tuple[Any, str, bool]] = {
     "mode": (lambda v: isinstance(v, str), "a string or null", True),
     "align": (lambda v: isinstance(v, str), "a string or null", True),
     "pad_extra": (lambda v: isinstance(v, str), "a string or null", True),
+    "fallback": (lambda v: isinstance(v, str), "a string or null", True),
     "absorb": (lambda v: isinstance(v, bool), "true, false or null", True),
 }
 

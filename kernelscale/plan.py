@@ -129,6 +129,9 @@ class ResizeOptions:
     absorbing layers, declared grids and tensors matching an include glob change
     (``absorb_only``, resolved to ``bool(absorb)`` unless set).
     ``geometry_only``: with ``method="dilate"``, keep the weights and record ``dilation *= s``.
+    ``fallback``: a method for the conv kernels the chosen one cannot handle (disperse on an even
+    or non-square kernel, dilate or disperse at a non-integer scale): such a layer is resized by
+    it, and its plan line and record (``fallback``: the method asked for) say so. None: refused.
     """
 
     scale: Scale
@@ -145,6 +148,7 @@ class ResizeOptions:
     disperse: DisperseParams = DisperseParams()
     attention: tuple[AttentionRule, ...] = ()
     absorb_only: Optional[bool] = None
+    fallback: Optional[str] = None
     resize_method: Method = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -172,6 +176,8 @@ class ResizeOptions:
         object.__setattr__(self, "layers", layers)
         attention = tuple(_rule(AttentionRule, r, "attention rule") for r in self.attention)
         object.__setattr__(self, "attention", attention)
+        if self.fallback is not None:
+            check_choice("fallback", self.fallback, METHODS)
         if self.geometry_only and self.method != "dilate":
             raise InvalidOptionError(f"geometry-only surgery is re-dilation: method must be 'dilate', got {self.method!r}")
 
@@ -190,6 +196,7 @@ class ResizeOptions:
             "layers": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(r).items() if v is not None} for r in self.layers],
             "geometry_only": self.geometry_only,
             "absorb_only": self.absorb_only,
+            "fallback": self.fallback,
             "disperse": vars(self.disperse).copy(),
             "attention": [{k: v for k, v in vars(r).items() if v is not None} for r in self.attention],
         }
@@ -478,7 +485,7 @@ def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[tuple[int
         return _plan_conv(spec, scales, replace(resize, align="cells"), f"absorbs the scale ({source})", absorb=True)
     if resize.method == "dilate" and options.geometry_only:
         return _plan_geometry(spec, scales, source)
-    return _plan_conv(spec, scales, resize, source)
+    return _plan_conv(spec, scales, resize, source, fallback=options.fallback)
 
 
 def _named(name: str, build, *args):
@@ -488,16 +495,31 @@ def _named(name: str, build, *args):
         raise InvalidOptionError(f"{name}: {exc}") from None
 
 
-def _plan_conv(spec: TensorSpec, scales: tuple[float, ...], resize: Method, reason: str, absorb: bool = False) -> TensorPlan:
+def _plan_conv(spec: TensorSpec, scales: tuple[float, ...], resize: Method, reason: str, absorb: bool = False,
+               fallback: Optional[str] = None) -> TensorPlan:
     spatial = tuple(spec.shape[2:])
     resize = resize.for_kernel()
-    operator = _named(spec.name, kernel_resize, spatial, scales, resize)
+    asked = None
+    try:
+        operator = _named(spec.name, kernel_resize, spatial, scales, resize)
+    except InvalidOptionError as exc:
+        if fallback is None or fallback == resize.method:
+            if resize.method in FALLIBLE and fallback is None:
+                raise InvalidOptionError(f"{exc}; --fallback METHOD (plan file: fallback = \"interp\") resizes such layers "
+                                         "by another method") from None
+            raise
+        asked, resize = resize.method, replace(resize, method=fallback)
+        try:
+            operator = _named(spec.name, kernel_resize, spatial, scales, resize)
+        except InvalidOptionError as again:
+            raise InvalidOptionError(f"{exc}; the fallback {fallback} cannot resize it either: {again}") from None
+        reason = f"{reason}; fallback: {asked} cannot resize it ({_cause(exc, spec.name)})"
     if absorb and any(not float(s).is_integer() for s in scales):
         raise InvalidOptionError(f"{spec.name}: an absorbing layer needs integer scales, got {scales!r}")
     new_shape = tuple(spec.shape[:2]) + operator.out_shape
     centre_offset = tuple(a.centre_offset if not absorb else 0.0 for a in operator.axes) or (0.0,) * len(spatial)
     record = ConvRecord(resize.method, resize.mode, resize.align, resize.coef, tuple(scales), spatial, operator.out_shape,
-                        centre_offset, absorb)
+                        centre_offset, absorb, fallback=asked)
     label = resize.label
     if resize.method == "disperse":
         disperse = resize.disperse
@@ -506,6 +528,16 @@ def _plan_conv(spec: TensorSpec, scales: tuple[float, ...], resize: Method, reas
         label = f"disperse k'={operator.out_shape[0]} m={disperse.probe} eta={disperse.eta}"
     return TensorPlan(spec.name, spec.dtype, spec.shape, Action.RESIZE, f"{label} ({reason})", new_shape, resize, record,
                       operator=operator)
+
+
+FALLIBLE = ("dilate", "pinv", "disperse")
+"""Methods that refuse some kernels (an even size, a non-integer scale): their refusal names --fallback."""
+
+
+def _cause(exc: Exception, name: str) -> str:
+    """An error's message without the tensor name it starts with."""
+    text = str(exc)
+    return text[len(name) + 2:] if text.startswith(f"{name}: ") else text
 
 
 def _plan_geometry(spec: TensorSpec, scales, reason: str) -> TensorPlan:

@@ -6,7 +6,8 @@ Three formats, chosen by the file name:
   ``mode``, ``align``, ``coef``, ``include``, ``exclude``, ``absorb``, ``grids``
   (``{name = [C, H, W]}``), ``layers`` (a list of ``{pattern, scale, method, mode, align, coef}``
   tables, or a ``{pattern = scale}`` table), ``geometry_only``, ``disperse`` (``{size, probe,
-  eta}``) and ``attention`` (a list of ``{pattern, tokens, new_tokens}`` tables).
+  eta}``), ``attention`` (a list of ``{pattern, tokens, new_tokens}`` tables) and ``fallback`` (the
+  method for layers the chosen one cannot handle).
 - anything else: ScaleCrafter's settings text, one ``name:factor`` per line (``#`` starts a
   comment; blank lines are ignored). Each line becomes a layer rule; the global scale is 1, so
   layers not listed keep their weights, as in ScaleCrafter.
@@ -34,7 +35,7 @@ MAX_PLAN_BYTES = 16_000_000
 """Largest plan file read, in bytes: a larger one (or a FIFO, /dev/zero) is refused before reading."""
 
 PLAN_KEYS = ("scale", "method", "mode", "align", "coef", "include", "exclude", "absorb", "grids", "layers",
-             "geometry_only", "disperse", "attention")
+             "geometry_only", "disperse", "attention", "fallback")
 """The keys a TOML or JSON plan file may hold: the fields of ResizeOptions."""
 
 LAYER_KEYS = ("pattern", "scale", "method", "mode", "align", "coef")
@@ -83,7 +84,7 @@ def _from_mapping(data: Any, path: str) -> dict[str, Any]:
         raise InvalidOptionError(f"plan file {path}: unknown key(s) {', '.join(map(repr, unknown))}; "
                                  f"expected some of {', '.join(PLAN_KEYS)}")
     fields: dict[str, Any] = {}
-    for key in ("scale", "method", "mode", "align", "coef", "geometry_only", "disperse"):
+    for key in ("scale", "method", "mode", "align", "coef", "geometry_only", "disperse", "fallback"):
         if key in data:
             fields[key] = _plain(data[key], key, path)
     for key in ("include", "exclude", "absorb"):
