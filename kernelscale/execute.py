@@ -229,7 +229,7 @@ def out_shape(operator: Operator, shape: Sequence[int]) -> tuple[int, ...]:
     if isinstance(operator, ScaleFactor):
         return tuple(shape)
     if isinstance(operator, GridResize):
-        return (shape[0], math.prod(operator.out_grid))
+        return (shape[0], operator.out_grid.cells)
     return (*shape[:2], *operator.out_shape)
 
 
@@ -240,11 +240,21 @@ def apply(operator: Operator, x: torch.Tensor, out_dtype: torch.dtype, backend: 
     if isinstance(operator, ScaleFactor):
         return (x.to(_compute_dtype(x.dtype)) * operator.factor).to(out_dtype)
     if isinstance(operator, GridResize):
-        c, h, w = operator.grid
-        rows, cols = (_torch_matrix(a.matrix, x) for a in operator.planes.axes)
-        planes = x.reshape(x.shape[0] * c, h, w)
-        out = dispatch.apply_separable(planes, rows, cols, out_dtype, backend=backend)
-        return out.reshape(x.shape[0], math.prod(operator.out_grid))
+        grid, n = operator.grid, x.shape[0]
+        # the layout's axes to (C, *spatial), each channel's map resized, and back to the layout
+        canonical = x.reshape(n, *grid.sizes).permute(0, *(1 + a for a in grid.to_canonical))
+        planes = canonical.reshape(n * grid.channels, *grid.spatial)
+        if len(grid.spatial) == 2:
+            rows, cols = (_torch_matrix(a.matrix, x) for a in operator.planes.axes)
+            out = dispatch.apply_separable(planes.contiguous(), rows, cols, out_dtype, backend=backend)
+        else:
+            out = apply_kernel_resize(planes.contiguous(), operator.planes, out_dtype, backend)
+        out_grid = operator.out_grid
+        out = out.reshape(n, *out_grid.canonical)
+        back = [0] * len(grid.layout)
+        for i, a in enumerate(grid.to_canonical):
+            back[a] = i
+        return out.permute(0, *(1 + b for b in back)).reshape(n, out_grid.cells)
     slices = x.reshape(-1, *x.shape[2:])
     out = apply_kernel_resize(slices, operator, out_dtype, backend)
     return out.reshape(*x.shape[:2], *operator.out_shape)

@@ -367,13 +367,12 @@ def _change_entry(name: str, layer: nn.Module, record: Record, padding: str, sid
                              old_weight_shape=old_shape, new_weight_shape=new_shape)
         return change, None, None
     if isinstance(record, GridRecord):
-        c, h, w = record.grid
-        if layer.in_features != c * h * w:
-            raise GeometryError(f"{name}: in_features {layer.in_features} is not the grid {c}×{h}×{w}")
-        nh, nw = record.new_spatial
-        change = LayerChange(name, type(layer).__name__, Action.GRID, _method_label(record), (c, h, w), (c, nh, nw),
+        grid, new_grid = record.grid_layout, record.new_grid_layout
+        if layer.in_features != grid.cells:
+            raise GeometryError(f"{name}: in_features {layer.in_features} is not the grid {grid.text}")
+        change = LayerChange(name, type(layer).__name__, Action.GRID, _method_label(record), grid.canonical, new_grid.canonical,
                              old_weight_shape=old_shape, new_weight_shape=new_shape)
-        return change, None, c * nh * nw
+        return change, None, new_grid.cells
     kind = "transposed" if isinstance(layer, _TRANSPOSED) else "conv"
     old, new, offset = conv_change(name, kind, _layer_geometry(layer), record, padding, side_fallback)
     action = Action.ABSORB if record.absorb else (Action.GEOMETRY if record.dilation else Action.RESIZE)
@@ -516,7 +515,7 @@ def _lazy_spec(name: str, tensor: torch.Tensor, layers: Mapping[str, nn.Module],
     elif attr == "weight" and isinstance(layer, nn.Linear):
         grids = dict(options.grids)
         grid = grids.get(holder) or grids.get(name)
-        shape = (1, math.prod(grid) if grid else 1)
+        shape = (1, grid.cells if grid else 1)
     return TensorSpec(name, _spec(name, torch.empty(0, dtype=tensor.dtype)).dtype, shape)
 
 
@@ -782,11 +781,10 @@ def _expected_shape(name: str, shape: tuple[int, ...], record: Record) -> tuple[
     if isinstance(record, AttentionRecord):
         return shape
     if isinstance(record, GridRecord):
-        c, h, w = record.grid
-        if len(shape) != 2 or shape[1] != c * h * w:
-            raise GeometryError(f"{name}: the module's weight {shape} is not over the recorded grid {c}×{h}×{w}")
-        nh, nw = record.new_spatial
-        return (shape[0], c * nh * nw)
+        grid = record.grid_layout
+        if len(shape) != 2 or shape[1] != grid.cells:
+            raise GeometryError(f"{name}: the module's weight {shape} is not over the recorded grid {grid.text}")
+        return (shape[0], record.new_grid_layout.cells)
     old = record.old_spatial
     if tuple(shape[2:]) != old:
         raise GeometryError(f"{name}: the module's kernel is {shape[2:]} but the record was made for {old}")

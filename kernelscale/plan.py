@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from kernelscale.dtypes import RESIZABLE
+from kernelscale.grid import GridLayout, grid_layout
 from kernelscale.errors import InvalidOptionError, KernelscaleError
 from kernelscale.method import ALIGNS, METHODS, MODES, Coef, DisperseParams, Method, Scale, axis_scales, check_choice, scale_value, whole_number
 from kernelscale.manifest import Action, AttentionRecord, ConvRecord, DisperseFit, GridRecord, Manifest, Record
@@ -123,7 +124,9 @@ class ResizeOptions:
     they are validated once, here, into :attr:`resize_method`.
     ``coef``: None (the default) means ``"mass"`` for conv kernels and ``"paper"`` — HW/(H'W'),
     DESIGN §5 — for grids.
-    ``grids``: ``(name, (C, H, W))`` pairs declaring Linear weights over a flattened grid.
+    ``grids``: ``(name, grid)`` pairs (or a ``{name: grid}`` mapping) declaring Linear weights over a
+    flattened grid; a grid is ``(C, H, W)`` (a plain flatten), a :class:`~kernelscale.grid.GridLayout`
+    or its text ``"H,W,C:4,4,32"`` (the axis order of the flattened features; :func:`~kernelscale.grid.grid_layout`).
     ``absorb``: globs of layers that take the scale into their stride (DESIGN §5). Everything
     downstream of them sees the original resolution, so when absorb globs are given only the
     absorbing layers, declared grids and tensors matching an include glob change
@@ -142,7 +145,7 @@ class ResizeOptions:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     absorb: tuple[str, ...] = ()
-    grids: tuple[tuple[str, tuple[int, int, int]], ...] = ()
+    grids: tuple[tuple[str, GridLayout], ...] = ()
     layers: tuple[LayerRule, ...] = ()
     geometry_only: bool = False
     disperse: DisperseParams = DisperseParams()
@@ -171,7 +174,7 @@ class ResizeOptions:
         if self.absorb_only is None:
             object.__setattr__(self, "absorb_only", bool(self.absorb))
         grids = dict(self.grids) if not isinstance(self.grids, Mapping) else self.grids
-        object.__setattr__(self, "grids", tuple((str(k), _grid_shape(k, v)) for k, v in dict(grids).items()))
+        object.__setattr__(self, "grids", tuple((str(k), grid_layout(v, f"grid {k!r}")) for k, v in dict(grids).items()))
         layers = tuple(_rule(LayerRule, r, "layer rule") for r in self.layers)
         object.__setattr__(self, "layers", layers)
         attention = tuple(_rule(AttentionRule, r, "attention rule") for r in self.attention)
@@ -192,7 +195,7 @@ class ResizeOptions:
             "include": list(self.include),
             "exclude": list(self.exclude),
             "absorb": list(self.absorb),
-            "grids": {name: list(shape) for name, shape in self.grids},
+            "grids": {name: grid.to_json() for name, grid in self.grids},
             "layers": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(r).items() if v is not None} for r in self.layers],
             "geometry_only": self.geometry_only,
             "absorb_only": self.absorb_only,
@@ -210,16 +213,6 @@ def resize_options(**given: Any) -> ResizeOptions:
     if unknown:
         raise InvalidOptionError(f"unknown option(s) {', '.join(map(repr, unknown))}; expected some of {', '.join(known)}")
     return ResizeOptions(**given)
-
-
-def _grid_shape(name: str, shape: Any) -> tuple[int, int, int]:
-    try:
-        values = tuple(int(v) for v in shape)
-    except (TypeError, ValueError):
-        raise InvalidOptionError(f"grid {name!r}: expected C,H,W, got {shape!r}") from None
-    if len(values) != 3 or min(values) < 1:
-        raise InvalidOptionError(f"grid {name!r}: expected three positive sizes C,H,W, got {shape!r}")
-    return values  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -377,7 +370,7 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
     # a layer held by weight norm (v, g) or spectral norm (its raw weight) is planned under its
     # stand-in <layer>.weight: a grid naming a real tensor of it applies to the stand-in
     stand_in_of = {name: layer.stand_in.name for layer in reparametrized for name in layer.aliases}
-    grid_tensor: dict[str, tuple[int, int, int]] = {}
+    grid_tensor: dict[str, GridLayout] = {}
     grid_source: dict[str, str] = {}
     for grid_name in grids:
         tensor = grid_name if grid_name in rule_names else f"{grid_name}.weight"
@@ -385,8 +378,8 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
             raise InvalidOptionError(f"grid {grid_name!r}: no tensor named {grid_name!r} or {grid_name + '.weight'!r}")
         tensor = stand_in_of.get(tensor, tensor)
         if tensor in grid_tensor and grid_tensor[tensor] != grids[grid_name]:
-            raise InvalidOptionError(f"grids {grid_source[tensor]!r} ({','.join(map(str, grid_tensor[tensor]))}) and {grid_name!r} "
-                                     f"({','.join(map(str, grids[grid_name]))}) name the same weight {tensor}; give one")
+            raise InvalidOptionError(f"grids {grid_source[tensor]!r} ({grid_tensor[tensor].text}) and {grid_name!r} "
+                                     f"({grids[grid_name].text}) name the same weight {tensor}; give one")
         grid_tensor[tensor], grid_source[tensor] = grids[grid_name], grid_name
     for what, patterns in (("--include", options.include), ("--absorb", options.absorb), ("layer rule", [r.pattern for r in options.layers]),
                            ("attention rule", [r.pattern for r in options.attention])):
@@ -438,7 +431,7 @@ def _plan_attention(spec: TensorSpec, rule: AttentionRule, scale: Scale) -> Tens
                       spec.shape, record=record, operator=ScaleFactor(factor))
 
 
-def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[tuple[int, int, int]],
+def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[GridLayout],
               aliases: tuple[str, ...] = ()) -> TensorPlan:
     """The decision for one tensor; globs match its name or any of ``aliases``."""
     names = (spec.name, *aliases)
@@ -449,8 +442,8 @@ def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[tuple[int
     if grid is not None:
         if spec.dtype not in RESIZABLE:
             raise InvalidOptionError(f"grid for {spec.name}: cannot resize a {spec.dtype} tensor")
-        if len(spec.shape) != 2 or spec.shape[1] != math.prod(grid):
-            raise InvalidOptionError(f"grid {grid!r} for {spec.name}: {math.prod(grid)} cells, but the tensor has shape {spec.shape}")
+        if len(spec.shape) != 2 or spec.shape[1] != grid.cells:
+            raise InvalidOptionError(f"grid {grid.text} for {spec.name}: {grid.cells} cells, but the tensor has shape {spec.shape}")
         why = "declared grid"
     else:
         candidate, why = is_conv_candidate(spec)
@@ -553,17 +546,20 @@ def _plan_geometry(spec: TensorSpec, scales, reason: str) -> TensorPlan:
                       Method("dilate", align="taps"), record)
 
 
-def _plan_grid(spec: TensorSpec, grid, scale: Scale, resize: Method, source: str, rule: Optional[LayerRule]) -> TensorPlan:
-    c, h, w = grid
-    scales = axis_scales(scale, 2, name=spec.name, trailing=True)
+def _plan_grid(spec: TensorSpec, grid: GridLayout, scale: Scale, resize: Method, source: str, rule: Optional[LayerRule]) -> TensorPlan:
+    spatial = grid.spatial
+    scales = axis_scales(scale, len(spatial), name=spec.name, trailing=True)
     if resize.method not in ("interp", "pinv"):
         if rule is not None and rule.method == resize.method:
             raise InvalidOptionError(f"{spec.name}: a grid is resized with interp (cells) or pinv, not {resize.method}")
         resize, source = replace(resize, method="interp"), f"{source}; {resize.method} does not apply to a grid: resized by interp"
     resize = replace(resize, align="cells").for_grid()
-    operator = GridResize((c, h, w), _named(spec.name, grid_resize, (h, w), scales, resize))
-    new_spatial = operator.planes.out_shape
-    new_shape = (spec.shape[0], c * new_spatial[0] * new_spatial[1])
-    record = GridRecord(resize.method, resize.mode, "cells", resize.coef, tuple(scales), (c, h, w), (h, w), new_spatial)
-    return TensorPlan(spec.name, spec.dtype, spec.shape, Action.RESIZE, f"grid {c}×{h}×{w} {resize.label} ({source})", new_shape, resize, record,
+    operator = GridResize(grid, _named(spec.name, grid_resize, spatial, scales, resize))
+    out_grid = operator.out_grid
+    new_shape = (spec.shape[0], out_grid.cells)
+    record = GridRecord(resize.method, resize.mode, "cells", resize.coef, tuple(scales), grid.canonical, spatial, out_grid.spatial,
+                        centre_offset=(0.0,) * len(spatial), layout=None if grid.is_canonical else grid.layout)
+    layout = "" if grid.is_canonical else f", layout {','.join(grid.layout)}"
+    return TensorPlan(spec.name, spec.dtype, spec.shape, Action.RESIZE,
+                      f"grid {'×'.join(map(str, grid.canonical))}{layout} {resize.label} ({source})", new_shape, resize, record,
                       operator=operator)

@@ -4,7 +4,8 @@ Three formats, chosen by the file name:
 
 - ``*.toml`` (TOML) and ``*.json`` (JSON): a table with any of the keys ``scale``, ``method``,
   ``mode``, ``align``, ``coef``, ``include``, ``exclude``, ``absorb``, ``grids``
-  (``{name = [C, H, W]}``), ``layers`` (a list of ``{pattern, scale, method, mode, align, coef}``
+  (``{name = [C, H, W]}``, or ``{name = "H,W,C:4,4,32"}`` / ``{name = {layout = "HWC", shape = [4, 4, 32]}}``
+  giving the axis order of the flattened features), ``layers`` (a list of ``{pattern, scale, method, mode, align, coef}``
   tables, or a ``{pattern = scale}`` table), ``geometry_only``, ``disperse`` (``{size, probe,
   eta}``), ``attention`` (a list of ``{pattern, tokens, new_tokens}`` tables) and ``fallback`` (the
   method for layers the chosen one cannot handle).
@@ -23,6 +24,7 @@ import sys
 from typing import Any, Mapping
 
 from kernelscale.errors import InvalidOptionError, KernelscaleError
+from kernelscale.grid import grid_layout
 from kernelscale.io.files import read_small_file
 from kernelscale.plan import LayerRule, ResizeOptions
 
@@ -117,19 +119,24 @@ def _globs(value: Any, key: str, path: str) -> tuple[str, ...]:
     return tuple(values)
 
 
-def _grids(value: Any, path: str) -> dict[str, tuple[int, ...]]:
+def _grids(value: Any, path: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
-        raise InvalidOptionError(f"plan file {path}: grids must be a table of name = [C, H, W], got {value!r}")
+        raise InvalidOptionError(f"plan file {path}: grids must be a table of name = [C, H, W] (or \"H,W,C:4,4,32\"), got {value!r}")
     grids = {}
     for name, shape in value.items():
-        if isinstance(shape, str):
+        if isinstance(shape, str) and ":" not in shape:
             shape = shape.split(",")
-        if not isinstance(shape, (list, tuple)) or len(shape) != 3:
-            raise InvalidOptionError(f"plan file {path}: grid {name!r} must be [C, H, W], got {shape!r}")
+        if isinstance(shape, (list, tuple)):
+            if len(shape) != 3:
+                raise InvalidOptionError(f"plan file {path}: grid {name!r} must be [C, H, W], got {shape!r}")
+            try:
+                shape = tuple(_positive_int(v) for v in shape)
+            except ValueError:
+                raise InvalidOptionError(f"plan file {path}: grid {name!r} must be three positive integers, got {shape!r}") from None
         try:
-            grids[name] = tuple(_positive_int(v) for v in shape)
-        except ValueError:
-            raise InvalidOptionError(f"plan file {path}: grid {name!r} must be three positive integers, got {shape!r}") from None
+            grids[name] = grid_layout(shape, f"grid {name!r}")
+        except KernelscaleError as exc:
+            raise InvalidOptionError(f"plan file {path}: {exc}") from None
     return grids
 
 

@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from kernelscale.grid import GridLayout, grid_layout
 from kernelscale.errors import InvalidOptionError
 from kernelscale.method import (
     ALIGNS,
@@ -380,16 +381,21 @@ class KernelResize:
 
 @dataclass(frozen=True)
 class GridResize:
-    """The resize of a Linear ``(out, C·H·W)`` whose input is a flattened ``grid`` (C, H, W)
-    (DESIGN §5): ``planes``, a separable resize of the (H, W) planes, applied to each of the C
-    planes of every row; the result is ``(out, C·H'·W')``."""
+    """The resize of a Linear ``(out, cells)`` whose input is a flattened ``grid``
+    (:class:`~kernelscale.grid.GridLayout`: its axis order and sizes; DESIGN §5): ``planes``, a
+    separable resize of the spatial axes (canonical order D, H, W), applied to each channel of every
+    row; the result is ``(out, cells')`` flattened in the same layout."""
 
-    grid: tuple[int, int, int]
+    grid: GridLayout
     planes: KernelResize
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.grid, GridLayout):  # (C, H, W) sizes: a plain flatten
+            object.__setattr__(self, "grid", grid_layout(self.grid))
+
     @property
-    def out_grid(self) -> tuple[int, int, int]:
-        return (self.grid[0], *self.planes.out_shape)  # type: ignore[return-value]
+    def out_grid(self) -> GridLayout:
+        return self.grid.with_spatial(self.planes.out_shape)
 
     @property
     def is_identity(self) -> bool:
