@@ -395,16 +395,45 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
             raise type(exc)(layer.renamed(str(exc))) from None
         restored.update(layer.restore(decision, _copy))
     entries = [restored.get(spec.name) or _plan_one(spec, options, grid_tensor.get(spec.name)) for spec in specs]
-    # The extra padding pixel of a half-pixel kernel alternates sides from layer to layer. A
-    # state dict has no topology, so "next layer" is the next name in natural order (conv2
-    # before conv10): the same for a module's state dict and for any file order of its tensors.
+    # A state dict has no topology or strides: every half-pixel layer counts as one input pixel per
+    # pixel, in natural name order (conv2 before conv10), so the sides alternate; the nn adapter,
+    # which sees the module's strides and pools, re-chooses them (with_half_pixel_sides).
+    return with_half_pixel_sides(Plan(tuple(entries), options), {})
+
+
+def half_pixel_sides(jumps: Sequence[tuple[str, float]]) -> dict[str, str]:
+    """The side (``"after"``: +½, ``"before"``: −½ of the layer's own pixel) of the extra padding
+    pixel of each half-pixel layer, chosen so that the shifts cancel in input pixels.
+
+    ``jumps``: ``(name, J)`` in network order, J the input pixels per pixel at the layer (the
+    product of the strides of the convs and pools before it), so a layer's shift is ±J/2 input
+    pixels. Chosen greedily from the largest J down (ties in the given order), each against the
+    sum so far: where every J divides the larger ones (strides 2, 2, …), the net shift is at most
+    half the smallest J — half a fine input pixel when some layer sits at J = 1. All J equal gives
+    plain alternation, after first.
+    """
+    order = sorted(range(len(jumps)), key=lambda i: -jumps[i][1])
+    total, sides = 0.0, {}
+    for i in order:
+        name, jump = jumps[i]
+        side = "before" if total > 0 else "after"
+        total += jump / 2 if side == "after" else -jump / 2
+        sides[name] = side
+    return sides
+
+
+def with_half_pixel_sides(plan: Plan, jumps: Mapping[str, float]) -> Plan:
+    """``plan`` with every half-pixel record's ``pad_extra`` chosen by :func:`half_pixel_sides`:
+    layers in natural name order, ``jumps[name]`` (default 1) input pixels per pixel at each."""
+    entries = list(plan.entries)
     half_pixel = sorted((i for i, e in enumerate(entries) if e.record is not None and e.record.half_pixel),
                         key=lambda i: natural_key(entries[i].name))
-    for turn, i in enumerate(half_pixel):
-        entries[i] = replace(entries[i], record=replace(entries[i].record, pad_extra=("after", "before")[turn % 2]))
+    sides = half_pixel_sides([(entries[i].name, float(jumps.get(entries[i].name, 1.0))) for i in half_pixel])
+    for i in half_pixel:
+        entries[i] = replace(entries[i], record=replace(entries[i].record, pad_extra=sides[entries[i].name]))
     final = {e.name: e for e in entries}
     entries = [replace(e, partner=final[e.partner.name]) if e.partner is not None else e for e in entries]
-    return Plan(tuple(entries), options)
+    return replace(plan, entries=tuple(entries))
 
 
 def natural_key(name: str) -> tuple:
