@@ -73,7 +73,8 @@ class UpsampleGuidance:
     ``factors`` times the trained one), w_t = w while t ≥ (1 − η)·T. ``model``: the denoiser for
     the trained-resolution pass (default: the pipeline's own, as it is outside re-dilation; pass
     the original UNet when the pipeline's was resized by weight surgery). ``discrete``: τ rounded
-    to an integer step."""
+    to an integer step. The defaults (w = 1.2, η = 0.6) are the latent-model ones of the public
+    implementations; for a pixel-space model docs/generation.md measured w = 1, η = 1."""
 
     factors: Sequence[int] = (2, 2)
     w: float = 1.2
