@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any, ClassVar, Mapping, Optional, Union
 
-from kernelscale.errors import InvalidCheckpointError
+from kernelscale.errors import InvalidCheckpointError, KernelscaleError
 from kernelscale.grid import GridLayout
 
 FORMAT_VERSION = 1
@@ -216,6 +216,8 @@ class GridRecord(_Record):
     def grid_layout(self) -> GridLayout:
         """The declared grid in flattened order (:class:`~kernelscale.grid.GridLayout`)."""
         if self.layout:
+            if set(self.layout) - set("CDHWL"):
+                raise InvalidCheckpointError(f"grid layout {self.layout!r}: letters C, D, H, W or L only")
             letters = "C" + "".join(sorted(self.layout.replace("C", ""), key="DHWL".index))
         else:
             letters = {2: "CL", 3: "CHW", 4: "CDHW"}.get(len(self.grid), "C")
@@ -380,6 +382,15 @@ def check_record(tensor: str, data: Any, where: object) -> None:
             continue
         if not valid(data[key]):
             raise InvalidCheckpointError(f"{where}: manifest record of {tensor!r}: {key} must be {expected}, got {data[key]!r}")
+    if kind == GridRecord.kind:
+        spatial = len(data["old_spatial"])
+        if len(data["grid"]) != spatial + 1 or len(data["new_spatial"]) != spatial:
+            raise InvalidCheckpointError(f"{where}: manifest record of {tensor!r}: grid must be [C, *spatial] with one size per "
+                                         f"axis of old_spatial {data['old_spatial']!r}, got {data['grid']!r}")
+        try:
+            GridRecord.from_json(data).grid_layout
+        except KernelscaleError as exc:
+            raise InvalidCheckpointError(f"{where}: manifest record of {tensor!r}: {exc}") from None
 
 
 def check_records(data: Any, where: object, key: str = "kernelscale") -> None:

@@ -173,7 +173,8 @@ def resize_grid_linear(
         raise InvalidOptionError(f"{name}: a grid is (C, H, W), three positive integers, got {grid!r}")
     layout = grid_layout(grid, f"{name}: grid")
     if x.ndim != 2 or x.shape[1] != layout.cells:
-        raise InvalidOptionError(f"{name}: grid {layout.text} has {layout.cells} cells but the weight has shape {tuple(x.shape)}")
+        shown = repr(tuple(grid)) if isinstance(grid, (tuple, list)) else layout.text
+        raise InvalidOptionError(f"{name}: grid {shown} has {layout.cells} cells but the weight has shape {tuple(x.shape)}")
     scales = axis_scales(scale, len(layout.spatial), name=name)
     resize = _method(name, method, mode=mode, align=align, coef=coef)
     try:
