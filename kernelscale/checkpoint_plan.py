@@ -27,6 +27,10 @@ from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, descri
 from kernelscale.io.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
 from kernelscale.io.discovery import CheckpointScan, ModelUnit, scan_checkpoint
 from kernelscale.io.files import read_small_file
+from kernelscale.pipeline_layout import (
+    DENOISER_PREFIX, OTHER_PREFIXES, WEIGHTS_NAME, PipelineLayout, components_listing, config_record, denoiser_config_text,
+    detect_layout,
+)
 from kernelscale.plan import attention_rule_for, matches_pattern  # the planner's own matching rules, for checks across files
 from kernelscale.reparam import glob_names
 from kernelscale.io.safetensors_io import DTYPE_ITEMSIZE, PathLike, TensorInfo, encode_header
@@ -83,9 +87,14 @@ class FilePlan:
         return Action.CAST if self.out_dtypes[i] != entry.dtype else Action.COPY
 
     def counts(self) -> dict[str, int]:
-        counts = {"resize": 0, "dilate": 0, "cast": 0, "copy": 0}
+        """Tensors per outcome: ``resize`` (new kernels, weight norm's g with them), ``rescale``
+        (values only: an attention temperature's query projection), ``dilate``, ``cast``, ``copy``."""
+        counts = {"resize": 0, "rescale": 0, "dilate": 0, "cast": 0, "copy": 0}
         for i in range(len(self.entries)):
             op = self.operation(i)
+            if op == Action.RESIZE and self.entries[i].kind == "attention":
+                counts["rescale"] += 1
+                continue
             counts[{Action.RENORM: "resize", Action.GEOMETRY: "dilate"}.get(op, op.value)] += 1
         return counts
 
@@ -142,7 +151,7 @@ class CheckpointPlan:
         return sum(f.work_bytes(i) for f in self.files for i in range(len(f.entries)))
 
     def counts(self) -> dict[str, int]:
-        total = {"resize": 0, "dilate": 0, "cast": 0, "copy": 0}
+        total = {"resize": 0, "rescale": 0, "dilate": 0, "cast": 0, "copy": 0}
         for f in self.files:
             for k, v in f.counts().items():
                 total[k] += v
@@ -158,7 +167,9 @@ class CheckpointPlan:
         for x in self.extras:
             lines.append(f"== {x.rel} == {'rewritten' if x.data is not None else 'copied'}")
         for rel in self.skipped:
-            lines.append(f"== {rel} == left out (weights in a format convert does not rewrite)")
+            why = ("another weight set of the diffusion denoiser" if rel.endswith((".safetensors", ".safetensors.index.json"))
+                   else "weights in a format convert does not rewrite")
+            lines.append(f"== {rel} == left out ({why})")
         return lines
 
 
@@ -186,8 +197,11 @@ def plan_checkpoint(src: PathLike, options: ResizeOptions, *, dtype: str = "keep
         if MANIFEST_KEY in f.metadata:
             raise InvalidOptionError(f"{f.path} was already converted by kernelscale (its metadata holds a manifest); "
                                      "convert the original checkpoint with the combined scale instead")
+    layout = detect_layout(scan)
+    scan, options, diffusion = _diffusion_defaults(scan, options, layout)
     unit_specs = [[TensorSpec(t.name, t.dtype, t.shape) for f in u.files for t in f.tensors] for u in scan.units]
     plans = _plan_units(unit_specs, options, scan.src)
+    diffusion = _settle_denoiser(diffusion, scan, plans)
     target = OUTPUT_DTYPES[dtype]
 
     files: list[FilePlan] = []
@@ -209,21 +223,24 @@ def plan_checkpoint(src: PathLike, options: ResizeOptions, *, dtype: str = "keep
             metadata = {**src_file.metadata, MANIFEST_KEY: json.dumps(manifest, sort_keys=True, separators=(",", ":"))}
             specs = [(e.name, d, tuple(e.new_shape)) for e, d in zip(file_entries, out_dtypes)]
             head, infos = encode_header(specs, metadata)
-            rel = src_file.rel if scan.layout != "file" else ""
+            rel = diffusion.renames.get(src_file.rel, src_file.rel) if scan.layout != "file" else ""
             unit_files.append(FilePlan(src_file.path, rel, src_file.tensors, file_entries, out_dtypes, metadata, len(head),
                                        _size(src_file.path), len(head) + sum(i.nbytes for i in infos), sources))
         files.extend(unit_files)
         if unit.index is not None:
             index_path, rel, data = unit.index
             total = sum(math.prod(e.new_shape) * DTYPE_ITEMSIZE[d] for fp in unit_files for e, d in zip(fp.entries, fp.out_dtypes))
+            if rel in diffusion.renames:  # the denoiser's index, pointing at its renamed shards
+                data = diffusion.layout.renamed_index(unit)
             new = {**data, "metadata": {**(data.get("metadata") or {}), "total_size": total}}
             text = (json.dumps(new, indent=2, sort_keys=True) + "\n").encode("utf-8")  # as transformers writes it
-            extras.append(ExtraFile(rel, index_path, len(text), text))
+            extras.append(ExtraFile(diffusion.renames.get(rel, rel), index_path, len(text), text))
             if scan.layout == "sharded":
                 index_rel = rel
 
-    notes, loading, rewritten = _loading_notes(scan, plans, dst)
-    notes[:0] = _include_notes(options, plans) + _unresizable_conv_notes(options, plans)
+    notes, loading, rewritten = _loading_notes(scan, plans, dst, diffusion)
+    notes[:0] = diffusion.notes + _include_notes(options, plans) + _unresizable_conv_notes(options, plans)
+    rewritten.update(diffusion.rewritten)
     for path, rel in scan.others:
         if rel in rewritten:
             data = rewritten[rel]
@@ -232,8 +249,96 @@ def plan_checkpoint(src: PathLike, options: ResizeOptions, *, dtype: str = "keep
             extras.append(ExtraFile(rel, path, _size(path)))
     notes.extend(_skipped_notes(scan))
     extras.sort(key=lambda x: x.rel)
-    return CheckpointPlan(scan.src, scan.layout, options, dtype, tuple(files), tuple(extras), scan.skipped, index_rel,
-                          tuple(notes), tuple(loading))
+    return CheckpointPlan(scan.src, scan.layout, options, dtype, tuple(files), tuple(extras), scan.skipped + diffusion.left_out,
+                          index_rel, tuple(notes), tuple(loading))
+
+
+@dataclass(frozen=True)
+class _Diffusion:
+    """What the diffusion layout (kernelscale.pipeline_layout) changes in a plan: output renames of
+    the denoiser's files, rewritten files (its config.json), weight sets left out, notes."""
+
+    layout: Optional[PipelineLayout] = None
+    denoiser: Optional[ModelUnit] = None
+    renames: Mapping[str, str] = field(default_factory=dict)
+    rewritten: Mapping[str, bytes] = field(default_factory=dict)
+    left_out: tuple[str, ...] = ()
+    notes: list[str] = field(default_factory=list)
+
+
+def _diffusion_defaults(scan: CheckpointScan, options: ResizeOptions,
+                        layout: Optional[PipelineLayout]) -> tuple[CheckpointScan, ResizeOptions, _Diffusion]:
+    """Apply a diffusion checkpoint's defaults (kernelscale.pipeline_layout): without --include,
+    only the denoiser is resized — the other components of a pipeline folder are copied byte for
+    byte as files, a single file's other tensors as tensors; in a pipeline folder the denoiser is
+    written as WEIGHTS_NAME with its config.json recording the surgery, other weight sets of it
+    (variants) left out."""
+    if layout is None:
+        return scan, options, _Diffusion()
+    default = not options.include
+    if default:
+        layout.check_default()
+    notes: list[str] = []
+    why = ("a diffusion pipeline resizes its denoiser only (DESIGN §11: the VAE maps latent cells to pixels at a fixed ratio, "
+           "the text encoders see tokens); --include GLOB chooses otherwise")
+    if layout.kind == "file":
+        if default:
+            options = replace(options, include=(DENOISER_PREFIX + "*",))
+            others = sorted({p for f in scan.files for t in f.tensors for p in OTHER_PREFIXES if t.name.startswith(p)})
+            if others:
+                notes.append(f"resizing the denoiser ({DENOISER_PREFIX}*) only; {', '.join(p + '*' for p in others)} copied byte "
+                             f"for byte: {why}")
+        notes += _alignment_notes(options, "give --config FOLDER, a diffusers folder of the same architecture")
+        return scan, options, _Diffusion(layout, notes=notes)
+    if layout.denoiser is None:  # no UNet to rename (a generic folder conversion under explicit --include)
+        return scan, options, _Diffusion(layout)
+    denoiser = scan.units[layout.denoiser]
+    variants = {f.rel for u in scan.units if u.dir_rel == layout.component and u is not denoiser for f in u.files}
+    kept = [u for u in scan.units if u is denoiser or (not default and not any(f.rel in variants for f in u.files))]
+    copied = [u for u in scan.units if u not in kept and not any(f.rel in variants for f in u.files)]
+    others = scan.others + tuple((f.path, f.rel) for u in copied for f in u.files)
+    others += tuple((u.index.path, u.index.rel) for u in copied if u.index is not None)
+    scan = replace(scan, units=tuple(kept), others=tuple(sorted(others, key=lambda o: o[1])))
+    if copied:
+        rels = [f.rel for u in copied for f in u.files]
+        notes.append(f"resizing the denoiser ({layout.component}/) only; {components_listing(rels)} copied byte for byte: {why}")
+    if layout.left_out:
+        notes.append(f"left out {quoted_names(list(layout.left_out), 3)}: other weight sets of the denoiser; OUT holds the "
+                     f"converted {WEIGHTS_NAME} only (convert with --dtype float16 for half precision)")
+    config = dict(layout.config or {})
+    if "sample_size" not in config:
+        raise InvalidOptionError(f"{os.path.join(scan.src, layout.config_rel)}: no sample_size in the denoiser's config")
+    record = config_record(options.to_json()["scale"], config["sample_size"])
+    text = denoiser_config_text(config, record).encode("utf-8")
+    notes += _alignment_notes(options, "kernelscale convert applies them by default")
+    return scan, options, _Diffusion(layout, denoiser, layout.weights_rels(denoiser), {layout.config_rel: text},
+                                     layout.left_out, notes)
+
+
+def _settle_denoiser(diffusion: _Diffusion, scan: CheckpointScan, plans: Sequence[Plan]) -> _Diffusion:
+    """Keep the denoiser's stock file names and config when nothing in it changed, or when every
+    change is one stock diffusers reads from config.json (conv_in/conv_out kernel sizes: then it
+    loads correctly through from_pretrained, see _loading_notes)."""
+    if diffusion.denoiser is None:
+        return diffusion
+    plan = plans[scan.units.index(diffusion.denoiser)]
+    changed = [e for e in plan.entries if e.changed]
+    structural = [e for e in changed if e.kind not in ("attention", "weight_norm")]
+    stock = (structural and all(e.new_shape != e.shape for e in structural)
+             and _stock_kernel_keys(structural, diffusion.layout.config or {}) is not None)
+    if changed and not stock:
+        return diffusion
+    return replace(diffusion, denoiser=None, renames={}, rewritten={})
+
+
+def _alignment_notes(options: ResizeOptions, where: str) -> list[str]:
+    """Said when interp resizes a diffusion denoiser without the aligned downsampler rule."""
+    if options.method != "interp" or options.align == "cells" or any("downsamplers" in r.pattern or r.align == "cells"
+                                                                      for r in options.layers):
+        return []
+    return [f"the denoiser's strided downsamplers are resized like its other convs, half a high-res pixel off (DESIGN §4); "
+            f"the aligned rule and the attention temperature come from its config: {where} (in Python: "
+            "kernelscale.integrations.diffusers.pipeline_options)"]
 
 
 def _unresizable_conv_notes(options: ResizeOptions, plans: Sequence[Plan]) -> list[str]:
@@ -365,9 +470,11 @@ def _stock_kernel_keys(entries: Sequence[TensorPlan], config: Mapping[str, Any])
     return updates
 
 
-def _loading_notes(scan: CheckpointScan, plans: Sequence[Plan], dst: Optional[PathLike]) -> tuple[list[str], list[dict], dict[str, bytes]]:
+def _loading_notes(scan: CheckpointScan, plans: Sequence[Plan], dst: Optional[PathLike],
+                   diffusion: "_Diffusion") -> tuple[list[str], list[dict], dict[str, bytes]]:
     """How to load each model whose shapes or geometry changed, and config.json rewrites for the
-    changes stock diffusers can express (conv_in/conv_out kernel sizes)."""
+    changes stock diffusers can express (conv_in/conv_out kernel sizes). A diffusion pipeline's
+    denoiser (kernelscale.pipeline_layout) loads through the diffusers integration's load_pipeline."""
     out_root = os.fspath(dst) if dst is not None else "OUT"
     notes: list[str] = []
     loading: list[dict[str, Any]] = []
@@ -386,6 +493,11 @@ def _loading_notes(scan: CheckpointScan, plans: Sequence[Plan], dst: Optional[Pa
         cls = config.get("_class_name") if config else None
         label = unit.dir_rel or (os.path.basename(unit.files[0].rel) if scan.layout == "folder" else os.path.basename(scan.src))
         record: dict[str, Any] = {"model": label, "class": cls, "path": out_path, "tensors": [e.name for e in structural]}
+        if diffusion.layout is not None and (unit is diffusion.denoiser or diffusion.layout.kind == "file"):
+            notes.append(_pipeline_note(diffusion.layout, out_root, structural))
+            record.update(stock_loadable=False, load=_pipeline_recipe(diffusion.layout, out_root))
+            loading.append(record)
+            continue
         reshaped = any(e.new_shape != e.shape for e in structural)  # else nothing for config.json to say
         updates = _stock_kernel_keys(structural, config) if (config and cls and scan.layout == "folder" and reshaped) else None
         if updates is not None:
@@ -397,7 +509,8 @@ def _loading_notes(scan: CheckpointScan, plans: Sequence[Plan], dst: Optional[Pa
             record.update(stock_loadable=True, config_updates=updates, load=f"{cls}.from_pretrained({os.path.dirname(out_path)!r})")
             loading.append(record)
             continue
-        load = f"kernelscale.nn.load(model, {out_path!r})"
+        asymmetric = any(isinstance(e.record, ConvRecord) and e.record.half_pixel for e in structural)  # cells, pinv: even sizes
+        load = f"kernelscale.nn.load(model, {out_path!r}" + (", padding='asymmetric')" if asymmetric else ")")
         how = (f"model = {cls}.from_config({cls}.load_config({config_dir!r})); {load}" if cls
                else f"build the original model, then {load}")
         groups: dict[str, list[TensorPlan]] = {}
@@ -431,6 +544,27 @@ def _loading_notes(scan: CheckpointScan, plans: Sequence[Plan], dst: Optional[Pa
         record.update(stock_loadable=False, load=how)
         loading.append(record)
     return notes, loading, rewritten
+
+
+def _pipeline_recipe(layout: PipelineLayout, out_root: str) -> str:
+    """The Python line that loads a converted diffusion checkpoint as a runnable pipeline."""
+    if layout.kind == "file":
+        return f"kernelscale.integrations.diffusers.load_pipeline({out_root!r}, config='FOLDER')"
+    return f"kernelscale.integrations.diffusers.load_pipeline({out_root!r})"
+
+
+def _pipeline_note(layout: PipelineLayout, out_root: str, structural: Sequence[TensorPlan]) -> str:
+    recipe = _pipeline_recipe(layout, out_root)
+    geometry = "re-dilated" if all(loader_change(e.record, e.shape, e.new_shape) == "dilation" for e in structural) else "resized"
+    if layout.kind == "file":
+        return (f"{os.path.basename(out_root)}: {len(structural)} denoiser tensor(s) {geometry}; stock diffusers cannot load them. "
+                f"Load the pipeline with {recipe}, FOLDER being a local diffusers pipeline folder of the same architecture "
+                "(its configs and tokenizers); the denoiser alone: kernelscale.integrations.diffusers.load_denoiser("
+                f"{out_root!r}, config='FOLDER')")
+    return (f"{layout.component}/: {len(structural)} tensor(s) {geometry}, written as {WEIGHTS_NAME} with sample_size and the "
+            f"surgery in its config.json, so stock from_pretrained refuses the folder rather than run the wrong geometry. "
+            f"Load the pipeline with {recipe}; the denoiser alone: kernelscale.integrations.diffusers.load_denoiser("
+            f"{posixpath.join(out_root, layout.component)!r})")
 
 
 def _in_place_note(label: str, entries: Sequence[TensorPlan], how: str) -> str:

@@ -20,6 +20,7 @@ output written — except during ``convert --verify``, when OUT is already writt
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -163,6 +164,16 @@ def add_planning_arguments(parser: argparse.ArgumentParser) -> None:
                         "otherwise the axis order of the flattened features, then the sizes: H,W,C:4,4,32 for a model "
                         "that permutes to channels-last before flattening, C,L:64,10 (1-D), C,D,H,W:... (3-D). "
                         "Example: --grid fc=32,4,4, --grid fc=H,W,C:4,4,32")
+    g.add_argument("--attention", action="append", metavar="auto|none|GLOB=N[:N2]",
+                   help="attention temperature: multiply the query projections matching GLOB by sqrt(log N2 / log N), N "
+                        "the tokens a self-attention sees at the trained size, N2 at the new one (default N*S^2); "
+                        "repeatable. auto: one rule per self-attention of a diffusion denoiser, N from its config "
+                        "(the default for a diffusers pipeline folder, and for a single file given --config, with "
+                        "--method interp); none: no temperature. Example: --attention '*attn1.to_q=4096'")
+    g.add_argument("--config", metavar="FOLDER",
+                   help="for a single file in the original layout (model.diffusion_model.*): a local diffusers folder of "
+                        "the same architecture (a pipeline folder or its unet/), whose config gives the aligned "
+                        "downsamplers and --attention auto. Example: --config sd15")
     g.add_argument("--plan", metavar="FILE",
                    help="read options from a plan file: TOML (*.toml), JSON (*.json) or ScaleCrafter's 'name:factor' "
                         "settings text (any other name; listed layers get their factor, others keep scale 1). Flags "
@@ -192,6 +203,63 @@ def parse_grid(text: str) -> tuple[str, Any]:
     return name.strip(), grid_layout(dims, f"--grid {text!r}")
 
 
+def parse_attention(text: str) -> Any:
+    """``GLOB=N`` or ``GLOB=N:N2`` → AttentionRule; InvalidOptionError for anything else."""
+    from kernelscale.plan import AttentionRule
+
+    pattern, sep, counts = text.partition("=")
+    parts = counts.split(":")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if not sep or not pattern.strip() or not 1 <= len(values) <= 2:
+        raise InvalidOptionError(f"--attention {text!r}: expected auto, none or GLOB=N[:N2] with token counts, "
+                                 "e.g. '*attn1.to_q=4096'")
+    return AttentionRule(pattern.strip(), values[0], values[1] if len(values) == 2 else None)
+
+
+def _attention_choice(args: argparse.Namespace) -> Optional[str]:
+    """``auto`` or ``none`` when --attention says so, None when it is absent or gives rules."""
+    given = getattr(args, "attention", None) or []
+    words = [a for a in given if a in ("auto", "none")]
+    if words and len(given) > 1:
+        raise InvalidOptionError(f"--attention {words[0]} stands alone; got {', '.join(given)}")
+    return words[0] if words else None
+
+
+def with_diffusion_rules(args: argparse.Namespace, options: Any) -> Any:
+    """``options`` with the rules a diffusion checkpoint gets (the diffusers integration's
+    ``pipeline_options``): by default on a diffusers pipeline folder, and on a single file given
+    --config, with --method interp; with --attention auto on any method. Other checkpoints are
+    returned as they are, without importing diffusers."""
+    from kernelscale.pipeline_layout import pipeline_denoiser
+
+    choice = _attention_choice(args)
+    src = args.input if hasattr(args, "input") else args.path
+    config = getattr(args, "config", None)
+    if options is None:
+        if choice == "auto" or config is not None:
+            raise InvalidOptionError("--attention auto and --config need --scale (or a --plan file that sets scale)")
+        return None
+    default = options.method == "interp" and (pipeline_denoiser(src) is not None or config is not None)
+    if choice != "auto" and not default:
+        if config is not None:
+            raise InvalidOptionError(f"--config: only used for --method interp's defaults and --attention auto; got "
+                                     f"--method {options.method}")
+        return options
+    try:
+        from kernelscale.integrations.diffusers.converter import pipeline_options
+    except ImportError as exc:
+        raise InvalidOptionError(f"{src}: the aligned downsamplers and attention temperature of a diffusion denoiser are "
+                                 f"computed from its config with diffusers ({exc}); pip install 'kernelscale[diffusers]', or "
+                                 "give --method and --attention explicitly") from None
+    if choice == "auto":  # the flag overrides a plan file's rules
+        options = dataclasses.replace(options, attention=())
+    attention = None if choice == "none" or (choice is None and getattr(args, "attention", None)) else "auto"
+    return pipeline_options(src, options, attention=attention, config=config)
+
+
 def options_from_args(args: argparse.Namespace, *, require_scale: bool = True):
     """ResizeOptions from the plan file (if any) overridden by the flags; None when no scale is
     given and ``require_scale`` is False (inspect without planning)."""
@@ -214,6 +282,9 @@ def options_from_args(args: argparse.Namespace, *, require_scale: bool = True):
     for key in ("include", "exclude", "absorb"):
         if getattr(args, key):
             fields[key] = tuple(getattr(args, key))
+    rules = [parse_attention(a) for a in (getattr(args, "attention", None) or []) if a not in ("auto", "none")]
+    if rules:
+        fields["attention"] = tuple(rules)
     if args.grid:
         grids = dict(fields.get("grids") or {})
         grids.update(parse_grid(g) for g in args.grid)
@@ -302,7 +373,7 @@ def _keep_freed_blocks() -> None:
 def run_convert(args: argparse.Namespace) -> int:
     from kernelscale.convert import convert_checkpoint
 
-    options = options_from_args(args)
+    options = with_diffusion_rules(args, options_from_args(args))
     verify = cli_verify.verify_requested(args) and not args.dry_run
     if not args.dry_run:
         _keep_freed_blocks()
@@ -351,7 +422,8 @@ CONVERT_COMMAND = Command(
                 "modified; OUT appears only once it is complete and checked.",
     epilog="examples:\n"
            "  kernelscale convert unet.safetensors unet_x2.safetensors --scale 2\n"
-           "  kernelscale convert sd15/ sd15_x2/ --scale 2 --exclude 'encoder.*' --exclude 'decoder.*'\n"
+           "  kernelscale convert sd15/ sd15_x2/ --scale 2     # a diffusers pipeline: its UNet only\n"
+           "  kernelscale convert model.safetensors model_x2.safetensors --scale 2 --config sd15   # an SD single file\n"
            "  kernelscale convert model.safetensors.index.json out/ --scale 2 --dtype bfloat16\n"
            "  kernelscale convert unet.safetensors redilated.safetensors --scale 2 --geometry-only\n"
            "  kernelscale convert digits.safetensors digits_x2.safetensors --scale 2 --grid fc=32,4,4 --dry-run",
@@ -419,7 +491,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     from kernelscale.plan import describe_entries, shape_text
 
     scan = scan_checkpoint(args.path)
-    options = options_from_args(args, require_scale=False)
+    options = with_diffusion_rules(args, options_from_args(args, require_scale=False))
     plan = plan_checkpoint(args.path, options, dtype=args.dtype, scan=scan) if options is not None else None
     planned = {fp.src: fp for fp in plan.files} if plan is not None else {}
     files_json, lines = [], []

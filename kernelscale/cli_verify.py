@@ -67,10 +67,21 @@ def _value(args: argparse.Namespace, key: str, default: Any) -> Any:
 
 def measure(original: str, converted: str, args: argparse.Namespace) -> VerifyReport:
     """The report of ``verify ORIG CONVERTED`` with the measuring options of ``args``."""
+    import torch
+
     from kernelscale.verify import DEFAULT_BAND, DEFAULT_PROBES, DEFAULT_SEED, verify_checkpoints
 
-    return verify_checkpoints(original, converted, band=_value(args, "band", DEFAULT_BAND),
-                              probes=_value(args, "probes", DEFAULT_PROBES), seed=_value(args, "seed", DEFAULT_SEED))
+    # One torch thread while measuring: a layer's measures are a few dozen products of megabytes,
+    # each slower split over threads that contend for the cores (docs/benchmarks.md, "verify": on
+    # 2 busy cores, 20 layers of a small UNet took 12.0 s on 2 threads, 2.5 s on 1). Process-wide,
+    # so only the command line does it, not kernelscale.verify.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return verify_checkpoints(original, converted, band=_value(args, "band", DEFAULT_BAND),
+                                  probes=_value(args, "probes", DEFAULT_PROBES), seed=_value(args, "seed", DEFAULT_SEED))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def report_json(report: VerifyReport, tol: Optional[float]) -> dict[str, Any]:

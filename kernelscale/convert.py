@@ -147,7 +147,9 @@ def _progress_bar(progress: Optional[bool], total: int):
 
 @dataclass(frozen=True)
 class ConvertSummary:
-    """What a conversion did (or, with ``dry_run``, would do)."""
+    """What a conversion did (or, with ``dry_run``, would do). ``tensors_resized``: new kernels
+    (grids, weight norm's g with its v); ``tensors_rescaled``: query projections multiplied by an
+    attention temperature (values only, shapes kept); ``tensors_dilated``: geometry-only records."""
 
     src: str
     dst: str
@@ -156,6 +158,7 @@ class ConvertSummary:
     device: str
     dtype: str
     tensors_resized: int
+    tensors_rescaled: int
     tensors_dilated: int
     tensors_cast: int
     tensors_copied: int
@@ -186,6 +189,8 @@ class ConvertSummary:
     def describe(self) -> str:
         """The closing one-line summary."""
         parts = [f"{self.tensors_resized} resized"]
+        if self.tensors_rescaled:
+            parts.append(f"{self.tensors_rescaled} rescaled (attention temperature)")
         if self.tensors_dilated:
             parts.append(f"{self.tensors_dilated} re-dilated")
         if self.tensors_cast:
@@ -210,7 +215,7 @@ def summarize(plan: CheckpointPlan, dst: str, device: str, seconds: float, dry_r
                    "bytes_in": fp.bytes_in, "bytes_out": fp.bytes_out} for fp in plan.files)
     return ConvertSummary(
         src=plan.src, dst=dst, layout=plan.layout, dry_run=dry_run, device=device, dtype=plan.dtype,
-        tensors_resized=counts["resize"], tensors_dilated=counts["dilate"], tensors_cast=counts["cast"], tensors_copied=counts["copy"],
+        tensors_resized=counts["resize"], tensors_rescaled=counts["rescale"], tensors_dilated=counts["dilate"], tensors_cast=counts["cast"], tensors_copied=counts["copy"],
         bytes_in=plan.bytes_in, bytes_out=plan.bytes_out, seconds=seconds, files=files,
         copied_files=tuple(x.rel for x in plan.extras if x.data is None),
         rewritten_files=tuple(x.rel for x in plan.extras if x.data is not None),

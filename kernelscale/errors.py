@@ -45,3 +45,16 @@ class NonFiniteResultError(KernelscaleError, OverflowError):
     stored, they would be inf or NaN. Raised by every resize (kernelscale.resize: ``resize_kernel``,
     ``resize_grid_linear``, ``scale_tensor``, ``reparam.rescale_weight_norm_g``) rather than
     returning such a tensor; a tensor that already holds inf or NaN is resized as it is."""
+
+
+class UnsupportedDenoiserError(KernelscaleError, TypeError):
+    """A diffusion pipeline whose denoiser kernelscale cannot supersample (a transformer such as DiT,
+    SD3 or Flux, a video UNet): named by its class in the message."""
+
+
+class UnsupportedPipelineError(KernelscaleError, TypeError):
+    """A pipeline whose denoiser call the sampling-time methods cannot wrap (named in the message)."""
+
+
+class ExecutionUnavailableError(KernelscaleError, NotImplementedError):
+    """An execution mode that this version of kernelscale does not provide yet."""

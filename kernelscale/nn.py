@@ -83,7 +83,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernelscale.errors import GeometryError, InvalidCheckpointError, UnsupportedTensorError
+from kernelscale.errors import GeometryError, InvalidCheckpointError, InvalidOptionError, UnsupportedTensorError
 from kernelscale.geometry import LayerGeometry, Padding, Refit, axes_text, conv_change, pool_change
 from kernelscale.io.checkpoint import read_headers, read_manifest
 from kernelscale.io.discovery import model_files
@@ -551,6 +551,19 @@ def _lazy_spec(name: str, tensor: torch.Tensor, layers: Mapping[str, nn.Module],
     return TensorSpec(name, _spec(name, torch.empty(0, dtype=tensor.dtype)).dtype, shape)
 
 
+def require_module(module: Any, where: str) -> nn.Module:
+    """``module`` if it is a torch ``nn.Module``; else InvalidOptionError naming its type, and for a
+    diffusers pipeline (an object with ``components``) the integration's function that takes it."""
+    if isinstance(module, nn.Module):
+        return module
+    kind = f"{type(module).__module__}.{type(module).__qualname__}"
+    if hasattr(module, "components"):
+        instead = "load_pipeline(path)" if where == "load" else "supersample_pipeline(pipe, scale)"
+        raise InvalidOptionError(f"kernelscale.nn.{where} takes a torch nn.Module, got a {kind}, a pipeline: use "
+                                 f"kernelscale.integrations.diffusers.{instead} (or pass one of its modules, e.g. pipe.unet)")
+    raise InvalidOptionError(f"kernelscale.nn.{where} takes a torch nn.Module, got a {kind}")
+
+
 def plan_module(module: nn.Module, options: ResizeOptions) -> Plan:
     """The plan ``kernelscale convert`` would make for a checkpoint of ``module`` (its state dict).
 
@@ -559,7 +572,7 @@ def plan_module(module: nn.Module, options: ResizeOptions) -> Plan:
     plan would change it (a lazy conv not excluded, a LazyLinear named in ``grids``), refused with
     a GeometryError asking for one forward pass first.
     """
-    state = module.state_dict(keep_vars=True)
+    state = require_module(module, "plan_module").state_dict(keep_vars=True)
     lazy = {n for n, t in state.items() if _is_lazy(t)}
     layers = dict(module.named_modules()) if lazy else {}
     plan = plan_tensors((_lazy_spec(n, t, layers, options) if n in lazy else _spec(n, t) for n, t in state.items()), options)
@@ -611,6 +624,7 @@ def supersample(
     per parameter (Adam's moments, SGD's momentum) keeps the old shapes: make the optimiser after
     ``supersample``, or clear its ``state``. The same holds for :func:`load`.
     """
+    require_module(module, "supersample")
     check_choice("padding", padding, PADDINGS)
     options = resize_options(scale=scale, **plan_options)
     plan = plan_module(module, options)
@@ -702,9 +716,21 @@ def load(
     pools: bool = False,
     padding: str = "exact",
     allow_reflect: bool = False,
+    prefix: Optional[str] = None,
+    names: Optional[Mapping[str, str]] = None,
 ) -> SupersampleReport:
     """Load a checkpoint written by ``kernelscale convert`` into ``module`` (the original
     architecture), reshaping its layers as the manifest records; return the report.
+
+    ``prefix``: the file's tensors for the module are named ``prefix + name`` (e.g.
+    ``"model.diffusion_model."``, a Stable Diffusion single file's denoiser): only those are loaded,
+    with the prefix stripped from them and from the manifest's records; the file's other tensors are
+    ignored. Without it, when the module's tensors are missing and the file's are under
+    ``model.diffusion_model.``, that prefix is taken when it makes the names match; otherwise the
+    error names the prefix to give (or, for original-layout names that a diffusers UNet does not
+    use, ``kernelscale.integrations.diffusers.load_denoiser``). ``names``: the file's name → the
+    module's name of each tensor to load (e.g. a layout conversion's renaming), the records
+    following their tensors; tensors it does not name are ignored. Not with ``prefix``.
 
     ``path``: a .safetensors file, a folder of them, or a ``*.safetensors.index.json`` shard index.
     For each record (DESIGN §5) the layer's kernel size, padding, stride and dilation come from
@@ -723,11 +749,28 @@ def load(
     a resize of it (then: run one forward pass first). Training after loading: see
     :func:`supersample`.
     """
+    require_module(module, "load")
     check_choice("padding", padding, PADDINGS)
     files = model_files(path)
     manifest, where = read_headers(files)
     records = Manifest.from_json(manifest, path).tensors if manifest is not None else {}
     state = module.state_dict(keep_vars=True)
+    if prefix is not None and names is not None:
+        raise InvalidOptionError("give prefix= or names=, not both")
+    if prefix is None and names is None and any(n not in where for n in state):
+        prefix = _found_prefix(path, state, where)
+    if prefix:
+        names = {n: n[len(prefix):] for n in where if n.startswith(prefix)}
+        if not names:
+            raise InvalidCheckpointError(f"{path}: no tensor named {prefix!r}…; prefix= is the start of the module's tensor "
+                                         f"names in the file (e.g. {next(iter(where), '?')!r})")
+    source = {n: n for n in where}  # the module's name -> the file's
+    if names is not None:
+        source = {new: old for old, new in names.items() if old in where}
+        where = {new: where[old] for new, old in source.items()}
+        records = {names[n]: _renamed(r, names) for n, r in records.items() if n in names}
+        if manifest is not None:
+            manifest = {**manifest, "tensors": {names[n]: r for n, r in manifest["tensors"].items() if n in names}}
     missing = [n for n in state if n not in where]
     unexpected = [n for n in where if n not in state]
     if missing:
@@ -801,7 +844,7 @@ def load(
     for file, names in by_file.items():
         with SafetensorsReader(file) as reader:
             for name in names:
-                tensors[name] = reader.read_tensor(name)
+                tensors[name] = reader.read_tensor(source[name])
 
     _apply(pending)
     with torch.no_grad():
@@ -811,6 +854,43 @@ def load(
         module.load_state_dict(tensors, strict=True)
     refresh_weight_norm(p.layer for p in pending)
     return SupersampleReport(_ordered_changes(pending, layers), tuple(skipped), manifest or {})
+
+
+ORIGINAL_DENOISER_PREFIX = "model.diffusion_model."
+"""Where a Stable Diffusion single file (A1111, ComfyUI) keeps its denoiser's tensors."""
+
+
+def _found_prefix(path: Any, state: Mapping[str, Any], where: Mapping[str, Any]) -> Optional[str]:
+    """The prefix to strip from the file's names when the module's names are missing from it:
+    :data:`ORIGINAL_DENOISER_PREFIX` when stripping it makes every module name found; None when no
+    prefix explains the mismatch (the caller reports the missing names). InvalidCheckpointError
+    naming ``prefix=`` when another prefix would, and naming the diffusers loader when the file's
+    denoiser is in the original layout that the module (a diffusers UNet) does not use."""
+    found = {n[len(ORIGINAL_DENOISER_PREFIX):] for n in where if n.startswith(ORIGINAL_DENOISER_PREFIX)}
+    if found and all(n in found for n in state):
+        return ORIGINAL_DENOISER_PREFIX
+    if found:
+        raise InvalidCheckpointError(
+            f"{path}: the module's tensors are missing, and the file holds a Stable Diffusion single file's denoiser under "
+            f"{ORIGINAL_DENOISER_PREFIX!r} in the original (LDM) layout, whose names the module "
+            "does not use even without the prefix; for a diffusers UNet: kernelscale.integrations.diffusers.load_denoiser(path, "
+            f"config=...); for a module in the original layout: prefix={ORIGINAL_DENOISER_PREFIX!r}")
+    first = next(iter(state), None)
+    if first is None:
+        return None
+    candidates = sorted({f[: -len(first)] for f in where if f.endswith("." + first)})
+    for candidate in candidates:
+        if all(candidate + n in where for n in state):
+            raise InvalidCheckpointError(f"{path}: the module's tensors are in the file under the prefix {candidate!r} "
+                                         f"(e.g. {candidate + first!r}): kernelscale.nn.load(module, path, prefix={candidate!r})")
+    return None
+
+
+def _renamed(record: Record, names: Mapping[str, str]) -> Record:
+    """A record whose own tensor reference (weight norm's v) is renamed like the tensors are."""
+    if isinstance(record, RenormRecord) and record.v in names:
+        return replace(record, v=names[record.v])
+    return record
 
 
 def _expected_shape(name: str, shape: tuple[int, ...], record: Record) -> tuple[int, ...]:

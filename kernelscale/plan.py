@@ -19,7 +19,7 @@ import fnmatch
 import math
 import re
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from kernelscale.dtypes import RESIZABLE
 from kernelscale.grid import GridLayout, grid_layout
@@ -131,14 +131,16 @@ class ResizeOptions:
     downstream of them sees the original resolution, so when absorb globs are given only the
     absorbing layers, declared grids and tensors matching an include glob change
     (``absorb_only``, resolved to ``bool(absorb)`` unless set).
-    ``geometry_only``: with ``method="dilate"``, keep the weights and record ``dilation *= s``.
+    ``geometry_only``: re-dilation that keeps the weights and records ``dilation *= s``; it implies
+    ``method="dilate"`` (the default ``method`` is ``"dilate"`` then, ``"interp"`` otherwise), and
+    another method given with it is refused.
     ``fallback``: a method for the conv kernels the chosen one cannot handle (disperse on an even
     or non-square kernel, dilate or disperse at a non-integer scale): such a layer is resized by
     it, and its plan line and record (``fallback``: the method asked for) say so. None: refused.
     """
 
     scale: Scale
-    method: str = "interp"
+    method: Union[str, Method, None] = None
     mode: str = "linear"
     align: str = "taps"
     coef: Optional[Coef] = None
@@ -156,6 +158,12 @@ class ResizeOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", scale_value(self.scale, "scale"))
+        if self.method is None:
+            object.__setattr__(self, "method", "dilate" if self.geometry_only else "interp")
+        named = self.method.method if isinstance(self.method, Method) else self.method
+        if self.geometry_only and named != "dilate":
+            raise InvalidOptionError(f"geometry_only=True is re-dilation, which implies method 'dilate'; got method={named!r}: "
+                                     "leave method out (or give 'dilate'), or drop geometry_only for a resize by that method")
         if isinstance(self.method, Method):
             given = self.method
             for what in ("method", "mode", "disperse"):
@@ -181,8 +189,6 @@ class ResizeOptions:
         object.__setattr__(self, "attention", attention)
         if self.fallback is not None:
             check_choice("fallback", self.fallback, METHODS)
-        if self.geometry_only and self.method != "dilate":
-            raise InvalidOptionError(f"geometry-only surgery is re-dilation: method must be 'dilate', got {self.method!r}")
 
     def to_json(self) -> dict[str, Any]:
         """The options as JSON-able data, for the manifest."""

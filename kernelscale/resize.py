@@ -104,7 +104,7 @@ def resize_conv(
     ``method``: a :class:`~kernelscale.method.Method` or its fields as keywords, as for :func:`resize_kernel`.
 
     - default: the weight via :func:`resize_kernel`; stride kept; padding by :func:`new_padding`.
-    - ``geometry_only`` (``method="dilate"`` only): weights unchanged, ``dilation *= s``; equal to
+    - ``geometry_only`` (implies ``method="dilate"``; another method is refused): weights unchanged, ``dilation *= s``; equal to
       the zero-inserted kernel by construction (T1), at the original kernel's cost.
     - ``absorb``: the layer takes the scale in its stride (stride' = stride·s, k' = k·s, cells
       alignment, p' = s·p), so every layer downstream is untouched.
@@ -118,6 +118,8 @@ def resize_conv(
     if not 1 <= ndim <= 3:
         raise UnsupportedTensorError(f"{name}: a conv weight has 3 to 5 dims, got shape {tuple(x.shape)}")
     scales = axis_scales(scale, ndim, name=name)
+    if geometry_only and method is None:  # geometry-only surgery is re-dilation
+        method = "dilate"
     resize = _method(name, method, mode=mode, align=align, coef=coef, disperse=disperse).for_kernel()
     kernel = tuple(int(k) for k in x.shape[2:])
     stride_t = as_tuple(stride, ndim, "stride", name)
@@ -126,7 +128,8 @@ def resize_conv(
 
     if geometry_only:
         if resize.method != "dilate":
-            raise InvalidOptionError(f"{name}: geometry-only surgery is re-dilation; method must be 'dilate', got {resize.method!r}")
+            raise InvalidOptionError(f"{name}: geometry_only=True is re-dilation, which implies method 'dilate'; got "
+                                     f"{resize.method!r}: leave method out (or give 'dilate')")
         factors = tuple(f if k > 1 else 1 for f, k in zip([integer_factor(s, name, "dilation") for s in scales], kernel))
         geometry = resized_geometry(name, "conv", kernel, kernel, scales, pad, stride_t, dil, redilate=factors)
         return ResizedConv(weight, ConvGeometry(*geometry), None)

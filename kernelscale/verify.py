@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import posixpath
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -164,19 +165,84 @@ class LayerCertificate:
         return data
 
 
-def _response(kernel: torch.Tensor, omegas: Sequence[np.ndarray], dilation: Sequence[int], shift: Sequence[float]) -> torch.Tensor:
-    """H(ω) = Σ_t K[t]·e^{−i ω·(d·t + shift)} on the grid ``omegas`` (one 1-D array per axis).
+# Input channels per block of the structure measure: its responses hold (grid points/2)·C_out·block
+# complex128 values, 545·64·256·16 B = 143 MB for a 2-D layer at the defaults, whatever C_in is.
+_CHANNEL_BLOCK = 256
 
-    kernel ``(C_out, C_in, *k)`` → ``(C_out, C_in, *len(omegas_i))`` complex128; tap offsets t
-    are measured from the kernel centre.
+
+def _phases(omega: np.ndarray, k: int, d: int, shift: float) -> np.ndarray:
+    """e^{−iω·(d·t + shift)}: ``(len(omega), k)``, t the tap offsets from the kernel centre."""
+    t = (np.arange(k) - (k - 1) / 2) * d + shift
+    return np.exp(-1j * np.outer(omega, t))
+
+
+def _responses(kernel: torch.Tensor, omegas: Sequence[np.ndarray], dilation: Sequence[int], shift: Sequence[float],
+               points: Optional[int] = None) -> torch.Tensor:
+    """H(ω) = Σ_t K[t]·e^{−i ω·(d·t + shift)} on the grid ``omegas`` (one 1-D array per axis), at its
+    first ``points`` points (default all) in row-major order.
+
+    kernel ``(C_out, C_in, *k)``, real → ``(points, C_out, C_in)`` complex128; tap offsets t are
+    measured from the kernel centre. One axis at a time, each a matrix product (the first in real
+    arithmetic), the grid axes leading so that no product needs a transposed copy.
     """
-    out = kernel.to(torch.complex128)
+    o, i, *ks = kernel.shape
+    sizes = [len(w) for w in omegas]
+    total = math.prod(sizes)
+    points = total if points is None else points
+    first = -(-points // (total // sizes[0]))  # the rows of the first grid axis that hold them
+    out = kernel.reshape(o * i, *ks).movedim(0, -1)  # (k_1, …, k_d, C_out·C_in)
+    batch = 1
     for axis, (omega, d, sh) in enumerate(zip(omegas, dilation, shift)):
-        k = kernel.shape[2 + axis]
-        t = (np.arange(k) - (k - 1) / 2) * d + sh
-        phase = torch.tensor(np.exp(-1j * np.outer(t, omega)))  # (k, G)
-        out = torch.movedim(torch.tensordot(out, phase, dims=([2 + axis], [0])), -1, 2 + axis)
-    return out
+        phase = _phases(omega[:first] if axis == 0 else omega, ks[axis], d, sh)
+        view = out.reshape(batch, ks[axis], -1)
+        if axis == 0:
+            out = torch.complex(torch.matmul(torch.from_numpy(phase.real.copy()), view),
+                                torch.matmul(torch.from_numpy(phase.imag.copy()), view))
+        else:
+            out = torch.matmul(torch.from_numpy(phase), view)
+        batch *= phase.shape[0]
+    return out.reshape(batch, o, i)[:points]
+
+
+def _power(kernel: torch.Tensor, omegas: Sequence[np.ndarray], dilation: Sequence[int]) -> torch.Tensor:
+    """Σ_{o,i} |H(ω)|² on the grid ``omegas`` → ``(len(omegas[0]), …)`` float64, as the transform of
+    the taps' autocorrelation summed over the channels, R[δ] = Σ_{o,i,t} K[t]·K[t+δ] (|H|² = H·H̄,
+    whose shift phase cancels): no response per channel pair is formed."""
+    o, i, *ks = kernel.shape
+    flat = kernel.reshape(o * i, -1)
+    gram = flat.T @ flat  # (T, T): Σ_{o,i} K[t]·K[t′]
+    taps = np.indices(ks).reshape(len(ks), -1)
+    lags = taps[:, None, :] - taps[:, :, None] + (np.array(ks) - 1)[:, None, None]  # t′ − t, from 0
+    size = [2 * k - 1 for k in ks]
+    index = torch.from_numpy(np.ravel_multi_index(tuple(lags), size).reshape(-1))
+    r = torch.zeros(math.prod(size), dtype=kernel.dtype).index_add_(0, index, gram.reshape(-1)).reshape(size)
+    power = _responses(r[None, None], omegas, dilation, [0.0] * len(omegas))[:, 0, 0].real
+    return power.reshape([len(w) for w in omegas])
+
+
+def _structure_sums(kernel: torch.Tensor, new_kernel: torch.Tensor, low_omegas: Sequence[np.ndarray],
+                    high_omegas: Sequence[np.ndarray], dilation: Sequence[int], shift: Sequence[float],
+                    spectra: np.ndarray) -> tuple[float, float]:
+    """(Σ |Σ_i (H′ − H)·X|², Σ |Σ_i H·X|²) over the probes, the output channels and the grid, for
+    the probe spectra ``spectra (P, C_in, *G)``, H the old kernel's response on ``low_omegas``, H′
+    the new one's on ``high_omegas``. The grids are symmetric and the kernels real, so H(−ω) =
+    conj H(ω): only half the points are computed, and the mirrored point −ω contributes
+    |conj(H)·X|² = |H·conj(X)|², as more probe columns of the same product."""
+    probes, i = spectra.shape[:2]
+    points = spectra[0, 0].size
+    half = points // 2 + 1  # the grid is odd-sized: its middle point is ω = 0
+    x = np.moveaxis(spectra, (0, 1), (-1, -2)).reshape(points, i, probes)  # (G, C_in, P)
+    mirrored = np.conj(x[::-1][:half])
+    mirrored[half - 1] = 0  # ω = 0 is its own mirror: counted once
+    x = torch.from_numpy(np.ascontiguousarray(np.concatenate([x[:half], mirrored], axis=-1)))
+    y_low = y_high = torch.zeros((), dtype=torch.complex128)
+    for start in range(0, i, _CHANNEL_BLOCK):
+        block = slice(start, start + _CHANNEL_BLOCK)
+        low = _responses(kernel[:, block], low_omegas, [1] * len(low_omegas), [0.0] * len(low_omegas), half)
+        high = _responses(new_kernel[:, block], high_omegas, dilation, shift, half)
+        y_low = y_low + torch.matmul(low, x[:, block])
+        y_high = y_high + torch.matmul(high, x[:, block])
+    return float(torch.view_as_real(y_high - y_low).pow(2).sum()), float(torch.view_as_real(y_low).pow(2).sum())
 
 
 @np.errstate(all="ignore")  # non-finite weights give NaN measures, reported as such: no warnings
@@ -215,27 +281,20 @@ def certify_conv(
     kernel, new_kernel = kernel.double(), new_kernel.double()
 
     nu = np.linspace(-band, band, 2 * grid + 1)  # low-res cycles per pixel
-    low = _response(kernel, [2 * np.pi * nu] * ndim, [1] * ndim, [0.0] * ndim)
-    high = _response(new_kernel, [2 * np.pi * nu / s for s in scales], dilation, shift)
-    shape = (kernel.shape[1],) + low.shape[2:]
-    total_err = total_ref = 0.0
-    for _ in range(probes):
-        spectrum = torch.tensor(rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
-        total_err += (torch.einsum("oi...,i...->o...", high - low, spectrum).abs() ** 2).sum().item()
-        total_ref += (torch.einsum("oi...,i...->o...", low, spectrum).abs() ** 2).sum().item()
+    shape = (kernel.shape[1],) + (nu.size,) * ndim
+    spectra = np.stack([rng.standard_normal(shape) + 1j * rng.standard_normal(shape) for _ in range(probes)])
+    total_err, total_ref = _structure_sums(kernel, new_kernel, [2 * np.pi * nu] * ndim,
+                                           [2 * np.pi * nu / s for s in scales], dilation, shift, spectra)
     structure = _ratio(total_err, total_ref)
 
     full = np.linspace(-0.5, 0.5, 4 * grid + 1)
-    reference = _response(kernel, [2 * np.pi * full] * ndim, [1] * ndim, [0.0] * ndim)
-    hi_omega = [2 * np.pi * full for _ in scales]  # every high-res frequency
-    new_full = _response(new_kernel, hi_omega, dilation, shift)
+    power_ref = _power(kernel, [2 * np.pi * full] * ndim, [1] * ndim).numpy()
+    power_new = _power(new_kernel, [2 * np.pi * full] * ndim, dilation).numpy()  # every high-res frequency
     above = np.zeros([full.size] * ndim, dtype=bool)
     for axis, s in enumerate(scales):
         index = [None] * ndim
         index[axis] = slice(None)
         above |= (np.abs(full) > 0.5 / s)[tuple(index)]
-    power_new = (new_full.abs() ** 2).sum(dim=(0, 1)).numpy()
-    power_ref = (reference.abs() ** 2).sum(dim=(0, 1)).numpy()
     alias = _ratio(float(power_new[above].mean()), float(power_ref.mean())) if above.any() else 0.0
 
     dc_old = kernel.sum(dim=tuple(range(2, 2 + ndim)))
@@ -477,6 +536,14 @@ def _pair_units(original: Any, o_scan: Any, converted: Any, c_scan: Any) -> list
         return [(o_scan.units[0], c_scan.units[0])]
     o_units = {_unit_key(u): u for u in o_scan.units}
     c_units = {_unit_key(u): u for u in c_scan.units}
+    # a model renamed in its folder (a diffusion pipeline's denoiser: kernelscale_model.safetensors) pairs
+    # with the folder's one model on the other side
+    for key in [k for k in c_units if k not in o_units]:
+        folder = posixpath.dirname(key)
+        o_here = [k for k in o_units if posixpath.dirname(k) == folder]
+        c_here = [k for k in c_units if posixpath.dirname(k) == folder]
+        if len(o_here) == 1 and len(c_here) == 1 and o_here[0] not in c_units:
+            c_units[o_here[0]] = c_units.pop(key)
     for units, other, arg, other_arg in ((c_units, o_units, converted, original), (o_units, c_units, original, converted)):
         lone = [k for k in units if k not in other]
         if lone:
@@ -620,7 +687,10 @@ def _plan_jobs(original: Any, converted: Any) -> tuple[list[_Job], list[tuple[st
     def shown(src: Any, side: str) -> str:
         return _shown(original, o_scan, src.rel) if side == "ORIG" else _shown(converted, c_scan, src.rel)
 
+    pipeline = c_scan.layout == "folder" and os.path.isfile(os.path.join(c_scan.src, "model_index.json"))
     for o_unit, c_unit in _pair_units(original, o_scan, converted, c_scan):
+        if pipeline and not any(MANIFEST_KEY in src.metadata for src in c_unit.files):
+            continue  # a pipeline component convert copied byte for byte (only the denoiser is resized)
         o_tensors = {t.name: (src, t) for src in o_unit.files for t in src.tensors}
         c_unit_tensors = {t.name: (src, t) for src in c_unit.files for t in src.tensors}  # g may sit in another shard
         o_model = _shown(original, o_scan, _unit_key(o_unit))

@@ -288,7 +288,7 @@ BAD_INPUTS = {
     "bad method": (None, ["--method", "magic"], "invalid choice: 'magic'"),
     "unknown flag": (None, ["--frobnicate"], "unrecognized arguments: --frobnicate"),
     "missing plan file": (None, ["--plan", "/nonexistent/plan.toml"], "cannot read"),
-    "geometry-only with interp": (None, ["--geometry-only", "--method", "interp"], "must be 'dilate'"),
+    "geometry-only with interp": (None, ["--geometry-only", "--method", "interp"], "implies method 'dilate'"),
     "output exists": (None, ["@exists"], "exists; add --force"),
     "output is the input": (None, ["@same", "--force"], "is the input itself"),
     "output folder missing": (None, ["@nofolder"], "does not exist"),
@@ -404,26 +404,35 @@ def unet_folder(tmp_path_factory) -> Path:
     return root
 
 
-def test_diffusers_folder_every_conv_resized_and_told_how_to_load(unet_folder: Path, tmp_path: Path, capsys) -> None:
+def test_diffusers_folder_denoiser_resized_aligned_and_written_for_load_pipeline(unet_folder: Path, tmp_path: Path,
+                                                                                  capsys) -> None:
     out = tmp_path / "x2"
     code, stdout, stderr = call(capsys, "convert", unet_folder, out, "--scale", "2", "--json")
     assert code == 0
-    assert (out / "unet" / "config.json").read_bytes() == (unet_folder / "unet" / "config.json").read_bytes()
     assert (out / "model_index.json").read_bytes() == (unet_folder / "model_index.json").read_bytes()
+    assert sorted(p.name for p in (out / "unet").iterdir()) == ["config.json", "kernelscale_model.safetensors"]
+    original = json.loads((unet_folder / "unet" / "config.json").read_text())
+    config = json.loads((out / "unet" / "config.json").read_text())
+    assert config.pop("_kernelscale") == {"format_version": 1, "weights": "kernelscale_model.safetensors", "scale": 2.0,
+                                          "trained_sample_size": 16, "padding": "asymmetric"}
+    assert config == {**original, "sample_size": 32}
     _, before = read_header(unet_folder / "unet" / "diffusion_pytorch_model.safetensors")
-    _, after = read_header(out / "unet" / "diffusion_pytorch_model.safetensors")
+    _, after = read_header(out / "unet" / "kernelscale_model.safetensors")
     convs = [n for n, t in before.items() if len(t.shape) == 4 and t.shape[2:] != (1, 1)]
     assert len(convs) >= 15
-    for name in convs:
-        assert after[name].shape == before[name].shape[:2] + (7, 7), name
+    for name in convs:  # the strided downsampler aligned by default: cells, 3×3 → 6×6
+        side = 6 if ".downsamplers." in name else 7
+        assert after[name].shape == before[name].shape[:2] + (side, side), name
     for name in set(before) - set(convs):
         assert after[name].shape == before[name].shape, name
-    note = [line for line in stderr.splitlines() if line.startswith("kernelscale: note: unet:")]
-    assert len(note) == 1 and "UNet2DConditionModel" in note[0] and "size mismatch" in note[0]
-    assert f"kernelscale.nn.load(model, '{out / 'unet' / 'diffusion_pytorch_model.safetensors'}')" in note[0]
+    note = [line for line in stderr.splitlines() if line.startswith("kernelscale: note: unet/:")]
+    assert len(note) == 1 and f"kernelscale.integrations.diffusers.load_pipeline('{out}')" in note[0]
     summary = json.loads(stdout)
-    assert summary["loading"][0]["class"] == "UNet2DConditionModel" and summary["loading"][0]["stock_loadable"] is False
-    assert summary["notes"] and summary["layout"] == "folder" and sorted(summary["copied_files"]) == ["model_index.json", "unet/config.json"]
+    self_attention = [n for n in before if n.endswith("attn1.to_q.weight")]
+    assert len(self_attention) == 4 and summary["tensors_rescaled"] == 4  # the attention temperature, counted apart
+    assert summary["tensors_resized"] == len(convs)
+    assert summary["loading"][0]["stock_loadable"] is False and "load_pipeline" in summary["loading"][0]["load"]
+    assert summary["copied_files"] == ["model_index.json"] and summary["rewritten_files"] == ["unet/config.json"]
 
 
 def test_diffusers_loads_resized_conv_in_and_conv_out_as_they_are(unet_folder: Path, tmp_path: Path, capsys) -> None:

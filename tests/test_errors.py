@@ -82,8 +82,9 @@ def test_wrong_rank():
 
 
 def test_geometry_only_needs_dilate():
-    with pytest.raises(ValueError, match="dilate"):
-        resize_conv(torch.randn(2, 2, 3, 3), 2, geometry_only=True)
+    with pytest.raises(ValueError, match="implies method 'dilate'; got 'interp'"):
+        resize_conv(torch.randn(2, 2, 3, 3), 2, geometry_only=True, method="interp")
+    assert resize_conv(torch.randn(2, 2, 3, 3), 2, geometry_only=True).geometry.dilation == (2, 2)  # implied
 
 
 def test_globs_that_match_nothing():
@@ -91,3 +92,14 @@ def test_globs_that_match_nothing():
         resize_state_dict({"c.weight": torch.randn(2, 2, 3, 3)}, 2, include=["decoder.*"])
     with pytest.raises(ValueError, match="--absorb 'patch'"):
         resize_state_dict({"c.weight": torch.randn(2, 2, 3, 3)}, 2, absorb=["patch"])
+
+
+def test_diffusion_errors_live_in_the_hierarchy_and_the_integration_raises_the_same_classes():
+    from kernelscale import errors
+
+    diffusers_api = pytest.importorskip("kernelscale.integrations.diffusers")
+    for name, base in (("UnsupportedDenoiserError", TypeError), ("UnsupportedPipelineError", TypeError),
+                       ("ExecutionUnavailableError", NotImplementedError)):
+        cls = getattr(errors, name)
+        assert issubclass(cls, KernelscaleError) and issubclass(cls, base)
+        assert getattr(diffusers_api, name) is cls

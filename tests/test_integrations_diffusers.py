@@ -240,8 +240,8 @@ def test_converted_folder_loads_and_matches_supersample(tmp_path):
 
 
 def test_converted_folder_with_a_resized_vae_is_refused_with_the_fix(tmp_path):
-    out = converted_folder(tmp_path)
-    with pytest.raises(InvalidCheckpointError, match=r"vae .*resized too.*--exclude 'encoder\.\*' --exclude 'decoder\.\*'"):
+    out = converted_folder(tmp_path, include=("*",))  # an explicit include resizes every component's convs
+    with pytest.raises(InvalidCheckpointError, match=r"vae .*resized too.*without --include.*kernelscale convert ORIGINAL OUT --scale 2\.0"):
         load_pipeline(out)
 
 
@@ -340,8 +340,8 @@ def test_converted_single_file_loads_and_matches_supersample(tmp_path):
 def test_single_file_refusals_name_the_fix(tmp_path):
     pipe = P.sd_pipeline(tmp_path)
     pipe.save_pretrained(tmp_path / "orig")
-    path = single_file(tmp_path, pipe)  # the converter's default resizes the VAE's convs too
-    with pytest.raises(InvalidCheckpointError, match=r"VAE or text encoder was resized too.*--include 'model\.diffusion_model\.\*'"):
+    path = single_file(tmp_path, pipe, include=("*",))  # an explicit include resizes the VAE's convs too
+    with pytest.raises(InvalidCheckpointError, match=r"VAE or text encoder was resized too.*without --include.*--config FOLDER"):
         load_pipeline(path, config=tmp_path / "orig")
     with pytest.raises(InvalidOptionError, match="config= a local diffusers"):
         load_denoiser(path)

@@ -20,6 +20,7 @@ from torch import nn
 
 from kernelscale import resize_conv
 from kernelscale.errors import GeometryError, InvalidCheckpointError, InvalidOptionError
+import kernelscale.nn as knn
 from kernelscale.nn import LayerChange, SupersampleReport, load, plan_module, read_manifest, supersample
 from kernelscale.manifest import FORMAT_VERSION
 from kernelscale.plan import ResizeOptions
@@ -788,3 +789,68 @@ def test_a_conv_whose_weight_the_state_dict_hides_is_refused():
     assert_refused(model, r"^1: its weight is held by spectral norm")
     supersample(model, 2, exclude=["1"])
     assert model[0].kernel_size == (7, 7) and model[1].kernel_size == (3, 3)
+
+
+def _prefixed_checkpoint(tmp_path, prefix, extra=None):
+    """A two-conv net converted at ×2 (taps: 3×3 → 7×7), its tensors under ``prefix`` beside ``extra``."""
+    from safetensors.torch import save_file
+
+    from kernelscale.convert import convert_checkpoint
+    from kernelscale.plan import ResizeOptions
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.Conv2d(3, 2, 3, padding=1))
+    state = {prefix + k: v.detach().clone() for k, v in net.state_dict().items()}
+    state.update(extra or {})
+    save_file(state, str(tmp_path / "in.safetensors"))
+    convert_checkpoint(tmp_path / "in.safetensors", tmp_path / "out.safetensors",
+                       ResizeOptions(scale=2, include=(prefix + "*",)), progress=False, force=True)
+    return net, tmp_path / "out.safetensors"
+
+
+def test_load_strips_a_prefix_and_finds_the_single_file_one(tmp_path):
+    from kernelscale.errors import InvalidCheckpointError
+
+    def fresh():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.Conv2d(3, 2, 3, padding=1))
+
+    reference, _ = _prefixed_checkpoint(tmp_path, "")
+    knn.supersample(reference, 2)
+    # a Stable Diffusion single file's denoiser prefix, beside a VAE's tensors: found and stripped
+    _, path = _prefixed_checkpoint(tmp_path, "model.diffusion_model.", {"first_stage_model.w": torch.zeros(3)})
+    net = fresh()
+    report = knn.load(net, path)
+    assert net[0].kernel_size == (7, 7) and net[0].padding == (3, 3)
+    from safetensors.torch import load_file
+
+    stored = load_file(str(path))
+    assert all(torch.equal(t, stored["model.diffusion_model." + n]) for n, t in net.state_dict().items())  # as stored
+    assert all(a.shape == b.shape for a, b in zip(net.state_dict().values(), reference.state_dict().values()))
+    assert sorted(report.manifest["tensors"]) == ["0.weight", "1.weight"]  # the records' names without the prefix
+    # another prefix: named in the error, then given
+    _, path = _prefixed_checkpoint(tmp_path, "net.")
+    with pytest.raises(InvalidCheckpointError, match=r"under the prefix 'net\.'.*prefix='net\.'"):
+        knn.load(fresh(), path)
+    net = fresh()
+    knn.load(net, path, prefix="net.")
+    stored = load_file(str(path))
+    assert all(torch.equal(t, stored["net." + n]) for n, t in net.state_dict().items()) and net[1].padding == (3, 3)
+    with pytest.raises(InvalidCheckpointError, match="no tensor named 'other.'"):
+        knn.load(fresh(), path, prefix="other.")
+
+
+@pytest.mark.parametrize("call", ["supersample", "load", "plan_module"])
+def test_not_a_module_is_refused_naming_its_type_and_for_a_pipeline_the_integration(call, tmp_path):
+    from kernelscale.errors import InvalidOptionError
+    from kernelscale.plan import ResizeOptions
+
+    class FakePipeline:  # what diffusers pipelines have and modules do not
+        components = {"unet": None}
+
+    args = {"supersample": (2,), "load": (tmp_path / "x.safetensors",), "plan_module": (ResizeOptions(scale=2),)}[call]
+    with pytest.raises(InvalidOptionError, match=f"kernelscale.nn.{call} takes a torch nn.Module, got a builtins.dict$"):
+        getattr(knn, call)({"weight": torch.zeros(1)}, *args)
+    instead = "load_pipeline" if call == "load" else "supersample_pipeline"
+    with pytest.raises(InvalidOptionError, match=f"FakePipeline, a pipeline: use kernelscale.integrations.diffusers.{instead}"):
+        getattr(knn, call)(FakePipeline(), *args)

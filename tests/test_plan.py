@@ -252,3 +252,26 @@ def test_spectral_normed_conv_is_refused_not_half_converted(form):
     assert plan["1.weight"].action == "resize"
     linear = [n for n in state if n.startswith("2.") and n != "2.bias"]
     assert all(plan[n].action == "copy" and plan[n].reason.startswith("spectral norm of 2: 2-D") for n in linear)
+
+
+def test_geometry_only_implies_dilate_and_refuses_another_method():
+    import torch
+
+    import kernelscale.nn as knn
+    from kernelscale import resize_conv
+    from kernelscale.errors import InvalidOptionError
+    from kernelscale.method import Method
+    from kernelscale.plan import ResizeOptions
+
+    assert ResizeOptions(scale=2, geometry_only=True).method == "dilate"
+    assert ResizeOptions(scale=2).method == "interp"
+    for method in ("interp", "pinv", Method("interp")):
+        with pytest.raises(InvalidOptionError, match="geometry_only=True is re-dilation, which implies method 'dilate'; got method='(interp|pinv)'"):
+            ResizeOptions(scale=2, geometry_only=True, method=method)
+    conv = torch.nn.Conv2d(2, 3, 3, padding=1)
+    weight = conv.weight.detach().clone()
+    knn.supersample(conv, 2, geometry_only=True)  # as the CLI's --geometry-only: no method needed
+    assert conv.dilation == (2, 2) and conv.padding == (2, 2) and torch.equal(conv.weight, weight)
+    assert resize_conv(weight, 2, padding=1, geometry_only=True).geometry.dilation == (2, 2)
+    with pytest.raises(InvalidOptionError, match="implies method 'dilate'; got 'interp'"):
+        resize_conv(weight, 2, padding=1, geometry_only=True, method="interp")

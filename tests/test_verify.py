@@ -429,3 +429,65 @@ def test_probes_have_an_upper_bound():
     assert check_probes(MAX_PROBES) == MAX_PROBES
     with pytest.raises(InvalidOptionError, match=re.escape(f"probes must be at most {MAX_PROBES}, got 100000000")):
         check_probes(100_000_000)
+
+
+def _direct_measures(kernel, new_kernel, scales, dilation, shift, band=0.25, probes=4, grid=16, seed=0):
+    """Structure error and alias gain straight from their definitions: every channel pair's
+    response on the whole grid, each probe contracted on its own (what verify computed before it
+    used the autocorrelation, the conjugate symmetry and the blocked product)."""
+    ndim = kernel.ndim - 2
+    rng = np.random.default_rng(seed)
+    kernel, new_kernel = kernel.double(), new_kernel.double()
+
+    def response(k, omegas, dil, sh):
+        out = k.to(torch.complex128)
+        for axis, (omega, d, s) in enumerate(zip(omegas, dil, sh)):
+            t = (np.arange(k.shape[2 + axis]) - (k.shape[2 + axis] - 1) / 2) * d + s
+            phase = torch.tensor(np.exp(-1j * np.outer(t, omega)))
+            out = torch.movedim(torch.tensordot(out, phase, dims=([2 + axis], [0])), -1, 2 + axis)
+        return out
+
+    nu = np.linspace(-band, band, 2 * grid + 1)
+    low = response(kernel, [2 * np.pi * nu] * ndim, [1] * ndim, [0.0] * ndim)
+    high = response(new_kernel, [2 * np.pi * nu / s for s in scales], dilation, shift)
+    err = ref = 0.0
+    for _ in range(probes):
+        shape = (kernel.shape[1],) + low.shape[2:]
+        x = torch.tensor(rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
+        err += (torch.einsum("oi...,i...->o...", high - low, x).abs() ** 2).sum().item()
+        ref += (torch.einsum("oi...,i...->o...", low, x).abs() ** 2).sum().item()
+    full = np.linspace(-0.5, 0.5, 4 * grid + 1)
+    power_ref = (response(kernel, [2 * np.pi * full] * ndim, [1] * ndim, [0.0] * ndim).abs() ** 2).sum(dim=(0, 1)).numpy()
+    power_new = (response(new_kernel, [2 * np.pi * full] * ndim, dilation, shift).abs() ** 2).sum(dim=(0, 1)).numpy()
+    above = np.zeros([full.size] * ndim, dtype=bool)
+    for axis, s in enumerate(scales):
+        index = [None] * ndim
+        index[axis] = slice(None)
+        above |= (np.abs(full) > 0.5 / s)[tuple(index)]
+    return math.sqrt(err / ref), math.sqrt(power_new[above].mean() / power_ref.mean())
+
+
+@pytest.mark.parametrize("shape, scale, options, dilation, shift", [
+    ((5, 7, 3, 3), 2, {}, None, None),
+    ((4, 3, 5), 3, {}, None, None),  # 1-D
+    ((3, 2, 3, 3, 3), 2, {}, None, None),  # 3-D
+    ((6, 5, 3, 3), 2, {"align": "cells"}, None, [0.5, -0.5]),  # an even kernel padded off centre
+    ((6, 5, 3, 3), 2, {"method": "pinv"}, None, [0.5, 0.5]),
+    ((4, 4, 5, 5), 1.5, {}, None, None),  # a fractional scale
+    ((4, 4, 3, 3), 2, None, [2, 2], None),  # geometry-only: the same weights, dilated
+])
+def test_measures_equal_their_direct_definition(monkeypatch, shape, scale, options, dilation, shift):
+    import kernelscale.verify as verify
+
+    monkeypatch.setattr(verify, "_CHANNEL_BLOCK", 2)  # several input-channel blocks, as a wide layer has
+    torch.manual_seed(3)
+    kernel = torch.randn(*shape)
+    ndim = kernel.ndim - 2
+    new = kernel if options is None else resize_kernel(kernel, scale, **options)
+    dilation = dilation or [1] * ndim
+    shift = shift or [0.0] * ndim
+    cert = certify_conv("c", kernel, new, [scale] * ndim, dilation=dilation, shift=shift, probes=3, seed=7)
+    structure, alias = _direct_measures(kernel, new, [scale] * ndim, dilation, shift, probes=3, seed=7)
+    # the same sums in another order: float64 rounding, a few ulps per term
+    assert cert.structure_error == pytest.approx(structure, rel=1e-12)
+    assert cert.alias_gain == pytest.approx(alias, rel=1e-12)

@@ -357,7 +357,7 @@ def test_convert_with_an_output_dtype_and_v_in_another_shard(tmp_path, capsys):
     plan = plan_checkpoint(index, ResizeOptions(scale=2), dtype="float16")
     v_bytes = sum(math.prod(e.new_shape) * 2 for fp in plan.files for e in fp.entries if e.name in v_names)
     assert plan.bytes_resized == 2 * v_bytes  # each v' is computed twice: written, and for its g's norms
-    assert plan.counts() == {"resize": 6, "dilate": 0, "cast": 3, "copy": 0}  # g counts as resized; the biases are cast
+    assert plan.counts() == {"resize": 6, "rescale": 0, "dilate": 0, "cast": 3, "copy": 0}  # g counts as resized; the biases are cast
     assert main(["convert", str(index), str(tmp_path / "out"), "--scale", "2", "--dtype", "float16"]) == 0
     capsys.readouterr()
     out = {}

@@ -124,7 +124,13 @@ def model_files(src: PathLike) -> list[Path]:
     """The safetensors files of the one model at ``src``, found as :func:`scan_checkpoint` finds
     them: a file, the shards of an index, or a folder holding one model (a diffusers component
     folder such as ``unet/``, its subfolders included). InvalidCheckpointError when the folder holds
-    several models (a whole pipeline), naming them."""
+    several models, naming them, and for a diffusers pipeline folder (``model_index.json``), naming
+    the loader that builds the pipeline."""
+    path = os.path.abspath(os.fspath(src))
+    if os.path.isfile(os.path.join(path, "model_index.json")):
+        raise InvalidCheckpointError(
+            f"{path}: a diffusers pipeline folder: use kernelscale.integrations.diffusers.load_pipeline(path) "
+            "(or load one component from its folder, e.g. unet/)")
     scan = scan_checkpoint(src)
     if len(scan.units) > 1:
         raise InvalidCheckpointError(

@@ -36,8 +36,13 @@ from torch import nn
 import kernelscale.nn as knn
 from kernelscale.io.checkpoint import MANIFEST_KEY, read_headers
 from kernelscale.io.discovery import model_files
-from kernelscale.errors import InvalidCheckpointError, InvalidOptionError, KernelscaleError
+from kernelscale.errors import (
+    ExecutionUnavailableError, InvalidCheckpointError, InvalidOptionError, UnsupportedDenoiserError,
+)
 from kernelscale.manifest import ConvRecord, as_record
+from kernelscale.pipeline_layout import (
+    CONFIG_KEY, DENOISERS, WEIGHTS_NAME, check_class, config_record, denoiser_config_text, scaled_sample_size,
+)
 from kernelscale.plan import AttentionRule, LayerRule
 
 __all__ = [
@@ -45,34 +50,9 @@ __all__ = [
     "UnsupportedDenoiserError", "attention_rules", "convert_rules", "load_denoiser", "save_denoiser", "supersample_denoiser",
 ]
 
-DENOISERS = ("UNet2DConditionModel", "UNet2DModel")
-"""The denoiser classes kernelscale supersamples."""
-
 EXECUTIONS = ("materialised", "factored")
 
-WEIGHTS_NAME = "kernelscale_model.safetensors"
-"""The denoiser's weights file in a saved or converted pipeline folder (sharded:
-``kernelscale_model.safetensors.index.json`` and its shards). Stock diffusers looks for
-``diffusion_pytorch_model.*`` and fails loudly on a folder that has none, instead of loading kernels
-it would run at the wrong geometry."""
-
-CONFIG_KEY = "_kernelscale"
-"""The denoiser config.json key recording the surgery: ``{"format_version": 1, "weights":
-WEIGHTS_NAME, "scale": s, "trained_sample_size": n, "padding": "asymmetric"}``. Private keys
-(leading underscore) are ignored by diffusers' ``from_config``."""
-
 ALIGNED_DOWNSAMPLERS = LayerRule("*downsamplers*", align="cells")
-
-_TRANSFORMER_HINT = ("its patch embedding and positional embeddings, not conv kernels, carry the resolution; "
-                     "kernelscale supersamples UNet denoisers (" + ", ".join(DENOISERS) + ")")
-
-
-class UnsupportedDenoiserError(KernelscaleError, TypeError):
-    """A pipeline whose denoiser kernelscale cannot supersample (a transformer, a video UNet)."""
-
-
-class ExecutionUnavailableError(KernelscaleError, NotImplementedError):
-    """An execution mode that this version of kernelscale does not provide yet."""
 
 
 @dataclass(frozen=True)
@@ -102,46 +82,15 @@ class DenoiserReport:
         return "\n".join(lines)
 
 
-def check_class(name: str, where: str = "the denoiser") -> str:
-    """``name`` if kernelscale handles that denoiser class; else UnsupportedDenoiserError naming it."""
-    if name in DENOISERS:
-        return name
-    if "Transformer" in name or "DiT" in name:
-        raise UnsupportedDenoiserError(f"{where} is a {name}, a transformer: {_TRANSFORMER_HINT}")
-    raise UnsupportedDenoiserError(f"{where} is a {name}: kernelscale supersamples {', '.join(DENOISERS)} only")
-
-
 def check_denoiser(model: Any, where: str = "the denoiser") -> str:
     """The class name of ``model`` if kernelscale handles it; else UnsupportedDenoiserError."""
     return check_class(type(model).__name__, where)
-
-
-def _scale_tuple(scale: Any) -> tuple[float, float]:
-    if isinstance(scale, (list, tuple)):
-        if len(scale) != 2:
-            raise InvalidOptionError(f"scale: a 2-D denoiser takes one number or two (height, width), got {scale!r}")
-        return float(scale[0]), float(scale[1])
-    return float(scale), float(scale)
 
 
 def _size_pair(sample_size: Any) -> tuple[int, int]:
     if isinstance(sample_size, (list, tuple)):
         return int(sample_size[0]), int(sample_size[1])
     return int(sample_size), int(sample_size)
-
-
-def scaled_sample_size(sample_size: Any, scale: Any) -> Any:
-    """``sample_size`` (an int or ``[h, w]``) times ``scale``; refuses a non-integer result."""
-    sh, sw = _scale_tuple(scale)
-    h, w = _size_pair(sample_size)
-    new = (h * sh, w * sw)
-    if any(abs(v - round(v)) > 1e-9 for v in new):
-        raise InvalidOptionError(f"scale {scale!r}: sample_size {sample_size!r} × scale = {new}, not whole latent cells; "
-                                 "pick a scale that gives an integer size")
-    new = (int(round(new[0])), int(round(new[1])))
-    if isinstance(sample_size, (list, tuple)) or new[0] != new[1]:
-        return list(new)
-    return new[0]
 
 
 def _levels(model: nn.Module) -> dict[str, int]:
@@ -262,9 +211,7 @@ CONFIG_ATTR = "_kernelscale"
 def mark(model: nn.Module, manifest: Mapping[str, Any], trained_sample_size: Any) -> None:
     """Record the surgery on ``model`` and make its ``save_pretrained`` write :func:`save_denoiser`'s
     layout (so that ``pipe.save_pretrained`` saves the denoiser with its manifest)."""
-    scale = manifest["options"]["scale"]
-    setattr(model, CONFIG_ATTR, {"format_version": 1, "weights": WEIGHTS_NAME, "scale": scale,
-                                 "trained_sample_size": trained_sample_size, "padding": "asymmetric"})
+    setattr(model, CONFIG_ATTR, config_record(manifest["options"]["scale"], trained_sample_size))
     model._kernelscale_manifest = dict(manifest)
     model.save_pretrained = types.MethodType(_save_pretrained, model)  # a bound method: deepcopy rebinds it
 
@@ -298,8 +245,7 @@ def save_denoiser(model: nn.Module, folder: Union[str, os.PathLike]) -> Path:
     model.save_config(folder)
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    config[CONFIG_KEY] = record
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    config_path.write_text(denoiser_config_text(config, record), encoding="utf-8")
     manifest = json.dumps(model._kernelscale_manifest, sort_keys=True, separators=(",", ":"))
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     path = folder / WEIGHTS_NAME
@@ -395,16 +341,17 @@ def _load_folder(folder: Path) -> nn.Module:
 
 
 def build_and_load(class_name: str, config: Mapping[str, Any], weights: Path, manifest: Mapping[str, Any],
-                   trained_sample_size: Any = None) -> nn.Module:
-    """Build ``class_name`` at the trained size from ``config``, load ``weights`` with nn.load,
-    scale ``sample_size``, mark it (its save_pretrained then keeps the manifest)."""
+                   trained_sample_size: Any = None, names: Optional[Mapping[str, str]] = None) -> nn.Module:
+    """Build ``class_name`` at the trained size from ``config``, load ``weights`` with nn.load
+    (``names``: the file's name → the module's, for a file in another layout; ``manifest`` then in
+    the module's names), scale ``sample_size``, mark it (its save_pretrained then keeps the manifest)."""
     config = dict(config)
     record = config.get(CONFIG_KEY) or {}
     trained = trained_sample_size if trained_sample_size is not None else record.get("trained_sample_size", config.get("sample_size"))
     config["sample_size"] = trained
     _undo_stock_kernel_keys(config, manifest["tensors"])
     model = build_denoiser(class_name, config)
-    report = knn.load(model, weights, padding="asymmetric")
+    report = knn.load(model, weights, padding="asymmetric", names=names)
     _set_sample_size(model, scaled_sample_size(trained, manifest["options"]["scale"]))
     mark(model, report.manifest, trained)
     return model

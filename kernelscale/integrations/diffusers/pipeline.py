@@ -104,8 +104,8 @@ def _refuse_resized_components(folder: Path, index: dict[str, Any], denoiser: st
         raise InvalidCheckpointError(
             f"{folder / name}: the {name} ({spec[1] if isinstance(spec, list) else spec}) was resized too ({len(tensors)} "
             f"tensor(s), e.g. {tensors[0]}); a diffusion pipeline resizes only its denoiser (the VAE maps latent cells to "
-            f"pixels at a fixed ratio, the text encoder sees tokens). Convert the original folder again with the VAE left "
-            f"alone: kernelscale convert ORIGINAL OUT --scale {scale} --exclude 'encoder.*' --exclude 'decoder.*'")
+            f"pixels at a fixed ratio, the text encoder sees tokens). Convert the original folder again without --include, "
+            f"which resizes the denoiser only: kernelscale convert ORIGINAL OUT --scale {scale}")
 
 
 def load_pipeline(

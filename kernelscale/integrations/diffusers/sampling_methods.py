@@ -39,7 +39,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from kernelscale.errors import InvalidOptionError, KernelscaleError
+from kernelscale.errors import InvalidOptionError, UnsupportedPipelineError
 from kernelscale.sampling import (
     alpha_bar_at,
     annealed_factor,
@@ -61,10 +61,6 @@ VP_SCHEDULERS = (
     "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler",
     "KDPM2DiscreteScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler",
 )
-
-
-class UnsupportedPipelineError(KernelscaleError, TypeError):
-    """A pipeline whose denoiser call these methods cannot wrap (named in the message)."""
 
 
 @dataclass(frozen=True)

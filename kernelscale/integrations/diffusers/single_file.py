@@ -4,9 +4,9 @@ A1111 and ComfyUI users share Stable Diffusion checkpoints.
 
 The denoiser's keys are mapped to diffusers names by diffusers' own key conversion
 (``diffusers.loaders.single_file_utils.convert_ldm_unet_checkpoint``, a renaming given the UNet's
-config), the manifest's records follow their tensors, and :func:`kernelscale.nn.load` loads the
-result into the UNet built from that config. kernelscale.nn.load reads files only, so the renamed
-denoiser is written once to a temporary safetensors file (the size of the denoiser) and removed.
+config, done on the names alone), the manifest's records follow their tensors, and
+:func:`kernelscale.nn.load` (``names=`` that renaming) loads the denoiser's tensors from the file
+into the UNet built from that config; the file's other tensors are not read.
 
 The config comes from ``config``: a local diffusers folder of the same architecture — a pipeline
 folder (model_index.json, its ``unet/config.json`` is used) or a model folder (config.json) — or a
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -26,18 +25,17 @@ from torch import nn
 
 from kernelscale.io.checkpoint import MANIFEST_KEY, parse_manifest
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
-from kernelscale.integrations.diffusers.denoiser import CONFIG_KEY, build_and_load, check_class, dtype_keyword, read_config
+from kernelscale.integrations.diffusers.denoiser import build_and_load, dtype_keyword, read_config
+from kernelscale.pipeline_layout import CONFIG_KEY, DENOISER_PREFIX, OTHER_PREFIXES, check_class
 
 __all__ = ["DENOISER_PREFIX", "OTHER_PREFIXES", "load_single_file_denoiser", "load_single_file_pipeline"]
-
-DENOISER_PREFIX = "model.diffusion_model."
-OTHER_PREFIXES = ("first_stage_model.", "cond_stage_model.", "conditioner.")
-"""The VAE's and the text encoders' keys in the original layout."""
 
 ConfigSource = Optional[Union[str, os.PathLike, Mapping[str, Any]]]
 
 
-def _denoiser_config(config: ConfigSource, path: Path) -> dict[str, Any]:
+def denoiser_config(config: ConfigSource, path: Path) -> dict[str, Any]:
+    """The denoiser's diffusers config from ``config`` (a pipeline folder, a model folder or a dict)
+    for the single file ``path``; InvalidOptionError naming what to pass when it is None."""
     if config is None:
         raise InvalidOptionError(
             f"{path}: a single file does not carry the denoiser's config; pass config= a local diffusers folder of the same "
@@ -50,22 +48,18 @@ def _denoiser_config(config: ConfigSource, path: Path) -> dict[str, Any]:
     return read_config(folder)
 
 
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], Optional[dict[str, Any]], list[str]]:
-    """(the denoiser's tensors under their file names, the manifest or None, the other keys)."""
+def _header(path: Path) -> tuple[list[str], Optional[dict[str, Any]]]:
+    """(the file's tensor names, its manifest or None), from the header alone."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             keys = list(f.keys())
-            prefixed = [k for k in keys if k.startswith(DENOISER_PREFIX)]
-            mine = prefixed if prefixed else [k for k in keys if not k.startswith(OTHER_PREFIXES)]
-            tensors = {k: f.get_tensor(k) for k in mine}
     except (OSError, ValueError, RuntimeError) as exc:  # safetensors' own errors for a bad file
         raise InvalidCheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     text = metadata.get(MANIFEST_KEY)
-    manifest = parse_manifest(text, path) if text is not None else None
-    return tensors, manifest, [k for k in keys if k not in tensors]
+    return keys, (parse_manifest(text, path) if text is not None else None)
 
 
 def _refuse_other_resized(path: Path, manifest: Mapping[str, Any]) -> None:
@@ -75,14 +69,15 @@ def _refuse_other_resized(path: Path, manifest: Mapping[str, Any]) -> None:
         raise InvalidCheckpointError(
             f"{path}: the VAE or text encoder was resized too ({len(resized)} tensor(s), e.g. {resized[0]}); a diffusion "
             "pipeline resizes only its denoiser (the VAE maps latent cells to pixels at a fixed ratio, the text encoder "
-            f"sees tokens). Convert the original file again with the denoiser only: kernelscale convert ORIGINAL OUT "
-            f"--scale {scale} --include '{DENOISER_PREFIX}*'")
+            f"sees tokens). Convert the original file again without --include, which resizes the denoiser ({DENOISER_PREFIX}*) "
+            f"only: kernelscale convert ORIGINAL OUT --scale {scale} --config FOLDER")
 
 
-def to_diffusers_names(tensors: dict[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, str]:
+def to_diffusers_names(tensors: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, str]:
     """Original-layout name → diffusers name for the denoiser's tensors, by diffusers' own
-    conversion (a renaming: each converted tensor is the same object as its source). Tensors
-    already in diffusers' layout (no ``model.diffusion_model.`` prefix) keep their names."""
+    conversion (a renaming: each converted value is the same object as its source, so any distinct
+    placeholders do). Tensors already in diffusers' layout (no ``model.diffusion_model.`` prefix)
+    keep their names."""
     if not any(k.startswith(DENOISER_PREFIX) for k in tensors):
         return {k: k for k in tensors}
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
@@ -105,25 +100,19 @@ def to_diffusers_names(tensors: dict[str, torch.Tensor], config: Mapping[str, An
 
 def load_single_file_denoiser(path: Path, config: ConfigSource) -> nn.Module:
     """The supersampled denoiser of a converted single file (module docstring)."""
-    denoiser_config = _denoiser_config(config, path)
-    class_name = check_class(str(denoiser_config.get("_class_name", "UNet2DConditionModel")), f"{path}'s denoiser")
-    tensors, manifest, _ = _read(path)
+    unet_config = denoiser_config(config, path)
+    class_name = check_class(str(unet_config.get("_class_name", "UNet2DConditionModel")), f"{path}'s denoiser")
+    keys, manifest = _header(path)
     if manifest is None:
         raise InvalidCheckpointError(f"{path}: no kernelscale manifest, so it was not converted; convert it first: "
-                                     f"kernelscale convert {path.name} OUT.safetensors --scale S --include '{DENOISER_PREFIX}*'")
+                                     f"kernelscale convert {path.name} OUT.safetensors --scale S --config FOLDER")
     _refuse_other_resized(path, manifest)
-    names = to_diffusers_names(tensors, denoiser_config)
-    records = {names[n]: r for n, r in manifest["tensors"].items() if n in names}
-    renamed = {**manifest, "tensors": records}
-    trained = (denoiser_config.get(CONFIG_KEY) or {}).get("trained_sample_size", denoiser_config.get("sample_size"))
-    from safetensors.torch import save_file
-
-    with tempfile.TemporaryDirectory(prefix="kernelscale-") as tmp:
-        weights = Path(tmp) / "denoiser.safetensors"
-        save_file({names[n]: t.contiguous() for n, t in tensors.items()}, str(weights),
-                  metadata={"format": "pt", MANIFEST_KEY: json.dumps(renamed, sort_keys=True, separators=(",", ":"))})
-        del tensors
-        return build_and_load(class_name, denoiser_config, weights, renamed, trained_sample_size=trained)
+    prefixed = [k for k in keys if k.startswith(DENOISER_PREFIX)]
+    mine = prefixed if prefixed else [k for k in keys if not k.startswith(OTHER_PREFIXES)]
+    names = to_diffusers_names({k: object() for k in mine}, unet_config)  # a renaming: no tensor is read for it
+    renamed = {**manifest, "tensors": {names[n]: r for n, r in manifest["tensors"].items() if n in names}}
+    trained = (unet_config.get(CONFIG_KEY) or {}).get("trained_sample_size", unet_config.get("sample_size"))
+    return build_and_load(class_name, unet_config, path, renamed, trained_sample_size=trained, names=names)
 
 
 def load_single_file_pipeline(path: Path, config: ConfigSource, *, dtype: Optional[torch.dtype] = None,
