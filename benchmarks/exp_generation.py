@@ -76,7 +76,7 @@ def weight_method(**options: Any) -> Builder:
 
     def build(model: nn.Module, scale: int, guidance: float) -> tuple[dd.EpsFn, list[nn.Module]]:
         resized = copy.deepcopy(model)
-        supersample(resized, scale, **options)
+        supersample(resized, scale, **{"execution": "materialised", **options})  # the factored rows: Factored
         return dd.guided(resized, guidance), [resized]
 
     return build
@@ -193,7 +193,7 @@ class Recipe:
             networks = [model, factored.net]
         elif self.weights is not None:
             resized = copy.deepcopy(model)
-            supersample(resized, scale, **self.weights)
+            supersample(resized, scale, **{"execution": "materialised", **self.weights})
             network: Callable[[int], nn.Module] = lambda t: resized  # noqa: E731
             networks = [model, resized]
         elif self.schedule is not None:

@@ -79,17 +79,19 @@ class FilePlan:
     def operation(self, i: int) -> Action:
         """What happens to tensor i (:class:`~kernelscale.manifest.Action`): ``resize``, ``renorm``
         (weight norm's g, rescaled for its resized v; counted as resized), ``geometry`` (weights
-        kept, geometry recorded: counted as dilated), ``cast`` (values kept, dtype changed) or
+        kept, geometry recorded: counted as dilated), ``factored`` (weights kept, dilation and
+        prefilter recorded), ``cast`` (values kept, dtype changed) or
         ``copy`` (byte for byte)."""
         entry = self.entries[i]
-        if entry.action in (Action.RESIZE, Action.RENORM, Action.GEOMETRY):
+        if entry.action in (Action.RESIZE, Action.RENORM, Action.GEOMETRY, Action.FACTORED):
             return entry.action
         return Action.CAST if self.out_dtypes[i] != entry.dtype else Action.COPY
 
     def counts(self) -> dict[str, int]:
         """Tensors per outcome: ``resize`` (new kernels, weight norm's g with them), ``rescale``
-        (values only: an attention temperature's query projection), ``dilate``, ``cast``, ``copy``."""
-        counts = {"resize": 0, "rescale": 0, "dilate": 0, "cast": 0, "copy": 0}
+        (values only: an attention temperature's query projection), ``dilate``, ``factored`` (bytes
+        kept, a prefilter and dilation recorded), ``cast``, ``copy``."""
+        counts = {"resize": 0, "rescale": 0, "dilate": 0, "factored": 0, "cast": 0, "copy": 0}
         for i in range(len(self.entries)):
             op = self.operation(i)
             if op == Action.RESIZE and self.entries[i].kind == "attention":
@@ -151,7 +153,7 @@ class CheckpointPlan:
         return sum(f.work_bytes(i) for f in self.files for i in range(len(f.entries)))
 
     def counts(self) -> dict[str, int]:
-        total = {"resize": 0, "rescale": 0, "dilate": 0, "cast": 0, "copy": 0}
+        total = {"resize": 0, "rescale": 0, "dilate": 0, "factored": 0, "cast": 0, "copy": 0}
         for f in self.files:
             for k, v in f.counts().items():
                 total[k] += v

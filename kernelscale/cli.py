@@ -33,7 +33,7 @@ from kernelscale.cli_command import (EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTER
 from kernelscale import cli_verify
 from kernelscale.backends import BACKENDS, ENV_VAR as BACKEND_ENV
 from kernelscale.errors import InvalidOptionError, KernelscaleError
-from kernelscale.manifest import AttentionRecord, GridRecord, Record, RenormRecord, check_records, record_from_json
+from kernelscale.manifest import AttentionRecord, FactoredRecord, GridRecord, Record, RenormRecord, check_records, record_from_json
 from kernelscale.version import __version__
 
 DEBUG_ENV = "KERNELSCALE_DEBUG"
@@ -120,7 +120,7 @@ def add_planning_arguments(parser: argparse.ArgumentParser) -> None:
     Every default is None so that a value given on the command line can be told apart from one
     read from --plan: flags override the plan file.
     """
-    from kernelscale.method import ALIGNS, METHODS, MODES
+    from kernelscale.method import ALIGNS, EXECUTIONS, METHODS, MODES
 
     g = parser.add_argument_group("planning (which tensors change, and how)")
     g.add_argument("--scale", metavar="S[,S...]",
@@ -149,6 +149,12 @@ def add_planning_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--geometry-only", action="store_true", default=None,
                    help="re-dilation that keeps the weights: record dilation *= S in the manifest and leave every "
                         "weight byte as it is (implies --method dilate; integer scales only)")
+    g.add_argument("--execution", choices=EXECUTIONS,
+                   help="materialised (default): write each resized kernel; factored: keep every weight byte of a "
+                        "conv whose resize factors (interp with taps alignment, dilate; integer scales) and record "
+                        "its dilation and prefilter, to be run by kernelscale.nn.load as a dilated conv after a "
+                        "separable prefilter (same outputs, about the cost of the original conv). "
+                        "Example: --execution factored")
     g.add_argument("--include", action="append", metavar="GLOB",
                    help="resize only tensors whose name (or layer name, without .weight) matches; repeatable; each "
                         "glob must match some tensor. Default: every conv kernel. Example: --include 'down_blocks.*'")
@@ -275,6 +281,8 @@ def options_from_args(args: argparse.Namespace, *, require_scale: bool = True):
             fields[key] = getattr(args, key)
     if args.coef is not None:
         fields["coef"] = parse_coef(args.coef)
+    if getattr(args, "execution", None) is not None:
+        fields["execution"] = args.execution
     if args.geometry_only:
         fields["geometry_only"] = True
         if args.method is None:
@@ -451,6 +459,11 @@ def _record_text(record: Record) -> str:
     if isinstance(record, RenormRecord):
         norms = "one norm over all of v" if record.dim is None else f"one norm per index of axis {record.dim}"
         return f"weight norm's g, rescaled for the resized {record.v} ({norms})"
+    if isinstance(record, FactoredRecord):
+        p = record.prefilter
+        return (f"factored {p.method}/{p.mode}/{p.align} ×" + ",".join(f"{s:g}" for s in record.scale)
+                + f" {_dims(record.old_spatial)} kept: dilation {_dims(record.dilation)} after a {_dims(p.taps)} prefilter "
+                f"(coef {p.coef}), as a {_dims(record.resized_spatial)} kernel")
     scale = "×" + ",".join(f"{s:g}" for s in record.scale)
     text = f"{record.method}"
     if record.mode:

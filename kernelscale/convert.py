@@ -171,6 +171,7 @@ class ConvertSummary:
     skipped_files: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     loading: tuple[dict[str, Any], ...] = ()
+    tensors_factored: int = 0
     cleaned: tuple[str, ...] = ()
     fallbacks: tuple[str, ...] = ()
     plan: Optional[CheckpointPlan] = field(default=None, repr=False, compare=False)
@@ -193,6 +194,8 @@ class ConvertSummary:
             parts.append(f"{self.tensors_rescaled} rescaled (attention temperature)")
         if self.tensors_dilated:
             parts.append(f"{self.tensors_dilated} re-dilated")
+        if self.tensors_factored:
+            parts.append(f"{self.tensors_factored} factored (bytes kept)")
         if self.tensors_cast:
             parts.append(f"{self.tensors_cast} cast")
         parts.append(f"{self.tensors_copied} copied")
@@ -216,7 +219,7 @@ def summarize(plan: CheckpointPlan, dst: str, device: str, seconds: float, dry_r
     return ConvertSummary(
         src=plan.src, dst=dst, layout=plan.layout, dry_run=dry_run, device=device, dtype=plan.dtype,
         tensors_resized=counts["resize"], tensors_rescaled=counts["rescale"], tensors_dilated=counts["dilate"], tensors_cast=counts["cast"], tensors_copied=counts["copy"],
-        bytes_in=plan.bytes_in, bytes_out=plan.bytes_out, seconds=seconds, files=files,
+        tensors_factored=counts["factored"], bytes_in=plan.bytes_in, bytes_out=plan.bytes_out, seconds=seconds, files=files,
         copied_files=tuple(x.rel for x in plan.extras if x.data is None),
         rewritten_files=tuple(x.rel for x in plan.extras if x.data is not None),
         skipped_files=plan.skipped, notes=plan.notes, loading=plan.loading, cleaned=tuple(cleaned), plan=plan,

@@ -57,4 +57,5 @@ class UnsupportedPipelineError(KernelscaleError, TypeError):
 
 
 class ExecutionUnavailableError(KernelscaleError, NotImplementedError):
-    """An execution mode that this version of kernelscale does not provide yet."""
+    """An execution mode that this version of kernelscale does not provide (none at present: both
+    ``materialised`` and ``factored`` run; kept so that code catching it keeps working)."""

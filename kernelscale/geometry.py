@@ -18,7 +18,7 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 
 from kernelscale.errors import GeometryError, InvalidOptionError
-from kernelscale.manifest import ConvRecord, Record
+from kernelscale.manifest import ConvRecord, FactoredRecord, Record
 from kernelscale.method import axis_scales
 from kernelscale.transforms import axis_size
 
@@ -430,17 +430,19 @@ def pool_change(name: str, layer_type: str, old: LayerGeometry, scales: Sequence
 
 
 # What a loader must change for a resized tensor, most visible first (:func:`loader_change`).
-LOADER_CHANGES = ("shape", "dilation", "stride", "padding")
+LOADER_CHANGES = ("shape", "dilation", "prefilter", "stride", "padding")
 
 
 def loader_change(record: Optional[Record], shape: Sequence[int], new_shape: Sequence[int]) -> str:
     """What a loader must change for a tensor resized from ``shape`` to ``new_shape`` under its
     manifest ``record`` (docs/format.md): ``shape``; for a kernel that keeps its shape,
-    ``dilation`` (re-dilation), ``stride`` (an absorbing layer) or ``padding`` (a half-pixel centre
+    ``dilation`` (re-dilation), ``prefilter`` (factored execution: a dilation and a prefilter), ``stride`` (an absorbing layer) or ``padding`` (a half-pixel centre
     offset, which moves the padding by the geometry rule); else ``none`` (by the rule
     p' = (k−1)·d/2 − s·((k−1)·d/2 − p), the padding of a kept kernel stays where p = (k−1)·d/2)."""
     if tuple(new_shape) != tuple(shape):
         return "shape"
+    if isinstance(record, FactoredRecord):
+        return "prefilter"
     if not isinstance(record, ConvRecord):
         return "none"
     if record.dilation:

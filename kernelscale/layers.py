@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernelscale.errors import GeometryError, InvalidOptionError, UnsupportedTensorError
-from kernelscale.method import Coef, axis_scales, validate_coef
+from kernelscale.method import Coef, Method, axis_scales, method_of
 from kernelscale.transforms import build_kernel_resize
 
 STATES = ("original", "dilated", "interpolated")
@@ -58,18 +58,33 @@ class FactoredResize:
     that is not resized: size 1 or scale 1).
 
     ``R_axis[u, t] = prefilters[axis][u − dilations[axis]·t]`` for every tap, so the materialised
-    kernel ``(R_1 ⊗ … ⊗ R_d) K`` equals ``dilate(K) ⊛ (h_1 ⊗ … ⊗ h_d)`` (T2). ``options()`` gives
-    the arguments that rebuild it with :func:`factor_resize`; nothing else is needed.
+    kernel ``(R_1 ⊗ … ⊗ R_d) K`` equals ``dilate(K) ⊛ (h_1 ⊗ … ⊗ h_d)`` (T2). ``resize`` is the
+    validated :class:`~kernelscale.method.Method` it factors (align and coef resolved: taps, and
+    mass unless given); ``method``, ``mode``, ``align`` and ``coef`` read its fields.
+    ``options()`` gives the arguments that rebuild it with :func:`factor_resize`; nothing else is needed.
     """
 
     kernel_shape: tuple[int, ...]
     scales: tuple[float, ...]
     dilations: tuple[int, ...]
     prefilters: tuple[np.ndarray, ...] = field(repr=False, compare=False)  # a function of the other fields
-    method: str = "interp"
-    mode: str = "linear"
-    align: str = "taps"
-    coef: Coef = "mass"
+    resize: Method = Method("interp", "linear", "taps", "mass")
+
+    @property
+    def method(self) -> str:
+        return self.resize.method
+
+    @property
+    def mode(self) -> str:
+        return self.resize.mode
+
+    @property
+    def align(self) -> str:
+        return self.resize.align or "taps"
+
+    @property
+    def coef(self) -> Coef:
+        return self.resize.coef if self.resize.coef is not None else "mass"
 
     @property
     def ndim(self) -> int:
@@ -96,13 +111,15 @@ def factor_resize(
     kernel_shape: Sequence[int],
     scale: Union[float, Sequence[float]],
     *,
-    method: str = "interp",
-    mode: str = "linear",
-    align: str = "taps",
-    coef: Coef = "mass",
+    method: Union[str, Method] = "interp",
+    mode: Optional[str] = None,
+    align: Optional[str] = None,
+    coef: Optional[Coef] = None,
 ) -> FactoredResize:
     """Factor the resize of a kernel of spatial shape ``kernel_shape`` (d = 1, 2, 3 axes) into a
     dilation and a separable prefilter (T2), from the same R the materialised path applies.
+    ``method`` is a :class:`~kernelscale.method.Method` or its name with ``mode`` (default linear),
+    ``align`` (default taps) and ``coef`` (default mass) beside it (:func:`kernelscale.method.method_of`).
 
     T2 holds for ``method="interp"``, ``align="taps"`` (every mode, every coefficient) and for
     ``method="dilate"`` (prefilter ``[1]``), on every axis whose scale is an integer ≥ 1 or whose
@@ -115,12 +132,12 @@ def factor_resize(
     if not 1 <= len(shape) <= 3 or min(shape) < 1:
         raise InvalidOptionError(f"kernel_shape must have 1 to 3 positive sizes, got {tuple(kernel_shape)!r}")
     scales = axis_scales(scale, len(shape))
-    return _factor_resize(shape, scales, method, mode, align, validate_coef(coef))
+    return _factor_resize(shape, scales, method_of(method, mode=mode, align=align, coef=coef).for_kernel())
 
 
 @functools.lru_cache(maxsize=1024)
-def _factor_resize(shape: tuple[int, ...], scales: tuple[float, ...], method: str, mode: str, align: str,
-                   coef: Coef) -> FactoredResize:
+def _factor_resize(shape: tuple[int, ...], scales: tuple[float, ...], resize: Method) -> FactoredResize:
+    method, mode, align, coef = resize.method, resize.mode, resize.align, resize.coef
     if method not in ("interp", "dilate"):
         raise NotFactorableError(f"method {method!r} does not factor into dilation + prefilter (only 'interp' with "
                                  "align='taps', and 'dilate', do): materialise it")
@@ -143,7 +160,7 @@ def _factor_resize(shape: tuple[int, ...], scales: tuple[float, ...], method: st
         h = _prefilter_of(a.matrix, s, axis, shape)
         dilations.append(s)
         prefilters.append(h)
-    return FactoredResize(shape, scales, tuple(dilations), tuple(prefilters), method, mode, align, coef)
+    return FactoredResize(shape, scales, tuple(dilations), tuple(prefilters), resize)
 
 
 def _prefilter_of(matrix: np.ndarray, s: int, axis: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -376,14 +393,15 @@ class FactoredConv(nn.Module):
         conv: nn.Module,
         scale: Union[float, Sequence[float]],
         *,
-        method: str = "interp",
-        mode: str = "linear",
-        align: str = "taps",
-        coef: Coef = "mass",
+        method: Union[str, Method] = "interp",
+        mode: Optional[str] = None,
+        align: Optional[str] = None,
+        coef: Optional[Coef] = None,
         state: str = "interpolated",
     ) -> "FactoredConv":
         """Wrap ``conv`` (nn.Conv1d/2d/3d) for input supersampled by ``scale`` (one or per axis),
-        resized as :func:`kernelscale.resize.resize_conv` would with these options.
+        resized as :func:`kernelscale.resize.resize_conv` would with these options (a Method, or
+        its fields as :func:`factor_resize` takes them).
         NotFactorableError where the resize does not factor (:func:`factor_resize`)."""
         _conv_ndim(conv)
         resize = factor_resize(tuple(conv.kernel_size), scale, method=method, mode=mode, align=align, coef=coef)

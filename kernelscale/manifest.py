@@ -4,9 +4,8 @@ and the one vocabulary of what happens to a tensor or a layer (:class:`Action`).
 A converted checkpoint records, per changed tensor, what was done to it: a :class:`ConvRecord`
 (a conv kernel, resized or re-dilated), a :class:`GridRecord` (a Linear over a flattened grid), an
 :class:`AttentionRecord` (a baked attention temperature) or a :class:`RenormRecord` (weight norm's
-g, rescaled for its resized v). :class:`FactoredRecord` is DESIGN §9's (a dilation and a separable
-prefilter instead of a materialised kernel): defined here, not written by this version, and
-refused by :meth:`Manifest.from_json` until a loader implements it.
+g, rescaled for its resized v) or a :class:`FactoredRecord` (DESIGN §9: the kernel kept, a
+dilation and a separable prefilter recorded instead of a materialised kernel).
 
 Records are frozen; ``to_json`` gives the documented JSON object, ``from_json`` reads one (keys
 a record does not know are ignored, as docs/format.md asks of loaders); ``record[key]`` reads the
@@ -34,7 +33,8 @@ class Action(str, Enum):
     kernel, a grid, a scaled query projection); ``geometry``: values kept, the layer re-dilated;
     ``renorm``: weight norm's g, rescaled for its resized v; ``absorb``: a layer that takes the
     scale into its stride; ``grid``: a Linear whose input grid grew; ``attention``: a baked
-    attention temperature; ``pool``: a pooling window scaled."""
+    attention temperature; ``pool``: a pooling window scaled; ``factored``: values kept, the layer
+    run as a dilated conv after a separable prefilter (DESIGN §9)."""
 
     COPY = "copy"
     CAST = "cast"
@@ -45,6 +45,7 @@ class Action(str, Enum):
     GRID = "grid"
     ATTENTION = "attention"
     POOL = "pool"
+    FACTORED = "factored"
 
     def __str__(self) -> str:
         return self.value
@@ -278,34 +279,87 @@ class RenormRecord(_Record):
 
 @dataclass(frozen=True)
 class Prefilter:
-    """The separable prefilter c·h_s of a factored layer (DESIGN §9): the interpolation kernel's
-    ``mode``, ``align`` (taps) and ``coef``, and the ``scale`` per spatial axis."""
+    """The separable prefilter c·h_s of a factored layer (DESIGN §9), as the arguments of
+    :func:`kernelscale.layers.factor_resize` that rebuild it: the resize ``method`` (``interp``),
+    the interpolation kernel's ``mode``, ``align`` (``taps``), ``coef``, ``scale`` per spatial
+    axis and the original ``kernel_shape``; ``taps`` is the filter's length per axis (1 where the
+    axis is not resized), for the reader's information."""
 
+    method: str
     mode: str
     align: str
     coef: Coef
     scale: tuple[float, ...]
+    kernel_shape: tuple[int, ...]
+    taps: tuple[int, ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {"mode": self.mode, "align": self.align, "coef": self.coef, "scale": list(self.scale)}
+        return {"method": self.method, "mode": self.mode, "align": self.align, "coef": self.coef, "scale": list(self.scale),
+                "kernel_shape": list(self.kernel_shape), "taps": list(self.taps)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Prefilter":
+        return cls(str(data["method"]), str(data["mode"]), str(data["align"]), data["coef"], _floats(data["scale"]),
+                   _ints(data["kernel_shape"]), _ints(data.get("taps") or ()))
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`kernelscale.layers.factor_resize`."""
+        return {"kernel_shape": self.kernel_shape, "scale": self.scale, "method": self.method, "mode": self.mode,
+                "align": self.align, "coef": self.coef}
 
 
 @dataclass(frozen=True)
 class FactoredRecord(_Record):
-    """DESIGN §9: a conv kept as its original weights, run with ``dilation`` (per axis) after the
-    depthwise ``prefilter``; equal to the interp-taps resize of the kernel. Not written by this
-    version of kernelscale, so not read from files either (:meth:`Manifest.from_json`)."""
+    """DESIGN §9: a conv kernel kept byte for byte (``old_spatial`` = ``new_spatial``, the stored
+    shape), run on input supersampled by ``scale`` as the depthwise ``prefilter`` followed by the
+    conv at its dilation times ``dilation`` (per axis); equal (T2) to the interp/taps resize of
+    the kernel to ``resized_spatial`` (docs/format.md, "kind: factored").
+    :meth:`materialised` is the conv record of that equivalent resize."""
 
     kind: ClassVar[str] = "factored"
-    REQUIRED: ClassVar[tuple[str, ...]] = ("dilation", "prefilter")
+    REQUIRED: ClassVar[tuple[str, ...]] = ("scale", "old_spatial", "new_spatial", "resized_spatial", "dilation", "prefilter")
 
+    scale: tuple[float, ...]
+    old_spatial: tuple[int, ...]
+    new_spatial: tuple[int, ...]
+    resized_spatial: tuple[int, ...]
     dilation: tuple[int, ...]
     prefilter: Prefilter
 
+    # what generic readers of conv records ask of any record with a kernel
+    absorb: ClassVar[bool] = False
+    pad_extra: ClassVar[None] = None
+
+    @property
+    def method(self) -> str:
+        return self.prefilter.method
+
+    @property
+    def mode(self) -> str:
+        return self.prefilter.mode
+
+    @property
+    def align(self) -> str:
+        return self.prefilter.align
+
+    @property
+    def coef(self) -> Coef:
+        return self.prefilter.coef
+
+    @property
+    def centre_offset(self) -> tuple[float, ...]:
+        return (0.0,) * len(self.old_spatial)
+
+    def materialised(self) -> ConvRecord:
+        """The record of the materialised resize this layer equals (``new_spatial`` = ``resized_spatial``)."""
+        p = self.prefilter
+        return ConvRecord(p.method, p.mode, p.align, p.coef, self.scale, self.old_spatial, self.resized_spatial,
+                          self.centre_offset)
+
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "FactoredRecord":
-        p = data["prefilter"]
-        return cls(_ints(data["dilation"]), Prefilter(p["mode"], p["align"], p["coef"], _floats(p["scale"])))
+        return cls(_floats(data["scale"]), _ints(data["old_spatial"]), _ints(data["new_spatial"]),
+                   _ints(data["resized_spatial"]), _ints(data["dilation"]), Prefilter.from_json(data["prefilter"]))
 
 
 Record = Union[ConvRecord, GridRecord, AttentionRecord, RenormRecord, FactoredRecord]
@@ -345,11 +399,26 @@ FIELD_TYPES: dict[str, tuple[Any, str, bool]] = {
     "pad_extra": (lambda v: isinstance(v, str), "a string or null", True),
     "fallback": (lambda v: isinstance(v, str), "a string or null", True),
     "absorb": (lambda v: isinstance(v, bool), "true, false or null", True),
+    "resized_spatial": (lambda v: _nonneg_ints(v) and all(d > 0 for d in v), "a list of positive integers", False),
+    "prefilter": (lambda v: _prefilter_ok(v), "an object {method, mode, align, coef, scale, kernel_shape, taps} "
+                  "(strings, a coefficient, positive scales, positive kernel sizes)", False),
 }
 
 
-# The kinds a manifest read from a file may hold (format version 1).
-READ_KINDS: dict[str, Any] = {r.kind: r for r in (ConvRecord, GridRecord, AttentionRecord, RenormRecord)}
+def _prefilter_ok(value: Any) -> bool:
+    if not isinstance(value, dict) or any(k not in value for k in ("method", "mode", "align", "coef", "scale", "kernel_shape")):
+        return False
+    coef = value["coef"]
+    return (all(isinstance(value[k], str) for k in ("method", "mode", "align"))
+            and (isinstance(coef, str) or (_is_number(coef) and coef > 0))
+            and _numbers(value["scale"]) and len(value["scale"]) > 0 and all(s > 0 for s in value["scale"])
+            and _nonneg_ints(value["kernel_shape"]) and len(value["kernel_shape"]) > 0 and min(value["kernel_shape"]) > 0
+            and (value.get("taps") is None or _nonneg_ints(value["taps"])))
+
+
+# The kinds a manifest read from a file may hold (format version 1; ``factored`` came within it:
+# a reader that predates it refuses the unknown kind, which is what it must do — docs/format.md).
+READ_KINDS: dict[str, Any] = {r.kind: r for r in (ConvRecord, GridRecord, AttentionRecord, RenormRecord, FactoredRecord)}
 
 
 def record_from_json(data: Mapping[str, Any]) -> Record:

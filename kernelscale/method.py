@@ -23,6 +23,8 @@ METHODS = ("interp", "dilate", "pinv", "disperse")
 MODES = ("nearest", "linear", "cubic", "lanczos3")
 ALIGNS = ("taps", "cells")
 COEF_MODES = ("mass", "paper")
+# How a resized conv runs: its kernel materialised, or factored into a dilation and a prefilter (DESIGN §9).
+EXECUTIONS = ("materialised", "factored")
 
 Coef = Union[str, float]
 # One number for every spatial axis, or one per axis (applied to the last axes of a kernel).

@@ -5,8 +5,15 @@
     report = kernelscale.nn.load(model, "model_x2.safetensors")         # written by `kernelscale convert`
     print(report)                                                      # one line per changed layer
 
+Execution (DESIGN §9): by default :func:`supersample` runs each conv whose resize factors
+(interp, taps alignment, integer scales) as a :class:`~kernelscale.layers.FactoredConv` — its own
+weight and bias Parameters at dilation s after a separable prefilter, the state dict unchanged —
+and materialises the rest, saying why per layer; ``execution="materialised"`` writes every resized
+kernel out. :func:`load` wraps the layers a factored record names (``convert --execution factored``).
+
 Both run the plan of :mod:`kernelscale.plan` on the module's state-dict names, shapes and dtypes,
-so the adapter and ``kernelscale convert`` make identical decisions and produce identical weights;
+so the adapter and ``kernelscale convert`` make identical decisions and produce identical weights
+(materialised execution);
 the new layer geometry is derived from the module's own padding, stride and dilation plus the
 per-tensor record (DESIGN §5) by one function, :func:`kernelscale.geometry.record_geometry`, shared by both paths.
 
@@ -88,8 +95,10 @@ from kernelscale.geometry import LayerGeometry, Padding, Refit, axes_text, conv_
 from kernelscale.io.checkpoint import read_headers, read_manifest
 from kernelscale.io.discovery import model_files
 from kernelscale.io.safetensors_io import SafetensorsReader
-from kernelscale.manifest import Action, AttentionRecord, ConvRecord, GridRecord, Manifest, Record, RenormRecord
-from kernelscale.method import axis_scales, check_choice
+from kernelscale.manifest import Action, AttentionRecord, ConvRecord, FactoredRecord, GridRecord, Manifest, Record, RenormRecord
+from kernelscale.factored_plan import factor_entry, factored_resize_of, why_not_factored
+from kernelscale.layers import FactoredConv, FactoredResize, conv_pads, factor_resize, state_geometry
+from kernelscale.method import EXECUTIONS, axis_scales, check_choice
 from kernelscale.recipes import listing, load_recipe, refit_error, supersample_recipe
 from kernelscale.plan import (Plan, ResizeOptions, TensorSpec, half_pixel_sides, module_name, natural_key, plan_tensors, resize_options,
                               with_half_pixel_sides)
@@ -125,6 +134,13 @@ class LayerChange:
     grid its padding is counted on (positive: further along the axis): 0 when exact, ±½ for a
     stride-1 layer padded half a pixel asymmetrically, ``(s−1)(σ−1)/2`` for a kept stride σ whose
     alignment no integer padding reaches (DESIGN §4).
+
+    ``execution`` (resized convs): ``"factored"`` — the layer was replaced by a
+    :class:`~kernelscale.layers.FactoredConv` holding the same weight and bias Parameters, run as
+    the original kernel at dilation ``d·s`` after a separable prefilter; the kernel, padding and
+    dilation fields then describe the equal materialised conv (T2), ``execution_note`` the
+    factored form — or ``"materialised"``, with ``execution_note`` saying why it did not factor
+    when factored execution was asked for. Empty for other changes.
     """
 
     name: str
@@ -142,6 +158,8 @@ class LayerChange:
     old_weight_shape: Optional[tuple[int, ...]] = None
     new_weight_shape: Optional[tuple[int, ...]] = None
     offset: tuple[float, ...] = ()
+    execution: str = ""
+    execution_note: str = ""
 
     def describe(self) -> str:
         """One line: ``name (Layer) action method: k a→b, p a→b, stride a→b, dilation a→b``."""
@@ -156,6 +174,8 @@ class LayerChange:
                       arrow(self.old_dilation, self.new_dilation, "dilation")]
         if any(self.offset):
             parts.append(f"offset {axes_text(tuple(round(o, 3) for o in self.offset))} px")
+        if self.execution:
+            parts.append(self.execution + (f" ({self.execution_note})" if self.execution_note else ""))
         return f"{self.name} ({self.layer}) {self.action} {self.method}: " + ", ".join(parts)
 
 
@@ -284,6 +304,8 @@ class _Pending:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     in_features: Optional[int] = None
     holder: Optional[nn.Module] = None
+    factored: Optional[FactoredResize] = None  # wrap the layer in a FactoredConv of this resize (geometry None)
+    path: str = ""  # the layer's name in the module, for replacing it
 
 
 def _replace_data(tensor: torch.Tensor, data: torch.Tensor) -> None:
@@ -313,8 +335,12 @@ def _replace_data(tensor: torch.Tensor, data: torch.Tensor) -> None:
             tensor.mul_(1)
 
 
-def _apply(pending: Sequence[_Pending]) -> None:
+def _apply(pending: Sequence[_Pending], module: Optional[nn.Module] = None) -> None:
     for p in pending:
+        if p.factored is not None:  # the same weight and bias Parameters, in a FactoredConv at the layer's place
+            parent_name, _, child = p.path.rpartition(".")
+            setattr(module.get_submodule(parent_name), child, FactoredConv(p.layer, p.factored))
+            continue
         for attr, data in p.tensors.items():
             _replace_data(getattr(p.holder if p.holder is not None else p.layer, attr), data)
         if isinstance(p.layer, _POOLS):
@@ -594,6 +620,7 @@ def supersample(
     padding: str = "exact",
     allow_reflect: bool = False,
     backend: Optional[str] = None,
+    execution: str = "factored",
     **plan_options: Any,
 ) -> SupersampleReport:
     """Resize ``module`` in place to run on inputs sampled ``scale``× more finely; return the report.
@@ -608,6 +635,17 @@ def supersample(
     docstring). ``padding="asymmetric"`` accepts half-pixel paddings (align="cells" even
     kernels); ``allow_reflect`` accepts ``padding_mode="reflect"``. ``backend`` picks where R is
     applied (kernelscale.dispatch).
+
+    ``execution="factored"`` (the default): each conv whose resize factors (interp with taps
+    alignment, or dilate, at integer scales: T2, DESIGN §9) is replaced by a
+    :class:`~kernelscale.layers.FactoredConv` that holds its own weight and bias Parameters
+    unchanged (state-dict keys and bytes kept) and runs them at dilation d·s after a separable
+    prefilter — equal to the materialised kernel up to rounding, at about the cost of the
+    original conv (docs/benchmarks.md). Every other resized layer is materialised and its report
+    line says why: pinv, disperse, cells alignment, fractional or subsampling scales, transposed
+    convs, absorbing, weight-normed or half-pixel-padded layers, and a layer whose materialised
+    geometry is not the factored one. ``"materialised"``: every resized kernel is written out
+    (the manifest and weights are then those ``kernelscale convert`` writes by default).
 
     Everything is planned and checked before the first layer is touched: on an error (GeometryError
     naming the layer, InvalidOptionError for bad options) the module is unchanged. A transposed
@@ -626,11 +664,13 @@ def supersample(
     """
     require_module(module, "supersample")
     check_choice("padding", padding, PADDINGS)
+    check_choice("execution", execution, EXECUTIONS)
     options = resize_options(scale=scale, **plan_options)
     plan = plan_module(module, options)
     # the half-pixel sides cancel in input pixels through the module's strides and pools
     jumps = _input_jumps(module)
     plan = with_half_pixel_sides(plan, {e.name: jumps[module_name(e.name)] for e in plan.entries if module_name(e.name) in jumps})
+    entries: dict[str, Any] = {}  # the entries as run: factored ones replaced, for the manifest
     state = module.state_dict(keep_vars=True)
     _check_hidden_weights(module, state, options)
     layers = dict(module.named_modules())
@@ -667,6 +707,19 @@ def supersample(
         except Refit as refit:
             refits.append(refit)
             continue
+        if execution == "factored" and entry.action == Action.RESIZE and isinstance(entry.record, ConvRecord):
+            factored, why = factor_entry(entry)
+            if factored.action == Action.FACTORED:
+                resize = factored_resize_of(entry.record)
+                why = _unfactorable_layer(name, layer, holder, attr, geometry, resize)
+            if why is None:
+                entries[entry.name] = factored
+                pending.append(_Pending(layer, replace(change, execution="factored", execution_note=_factored_note(resize)),
+                                        factored=resize, path=name))
+                continue
+            change = replace(change, execution="materialised", execution_note=why)
+        elif entry.action == Action.RESIZE and isinstance(entry.record, ConvRecord):
+            change = replace(change, execution="materialised", execution_note=_materialised_note(entry.record))
         tensors = {}
         if entry.action == Action.RESIZE:
             tensors[attr] = resized[entry.name] = apply_entry(entry, tensor.detach(), backend=backend)
@@ -681,9 +734,45 @@ def supersample(
         pool_pending, pool_skipped = _pool_changes(module, options)
         pending += pool_pending
         skipped += pool_skipped
-    _apply(pending)
-    refresh_weight_norm(p.layer for p in pending)
-    return SupersampleReport(_ordered_changes(pending, layers), tuple(skipped), plan.manifest())
+    _apply(pending, module)
+    refresh_weight_norm(p.layer for p in pending if p.factored is None)
+    ran = Plan(tuple(entries.get(e.name, e) for e in plan.entries), replace(options, execution=execution))
+    return SupersampleReport(_ordered_changes(pending, layers), tuple(skipped), ran.manifest())
+
+
+def _unfactorable_layer(path: str, layer: nn.Module, holder: Optional[nn.Module], attr: str, geometry: Optional[LayerGeometry],
+                        resize: FactoredResize) -> Optional[str]:
+    """Why a layer whose resize factors cannot run as a FactoredConv (it is materialised
+    instead), or None: it must be a plain Conv1d/2d/3d holding its weight Parameter, without the
+    adapter's asymmetric-padding hook, and the factored geometry (padding s·p + d·(L−1)/2 per
+    side, the conv's own stride and dilation) must be the materialised layer's, so that both run
+    the same conv (T2); ``path`` is its name in the module ("" for the module itself, which
+    cannot be replaced in place)."""
+    if not path:
+        return "the module itself is the conv and cannot be replaced in place (wrap it in a container)"
+    if isinstance(layer, _TRANSPOSED):
+        return "a transposed conv does not factor"
+    if not isinstance(layer, _CONVS) or holder is not layer or attr != "weight" or not isinstance(layer.weight, nn.Parameter):
+        return "its weight is not a plain Parameter of a Conv1d/2d/3d"
+    if getattr(layer, "kernelscale_pad", None) or geometry is None:
+        return "an asymmetric padding does not factor"
+    old = _layer_geometry(layer)
+    pads, _ = state_geometry(resize, conv_pads(layer.padding, old.kernel, old.dilation, old.stride), old.dilation, "interpolated")
+    if tuple(geometry.pads) != tuple(pads) or tuple(geometry.stride) != tuple(old.stride) or tuple(geometry.dilation) != tuple(old.dilation):
+        return (f"its materialised geometry (padding {geometry.pads}, stride {geometry.stride}) is not the factored one "
+                f"(padding {pads}, stride {old.stride})")
+    return None
+
+
+def _materialised_note(record: ConvRecord) -> str:
+    """Why a resize of this record cannot run factored ("" when it could: it was materialised as asked)."""
+    why = why_not_factored(record)
+    return "" if why is None else why
+
+
+def _factored_note(resize: FactoredResize) -> str:
+    taps = "×".join(str(h.size) for h in resize.prefilters)
+    return f"the {'×'.join(map(str, resize.kernel_shape))} kernel kept, at dilation ×{axes_text(resize.dilations)} after a {taps} prefilter"
 
 
 def _kept_layer(tensor_name: str, layer_name: str, attr: str, layers: Mapping[str, nn.Module]) -> Optional[str]:
@@ -819,12 +908,18 @@ def load(
         expected = _expected_shape(name, tuple(tensor.shape), record)
         if file_shape != expected:
             raise InvalidCheckpointError(f"{path}: {name!r} has shape {file_shape} but its record says {expected}")
+        equal = record.materialised() if isinstance(record, FactoredRecord) else record
         try:
-            change, geometry, in_features = _change_entry(layer_name, layer, record, padding, sides.take(record),
+            change, geometry, in_features = _change_entry(layer_name, layer, equal, padding, sides.take(record),
                                                           tuple(tensor.shape), expected)
         except Refit as refit:
             refits.append(refit)
             continue
+        if isinstance(record, FactoredRecord):
+            pending.append(_factored_load(path, name, layer_name, layer, holder, record, change, geometry))
+            continue
+        if isinstance(record, ConvRecord) and not record.dilation:
+            change = replace(change, execution="materialised", execution_note=_materialised_note(record))
         pending.append(_Pending(layer, change, geometry, {}, in_features))
         reshaped[name] = expected
     if refits:
@@ -846,13 +941,13 @@ def load(
             for name in names:
                 tensors[name] = reader.read_tensor(source[name])
 
-    _apply(pending)
+    _apply(pending, module)
     with torch.no_grad():
         for name, shape in reshaped.items():
             param = state[name]
             _replace_data(param, torch.empty(shape, dtype=param.dtype, device=param.device))
         module.load_state_dict(tensors, strict=True)
-    refresh_weight_norm(p.layer for p in pending)
+    refresh_weight_norm(p.layer for p in pending if p.factored is None)
     return SupersampleReport(_ordered_changes(pending, layers), tuple(skipped), manifest or {})
 
 
@@ -891,6 +986,26 @@ def _renamed(record: Record, names: Mapping[str, str]) -> Record:
     if isinstance(record, RenormRecord) and record.v in names:
         return replace(record, v=names[record.v])
     return record
+
+
+def _factored_load(path: Any, name: str, layer_name: str, layer: nn.Module, holder: Optional[nn.Module], record: FactoredRecord,
+                   change: LayerChange, geometry: Optional[LayerGeometry]) -> _Pending:
+    """The pending FactoredConv wrap of a layer a factored record names; GeometryError where the
+    layer cannot run it (a transposed conv, a parametrized weight) or where its factored geometry
+    would not be the materialised conv's (both are checked as :func:`supersample` checks them)."""
+    try:
+        resize = factor_resize(**record.prefilter.options())
+    except InvalidOptionError as exc:
+        raise InvalidCheckpointError(f"{path}: {name!r}: its factored record's prefilter does not rebuild: {exc}") from None
+    why = _unfactorable_layer(layer_name, layer, holder, _owner(name)[1], geometry, resize)
+    if why is not None:
+        raise GeometryError(f"{path}: {name!r} is recorded as factored, but layer {layer_name!r} cannot run it: {why}; "
+                            "convert the checkpoint with --execution materialised (or exclude the layer)")
+    if resize.dilations != record.dilation:
+        raise InvalidCheckpointError(f"{path}: {name!r}: the recorded dilation {list(record.dilation)} is not its prefilter's "
+                                     f"{list(resize.dilations)}")
+    return _Pending(layer, replace(change, execution="factored", execution_note=_factored_note(resize)), factored=resize,
+                    path=layer_name)
 
 
 def _expected_shape(name: str, shape: tuple[int, ...], record: Record) -> tuple[int, ...]:

@@ -24,7 +24,8 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 from kernelscale.dtypes import RESIZABLE
 from kernelscale.grid import GridLayout, grid_layout
 from kernelscale.errors import InvalidOptionError, KernelscaleError
-from kernelscale.method import ALIGNS, METHODS, MODES, Coef, DisperseParams, Method, Scale, axis_scales, check_choice, scale_value, whole_number
+from kernelscale.method import (ALIGNS, EXECUTIONS, METHODS, MODES, Coef, DisperseParams, Method, Scale, axis_scales, check_choice,
+                               scale_value, whole_number)
 from kernelscale.manifest import Action, AttentionRecord, ConvRecord, DisperseFit, GridRecord, Manifest, Record
 from kernelscale.reparam import find_reparametrized, glob_names, weight_norm_parts
 from kernelscale.transforms import GridResize, Operator, ScaleFactor, grid_resize, kernel_resize
@@ -137,6 +138,10 @@ class ResizeOptions:
     ``fallback``: a method for the conv kernels the chosen one cannot handle (disperse on an even
     or non-square kernel, dilate or disperse at a non-integer scale): such a layer is resized by
     it, and its plan line and record (``fallback``: the method asked for) say so. None: refused.
+    ``execution``: ``"materialised"`` (the default: resized kernels written out, loadable by any
+    framework that sets the recorded geometry) or ``"factored"``: every conv resize that factors
+    (interp/taps at integer scales: :mod:`kernelscale.factored_plan`) keeps its weight and
+    records a dilation and a prefilter (DESIGN §9); the others are materialised, their reason says why.
     """
 
     scale: Scale
@@ -153,6 +158,7 @@ class ResizeOptions:
     disperse: DisperseParams = DisperseParams()
     attention: tuple[AttentionRule, ...] = ()
     absorb_only: Optional[bool] = None
+    execution: str = "materialised"
     fallback: Optional[str] = None
     resize_method: Method = field(init=False, repr=False, compare=False)
 
@@ -187,6 +193,7 @@ class ResizeOptions:
         object.__setattr__(self, "layers", layers)
         attention = tuple(_rule(AttentionRule, r, "attention rule") for r in self.attention)
         object.__setattr__(self, "attention", attention)
+        check_choice("execution", self.execution, EXECUTIONS)
         if self.fallback is not None:
             check_choice("fallback", self.fallback, METHODS)
 
@@ -208,6 +215,7 @@ class ResizeOptions:
             "fallback": self.fallback,
             "disperse": vars(self.disperse).copy(),
             "attention": [{k: v for k, v in vars(r).items() if v is not None} for r in self.attention],
+            "execution": self.execution,
         }
 
 
@@ -404,7 +412,15 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
     # A state dict has no topology or strides: every half-pixel layer counts as one input pixel per
     # pixel, in natural name order (conv2 before conv10), so the sides alternate; the nn adapter,
     # which sees the module's strides and pools, re-chooses them (with_half_pixel_sides).
-    return with_half_pixel_sides(Plan(tuple(entries), options), {})
+    plan = with_half_pixel_sides(Plan(tuple(entries), options), {})
+    if options.execution != "factored":
+        return plan
+    from kernelscale.factored_plan import factor_entry
+
+    entries = [factor_entry(e)[0] for e in plan.entries]
+    final = {e.name: e for e in entries}
+    entries = [replace(e, partner=final[e.partner.name]) if e.partner is not None else e for e in entries]
+    return replace(plan, entries=tuple(entries))
 
 
 def half_pixel_sides(jumps: Sequence[tuple[str, float]]) -> dict[str, str]:

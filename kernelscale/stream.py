@@ -221,7 +221,7 @@ def _blocks(reader: SafetensorsReader, fp: FilePlan, i: int, device: torch.devic
         return _resized(reader, info, entry, out_dtype, device, pool)
     if op == Action.RENORM:
         return _renormed(reader, info, entry, out_dtype, fp.weight_norm_sources[entry.name], device, pool)
-    if op == Action.CAST or (op == Action.GEOMETRY and out_dtype != info.dtype):
+    if op == Action.CAST or (op in (Action.GEOMETRY, Action.FACTORED) and out_dtype != info.dtype):
         return _gather(_cast(reader, info, out_dtype))
     return ([chunk] for chunk in reader.iter_chunks(info.name, BLOCK_BYTES))
 

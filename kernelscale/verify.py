@@ -44,7 +44,7 @@ import torch
 
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
 from kernelscale.geometry import window_shift
-from kernelscale.manifest import ConvRecord, GridRecord, Record, as_record, record_from_json
+from kernelscale.manifest import ConvRecord, FactoredRecord, GridRecord, Record, as_record, record_from_json
 from kernelscale.reparam import effective_weight
 
 DEFAULT_BAND = 0.25
@@ -245,6 +245,30 @@ def _structure_sums(kernel: torch.Tensor, new_kernel: torch.Tensor, low_omegas: 
     return float(torch.view_as_real(y_high - y_low).pow(2).sum()), float(torch.view_as_real(y_low).pow(2).sum())
 
 
+def materialise_factored(name: str, kernel: torch.Tensor, record: FactoredRecord) -> tuple[torch.Tensor, ConvRecord]:
+    """The kernel a factored layer runs as (T2: the interp/taps resize of its kept ``kernel``, by
+    the same operator and arithmetic ``kernelscale convert`` materialises with, in the kernel's
+    dtype) and the conv record of that resize, so that a factored checkpoint is certified exactly
+    as the materialised one. InvalidCheckpointError naming ``name`` where the record does not
+    describe a resize of this kernel."""
+    from kernelscale.execute import execute
+    from kernelscale.method import Method
+    from kernelscale.transforms import kernel_resize
+
+    p = record.prefilter
+    if tuple(kernel.shape[2:]) != record.old_spatial or p.kernel_shape != record.old_spatial:
+        raise InvalidCheckpointError(f"manifest record of {name!r}: a factored record of a {list(p.kernel_shape)} kernel "
+                                     f"for a tensor of shape {tuple(kernel.shape)}")
+    try:
+        operator = kernel_resize(record.old_spatial, record.scale, Method(p.method, p.mode, p.align, p.coef))
+    except InvalidOptionError as exc:
+        raise InvalidCheckpointError(f"manifest record of {name!r}: its prefilter does not describe a resize: {exc}") from None
+    if tuple(operator.out_shape) != record.resized_spatial:
+        raise InvalidCheckpointError(f"manifest record of {name!r}: resized_spatial {list(record.resized_spatial)} is not "
+                                     f"the {list(operator.out_shape)} its prefilter gives")
+    return execute(operator, kernel, name=name), record.materialised()
+
+
 @np.errstate(all="ignore")  # non-finite weights give NaN measures, reported as such: no warnings
 def certify_conv(
     name: str,
@@ -348,6 +372,8 @@ def certify_record(
         cert = certify_record(name, original, converted, record, **options)
         return replace(cert, weight_norm_g=weight_norm.name, **counts)
     record = as_record(record, name)
+    if isinstance(record, FactoredRecord):
+        converted, record = materialise_factored(name, converted, record)
     if isinstance(record, GridRecord):
         return certify_grid(name, original, converted, record, **options)
     return certify_conv(

@@ -132,7 +132,7 @@ def test_factored_network_is_the_materialised_interp_and_switches_to_dilation(mo
     x, labels = sample_input(3, seed=3)
     factored = exp.Factored(model, 3, mode, switch_tau=40)
     materialised = exp.copy.deepcopy(model)
-    exp.supersample(materialised, 3, method="interp", mode=mode)
+    exp.supersample(materialised, 3, method="interp", mode=mode, execution="materialised")
     dilated = exp.copy.deepcopy(model)
     exp.supersample(dilated, 3, method="dilate", geometry_only=True)
     with torch.no_grad():

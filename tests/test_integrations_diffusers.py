@@ -201,6 +201,46 @@ def test_round_trip_saves_with_the_manifest_and_reloads_the_same_outputs(tmp_pat
         StableDiffusionPipeline.from_pretrained(tmp_path / "x2")
 
 
+def test_factored_execution_generates_the_materialised_images_and_round_trips(tmp_path):
+    """Factored and materialised generate the same images to rounding: fp32, the two forms of each
+    conv sum the same products in another order (≤ 49 terms per tap group of a 7×7 kernel, ~20
+    layers deep, two steps and the VAE): 2¹⁰ ulps of the [0, 1] images bounds that; a missing
+    prefilter or a wrong padding changes them by order 0.1. Saving writes the original weights
+    byte for byte with factored records; loading wraps the layers again and generates the same."""
+    from kernelscale.layers import FactoredConv
+
+    factored, materialised = P.sd_pipeline(tmp_path), P.sd_pipeline(tmp_path)
+    original = states(factored.unet)
+    report = supersample_pipeline(factored, 2, execution="factored")
+    supersample_pipeline(materialised, 2)
+    ran = {c.name: c.execution for c in report.layers if c.execution}
+    assert ran["conv_in"] == "factored" and isinstance(factored.unet.conv_in, FactoredConv)
+    assert ran["down_blocks.0.downsamplers.0.conv"] == "materialised"  # the aligned rule: cells, half-pixel
+    kept = states(factored.unet)
+    assert all(torch.equal(kept[f"{n}.weight"], original[f"{n}.weight"]) for n, c in ran.items() if c == "factored")
+    images = P.generate(factored, None)
+    torch.testing.assert_close(images, P.generate(materialised, None), rtol=0, atol=2 ** 10 * torch.finfo(torch.float32).eps)
+
+    factored.save_pretrained(tmp_path / "x2")
+    again = load_pipeline(tmp_path / "x2")
+    assert isinstance(again.unet.conv_in, FactoredConv) and same_state(again.unet, kept)
+    assert torch.equal(P.generate(again, None), images)
+
+
+def test_factored_conversion_of_a_folder_loads_as_factored_supersample(tmp_path):
+    """``convert --execution factored`` on a pipeline folder: load_pipeline wraps the same layers
+    and generates bit for bit what ``supersample_pipeline(execution="factored")`` does."""
+    from kernelscale.layers import FactoredConv
+
+    rules = convert_rules(dict(P.sd_unet().config))
+    out = converted_folder(tmp_path, exclude=("encoder.*", "decoder.*"), execution="factored", **rules)
+    pipe = load_pipeline(out)
+    direct = P.sd_pipeline(tmp_path)
+    supersample_pipeline(direct, 2, execution="factored")
+    assert isinstance(pipe.unet.conv_in, FactoredConv) and same_state(pipe.unet, states(direct.unet))
+    assert torch.equal(P.generate(pipe, None), P.generate(direct, None))
+
+
 def test_sdxl_round_trip(tmp_path):
     pipe = P.sdxl_pipeline(tmp_path)
     supersample_pipeline(pipe, 2)
@@ -266,8 +306,6 @@ def test_transformer_denoisers_are_refused_by_name(tmp_path):
 def test_refusals_name_the_fix(tmp_path):
     pipe = P.sd_pipeline(tmp_path)
     before = states(pipe.unet)
-    with pytest.raises(ExecutionUnavailableError, match="execution='materialised'"):
-        supersample_pipeline(pipe, 2, execution="factored")
     with pytest.raises(InvalidOptionError, match="execution must be one of materialised, factored"):
         supersample_pipeline(pipe, 2, execution="lazy")
     with pytest.raises(InvalidOptionError, match="geometry_only=True is re-dilation"):

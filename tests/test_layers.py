@@ -35,7 +35,7 @@ from kernelscale.layers import (
     state_geometry,
 )
 from kernelscale.geometry import new_padding
-from kernelscale.method import MODES
+from kernelscale.method import MODES, Method
 from kernelscale.resize import resize_kernel
 from kernelscale.transforms import build_axis_resize, build_kernel_resize
 
@@ -458,3 +458,13 @@ def test_original_and_dilated_states_every_padding_mode(padding_mode):
     assert layer.padding_for() == ((2, 2), (6, 6))
     ref = F.conv2d(_pad(x, ((2, 2), (6, 6)), padding_mode), conv.weight, conv.bias, (1, 2), 0, (4, 3))
     assert torch.equal(layer(x), ref)
+
+
+def test_a_factored_resize_carries_its_method():
+    by_fields = factor_resize((3, 3), 2, mode="cubic", coef="paper")
+    by_method = factor_resize((3, 3), 2, method=Method("interp", "cubic", coef="paper"))
+    assert by_fields == by_method and by_fields.resize == Method("interp", "cubic", "taps", "paper")
+    assert (by_fields.method, by_fields.mode, by_fields.align, by_fields.coef) == ("interp", "cubic", "taps", "paper")
+    assert all(np.array_equal(a, b) for a, b in zip(by_fields.prefilters, by_method.prefilters))
+    with pytest.raises(InvalidOptionError, match="not both"):
+        factor_resize((3, 3), 2, method=Method("interp"), mode="cubic")

@@ -70,22 +70,42 @@ def test_old_minimal_records_and_unknown_keys_are_read():
     assert as_record({"kind": "weight_norm", "v": "a.weight_v", "dim": 1}) == RenormRecord("a.weight_v", 1)
 
 
-def test_factored_record_is_defined_but_not_read_from_files():
-    record = FactoredRecord((2, 2), Prefilter("linear", "taps", "mass", (2.0, 2.0)))
+def test_factored_record_round_trips_and_is_read_from_files():
+    prefilter = Prefilter("interp", "cubic", "taps", "mass", (2.0, 2.0), (3, 3), (7, 7))
+    record = FactoredRecord((2.0, 2.0), (3, 3), (3, 3), (11, 11), (2, 2), prefilter)
     data = record.to_json()
-    assert data == {"kind": "factored", "dilation": [2, 2],
-                    "prefilter": {"mode": "linear", "align": "taps", "coef": "mass", "scale": [2.0, 2.0]}}
+    assert data == {"kind": "factored", "scale": [2.0, 2.0], "old_spatial": [3, 3], "new_spatial": [3, 3],
+                    "resized_spatial": [11, 11], "dilation": [2, 2],
+                    "prefilter": {"method": "interp", "mode": "cubic", "align": "taps", "coef": "mass", "scale": [2.0, 2.0],
+                                  "kernel_shape": [3, 3], "taps": [7, 7]}}
     assert FactoredRecord.from_json(data) == record
     manifest = {"format_version": FORMAT_VERSION, "tensors": {"c.weight": data}}
-    with pytest.raises(InvalidCheckpointError, match=r"x\.safetensors: manifest record of 'c\.weight' has unknown kind 'factored'"):
-        check_manifest(manifest, "x.safetensors")
+    assert Manifest.from_json(manifest).tensors["c.weight"] == record
+    # the equal materialised resize, and what generic readers of kernel records ask
+    assert record.materialised() == ConvRecord("interp", "cubic", "taps", "mass", (2.0, 2.0), (3, 3), (11, 11), (0.0, 0.0))
+    assert not record.absorb and record.pad_extra is None and not record.half_pixel
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"prefilter": {"mode": "cubic"}}, r"prefilter must be an object"),
+    ({"prefilter": {"method": "interp", "mode": "cubic", "align": "taps", "coef": -1, "scale": [2, 2], "kernel_shape": [3, 3]}},
+     r"prefilter must be an object"),
+    ({"resized_spatial": [0, 11]}, r"resized_spatial must be a list of positive integers"),
+])
+def test_factored_record_fields_are_checked(change, message):
+    data = {"kind": "factored", "scale": [2, 2], "old_spatial": [3, 3], "new_spatial": [3, 3], "resized_spatial": [11, 11],
+            "dilation": [2, 2], "prefilter": {"method": "interp", "mode": "cubic", "align": "taps", "coef": "mass",
+                                              "scale": [2, 2], "kernel_shape": [3, 3], "taps": [7, 7]}}
+    check_manifest({"format_version": FORMAT_VERSION, "tensors": {"c.weight": data}}, "x.safetensors")
+    with pytest.raises(InvalidCheckpointError, match=r"x\.safetensors: manifest record of 'c\.weight': " + message):
+        check_manifest({"format_version": FORMAT_VERSION, "tensors": {"c.weight": {**data, **change}}}, "x.safetensors")
 
 
 @pytest.mark.parametrize("change, message", [
     ({"format_version": 2}, r"f: manifest format version 2 is not one this kernelscale reads \(1\)"),
     ({"tensors": []}, r"f: the 'kernelscale' metadata is not a kernelscale manifest"),
     ({"tensors": {"c.weight": {"kind": "conv", "scale": [2]}}}, r"f: manifest record of 'c\.weight' lacks old_spatial, new_spatial"),
-    ({"tensors": {"c.weight": {"kind": "blur"}}}, r"unknown kind 'blur' \(this kernelscale reads conv, grid, attention, weight_norm\)"),
+    ({"tensors": {"c.weight": {"kind": "blur"}}}, r"unknown kind 'blur' \(this kernelscale reads conv, grid, attention, weight_norm, factored\)"),
 ])
 def test_manifest_checks(change, message):
     data = {"format_version": FORMAT_VERSION, "tool": "kernelscale", "tool_version": "0", "options": {}, "tensors": {}, **change}
@@ -103,7 +123,8 @@ def test_plan_manifest_round_trips_through_the_classes():
 
 
 def test_one_action_vocabulary():
-    assert [a.value for a in Action] == ["copy", "cast", "resize", "geometry", "renorm", "absorb", "grid", "attention", "pool"]
+    assert [a.value for a in Action] == ["copy", "cast", "resize", "geometry", "renorm", "absorb", "grid", "attention", "pool",
+                                     "factored"]
     assert Action.RESIZE == "resize" and f"{Action.GEOMETRY}" == "geometry" and json.dumps([Action.COPY]) == '["copy"]'
 
 
@@ -144,7 +165,7 @@ def test_format_md_documents_exactly_the_record_keys():
         GridRecord: _table_keys(_section(text, '## The record of a Linear over a grid')) | {"weight_norm"},
         AttentionRecord: _table_keys(_section(text, '## The record of a baked attention temperature')),
         RenormRecord: set(re.findall(r'"([a-z_]+)":', weight_norm[weight_norm.index('{"kind": "weight_norm"'):].split("}")[0])),
-        FactoredRecord: _table_keys(_section(text, '## Reserved: the factored record')),
+        FactoredRecord: _table_keys(_section(text, '## The record of a factored conv')),
     }
     assert "weight_norm" in weight_norm and "spectral_norm" in spectral
     for cls, keys in documented.items():
@@ -155,5 +176,5 @@ def test_format_md_documents_exactly_the_record_keys():
     assert _inline_keys(conv, "| `disperse` |") == set(DisperseFit.__dataclass_fields__)
     assert _inline_keys(weight_norm, "weight_norm:") == set(WeightNormLink.__dataclass_fields__)
     assert _inline_keys(spectral, "spectral_norm:") == set(SpectralNormLink.__dataclass_fields__)
-    factored = _section(text, '## Reserved: the factored record')
+    factored = _section(text, '## The record of a factored conv')
     assert _inline_keys(factored, "prefilter") == set(Prefilter.__dataclass_fields__)

@@ -21,10 +21,19 @@ from torch import nn
 from kernelscale import resize_conv
 from kernelscale.errors import GeometryError, InvalidCheckpointError, InvalidOptionError
 import kernelscale.nn as knn
-from kernelscale.nn import LayerChange, SupersampleReport, load, plan_module, read_manifest, supersample
+from kernelscale.nn import LayerChange, SupersampleReport, load, plan_module, read_manifest
+from kernelscale.nn import supersample as _supersample
 from kernelscale.manifest import FORMAT_VERSION
 from kernelscale.plan import ResizeOptions
 from kernelscale.state_dict import resize_state_dict
+
+
+def supersample(*args, **kwargs):
+    """kernelscale.nn.supersample with the resized kernels materialised unless asked otherwise: these
+    tests pin the materialised layers' weights and geometry (the default, factored execution, is
+    tested against them in tests/test_factored_execution.py)."""
+    kwargs.setdefault("execution", "materialised")
+    return _supersample(*args, **kwargs)
 
 EXACT = 1e-12  # float64 rounding bound, see the module docstring
 
@@ -510,7 +519,7 @@ def test_report_prints_one_line_per_layer():
     report = supersample(model, 2, pools=True)
     assert isinstance(report, SupersampleReport) and all(isinstance(c, LayerChange) for c in report)
     text = str(report).splitlines()
-    assert text[0] == "0 (Conv2d) resize interp/linear/taps: k 3→7, p 1→3, stride 1, dilation 1"
+    assert text[0] == "0 (Conv2d) resize interp/linear/taps: k 3→7, p 1→3, stride 1, dilation 1, materialised"
     assert text[1] == "1 (MaxPool2d) pool window: k 2→4, p 0→1, stride 2, dilation 1"
     assert text[-1] == "2 layers changed, 0 left unchanged"
     assert (report["0"].old_padding, report["0"].new_padding) == ((1, 1), (3, 3))
@@ -816,7 +825,7 @@ def test_load_strips_a_prefix_and_finds_the_single_file_one(tmp_path):
         return torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.Conv2d(3, 2, 3, padding=1))
 
     reference, _ = _prefixed_checkpoint(tmp_path, "")
-    knn.supersample(reference, 2)
+    knn.supersample(reference, 2, execution="materialised")
     # a Stable Diffusion single file's denoiser prefix, beside a VAE's tensors: found and stripped
     _, path = _prefixed_checkpoint(tmp_path, "model.diffusion_model.", {"first_stage_model.w": torch.zeros(3)})
     net = fresh()

@@ -357,7 +357,7 @@ def test_convert_with_an_output_dtype_and_v_in_another_shard(tmp_path, capsys):
     plan = plan_checkpoint(index, ResizeOptions(scale=2), dtype="float16")
     v_bytes = sum(math.prod(e.new_shape) * 2 for fp in plan.files for e in fp.entries if e.name in v_names)
     assert plan.bytes_resized == 2 * v_bytes  # each v' is computed twice: written, and for its g's norms
-    assert plan.counts() == {"resize": 6, "rescale": 0, "dilate": 0, "cast": 3, "copy": 0}  # g counts as resized; the biases are cast
+    assert plan.counts() == {"resize": 6, "rescale": 0, "dilate": 0, "factored": 0, "cast": 3, "copy": 0}  # g counts as resized; the biases are cast
     assert main(["convert", str(index), str(tmp_path / "out"), "--scale", "2", "--dtype", "float16"]) == 0
     capsys.readouterr()
     out = {}
@@ -496,7 +496,7 @@ def test_a_resized_layer_trains(tmp_path, kind, api, via):
     model(torch.randn(2, 2, 20)).sum().backward()  # a .grad of the old shape
     loss = model(torch.randn(2, 2, 20)).sum()  # an earlier graph, still alive
     if via == "supersample":
-        report = supersample(model, 2)
+        report = supersample(model, 2, execution="materialised")  # FactoredConv training: tests/test_factored_execution.py
     else:
         save_file(detached(trainable(kind, api)), str(tmp_path / "in.safetensors"))
         assert main(["convert", str(tmp_path / "in.safetensors"), str(tmp_path / "out.safetensors"), "--scale", "2"]) == 0

@@ -43,14 +43,13 @@ from kernelscale.manifest import ConvRecord, as_record
 from kernelscale.pipeline_layout import (
     CONFIG_KEY, DENOISERS, WEIGHTS_NAME, check_class, config_record, denoiser_config_text, scaled_sample_size,
 )
+from kernelscale.method import EXECUTIONS
 from kernelscale.plan import AttentionRule, LayerRule
 
 __all__ = [
     "CONFIG_KEY", "DENOISERS", "EXECUTIONS", "WEIGHTS_NAME", "DenoiserReport", "ExecutionUnavailableError",
     "UnsupportedDenoiserError", "attention_rules", "convert_rules", "load_denoiser", "save_denoiser", "supersample_denoiser",
 ]
-
-EXECUTIONS = ("materialised", "factored")
 
 ALIGNED_DOWNSAMPLERS = LayerRule("*downsamplers*", align="cells")
 
@@ -142,13 +141,10 @@ def _rules_from(attention: Any, model: nn.Module) -> tuple[AttentionRule, ...]:
 
 
 def check_execution(execution: str) -> None:
-    """Accept ``materialised``; ``factored`` (FactoredConv, DESIGN §9) is refused until it exists."""
+    """Accept ``materialised`` and ``factored`` (kernelscale.nn.supersample's ``execution``:
+    FactoredConv where the resize factors, DESIGN §9); InvalidOptionError naming anything else."""
     if execution not in EXECUTIONS:
         raise InvalidOptionError(f"execution must be one of {', '.join(EXECUTIONS)}, got {execution!r}")
-    if execution == "factored":
-        raise ExecutionUnavailableError(
-            "execution='factored' (dilated conv + depthwise prefilter, DESIGN §9) is not available in this version "
-            "of kernelscale; use execution='materialised' (the same outputs, larger kernels)")
 
 
 def supersample_denoiser(
@@ -171,7 +167,11 @@ def supersample_denoiser(
     the aligned rule for the strided downsamplers (interp only). ``layers`` are extra LayerRules
     (matched after the aligned rule, so a user rule for ``*downsamplers*`` needs
     ``align_downsamplers=False``); ``plan_options`` other ResizeOptions fields (mode, coef,
-    include, exclude, …). Everything is checked before the module is touched.
+    include, exclude, …). ``execution``: ``materialised`` (default) or ``factored`` — each conv whose
+    resize factors runs as a :class:`~kernelscale.layers.FactoredConv` (same outputs to rounding,
+    about the original conv's cost; the aligned downsamplers, cells, stay materialised), and the
+    saved denoiser keeps those weights byte for byte with factored records (:func:`save_denoiser`,
+    :func:`load_denoiser`). Everything is checked before the module is touched.
     """
     name = check_denoiser(model)
     check_execution(execution)
@@ -189,7 +189,7 @@ def supersample_denoiser(
     old_size = model.config.sample_size
     new_size = scaled_sample_size(old_size, scale)
     report = knn.supersample(model, scale, method=method, geometry_only=geometry_only, layers=rules,
-                             attention=attention_rules_, padding="asymmetric", **plan_options)
+                             attention=attention_rules_, padding="asymmetric", execution=execution, **plan_options)
     _set_sample_size(model, new_size)
     mark(model, report.manifest, old_size)
     return DenoiserReport(name, _plain_scale(scale), (old_size, new_size), attention_rules_, report)

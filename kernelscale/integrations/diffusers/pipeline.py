@@ -58,8 +58,8 @@ def supersample_pipeline(
     images by default; return the report. The VAE and text encoders are not touched.
 
     Options as :func:`~kernelscale.integrations.diffusers.denoiser.supersample_denoiser`: ``method``
-    (``interp``, ``dilate``, ``pinv``, ``disperse``), ``execution`` (``materialised``; ``factored``
-    raises ExecutionUnavailableError in this version), ``attention`` (``"auto"``: the temperature
+    (``interp``, ``dilate``, ``pinv``, ``disperse``), ``execution`` (``materialised``, the default, or
+    ``factored``: kernelscale.nn.supersample's, DESIGN §9), ``attention`` (``"auto"``: the temperature
     from the config's token count at each UNet level; None to leave attention alone),
     ``align_downsamplers`` (the downsamplers resized by cells, padded asymmetrically, exactly on the
     supersampled grid), ``geometry_only`` (implies ``dilate``). A transformer denoiser (DiT, SD3,
