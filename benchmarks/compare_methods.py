@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from kernelscale import plan_state_dict, resize_state_dict
+from kernelscale.manifest import ConvRecord
 from kernelscale.verify import certify_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,12 +74,12 @@ def main() -> int:
     rows = []
     for label, options in METHODS:
         plan = plan_state_dict(state, scale=args.scale, grids=GRID, **options)
-        new, manifest = resize_state_dict(state, plan=plan)
-        certs = {band: [certify_record(n, state[n], new[n], r, band=band) for n, r in manifest["tensors"].items() if r["kind"] == "conv"]
+        new, _ = resize_state_dict(state, plan=plan)
+        conv = [e for e in plan.changed if isinstance(e.record, ConvRecord)]
+        certs = {band: [certify_record(e.name, state[e.name], new[e.name], e.record, band=band) for e in conv]
                  for band in (0.25, 0.4)}
-        conv = [e for e in plan.changed if e.kind == "conv"]
         acc = accuracy_at(state, options, args.scale, args.pools)
-        rows.append((label, conv[0].new_shape[2:], conv[0].record.get("dilation"), max(e.flop_growth for e in conv), certs, acc))
+        rows.append((label, conv[0].new_shape[2:], conv[0].record.dilation, max(e.flop_growth for e in conv), certs, acc))
 
     header = ("| method | 3×3 becomes | FLOPs × | structure error ν₀=0.25 (conv1 / conv2) | ν₀=0.4 | alias gain | DC gain | "
               f"accuracy 16×16 bicubic / nearest{' (pools=True)' if args.pools else ''} |")

@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 import textwrap
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 from kernelscale.cli_command import (EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE,
                                      Command)
@@ -186,14 +186,19 @@ def add_planning_arguments(parser: argparse.ArgumentParser) -> None:
                         "given here override the file's values. Example: --plan sd15_x2.toml")
 
 
-def parse_coef(text: str) -> Any:
-    """``mass``, ``paper`` or a number."""
-    if text in ("mass", "paper"):
-        return text
+def parse_coef(text: str) -> Union[str, float]:
+    """``mass``, ``paper`` or a finite number > 0, checked by :func:`kernelscale.method.validate_coef`;
+    InvalidOptionError naming ``--coef`` and the text otherwise."""
+    from kernelscale.method import validate_coef
+
     try:
-        return float(text)
+        value: Any = float(text)
     except ValueError:
-        raise InvalidOptionError(f"--coef {text!r}: expected mass, paper or a number") from None
+        value = text
+    try:
+        return validate_coef(value)
+    except InvalidOptionError as exc:
+        raise InvalidOptionError(f"--coef {text!r}: expected mass, paper or a number > 0 ({exc})") from None
 
 
 def parse_grid(text: str) -> tuple[str, Any]:

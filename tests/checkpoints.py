@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from pathlib import Path
 
 import safetensors.torch
@@ -73,6 +74,21 @@ def make_folder(root: Path) -> Path:
     (root / "model_a" / "pytorch_model.bin").write_bytes(b"pickled weights")
     (root / ".git" / "HEAD").write_text("ref: main\n")
     return root
+
+
+def raw_safetensors(header: bytes | dict, data: bytes = b"", *, length: int | None = None, pad: bool = False) -> bytes:
+    """A safetensors file's bytes, valid or not: the 8-byte little-endian header length (``length``,
+    or the header's own), the header (a dict as JSON; ``pad``: spaces up to a multiple of 8), ``data``."""
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    if pad:
+        raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw) if length is None else length) + raw + data
+
+
+def header_file(path: Path, header: bytes | dict, data: bytes = b"", *, length: int | None = None, pad: bool = False) -> Path:
+    """:func:`raw_safetensors` written to ``path``; returns ``path``."""
+    path.write_bytes(raw_safetensors(header, data, length=length, pad=pad))
+    return path
 
 
 def sha256(path: Path) -> str:

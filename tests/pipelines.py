@@ -103,22 +103,37 @@ def ddpm_unet(seed: int = 0):
                        up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8, attention_head_dim=8).eval()
 
 
-def _scheduler():
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+SCHEDULERS = ("ddim", "euler", "dpm")
 
 
-def sd_pipeline(folder: Path, seed: int = 0):
-    """StableDiffusionPipeline of :func:`sd_unet`, :func:`vae`, a CLIPTextModel and :func:`tokenizer`."""
+def make_scheduler(kind: str = "ddim", prediction_type: str = "epsilon"):
+    """SD's DDIM schedule (scaled-linear betas 0.00085 to 0.012, 1000 training steps); ``kind``
+    "euler" or "dpm" (DPM-Solver++) gives that sampler with the same config; ``prediction_type``
+    "epsilon" or "v_prediction"."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    ddim = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
+    if kind == "ddim":
+        return ddim
+    if kind == "euler":
+        return EulerDiscreteScheduler.from_config(ddim.config)
+    if kind == "dpm":
+        return DPMSolverMultistepScheduler.from_config(ddim.config, algorithm_type="dpmsolver++")
+    raise ValueError(f"scheduler kind {kind!r}: expected one of {SCHEDULERS}")
+
+
+def sd_pipeline(folder: Path, seed: int = 0, scheduler: str = "ddim", prediction_type: str = "epsilon"):
+    """StableDiffusionPipeline of :func:`sd_unet`, :func:`vae`, a CLIPTextModel and :func:`tokenizer`,
+    with :func:`make_scheduler` (``scheduler``, ``prediction_type``)."""
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(_text_config()).eval()
     return StableDiffusionPipeline(vae=vae(), text_encoder=text_encoder, tokenizer=tokenizer(Path(folder) / "tokenizer"),
-                                   unet=sd_unet(seed), scheduler=_scheduler(), safety_checker=None,
+                                   unet=sd_unet(seed), scheduler=make_scheduler(scheduler, prediction_type),
+                                   safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
 
 
@@ -133,7 +148,7 @@ def sdxl_pipeline(folder: Path, seed: int = 0):
     two = CLIPTextModelWithProjection(_text_config(projection_dim=TEXT_DIM)).eval()
     tok = tokenizer(Path(folder) / "tokenizer")
     return StableDiffusionXLPipeline(vae=vae(), text_encoder=one, text_encoder_2=two, tokenizer=tok, tokenizer_2=tok,
-                                     unet=sdxl_unet(seed), scheduler=_scheduler(), force_zeros_for_empty_prompt=True)
+                                     unet=sdxl_unet(seed), scheduler=make_scheduler(), force_zeros_for_empty_prompt=True)
 
 
 def generate(pipe, size: int, steps: int = 2, seed: int = 0) -> torch.Tensor:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from kernelscale.grid import GridLayout
 from kernelscale import cli
 from kernelscale.cli import Command, build_parser, main, options_from_args, register_command
 from kernelscale.io.safetensors_io import read_header
-from checkpoints import leftovers, mixed_state_dict, save, save_sharded, sha256
+from checkpoints import header_file, leftovers, mixed_state_dict, save, save_sharded, sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -246,13 +245,6 @@ def test_debug_env_reraises(tmp_path: Path, monkeypatch) -> None:
 
 # --- every bad input: exit 2, one line, no traceback, no OUT, input unchanged ------------------
 
-
-def _header_file(path: Path, header: bytes | dict, data: bytes = b"", length: int | None = None) -> Path:
-    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(raw) if length is None else length) + raw + data)
-    return path
-
-
 def _truncated(tmp: Path) -> Path:
     path = save(mixed_state_dict(), tmp / "in.safetensors")
     blob = path.read_bytes()
@@ -262,14 +254,14 @@ def _truncated(tmp: Path) -> Path:
 
 BAD_INPUTS = {
     "truncated file": (_truncated, [], "truncated"),
-    "corrupt header": (lambda t: _header_file(t / "in.safetensors", b"{not json at all"), [], "not valid JSON"),
-    "oversized header": (lambda t: _header_file(t / "in.safetensors", b"{}", length=1 << 40), [], "exceeds"),
-    "overlapping offsets": (lambda t: _header_file(t / "in.safetensors", {
+    "corrupt header": (lambda t: header_file(t / "in.safetensors", b"{not json at all"), [], "not valid JSON"),
+    "oversized header": (lambda t: header_file(t / "in.safetensors", b"{}", length=1 << 40), [], "exceeds"),
+    "overlapping offsets": (lambda t: header_file(t / "in.safetensors", {
         "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
         "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, bytes(12)), [], "overlaps"),
-    "unknown dtype": (lambda t: _header_file(t / "in.safetensors", {"a": {"dtype": "F12", "shape": [1], "data_offsets": [0, 2]}},
+    "unknown dtype": (lambda t: header_file(t / "in.safetensors", {"a": {"dtype": "F12", "shape": [1], "data_offsets": [0, 2]}},
                                              bytes(2)), [], "unknown dtype"),
-    "empty file": (lambda t: _header_file(t / "in.safetensors", b"", length=0) and (t / "in.safetensors").write_bytes(b"")
+    "empty file": (lambda t: header_file(t / "in.safetensors", b"", length=0) and (t / "in.safetensors").write_bytes(b"")
                    or t / "in.safetensors", [], "empty"),
     "git lfs pointer": (lambda t: (t / "in.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\n")
                         and t / "in.safetensors", [], "LFS"),
@@ -285,6 +277,8 @@ BAD_INPUTS = {
     "include matching nothing": (None, ["--include", "nope*"], "--include 'nope*' matches no tensor"),
     "absorb on a bias": (None, ["--absorb", "stem.bias"], "not a conv kernel"),
     "bad coef": (None, ["--coef", "lots"], "--coef 'lots'"),
+    "coef zero": (None, ["--coef", "0"], "--coef '0': expected mass, paper or a number > 0"),
+    "coef nan": (None, ["--coef", "nan"], "finite number > 0, got nan"),
     "bad method": (None, ["--method", "magic"], "invalid choice: 'magic'"),
     "unknown flag": (None, ["--frobnicate"], "unrecognized arguments: --frobnicate"),
     "missing plan file": (None, ["--plan", "/nonexistent/plan.toml"], "cannot read"),

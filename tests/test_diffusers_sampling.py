@@ -1,18 +1,16 @@
-"""kernelscale.integrations.diffusers.sampling (sampling_methods.py) on tiny pipelines built from configs in this file
-(nothing downloaded): the wrapped denoiser computes the kernelscale.sampling functions exactly,
+"""kernelscale.integrations.diffusers.sampling (sampling_methods.py) on tests/pipelines.py's tiny pipelines
+(built from configs, nothing downloaded): the wrapped denoiser computes the kernelscale.sampling functions exactly,
 and stock pipelines run with every method on, for DDIM, Euler and DPM-Solver++, ε and v."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 
+import pipelines as P  # noqa: E402
 from kernelscale.errors import InvalidOptionError  # noqa: E402
 from kernelscale.integrations.diffusers import (  # noqa: E402
     FouriScale,
@@ -29,96 +27,13 @@ from kernelscale.sampling.upsample_guidance import guide  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 U32 = 2.0**-24
-SAMPLE = 8      # trained latent size
-TEXT = 32
-TOKENS = 16
+SAMPLE = P.SAMPLE_SIZE  # trained latent size
 CONV = "down_blocks.1.resnets.0.conv1"
-
-
-def _byte_chars() -> list[str]:
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = [], 0
-    for b in range(256):
-        if b in printable:
-            chars.append(chr(b))
-        else:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
-
-
-def _tokenizer(folder: Path):
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = _byte_chars()
-    vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=TOKENS)
-
-
-def _text_config(**extra):
-    return transformers.CLIPTextConfig(vocab_size=514, hidden_size=TEXT, intermediate_size=37, num_attention_heads=4,
-                                       num_hidden_layers=2, max_position_embeddings=TOKENS, bos_token_id=512, eos_token_id=513,
-                                       pad_token_id=513, **extra)
-
-
-def _vae():
-    torch.manual_seed(1)
-    return diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                                   up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
-                                   norm_num_groups=4, sample_size=2 * SAMPLE).eval()
-
-
-def sd_unet(seed: int = 0):
-    torch.manual_seed(seed)
-    return diffusers.UNet2DConditionModel(sample_size=SAMPLE, in_channels=4, out_channels=4, layers_per_block=1,
-                                          block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                          up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TEXT,
-                                          attention_head_dim=8, norm_num_groups=8).eval()
-
-
-def _ddim(prediction_type: str = "epsilon"):
-    return diffusers.DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                   clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
-
-
-SCHEDULERS = {
-    "ddim": lambda p: _ddim(p),
-    "euler": lambda p: diffusers.EulerDiscreteScheduler.from_config(_ddim(p).config),
-    "dpm": lambda p: diffusers.DPMSolverMultistepScheduler.from_config(_ddim(p).config, algorithm_type="dpmsolver++"),
-}
-
-
-def sd_pipeline(folder: Path, scheduler="ddim", prediction_type="epsilon"):
-    torch.manual_seed(2)
-    text = transformers.CLIPTextModel(_text_config()).eval()
-    return diffusers.StableDiffusionPipeline(vae=_vae(), text_encoder=text, tokenizer=_tokenizer(folder / "tok"), unet=sd_unet(),
-                                             scheduler=SCHEDULERS[scheduler](prediction_type), safety_checker=None,
-                                             feature_extractor=None, requires_safety_checker=False)
-
-
-def sdxl_pipeline(folder: Path):
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(sample_size=SAMPLE, in_channels=4, out_channels=4, layers_per_block=1,
-                                          block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                          up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=2 * TEXT,
-                                          attention_head_dim=8, norm_num_groups=8, use_linear_projection=True,
-                                          addition_embed_type="text_time", addition_time_embed_dim=8,
-                                          projection_class_embeddings_input_dim=6 * 8 + TEXT).eval()
-    torch.manual_seed(2)
-    one = transformers.CLIPTextModel(_text_config()).eval()
-    two = transformers.CLIPTextModelWithProjection(_text_config(projection_dim=TEXT)).eval()
-    tok = _tokenizer(folder / "tok")
-    return diffusers.StableDiffusionXLPipeline(vae=_vae(), text_encoder=one, text_encoder_2=two, tokenizer=tok, tokenizer_2=tok,
-                                               unet=unet, scheduler=_ddim(), force_zeros_for_empty_prompt=True)
 
 
 def generate(pipe, steps: int = 3, size: int = 4 * SAMPLE) -> torch.Tensor:
     """A 2× image (latents 2·SAMPLE, VAE factor 2) with a fixed generator."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        out = pipe("a cat", height=size, width=size, num_inference_steps=steps, generator=g, output_type="np", guidance_scale=7.5)
-    return torch.from_numpy(out.images)
+    return P.generate(pipe, size, steps=steps)
 
 
 class Counting(torch.nn.Module):
@@ -135,13 +50,13 @@ class Counting(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
-    return sd_pipeline(tmp_path_factory.mktemp("sd"))
+    return P.sd_pipeline(tmp_path_factory.mktemp("sd"))
 
 
 def _inputs(batch: int = 2, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(batch, 4, 2 * SAMPLE, 2 * SAMPLE, generator=g),
-            torch.randn(batch, TOKENS, TEXT, generator=g))
+            torch.randn(batch, P.TOKENS, P.TEXT_DIM, generator=g))
 
 
 def test_without_methods_the_pipeline_is_unchanged_and_restored(pipe):
@@ -156,7 +71,7 @@ def test_without_methods_the_pipeline_is_unchanged_and_restored(pipe):
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("t", [981.0, 700.5])
 def test_upsample_guidance_is_the_pure_function(tmp_path, prediction_type, t):
-    p = sd_pipeline(tmp_path, prediction_type=prediction_type)
+    p = P.sd_pipeline(tmp_path, prediction_type=prediction_type)
     x, text = _inputs()
     a = p.scheduler.alphas_cumprod.to(torch.float64)
     with torch.no_grad():
@@ -173,7 +88,7 @@ def test_upsample_guidance_is_the_pure_function(tmp_path, prediction_type, t):
 
 
 def test_nd_cfg_shifts_both_halves_by_the_base_unconditional_term(pipe):
-    base = sd_unet(seed=5)
+    base = P.sd_unet(seed=5)
     x, text = _inputs()
     t = 900.0
     with torch.no_grad():
@@ -224,17 +139,17 @@ def test_fouriscale_runs_the_annealed_factor(pipe, t, d):
 
 
 def test_step_index_of_ddim_50_is_the_loop_index():
-    s = _ddim()
+    s = P.make_scheduler()
     s.set_timesteps(50)
     assert [_step_index(float(t), 1000, 50) for t in s.timesteps] == list(range(50))
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "euler", "dpm"])
+@pytest.mark.parametrize("scheduler", P.SCHEDULERS)
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_stock_pipelines_run_with_every_method(tmp_path, scheduler, prediction_type):
-    p = sd_pipeline(tmp_path, scheduler, prediction_type)
+    p = P.sd_pipeline(tmp_path, scheduler=scheduler, prediction_type=prediction_type)
     plain = generate(p)
-    low = Counting(sd_unet())
+    low = Counting(P.sd_unet())
     with sampling(p, upsample_guidance=UpsampleGuidance(w=1.2, eta=0.6, model=low),
                   nd_cfg=NoiseDampedCFG(tau=35, base_settings={CONV: 2}),
                   redilation=Redilation(settings={CONV: 3, "up_blocks.0.resnets.0.conv2": 2.5}, tau=30, progressive=False),
@@ -249,7 +164,7 @@ def test_stock_pipelines_run_with_every_method(tmp_path, scheduler, prediction_t
 
 
 def test_sdxl_pipeline_runs_with_upsample_guidance_and_nd_cfg(tmp_path):
-    p = sdxl_pipeline(tmp_path)
+    p = P.sdxl_pipeline(tmp_path)
     plain = generate(p, steps=2)
     with sampling(p, upsample_guidance=UpsampleGuidance(), nd_cfg=NoiseDampedCFG(tau=35, base_settings={CONV: 2})):
         images = generate(p, steps=2)
@@ -263,7 +178,7 @@ def test_pipelines_that_cannot_be_wrapped_are_named(tmp_path, pipe):
     with pytest.raises(UnsupportedPipelineError, match="TransformerPipeline has a transformer denoiser"):
         with sampling(TransformerPipeline()):
             pass
-    flow = sd_pipeline(tmp_path)
+    flow = P.sd_pipeline(tmp_path)
     flow.scheduler = diffusers.FlowMatchEulerDiscreteScheduler()
     with pytest.raises(UnsupportedPipelineError, match="FlowMatchEulerDiscreteScheduler"):
         with sampling(flow, upsample_guidance=UpsampleGuidance()):
@@ -305,5 +220,5 @@ def test_bad_options_are_refused_before_anything_is_touched(pipe):
 
 def test_nd_cfg_base_settings_need_the_pipelines_own_unet(pipe):
     with pytest.raises(InvalidOptionError, match="base_settings re-dilate the pipeline's own UNet"):
-        with sampling(pipe, nd_cfg=NoiseDampedCFG(tau=35, base=sd_unet(), base_settings={CONV: 2})):
+        with sampling(pipe, nd_cfg=NoiseDampedCFG(tau=35, base=P.sd_unet(), base_settings={CONV: 2})):
             pass

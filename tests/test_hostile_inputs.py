@@ -5,7 +5,6 @@ an input error, one line and exit 2 (or handled), never an internal error (exit 
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import torch
 from kernelscale.cli import main
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
 from kernelscale.io.safetensors_io import SafetensorsReader, encode_header
-from checkpoints import save, save_sharded
+from checkpoints import header_file, save, save_sharded
 
 DEEP = "[" * 100_000 + "]" * 100_000
 
@@ -97,26 +96,19 @@ def test_nn_load_refuses_a_deeply_nested_manifest(tmp_path: Path, converted) -> 
     with pytest.raises(InvalidCheckpointError, match="nested too deeply"):
         ks_nn.load(model, bad)
 
-
-def _header_file(path: Path, header: bytes, data: bytes = b"") -> Path:
-    header += b" " * (-len(header) % 8)
-    path.write_bytes(struct.pack("<Q", len(header)) + header + data)
-    return path
-
-
 @pytest.mark.parametrize("header", [
     b'{"t\\ud800":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}',
     b'{"__metadata__":{"note":"x\\udfff"},"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}',
     b'{"__metadata__":{"\\ud800":"x"},"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}',
 ])
 def test_lone_surrogates_are_refused_by_the_reader(tmp_path: Path, capsys, header: bytes) -> None:
-    path = _header_file(tmp_path / "s.safetensors", header, bytes(4))
+    path = header_file(tmp_path / "s.safetensors", header, bytes(4), pad=True)
     for args in (("inspect", path), ("inspect", path, "--json"), ("convert", path, tmp_path / "o.safetensors", "--scale", "2")):
         one_error_line(capsys, *args, needle="lone surrogate")
 
 
 def test_a_surrogate_pair_is_one_character_and_accepted(tmp_path: Path) -> None:
-    path = _header_file(tmp_path / "p.safetensors", b'{"t\\ud83d\\ude00":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', bytes(4))
+    path = header_file(tmp_path / "p.safetensors", b'{"t\\ud83d\\ude00":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', bytes(4), pad=True)
     with SafetensorsReader(path) as reader:
         assert list(reader.tensors) == ["t\U0001F600"]
 
@@ -124,7 +116,7 @@ def test_a_surrogate_pair_is_one_character_and_accepted(tmp_path: Path) -> None:
 @pytest.mark.parametrize("shape", [[0, 2 ** 62, 3, 3], [0, 2 ** 63, 1], [2 ** 32, 2 ** 32, 0], [0, 2 ** 64], [0, 2 ** 70]])
 def test_zero_element_tensors_beyond_int64_strides_are_refused(tmp_path: Path, capsys, shape: list[int]) -> None:
     header = json.dumps({"e.weight": {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]}}).encode()
-    path = _header_file(tmp_path / "z.safetensors", header)
+    path = header_file(tmp_path / "z.safetensors", header, pad=True)
     with pytest.raises(InvalidCheckpointError, match="extent"):
         SafetensorsReader(path)
     one_error_line(capsys, "convert", path, tmp_path / "o.safetensors", "--scale", "2", needle="extent")

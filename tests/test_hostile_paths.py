@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 import tracemalloc
@@ -18,7 +17,7 @@ import torch
 from kernelscale.errors import InvalidCheckpointError
 from kernelscale.io.files import read_small_file
 from kernelscale.io.safetensors_io import SafetensorsReader
-from checkpoints import save
+from checkpoints import header_file, save
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,19 +88,12 @@ def test_read_small_file_reads_at_most_its_limit(tmp_path: Path) -> None:
     with pytest.raises(InvalidCheckpointError, match="a folder"):
         read_small_file(str(tmp_path), 4, InvalidCheckpointError, "x")
 
-
-def _header_file(path: Path, header: bytes) -> Path:
-    header += b" " * (-len(header) % 8)
-    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(4))
-    return path
-
-
 def test_a_header_of_millions_of_empty_lists_is_refused_at_the_cost_of_its_bytes(tmp_path: Path) -> None:
     # accepted before (an unknown key of a tensor entry), at 64 bytes of memory per 3-byte list:
     # 4 M lists would cost 0.27 GB; the structure check refuses it holding two copies of the bytes
     lists = 4_000_000
     header = b'{"t":{"dtype":"F32","shape":[],"data_offsets":[0,4],"x":[' + b"[]," * (lists - 1) + b"[]]}}"
-    path = _header_file(tmp_path / "lists.safetensors", header)
+    path = header_file(tmp_path / "lists.safetensors", header, bytes(4), pad=True)
     tracemalloc.start()
     try:
         with pytest.raises(InvalidCheckpointError, match="a list holding a list"):
@@ -116,17 +108,18 @@ def test_a_header_of_millions_of_empty_lists_is_refused_at_the_cost_of_its_bytes
     (b'"x":{"y":{}}', "nested deeper"),
     (b'"x":[' + b"0," * 64 + b"0]", "more than 64 items"),
     (b'"x":[{}]', "a list holding"),
+    (b",".join(b'"k%d":0' % i for i in range(4096)), "an object of more than 4096 keys"),
 ])
 def test_header_structure_beyond_a_safetensors_header_is_refused(tmp_path: Path, extra: bytes, needle: str) -> None:
     header = b'{"t":{"dtype":"F32","shape":[],"data_offsets":[0,4],' + extra + b"}}"
     with pytest.raises(InvalidCheckpointError, match=needle):
-        SafetensorsReader(_header_file(tmp_path / "h.safetensors", header))
+        SafetensorsReader(header_file(tmp_path / "h.safetensors", header, bytes(4), pad=True))
 
 
 def test_brackets_inside_strings_are_not_structure(tmp_path: Path) -> None:
     meta = {"note": "[[{{\"]]}}" * 100, "k" * 3: "]"}
     header = json.dumps({"__metadata__": meta, "t[0]{": {"dtype": "F32", "shape": [], "data_offsets": [0, 4]}}).encode()
-    with SafetensorsReader(_header_file(tmp_path / "s.safetensors", header)) as reader:
+    with SafetensorsReader(header_file(tmp_path / "s.safetensors", header, bytes(4), pad=True)) as reader:
         assert reader.metadata == meta and list(reader.tensors) == ["t[0]{"]
 
 
@@ -134,7 +127,7 @@ def test_brackets_inside_strings_are_not_structure(tmp_path: Path) -> None:
 def test_a_large_header_of_tiny_entries_is_refused_before_parsing(tmp_path: Path, entry: bytes, needle: str) -> None:
     # 1.5 M top-level pairs: parsed, each costs ~120–200 bytes (0.2–0.3 GB here, 2.8 GB at the 100 MB limit)
     header = b"{" + b",".join(entry % i for i in range(1_500_000)) + b"}"
-    path = _header_file(tmp_path / "tiny.safetensors", header)
+    path = header_file(tmp_path / "tiny.safetensors", header, bytes(4), pad=True)
     tracemalloc.start()
     try:
         with pytest.raises(InvalidCheckpointError, match=needle):

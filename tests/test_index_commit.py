@@ -4,7 +4,6 @@ previous output back (or, when there was none, removes the dead run's shards) be
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -17,7 +16,7 @@ import torch
 
 from kernelscale.cli import main
 from kernelscale.io.safetensors_io import read_header
-from checkpoints import leftovers, save_sharded
+from checkpoints import leftovers, save_sharded, sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,6 +42,13 @@ def _source(tmp_path: Path) -> Path:
     return save_sharded(sd, tmp_path / "in", shards=3)
 
 
+def _paths(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The sharded source (:func:`_source`), an empty output folder and the output index path in it."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    return _source(tmp_path), out_dir, out_dir / "model.safetensors.index.json"
+
+
 def _killed_run(*args: str) -> None:
     proc = subprocess.run([sys.executable, "-c", _KILLED_AFTER_FIRST_SHARD, "convert", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
@@ -50,7 +56,7 @@ def _killed_run(*args: str) -> None:
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    return {p.name: sha256(p) for p in sorted(folder.iterdir())}
 
 
 def _kernel_sizes(index: Path) -> set[int]:
@@ -60,10 +66,7 @@ def _kernel_sizes(index: Path) -> set[int]:
 
 
 def test_force_run_killed_mid_commit_leaves_no_index_over_a_mix_and_the_next_run_restores_the_old(tmp_path: Path, capsys) -> None:
-    src = _source(tmp_path)
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    out = out_dir / "model.safetensors.index.json"
+    src, out_dir, out = _paths(tmp_path)
     assert main(["convert", str(src), str(out), "--scale", "2"]) == 0
     before = _digests(out_dir)
     assert _kernel_sizes(out) == {7}
@@ -83,10 +86,7 @@ def test_force_run_killed_mid_commit_leaves_no_index_over_a_mix_and_the_next_run
 
 
 def test_run_killed_mid_commit_does_not_block_the_next(tmp_path: Path, capsys) -> None:
-    src = _source(tmp_path)
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    out = out_dir / "model.safetensors.index.json"
+    src, out_dir, out = _paths(tmp_path)
     _killed_run(str(src), str(out), "--scale", "2")
     assert not out.exists()
     assert main(["convert", str(src), str(out), "--scale", "2"]) == 0, capsys.readouterr().err
@@ -97,10 +97,7 @@ def test_run_killed_mid_commit_does_not_block_the_next(tmp_path: Path, capsys) -
 def test_a_failed_commit_puts_the_previous_output_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from kernelscale.io import output
 
-    src = _source(tmp_path)
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    out = out_dir / "model.safetensors.index.json"
+    src, out_dir, out = _paths(tmp_path)
     assert main(["convert", str(src), str(out), "--scale", "2"]) == 0
     before = _digests(out_dir)
     real, moved = os.replace, []

@@ -4,7 +4,6 @@ sees success or InvalidCheckpointError with bounded memory."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import pickle
@@ -21,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 
+from checkpoints import raw_safetensors, sha256
 from kernelscale.dtypes import dtype_name
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError, UnsupportedTensorError
 from kernelscale.io.safetensors_io import (
@@ -68,17 +68,6 @@ def _write(path: Path, tensors: dict[str, torch.Tensor], metadata=None) -> None:
     with SafetensorsWriter(path, _specs(tensors), metadata) as writer:
         for name, t in tensors.items():
             writer.write_tensor(name, t)
-
-
-def _raw_file(header: object, data: bytes = b"", *, length: int | None = None) -> bytes:
-    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
-    return struct.pack("<Q", len(raw) if length is None else length) + raw + data
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 # --- parity with the reference implementation ------------------------------------------------
 
 
@@ -161,7 +150,7 @@ def test_output_is_deterministic(tmp_path: Path) -> None:
     meta = {"b": "2", "a": "1", "c": "3"}
     _write(tmp_path / "1.safetensors", tensors, meta)
     _write(tmp_path / "2.safetensors", dict(tensors), dict(reversed(list(meta.items()))))
-    assert _sha256(tmp_path / "1.safetensors") == _sha256(tmp_path / "2.safetensors")
+    assert sha256(tmp_path / "1.safetensors") == sha256(tmp_path / "2.safetensors")
 
 
 def test_raw_copy_preserves_bf16_bytes_exactly(tmp_path: Path) -> None:
@@ -286,46 +275,46 @@ BAD_FILES: dict[str, tuple[bytes, str]] = {
     "half header": (_valid_blob()[:40], "past the end"),
     "header, no data": (_valid_blob()[: 8 + struct.unpack("<Q", _valid_blob()[:8])[0]], "beyond"),
     "one byte short": (_valid_blob()[:-1], "beyond"),
-    "header length > file": (_raw_file({"a": F32_2}, b"\0" * 8, length=10_000), "past the end"),
-    "header length > 100MB": (_raw_file(b"{}", length=MAX_HEADER_SIZE + 1), "limit"),
-    "header length 2**64-1": (_raw_file(b"{}", length=2**64 - 1), "limit"),
-    "non-UTF-8 header": (_raw_file(b'{"\xff\xfe":1}'), "UTF-8"),
-    "JSON array": (_raw_file(b"[1, 2]"), "start with '{'"),
-    "JSON string after brace": (_raw_file(b"{nope}"), "not valid JSON"),
-    "JSON number object": (_raw_file(b'{"a": NaN}'), "not valid JSON"),
-    "deep nesting": (_raw_file(b"{" + b'"a":[' * 200_000), "JSON"),
-    "entry not object": (_raw_file({"a": [1, 2]}), "not an object"),
-    "missing offsets": (_raw_file({"a": {"dtype": "F32", "shape": [2]}}, b"\0" * 8), "lacks"),
-    "unknown dtype": (_raw_file({"a": {**F32_2, "dtype": "F4"}}, b"\0" * 8), "unknown dtype"),
-    "shape not ints": (_raw_file({"a": {**F32_2, "shape": [2.0]}}, b"\0" * 8), "shape"),
-    "negative dim": (_raw_file({"a": {**F32_2, "shape": [-2]}}, b"\0" * 8), "shape"),
+    "header length > file": (raw_safetensors({"a": F32_2}, b"\0" * 8, length=10_000), "past the end"),
+    "header length > 100MB": (raw_safetensors(b"{}", length=MAX_HEADER_SIZE + 1), "limit"),
+    "header length 2**64-1": (raw_safetensors(b"{}", length=2**64 - 1), "limit"),
+    "non-UTF-8 header": (raw_safetensors(b'{"\xff\xfe":1}'), "UTF-8"),
+    "JSON array": (raw_safetensors(b"[1, 2]"), "start with '{'"),
+    "JSON string after brace": (raw_safetensors(b"{nope}"), "not valid JSON"),
+    "JSON number object": (raw_safetensors(b'{"a": NaN}'), "not valid JSON"),
+    "deep nesting": (raw_safetensors(b"{" + b'"a":[' * 200_000), "JSON"),
+    "entry not object": (raw_safetensors({"a": [1, 2]}), "not an object"),
+    "missing offsets": (raw_safetensors({"a": {"dtype": "F32", "shape": [2]}}, b"\0" * 8), "lacks"),
+    "unknown dtype": (raw_safetensors({"a": {**F32_2, "dtype": "F4"}}, b"\0" * 8), "unknown dtype"),
+    "shape not ints": (raw_safetensors({"a": {**F32_2, "shape": [2.0]}}, b"\0" * 8), "shape"),
+    "negative dim": (raw_safetensors({"a": {**F32_2, "shape": [-2]}}, b"\0" * 8), "shape"),
     "offsets reversed": (
-        _raw_file({"a": {**F32_2, "data_offsets": [8, 0]}}, b"\0" * 8),
+        raw_safetensors({"a": {**F32_2, "data_offsets": [8, 0]}}, b"\0" * 8),
         "end before begin",
     ),
-    "shape/span mismatch": (_raw_file({"a": {**F32_2, "shape": [3]}}, b"\0" * 8), "needs 12 bytes"),
+    "shape/span mismatch": (raw_safetensors({"a": {**F32_2, "shape": [3]}}, b"\0" * 8), "needs 12 bytes"),
     "overlapping offsets": (
-        _raw_file({"a": F32_2, "b": {**F32_2, "data_offsets": [4, 12]}}, b"\0" * 12),
+        raw_safetensors({"a": F32_2, "b": {**F32_2, "data_offsets": [4, 12]}}, b"\0" * 12),
         "overlaps",
     ),
     "gap between tensors": (
-        _raw_file({"a": F32_2, "b": {**F32_2, "data_offsets": [12, 20]}}, b"\0" * 20),
+        raw_safetensors({"a": F32_2, "b": {**F32_2, "data_offsets": [12, 20]}}, b"\0" * 20),
         "gap",
     ),
-    "gap at start": (_raw_file({"a": {**F32_2, "data_offsets": [4, 12]}}, b"\0" * 12), "gap"),
-    "offsets beyond data": (_raw_file({"a": F32_2}, b"\0" * 6), "beyond"),
-    "trailing bytes": (_raw_file({"a": F32_2}, b"\0" * 9), "trailing"),
+    "gap at start": (raw_safetensors({"a": {**F32_2, "data_offsets": [4, 12]}}, b"\0" * 12), "gap"),
+    "offsets beyond data": (raw_safetensors({"a": F32_2}, b"\0" * 6), "beyond"),
+    "trailing bytes": (raw_safetensors({"a": F32_2}, b"\0" * 9), "trailing"),
     "duplicate key": (
-        _raw_file(
+        raw_safetensors(
             b'{"a":' + json.dumps(F32_2).encode() + b',"a":' + json.dumps(F32_2).encode() + b"}",
             b"\0" * 8,
         ),
         "twice",
     ),
-    "duplicate metadata key": (_raw_file(b'{"__metadata__":{"k":"1","k":"2"}}'), "twice"),
-    "tensor named __metadata__": (_raw_file({"__metadata__": F32_2}, b"\0" * 8), "reserved"),
-    "metadata not object": (_raw_file({"__metadata__": "hello"}), "__metadata__"),
-    "metadata non-string value": (_raw_file({"__metadata__": {"epochs": 3}}), "expected a string"),
+    "duplicate metadata key": (raw_safetensors(b'{"__metadata__":{"k":"1","k":"2"}}'), "twice"),
+    "tensor named __metadata__": (raw_safetensors({"__metadata__": F32_2}, b"\0" * 8), "reserved"),
+    "metadata not object": (raw_safetensors({"__metadata__": "hello"}), "__metadata__"),
+    "metadata non-string value": (raw_safetensors({"__metadata__": {"epochs": 3}}), "expected a string"),
     "LFS pointer": (
         b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 123\n",
         "Git LFS pointer",
@@ -361,9 +350,9 @@ def test_bad_file_raises_clear_error(tmp_path: Path, case: str) -> None:
 
 def test_foreign_formats_are_named_only_when_the_header_fails(tmp_path: Path) -> None:
     """A valid safetensors file may begin like a pickle: a 640-byte header is 0x80 0x02 0 … 0."""
-    blob = _raw_file({"__metadata__": {"pad": ""}, "a": F32_2}, b"\0" * 8)
+    blob = raw_safetensors({"__metadata__": {"pad": ""}, "a": F32_2}, b"\0" * 8)
     header_len = struct.unpack("<Q", blob[:8])[0]
-    blob = _raw_file({"__metadata__": {"pad": " " * (640 - header_len)}, "a": F32_2}, b"\0" * 8)
+    blob = raw_safetensors({"__metadata__": {"pad": " " * (640 - header_len)}, "a": F32_2}, b"\0" * 8)
     assert blob[:2] == b"\x80\x02" and struct.unpack("<Q", blob[:8])[0] == 640
     path = tmp_path / "pickle_like.safetensors"
     path.write_bytes(blob)
@@ -382,7 +371,7 @@ def test_missing_file_is_a_checkpoint_error(tmp_path: Path) -> None:
 
 def test_huge_declared_header_allocates_nothing(tmp_path: Path) -> None:
     path = tmp_path / "huge.safetensors"
-    path.write_bytes(_raw_file(b"{}", length=MAX_HEADER_SIZE - 8))
+    path.write_bytes(raw_safetensors(b"{}", length=MAX_HEADER_SIZE - 8))
     tracemalloc.start()
     try:
         with pytest.raises(InvalidCheckpointError, match="past the end"):

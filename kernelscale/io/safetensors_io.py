@@ -185,6 +185,27 @@ _NESTED_OBJECT = re.compile(rb"\{[^}]*\{")  # an object that opens another befor
 _MANY_KEYS = re.compile(rb"\{(?:[^{}:]*:){%d}" % (MAX_OBJECT_KEYS + 1))
 _TOP_LEVEL_SCALAR = re.compile(rb"(?:\A|\})[^{}]*:[^{]")
 _DENSITY_CHECK_BYTES = 1 << 20
+
+# (pattern, what the header JSON then is), searched in order by _check_structure: lists in the blanked
+# header, objects inside the top-level one, and (large headers only) the top-level values.
+_LIST_RULES = (
+    (_NESTED_LIST, "has a list holding a list or an object; a safetensors header's lists hold integers only"),
+    (_LONG_LIST, f"has a list of more than {MAX_LIST_ITEMS} items; a safetensors header's lists are shapes and data_offsets"),
+)
+_OBJECT_RULES = (
+    (_NESTED_OBJECT, "is nested deeper than a safetensors header (objects of tensor entries and __metadata__ inside one object)"),
+    (_MANY_KEYS, f"has an object of more than {MAX_OBJECT_KEYS} keys inside the top-level one"),
+)
+_TOP_LEVEL_RULES = (
+    (_TOP_LEVEL_SCALAR, "has a top-level value that is not an object; each key must name a tensor entry or __metadata__"),
+)
+
+
+def _refuse_matches(path: str, text: Union[bytes, memoryview], rules: tuple[tuple[re.Pattern[bytes], str], ...]) -> None:
+    """InvalidCheckpointError ``"{path}: header JSON {what}"`` for the first rule whose pattern is found in ``text``."""
+    for pattern, what in rules:
+        if pattern.search(text):
+            raise InvalidCheckpointError(f"{path}: header JSON {what}")
 """Above this header size the entries' density is checked before parsing too: every top-level
 value an object, three keys per tensor entry. A top-level ``"k":0`` costs 4 bytes of header and
 ~120 bytes of parsed pairs, so 25 M of them would take 2.8 GB; a parsed valid entry costs about
@@ -230,27 +251,15 @@ def _check_structure(path: str, raw: bytes) -> None:
     any bracket and spaces), by regular expressions, holding one copy of the header beside it:
     2.2 s for that header, 1.2 s for a valid 25 MB header of 200 000 tensors (shared 2-core VM)."""
     skeleton = _blank_strings(path, raw)
-    if _NESTED_LIST.search(skeleton):
-        raise InvalidCheckpointError(f"{path}: header JSON has a list holding a list or an object; "
-                                     "a safetensors header's lists hold integers only")
-    if _LONG_LIST.search(skeleton):
-        raise InvalidCheckpointError(f"{path}: header JSON has a list of more than {MAX_LIST_ITEMS} items; "
-                                     "a safetensors header's lists are shapes and data_offsets")
+    _refuse_matches(path, skeleton, _LIST_RULES)
     # skeleton has no whitespace: the header object's braces are its first and last bytes
     inside = memoryview(skeleton)[1:-1] if skeleton[:1] == b"{" and skeleton[-1:] == b"}" else memoryview(skeleton)
-    if _NESTED_OBJECT.search(inside):
-        raise InvalidCheckpointError(f"{path}: header JSON is nested deeper than a safetensors header "
-                                     "(objects of tensor entries and __metadata__ inside one object)")
-    if _MANY_KEYS.search(inside):
-        raise InvalidCheckpointError(f"{path}: header JSON has an object of more than {MAX_OBJECT_KEYS} keys "
-                                     "inside the top-level one")
+    _refuse_matches(path, inside, _OBJECT_RULES)
     if len(raw) <= _DENSITY_CHECK_BYTES:  # small enough to parse: the parser's own errors are more precise
         return
     # From here lists hold no braces and objects nest two deep, so the bytes between a '}' (or the
     # start) and the next '{' are at the top level, and every '{' but the first opens an entry.
-    if _TOP_LEVEL_SCALAR.search(inside):
-        raise InvalidCheckpointError(f"{path}: header JSON has a top-level value that is not an object; "
-                                     "each key must name a tensor entry or __metadata__")
+    _refuse_matches(path, inside, _TOP_LEVEL_RULES)
     objects = skeleton.count(b"{") - 1
     if skeleton.count(b":") - objects < 3 * (objects - 1):
         raise InvalidCheckpointError(f"{path}: header JSON has {objects} objects but too few keys for their tensor "

@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -221,29 +221,39 @@ def _step_index(t: float, train_steps: int, reference_steps: int) -> int:
 
 
 @contextlib.contextmanager
-def _redilated(unet: nn.Module, factors: Mapping[str, float]) -> Iterator[None]:
-    modules = dict(unet.named_modules())
+def _patched_forwards(patches: Iterable[tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]]) -> Iterator[None]:
+    """Set each ``(module, forward)``'s forward as an instance attribute for the block; on exit (or
+    an error while patching) restore what each module had, in reverse order."""
     saved = []
     try:
-        for name, d in factors.items():
-            if d == 1.0:
-                continue
-            conv = modules[name]
-            saved.append((conv, conv.__dict__.get("forward")))
-            conv.forward = (lambda c, f: lambda x: redilated_conv(x, c.weight, c.bias, f, stride=tuple(c.stride), groups=c.groups))(conv, d)
+        for module, forward in patches:
+            saved.append((module, module.__dict__.get("forward")))
+            module.forward = forward
         yield
     finally:
-        for conv, previous in reversed(saved):
+        for module, previous in reversed(saved):
             if previous is None:
-                del conv.forward
+                del module.forward
             else:
-                conv.forward = previous
+                module.forward = previous
 
 
-def _fouriscale_forward(name: str, conv: nn.Conv2d, d: float, value: float) -> Any:
+def _redilated_forward(conv: nn.Conv2d, d: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    stride, groups = tuple(conv.stride), conv.groups
+    return lambda x: redilated_conv(x, conv.weight, conv.bias, d, stride=stride, groups=groups)
+
+
+@contextlib.contextmanager
+def _redilated(unet: nn.Module, factors: Mapping[str, float]) -> Iterator[None]:
+    modules = dict(unet.named_modules())
+    with _patched_forwards((modules[name], _redilated_forward(modules[name], d)) for name, d in factors.items() if d != 1.0):
+        yield
+
+
+def _fouriscale_forward(name: str, conv: nn.Conv2d, d: float, value: float) -> Callable[[torch.Tensor], torch.Tensor]:
     stride, groups = tuple(conv.stride), conv.groups
     if "upsamplers" in name:
-        return lambda x: redilated_conv(x, conv.weight, conv.bias, float(math.ceil(d)), stride=stride, groups=groups)
+        return _redilated_forward(conv, float(math.ceil(d)))
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] % 2 or x.shape[-1] % 2:
@@ -259,19 +269,8 @@ def _fouriscaled(unet: nn.Module, fs: Optional[FouriScale], step: int) -> Iterat
         yield
         return
     modules = dict(unet.named_modules())
-    saved = []
-    try:
-        for name in fs.layers:
-            conv = modules[name]
-            saved.append((conv, conv.__dict__.get("forward")))
-            conv.forward = _fouriscale_forward(name, conv, d, fs.value)
+    with _patched_forwards((modules[name], _fouriscale_forward(name, modules[name], d, fs.value)) for name in fs.layers):
         yield
-    finally:
-        for conv, previous in reversed(saved):
-            if previous is None:
-                del conv.forward
-            else:
-                conv.forward = previous
 
 
 def _half(value: Any, n: int) -> Any:
