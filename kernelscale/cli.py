@@ -132,6 +132,11 @@ def add_planning_arguments(parser: argparse.ArgumentParser) -> None:
                         "coefficient; dilate: insert zeros (ScaleCrafter re-dilation, exact on any shift-invariant "
                         "upsampler); pinv: pseudo-inverse of the upsampler (FlexiViT; exact on inputs upsampled by it); "
                         "disperse: ScaleCrafter's dispersed convolution. Example: --method dilate")
+    g.add_argument("--fallback", choices=METHODS, metavar="METHOD",
+                   help="resize the conv kernels that --method cannot handle (disperse on an even or non-square "
+                        "kernel, dilate or disperse at a non-integer scale) by METHOD instead; each such layer is "
+                        "named in the plan, the summary and its manifest record. Without it such a layer is refused. "
+                        "Example: --method disperse --fallback interp")
     g.add_argument("--mode", choices=MODES,
                    help="interpolation kernel for interp and pinv (default: linear). Example: --mode cubic")
     g.add_argument("--align", choices=ALIGNS,
@@ -159,9 +164,12 @@ def add_planning_arguments(parser: argparse.ArgumentParser) -> None:
                    help="layers that take the scale into their stride (stride*S, kernel*S, cells alignment) so every "
                         "layer after them is untouched: patch embeddings, STFT front ends; repeatable. "
                         "Example: --absorb patch_embed.proj")
-    g.add_argument("--grid", action="append", metavar="NAME=C,H,W",
-                   help="declare a Linear weight whose input is a flattened C x H x W grid, so its rows are resized as "
-                        "images (NAME is the tensor or its layer); repeatable. Example: --grid fc=32,4,4")
+    g.add_argument("--grid", action="append", metavar="NAME=C,H,W|NAME=LAYOUT:SIZES",
+                   help="declare a Linear weight whose input is a flattened grid, so its rows are resized as images "
+                        "(NAME is the tensor or its layer); repeatable. C,H,W sizes for a plain flatten of an NCHW map; "
+                        "otherwise the axis order of the flattened features, then the sizes: H,W,C:4,4,32 for a model "
+                        "that permutes to channels-last before flattening, C,L:64,10 (1-D), C,D,H,W:... (3-D). "
+                        "Example: --grid fc=32,4,4, --grid fc=H,W,C:4,4,32")
     g.add_argument("--attention", action="append", metavar="auto|none|GLOB=N[:N2]",
                    help="attention temperature: multiply the query projections matching GLOB by sqrt(log N2 / log N), N "
                         "the tokens a self-attention sees at the trained size, N2 at the new one (default N*S^2); "
@@ -193,16 +201,17 @@ def parse_coef(text: str) -> Union[str, float]:
         raise InvalidOptionError(f"--coef {text!r}: expected mass, paper or a number > 0 ({exc})") from None
 
 
-def parse_grid(text: str) -> tuple[str, tuple[int, int, int]]:
-    """``NAME=C,H,W`` → ``(NAME, (C, H, W))``."""
+def parse_grid(text: str) -> tuple[str, Any]:
+    """``NAME=C,H,W`` or ``NAME=LAYOUT:SIZES`` (e.g. ``fc=H,W,C:4,4,32``) → ``(NAME, GridLayout)``."""
+    from kernelscale.grid import grid_layout
+
     name, sep, dims = text.partition("=")
-    try:
-        values = tuple(int(v) for v in dims.split(","))
-    except ValueError:
-        values = ()
-    if not sep or not name.strip() or len(values) != 3 or min(values) < 1:
-        raise InvalidOptionError(f"--grid {text!r}: expected NAME=C,H,W with three positive integers, e.g. fc=32,4,4")
-    return name.strip(), values  # type: ignore[return-value]
+    if not sep or not name.strip():
+        raise InvalidOptionError(f"--grid {text!r}: expected NAME=C,H,W or NAME=LAYOUT:SIZES, e.g. fc=32,4,4 or fc=H,W,C:4,4,32")
+    if ":" not in dims and len(dims.split(",")) != 3:
+        raise InvalidOptionError(f"--grid {text!r}: expected NAME=C,H,W with three positive integers, e.g. fc=32,4,4 "
+                                 "(or NAME=LAYOUT:SIZES, e.g. fc=H,W,C:4,4,32)")
+    return name.strip(), grid_layout(dims, f"--grid {text!r}")
 
 
 def parse_attention(text: str) -> Any:
@@ -272,7 +281,7 @@ def options_from_args(args: argparse.Namespace, *, require_scale: bool = True):
     fields: dict[str, Any] = dict(load_plan_file(args.plan)) if args.plan else {}
     if args.scale is not None:
         fields["scale"] = scale_value(args.scale, "--scale")
-    for key in ("method", "mode", "align"):
+    for key in ("method", "mode", "align", "fallback"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
     if args.coef is not None:
@@ -468,7 +477,7 @@ def _record_text(record: Record) -> str:
         text += f"/{record.align}"
     text += f" {scale} {_dims(record.old_spatial)} -> {_dims(record.new_spatial)}"
     if isinstance(record, GridRecord):
-        return f"grid {_dims(record.grid)}: " + text
+        return f"grid {_dims(record.grid)}{', layout ' + ','.join(record.layout) if getattr(record, 'layout', None) else ''}: " + text
     if record.dilation:
         text += f", dilation {_dims(record.dilation)}"
     if record.absorb:

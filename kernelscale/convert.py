@@ -173,6 +173,7 @@ class ConvertSummary:
     loading: tuple[dict[str, Any], ...] = ()
     tensors_factored: int = 0
     cleaned: tuple[str, ...] = ()
+    fallbacks: tuple[str, ...] = ()
     plan: Optional[CheckpointPlan] = field(default=None, repr=False, compare=False)
 
     @property
@@ -198,6 +199,9 @@ class ConvertSummary:
         if self.tensors_cast:
             parts.append(f"{self.tensors_cast} cast")
         parts.append(f"{self.tensors_copied} copied")
+        if self.fallbacks:
+            shown = ", ".join(self.fallbacks[:3]) + (f", … ({len(self.fallbacks)} in all)" if len(self.fallbacks) > 3 else "")
+            parts.append(f"{len(self.fallbacks)} by the fallback method ({shown})")
         files = len(self.files) + len(self.copied_files) + len(self.rewritten_files)
         where = f"{self.src} -> {self.dst}"
         if self.dry_run:
@@ -219,4 +223,6 @@ def summarize(plan: CheckpointPlan, dst: str, device: str, seconds: float, dry_r
         copied_files=tuple(x.rel for x in plan.extras if x.data is None),
         rewritten_files=tuple(x.rel for x in plan.extras if x.data is not None),
         skipped_files=plan.skipped, notes=plan.notes, loading=plan.loading, cleaned=tuple(cleaned), plan=plan,
+        fallbacks=tuple(f"{e.name}: {e.record.fallback} -> {e.record.method}" for fp in plan.files for e in fp.entries
+                        if e.record is not None and getattr(e.record, "fallback", None)),
     )

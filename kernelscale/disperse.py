@@ -103,6 +103,9 @@ def disperse_matrix(k: int, k_new: int, scale: float, probe: int = DEFAULT_PROBE
     """
     system = disperse_system(k, k_new, scale, probe, eta, ndim)
     matrix, relative = _solve_on_one_thread(system.a, system.b)
+    if not (np.isfinite(matrix).all() and np.isfinite(relative)):
+        raise InvalidOptionError(f"method 'disperse' ({k} -> {k_new} taps, scale {scale:g}, probe {probe}, eta {eta!r}): "
+                                 "the calibration has no finite solution; use a smaller eta")
     matrix.flags.writeable = False
     return matrix, relative
 

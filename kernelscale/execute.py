@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from kernelscale import dispatch
-from kernelscale.errors import NonFiniteResultError, UnsupportedTensorError
+from kernelscale.errors import InvalidOptionError, NonFiniteResultError, UnsupportedTensorError
 from kernelscale.transforms import GridResize, KernelResize, Operator, ScaleFactor
 
 TensorLike = Union[torch.Tensor, np.ndarray]
@@ -149,8 +149,23 @@ def as_torch(weight: TensorLike, name: str) -> torch.Tensor:
     if isinstance(weight, torch.Tensor):
         if not weight.is_floating_point() or weight.dtype.itemsize == 1:
             raise UnsupportedTensorError(f"{name}: cannot resize a tensor of dtype {weight.dtype}; only float16/bfloat16/float32/float64")
+        if weight.is_meta:
+            raise UnsupportedTensorError(f"{name}: a meta tensor holds no values to resize (load the weights first)")
+        if weight.layout != torch.strided:
+            raise UnsupportedTensorError(f"{name}: cannot resize a {weight.layout} tensor; pass a dense one (.to_dense())")
         return weight.detach()
     raise UnsupportedTensorError(f"{name}: expected a torch tensor or numpy array, got {type(weight).__name__}")
+
+
+OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+"""The dtypes a resized tensor may be stored in (``out_dtype``)."""
+
+
+def check_out_dtype(out_dtype: object, name: str) -> Optional[torch.dtype]:
+    """``out_dtype`` when None or one of OUT_DTYPES; InvalidOptionError naming it and ``name`` otherwise."""
+    if out_dtype is None or (isinstance(out_dtype, torch.dtype) and out_dtype in OUT_DTYPES):
+        return out_dtype  # type: ignore[return-value]
+    raise InvalidOptionError(f"{name}: out_dtype must be one of {', '.join(map(str, OUT_DTYPES))} (or None), got {out_dtype!r}")
 
 
 def like_input(result: torch.Tensor, original: TensorLike) -> TensorLike:
@@ -214,7 +229,7 @@ def out_shape(operator: Operator, shape: Sequence[int]) -> tuple[int, ...]:
     if isinstance(operator, ScaleFactor):
         return tuple(shape)
     if isinstance(operator, GridResize):
-        return (shape[0], math.prod(operator.out_grid))
+        return (shape[0], operator.out_grid.cells)
     return (*shape[:2], *operator.out_shape)
 
 
@@ -225,11 +240,21 @@ def apply(operator: Operator, x: torch.Tensor, out_dtype: torch.dtype, backend: 
     if isinstance(operator, ScaleFactor):
         return (x.to(_compute_dtype(x.dtype)) * operator.factor).to(out_dtype)
     if isinstance(operator, GridResize):
-        c, h, w = operator.grid
-        rows, cols = (_torch_matrix(a.matrix, x) for a in operator.planes.axes)
-        planes = x.reshape(x.shape[0] * c, h, w)
-        out = dispatch.apply_separable(planes, rows, cols, out_dtype, backend=backend)
-        return out.reshape(x.shape[0], math.prod(operator.out_grid))
+        grid, n = operator.grid, x.shape[0]
+        # the layout's axes to (C, *spatial), each channel's map resized, and back to the layout
+        canonical = x.reshape(n, *grid.sizes).permute(0, *(1 + a for a in grid.to_canonical))
+        planes = canonical.reshape(n * grid.channels, *grid.spatial)
+        if len(grid.spatial) == 2:
+            rows, cols = (_torch_matrix(a.matrix, x) for a in operator.planes.axes)
+            out = dispatch.apply_separable(planes.contiguous(), rows, cols, out_dtype, backend=backend)
+        else:
+            out = apply_kernel_resize(planes.contiguous(), operator.planes, out_dtype, backend)
+        out_grid = operator.out_grid
+        out = out.reshape(n, *out_grid.canonical)
+        back = [0] * len(grid.layout)
+        for i, a in enumerate(grid.to_canonical):
+            back[a] = i
+        return out.permute(0, *(1 + b for b in back)).reshape(n, out_grid.cells)
     slices = x.reshape(-1, *x.shape[2:])
     out = apply_kernel_resize(slices, operator, out_dtype, backend)
     return out.reshape(*x.shape[:2], *operator.out_shape)
@@ -261,7 +286,7 @@ def execute(operator: Operator, tensor: TensorLike, *, name: str = "weight", out
     NonFiniteResultError naming ``name`` (the exact check runs only where the a-priori bound
     max|x|·gain allows an overflow); a tensor already holding inf or NaN is resized as it is."""
     x = as_torch(tensor, name)
-    out_dtype = out_dtype or x.dtype
+    out_dtype = check_out_dtype(out_dtype, name) or x.dtype
     if operator.is_identity and out_dtype == x.dtype:
         return tensor
     magnitude = overflow_check(operator, x, out_dtype)

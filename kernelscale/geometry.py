@@ -58,12 +58,16 @@ class ConvGeometry:
 
 def as_tuple(value: IntOrTuple, ndim: int, what: str, name: str) -> tuple[int, ...]:
     """``value`` (one int or one per axis) as ``ndim`` ints; InvalidOptionError naming ``name`` otherwise."""
-    if isinstance(value, (int, np.integer)):
-        return (int(value),) * ndim
-    value = tuple(int(v) for v in value)
-    if len(value) != ndim:
-        raise InvalidOptionError(f"{name}: {what} {value!r} does not have {ndim} entries")
-    return value
+    given = value
+    values = (value,) * ndim if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else value
+    if not isinstance(values, (tuple, list)) or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        raise InvalidOptionError(f"{name}: {what} must be an integer or one integer per axis, got {given!r}")
+    values = tuple(int(v) for v in values)
+    if len(values) != ndim:
+        raise InvalidOptionError(f"{name}: {what} {values!r} does not have {ndim} entries")
+    if what in ("stride", "dilation") and min(values) < 1:
+        raise InvalidOptionError(f"{name}: {what} must be >= 1 on every axis, got {given!r}")
+    return values
 
 
 def conv_padding(padding: PaddingSpec, kernel: Sequence[int], dilation: Sequence[int], stride: Sequence[int],

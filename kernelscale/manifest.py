@@ -20,7 +20,8 @@ from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any, ClassVar, Mapping, Optional, Union
 
-from kernelscale.errors import InvalidCheckpointError
+from kernelscale.errors import InvalidCheckpointError, KernelscaleError
+from kernelscale.grid import GridLayout
 
 FORMAT_VERSION = 1
 
@@ -144,11 +145,12 @@ class ConvRecord(_Record):
     (``dilation``: per-axis factor, weights kept); per spatial axis ``scale``, ``old_spatial``,
     ``new_spatial`` and ``centre_offset`` (0 or 0.5 output pixels, the half-pixel part of the
     padding); ``pad_extra`` the side of the extra pixel where an offset is non-zero; ``absorb`` a
-    layer that takes the scale into its stride (docs/format.md, "kind: conv")."""
+    layer that takes the scale into its stride; ``fallback`` the method the plan asked for where it
+    could not handle this layer (``method`` is then the fallback that ran) (docs/format.md, "kind: conv")."""
 
     kind: ClassVar[str] = "conv"
     REQUIRED: ClassVar[tuple[str, ...]] = ("scale", "old_spatial", "new_spatial")
-    OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ("pad_extra", "disperse", "weight_norm", "spectral_norm")
+    OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ("pad_extra", "disperse", "weight_norm", "spectral_norm", "fallback")
 
     method: Optional[str]
     mode: Optional[str]
@@ -164,6 +166,7 @@ class ConvRecord(_Record):
     disperse: Optional[DisperseFit] = None
     weight_norm: Optional[WeightNormLink] = None
     spectral_norm: Optional[SpectralNormLink] = None
+    fallback: Optional[str] = None
 
     @property
     def half_pixel(self) -> bool:
@@ -181,30 +184,54 @@ class ConvRecord(_Record):
             disperse=DisperseFit(**{k: dp.get(k) for k in ("size", "probe", "eta", "relative_loss")}) if dp else None,
             weight_norm=WeightNormLink(wn["g"], wn.get("dim")) if wn else None,
             spectral_norm=SpectralNormLink(sn.get("u"), sn.get("v")) if sn else None,
+            fallback=data.get("fallback"),
         )
 
 
 @dataclass(frozen=True)
 class GridRecord(_Record):
-    """A Linear ``(out, C·H·W)`` over a flattened ``grid`` (C, H, W): each (H, W) plane resized by
-    cells (or pinv) to ``new_spatial`` (docs/format.md, "kind: grid")."""
+    """A Linear ``(out, cells)`` over a flattened ``grid`` (C, *spatial; sizes in that order): each
+    channel's map resized by cells (or pinv) to ``new_spatial``. ``layout``: the axis order of the
+    flattened features where it is not C then the spatial axes (e.g. ``"HWC"``, channels-last;
+    docs/format.md, "kind: grid")."""
 
     kind: ClassVar[str] = "grid"
     REQUIRED: ClassVar[tuple[str, ...]] = ("scale", "grid", "old_spatial", "new_spatial")
-    OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ("weight_norm",)
+    OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ("weight_norm", "layout")
 
     method: Optional[str]
     mode: Optional[str]
     align: Optional[str]
     coef: Optional[Coef]
     scale: tuple[float, ...]
-    grid: tuple[int, int, int]
+    grid: tuple[int, ...]
     old_spatial: tuple[int, ...]
     new_spatial: tuple[int, ...]
     centre_offset: tuple[float, ...] = (0.0, 0.0)
     absorb: bool = False
     dilation: None = None
     weight_norm: Optional[WeightNormLink] = None
+    layout: Optional[str] = None
+
+    @property
+    def grid_layout(self) -> GridLayout:
+        """The declared grid in flattened order (:class:`~kernelscale.grid.GridLayout`)."""
+        if self.layout:
+            if set(self.layout) - set("CDHWL"):
+                raise InvalidCheckpointError(f"grid layout {self.layout!r}: letters C, D, H, W or L only")
+            letters = "C" + "".join(sorted(self.layout.replace("C", ""), key="DHWL".index))
+        else:
+            letters = {2: "CL", 3: "CHW", 4: "CDHW"}.get(len(self.grid), "C")
+        sizes = dict(zip(letters, self.grid))
+        layout = self.layout or letters
+        if len(letters) != len(self.grid) or set(layout) != set(letters):
+            raise InvalidCheckpointError(f"grid record: layout {self.layout!r} does not fit grid {list(self.grid)}")
+        return GridLayout(layout, tuple(sizes[a] for a in layout))
+
+    @property
+    def new_grid_layout(self) -> "GridLayout":
+        """The grid after the resize, in the same layout."""
+        return self.grid_layout.with_spatial(self.new_spatial)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "GridRecord":
@@ -212,7 +239,8 @@ class GridRecord(_Record):
         return cls(method=data.get("method"), mode=data.get("mode"), align=data.get("align"), coef=data.get("coef"),
                    scale=_floats(data["scale"]), grid=_ints(data["grid"]),  # type: ignore[arg-type]
                    old_spatial=_ints(data["old_spatial"]), new_spatial=_ints(data["new_spatial"]),
-                   weight_norm=WeightNormLink(wn["g"], wn.get("dim")) if wn else None)
+                   centre_offset=(0.0,) * len(data["old_spatial"]),
+                   weight_norm=WeightNormLink(wn["g"], wn.get("dim")) if wn else None, layout=data.get("layout"))
 
 
 @dataclass(frozen=True)
@@ -358,7 +386,8 @@ FIELD_TYPES: dict[str, tuple[Any, str, bool]] = {
     "scale": (lambda v: _numbers(v) and len(v) > 0 and all(s > 0 for s in v), "a list of positive numbers", False),
     "old_spatial": (lambda v: _nonneg_ints(v) and all(d > 0 for d in v), "a list of positive integers", False),
     "new_spatial": (lambda v: _nonneg_ints(v) and all(d > 0 for d in v), "a list of positive integers", False),
-    "grid": (lambda v: _nonneg_ints(v) and len(v) == 3 and min(v) > 0, "[C, H, W] of positive integers", False),
+    "grid": (lambda v: _nonneg_ints(v) and 2 <= len(v) <= 4 and min(v) > 0, "[C, *spatial] of 2 to 4 positive integers", False),
+    "layout": (lambda v: isinstance(v, str), "a string or null", True),
     "factor": (_is_number, "a finite number", False),
     "v": (lambda v: isinstance(v, str), "a tensor name", False),
     "dim": (_is_int, "an integer or null", True),
@@ -368,6 +397,7 @@ FIELD_TYPES: dict[str, tuple[Any, str, bool]] = {
     "mode": (lambda v: isinstance(v, str), "a string or null", True),
     "align": (lambda v: isinstance(v, str), "a string or null", True),
     "pad_extra": (lambda v: isinstance(v, str), "a string or null", True),
+    "fallback": (lambda v: isinstance(v, str), "a string or null", True),
     "absorb": (lambda v: isinstance(v, bool), "true, false or null", True),
     "resized_spatial": (lambda v: _nonneg_ints(v) and all(d > 0 for d in v), "a list of positive integers", False),
     "prefilter": (lambda v: _prefilter_ok(v), "an object {method, mode, align, coef, scale, kernel_shape, taps} "
@@ -421,6 +451,15 @@ def check_record(tensor: str, data: Any, where: object) -> None:
             continue
         if not valid(data[key]):
             raise InvalidCheckpointError(f"{where}: manifest record of {tensor!r}: {key} must be {expected}, got {data[key]!r}")
+    if kind == GridRecord.kind:
+        spatial = len(data["old_spatial"])
+        if len(data["grid"]) != spatial + 1 or len(data["new_spatial"]) != spatial:
+            raise InvalidCheckpointError(f"{where}: manifest record of {tensor!r}: grid must be [C, *spatial] with one size per "
+                                         f"axis of old_spatial {data['old_spatial']!r}, got {data['grid']!r}")
+        try:
+            GridRecord.from_json(data).grid_layout
+        except KernelscaleError as exc:
+            raise InvalidCheckpointError(f"{where}: manifest record of {tensor!r}: {exc}") from None
 
 
 def check_records(data: Any, where: object, key: str = "kernelscale") -> None:

@@ -32,6 +32,36 @@ Scale = Union[float, tuple[float, ...]]
 
 _NUMBER = (int, float, np.integer, np.floating)
 
+MAX_SCALE = 65536.0
+"""The largest scale (and 1/MAX_SCALE the smallest): past it every kernel axis of 2 or more taps
+would exceed the tap limit (:data:`kernelscale.transforms.MAX_TAPS`, also 65536), so a larger
+scale is a typo (1e9 for 1.9), refused where it enters rather than by each operator built from it."""
+
+MAX_ETA = 1e6
+"""The largest disperse weight η: past it the pixel term alone decides (the kernel zero-padded),
+and η² overflows the least-squares system's float64 long before η reaches float's range."""
+
+
+def _as_float(value: object) -> float:
+    """``float(value)`` with an integer too large for a float (a 400-digit number) read as inf."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        return math.inf
+
+
+def whole_number(value: object, what: str, minimum: int, maximum: Optional[int] = None) -> int:
+    """``value`` as an int in ``[minimum, maximum]``: an int or an integral float (from JSON or
+    TOML), not a bool, a string, NaN or ±inf. InvalidOptionError naming ``what`` and the value."""
+    bound = f" (at most {maximum})" if maximum is not None else ""
+    if not isinstance(value, bool) and isinstance(value, _NUMBER):
+        number = _as_float(value)
+        if math.isfinite(number) and number.is_integer():
+            whole = int(value)  # type: ignore[arg-type]
+            if whole >= minimum and (maximum is None or whole <= maximum):
+                return whole
+    raise InvalidOptionError(f"{what} must be an integer >= {minimum}, got {_short(value)}{bound}")
+
 
 def check_choice(what: str, value: object, choices: Sequence[str]) -> None:
     """InvalidOptionError naming ``what``, the value and the choices unless ``value`` is one of ``choices``."""
@@ -49,10 +79,19 @@ def validate_scale(scale: object, *, name: str = "scale") -> float:
     """Return ``scale`` as a float, or raise InvalidOptionError naming it when not finite and > 0."""
     if isinstance(scale, bool) or not isinstance(scale, _NUMBER):
         raise InvalidOptionError(f"{name}: scale must be a number, got {scale!r}")
-    value = float(scale)
+    value = _as_float(scale)
     if not math.isfinite(value) or value <= 0:
-        raise InvalidOptionError(f"{name}: scale must be finite and > 0, got {scale!r}")
+        raise InvalidOptionError(f"{name}: scale must be finite and > 0, got {_short(scale)}")
+    if not 1 / MAX_SCALE <= value <= MAX_SCALE:
+        raise InvalidOptionError(f"{name}: scale must be between 1/{MAX_SCALE:.0f} and {MAX_SCALE:.0f} "
+                                 f"(limit {MAX_SCALE:.0f} taps per axis), got {number_text(value)}")
     return value
+
+
+def _short(value: object) -> str:
+    """A value for a message, a 400-digit number cut to its first and last digits."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:16]}…{text[-8:]} ({len(text)} characters)"
 
 
 def validate_coef(coef: object) -> Coef:
@@ -66,9 +105,9 @@ def validate_coef(coef: object) -> Coef:
         return coef
     if isinstance(coef, bool) or not isinstance(coef, _NUMBER):
         raise InvalidOptionError(f"coef must be 'mass', 'paper' or a number, got {coef!r}")
-    value = float(coef)
+    value = _as_float(coef)
     if not math.isfinite(value) or value <= 0:
-        raise InvalidOptionError(f"coef must be a finite number > 0, got {number_text(value)}")
+        raise InvalidOptionError(f"coef must be a finite number > 0, got {number_text(value) if math.isfinite(value) or value != value else _short(coef)}")
     return value
 
 
@@ -114,12 +153,12 @@ class DisperseParams:
     eta: float = 0.05
 
     def __post_init__(self) -> None:
-        if self.size is not None and (isinstance(self.size, bool) or int(self.size) != self.size or self.size < 1):
-            raise InvalidOptionError(f"disperse size must be a positive odd integer, got {self.size!r}")
-        if isinstance(self.probe, bool) or int(self.probe) != self.probe or self.probe < 2:
-            raise InvalidOptionError(f"disperse probe must be an integer >= 2, got {self.probe!r}")
-        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not math.isfinite(self.eta) or self.eta < 0:
-            raise InvalidOptionError(f"disperse eta must be a finite number >= 0, got {self.eta!r}")
+        if self.size is not None:
+            object.__setattr__(self, "size", whole_number(self.size, "disperse size", 1, int(MAX_SCALE)))
+        object.__setattr__(self, "probe", whole_number(self.probe, "disperse probe", 2, int(MAX_SCALE)))
+        eta = self.eta
+        if isinstance(eta, bool) or not isinstance(eta, _NUMBER) or not 0 <= _as_float(eta) <= MAX_ETA:
+            raise InvalidOptionError(f"disperse eta must be a number >= 0 and <= {MAX_ETA:g}, got {_short(eta)}")
 
 
 @dataclass(frozen=True)
@@ -148,6 +187,9 @@ class Method:
         if self.coef is not None:
             object.__setattr__(self, "coef", validate_coef(self.coef))
         if isinstance(self.disperse, Mapping):
+            unknown = sorted(set(self.disperse) - {"size", "probe", "eta"})
+            if unknown:
+                raise InvalidOptionError(f"disperse: unknown key(s) {', '.join(map(repr, unknown))}; expected some of size, probe, eta")
             object.__setattr__(self, "disperse", DisperseParams(**self.disperse))
         elif not isinstance(self.disperse, DisperseParams):
             raise InvalidOptionError(f"disperse must be DisperseParams or a mapping of its fields, got {self.disperse!r}")

@@ -23,8 +23,10 @@ new geometry cannot be expressed exactly is refused with a :class:`GeometryError
 and the value, before anything is modified:
 
 - a padding that is negative, or fractional (a half-pixel one is accepted with
-  ``padding="asymmetric"``: the extra pixel goes on the side the record's ``pad_extra`` names,
-  alternating layer to layer, applied by a forward pre-hook that ``F.pad``s the input while the
+  ``padding="asymmetric"``: the extra pixel goes on the side the record's ``pad_extra`` names
+  (:func:`supersample` chooses it on the offset accumulated in input pixels through the module's
+  strides and pools, :func:`kernelscale.plan.half_pixel_sides`, and :func:`load` re-chooses a
+  converted file's sides, which alternate by name, the same way), applied by a forward pre-hook that ``F.pad``s the input while the
   conv's own padding is set to 0; the state-dict keys do not change);
 - a layer that pads one side more (PyTorch's ``padding="same"`` for an even kernel pads (1, 2)):
   each side follows the rule on its own, which keeps its half-pixel offset scaled (T1-exact under
@@ -98,7 +100,8 @@ from kernelscale.factored_plan import factor_entry, factored_resize_of, why_not_
 from kernelscale.layers import FactoredConv, FactoredResize, conv_pads, factor_resize, state_geometry
 from kernelscale.method import EXECUTIONS, axis_scales, check_choice
 from kernelscale.recipes import listing, load_recipe, refit_error, supersample_recipe
-from kernelscale.plan import Plan, ResizeOptions, TensorSpec, plan_tensors
+from kernelscale.plan import (Plan, ResizeOptions, TensorSpec, half_pixel_sides, module_name, natural_key, plan_tensors, resize_options,
+                              with_half_pixel_sides)
 from kernelscale.reparam import (refresh_weight_norm, reparametrized_layer, spectral_norm_layer, spectral_norm_of, weight_norm_of,
                                  weight_norm_parts)
 from kernelscale.state_dict import apply_entry, apply_renorm
@@ -393,13 +396,12 @@ def _change_entry(name: str, layer: nn.Module, record: Record, padding: str, sid
                              old_weight_shape=old_shape, new_weight_shape=new_shape)
         return change, None, None
     if isinstance(record, GridRecord):
-        c, h, w = record.grid
-        if layer.in_features != c * h * w:
-            raise GeometryError(f"{name}: in_features {layer.in_features} is not the grid {c}×{h}×{w}")
-        nh, nw = record.new_spatial
-        change = LayerChange(name, type(layer).__name__, Action.GRID, _method_label(record), (c, h, w), (c, nh, nw),
+        grid, new_grid = record.grid_layout, record.new_grid_layout
+        if layer.in_features != grid.cells:
+            raise GeometryError(f"{name}: in_features {layer.in_features} is not the grid {grid.text}")
+        change = LayerChange(name, type(layer).__name__, Action.GRID, _method_label(record), grid.canonical, new_grid.canonical,
                              old_weight_shape=old_shape, new_weight_shape=new_shape)
-        return change, None, c * nh * nw
+        return change, None, new_grid.cells
     kind = "transposed" if isinstance(layer, _TRANSPOSED) else "conv"
     old, new, offset = conv_change(name, kind, _layer_geometry(layer), record, padding, side_fallback)
     action = Action.ABSORB if record.absorb else (Action.GEOMETRY if record.dilation else Action.RESIZE)
@@ -415,6 +417,35 @@ def _method_label(record: Union[ConvRecord, GridRecord]) -> str:
     if record.method in ("dilate", "disperse"):
         return record.method
     return f"{record.method}/{record.mode}/{record.align}"
+
+
+def _input_jumps(module: nn.Module) -> dict[str, float]:
+    """Per conv of ``module``, the input pixels per pixel at its input (the product of the strides
+    of the convs and pools registered before it; a transposed conv divides), for choosing the sides
+    of half-pixel paddings (:func:`kernelscale.plan.half_pixel_sides`). Registration order stands for
+    the forward's order. A strided conv gets 0: its half-pixel side is chosen by alignment
+    (:func:`kernelscale.geometry.conv_change`), not to cancel shifts."""
+    jumps: dict[str, float] = {}
+    jump = 1.0
+    for name, layer in module.named_modules():
+        if isinstance(layer, _CONVS + _TRANSPOSED + _POOLS):
+            stride = layer.stride if layer.stride is not None else layer.kernel_size
+            step = float(stride[-1] if isinstance(stride, (tuple, list)) else stride)
+            if isinstance(layer, _CONVS + _TRANSPOSED):
+                jumps[name] = jump if step == 1 else 0.0
+            jump = jump / step if isinstance(layer, _TRANSPOSED) else jump * step
+    return jumps
+
+
+def _sides_by_module(records: Mapping[str, Record], module: nn.Module) -> dict[str, Record]:
+    """``records`` with each half-pixel conv's ``pad_extra`` re-chosen as :func:`supersample` chooses
+    it, on the offset accumulated in input pixels through ``module``'s strides and pools (a file's
+    records alternate by name: the converter sees no strides), so that loading a converted file
+    and supersampling the module give the same layers."""
+    jumps = _input_jumps(module)
+    half = sorted((n for n, r in records.items() if isinstance(r, ConvRecord) and r.half_pixel), key=natural_key)
+    chosen = half_pixel_sides([(n, float(jumps.get(module_name(n), 1.0))) for n in half])
+    return {n: replace(r, pad_extra=chosen[n]) if n in chosen else r for n, r in records.items()}
 
 
 class _Sides:
@@ -542,7 +573,7 @@ def _lazy_spec(name: str, tensor: torch.Tensor, layers: Mapping[str, nn.Module],
     elif attr == "weight" and isinstance(layer, nn.Linear):
         grids = dict(options.grids)
         grid = grids.get(holder) or grids.get(name)
-        shape = (1, math.prod(grid) if grid else 1)
+        shape = (1, grid.cells if grid else 1)
     return TensorSpec(name, _spec(name, torch.empty(0, dtype=tensor.dtype)).dtype, shape)
 
 
@@ -634,8 +665,11 @@ def supersample(
     require_module(module, "supersample")
     check_choice("padding", padding, PADDINGS)
     check_choice("execution", execution, EXECUTIONS)
-    options = ResizeOptions(scale=scale, **plan_options)
+    options = resize_options(scale=scale, **plan_options)
     plan = plan_module(module, options)
+    # the half-pixel sides cancel in input pixels through the module's strides and pools
+    jumps = _input_jumps(module)
+    plan = with_half_pixel_sides(plan, {e.name: jumps[module_name(e.name)] for e in plan.entries if module_name(e.name) in jumps})
     entries: dict[str, Any] = {}  # the entries as run: factored ones replaced, for the manifest
     state = module.state_dict(keep_vars=True)
     _check_hidden_weights(module, state, options)
@@ -837,6 +871,7 @@ def load(
         raise InvalidCheckpointError(f"{path}: the manifest records tensors the checkpoint does not hold: {listing(stray)}")
 
     layers = dict(module.named_modules())
+    records = _sides_by_module(records, module)
     pending: list[_Pending] = []
     sides = _Sides()
     reshaped: dict[str, tuple[int, ...]] = {}
@@ -977,11 +1012,10 @@ def _expected_shape(name: str, shape: tuple[int, ...], record: Record) -> tuple[
     if isinstance(record, AttentionRecord):
         return shape
     if isinstance(record, GridRecord):
-        c, h, w = record.grid
-        if len(shape) != 2 or shape[1] != c * h * w:
-            raise GeometryError(f"{name}: the module's weight {shape} is not over the recorded grid {c}×{h}×{w}")
-        nh, nw = record.new_spatial
-        return (shape[0], c * nh * nw)
+        grid = record.grid_layout
+        if len(shape) != 2 or shape[1] != grid.cells:
+            raise GeometryError(f"{name}: the module's weight {shape} is not over the recorded grid {grid.text}")
+        return (shape[0], record.new_grid_layout.cells)
     old = record.old_spatial
     if tuple(shape[2:]) != old:
         raise GeometryError(f"{name}: the module's kernel is {shape[2:]} but the record was made for {old}")

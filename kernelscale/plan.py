@@ -18,12 +18,14 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from kernelscale.dtypes import RESIZABLE
+from kernelscale.grid import GridLayout, grid_layout
 from kernelscale.errors import InvalidOptionError, KernelscaleError
-from kernelscale.method import ALIGNS, EXECUTIONS, METHODS, MODES, Coef, DisperseParams, Method, Scale, axis_scales, check_choice, scale_value
+from kernelscale.method import (ALIGNS, EXECUTIONS, METHODS, MODES, Coef, DisperseParams, Method, Scale, axis_scales, check_choice,
+                               scale_value, whole_number)
 from kernelscale.manifest import Action, AttentionRecord, ConvRecord, DisperseFit, GridRecord, Manifest, Record
 from kernelscale.reparam import find_reparametrized, glob_names, weight_norm_parts
 from kernelscale.transforms import GridResize, Operator, ScaleFactor, grid_resize, kernel_resize
@@ -44,6 +46,8 @@ class LayerRule:
     coef: Optional[Coef] = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.pattern, str) or not self.pattern:
+            raise InvalidOptionError(f"layer rule: pattern must be a non-empty glob, got {self.pattern!r}")
         where = f"layer rule {self.pattern!r}"
         if self.scale is not None:
             object.__setattr__(self, "scale", scale_value(self.scale, where))
@@ -56,6 +60,27 @@ class LayerRule:
     def method_for(self, base: Method) -> Method:
         """``base`` (the job's Method) with this rule's method, mode, align and coef where set."""
         return base.overridden(method=self.method, mode=self.mode, align=self.align, coef=self.coef)
+
+
+MAX_TOKENS = 2**53
+"""The largest token count an attention rule takes: a count a float still holds exactly."""
+
+
+def _rule(cls: type, value: Any, what: str) -> Any:
+    """``value`` as a ``cls`` (LayerRule or AttentionRule): itself, or built from a mapping of its
+    fields; InvalidOptionError naming an unknown key or a value of the wrong kind."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise InvalidOptionError(f"{what} must be a {cls.__name__} or a mapping of its fields, got {value!r}")
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(map(str, set(value) - set(known)))
+    if unknown:
+        raise InvalidOptionError(f"{what} {value.get('pattern', '')!r}: unknown key(s) {', '.join(map(repr, unknown))}; "
+                                 f"expected some of {', '.join(known)}")
+    if "pattern" not in value:
+        raise InvalidOptionError(f"{what} {dict(value)!r} needs a pattern")
+    return cls(**value)
 
 
 @dataclass(frozen=True)
@@ -73,10 +98,12 @@ class AttentionRule:
     new_tokens: Optional[int] = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.pattern, str) or not self.pattern:
+            raise InvalidOptionError(f"attention rule: pattern must be a non-empty glob, got {self.pattern!r}")
         for what in ("tokens", "new_tokens"):
             value = getattr(self, what)
-            if value is not None and (isinstance(value, bool) or int(value) != value or value < 2):
-                raise InvalidOptionError(f"attention rule {self.pattern!r}: {what} must be an integer >= 2, got {value!r}")
+            if value is not None:
+                object.__setattr__(self, what, whole_number(value, f"attention rule {self.pattern!r}: {what}", 2, MAX_TOKENS))
 
     def factor(self, scale: Scale) -> float:
         """√(log n' / log n), n' = new_tokens or tokens·∏s over two image axes."""
@@ -98,7 +125,9 @@ class ResizeOptions:
     they are validated once, here, into :attr:`resize_method`.
     ``coef``: None (the default) means ``"mass"`` for conv kernels and ``"paper"`` — HW/(H'W'),
     DESIGN §5 — for grids.
-    ``grids``: ``(name, (C, H, W))`` pairs declaring Linear weights over a flattened grid.
+    ``grids``: ``(name, grid)`` pairs (or a ``{name: grid}`` mapping) declaring Linear weights over a
+    flattened grid; a grid is ``(C, H, W)`` (a plain flatten), a :class:`~kernelscale.grid.GridLayout`
+    or its text ``"H,W,C:4,4,32"`` (the axis order of the flattened features; :func:`~kernelscale.grid.grid_layout`).
     ``absorb``: globs of layers that take the scale into their stride (DESIGN §5). Everything
     downstream of them sees the original resolution, so when absorb globs are given only the
     absorbing layers, declared grids and tensors matching an include glob change
@@ -106,6 +135,9 @@ class ResizeOptions:
     ``geometry_only``: re-dilation that keeps the weights and records ``dilation *= s``; it implies
     ``method="dilate"`` (the default ``method`` is ``"dilate"`` then, ``"interp"`` otherwise), and
     another method given with it is refused.
+    ``fallback``: a method for the conv kernels the chosen one cannot handle (disperse on an even
+    or non-square kernel, dilate or disperse at a non-integer scale): such a layer is resized by
+    it, and its plan line and record (``fallback``: the method asked for) say so. None: refused.
     ``execution``: ``"materialised"`` (the default: resized kernels written out, loadable by any
     framework that sets the recorded geometry) or ``"factored"``: every conv resize that factors
     (interp/taps at integer scales: :mod:`kernelscale.factored_plan`) keeps its weight and
@@ -120,13 +152,14 @@ class ResizeOptions:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     absorb: tuple[str, ...] = ()
-    grids: tuple[tuple[str, tuple[int, int, int]], ...] = ()
+    grids: tuple[tuple[str, GridLayout], ...] = ()
     layers: tuple[LayerRule, ...] = ()
     geometry_only: bool = False
     disperse: DisperseParams = DisperseParams()
     attention: tuple[AttentionRule, ...] = ()
     absorb_only: Optional[bool] = None
     execution: str = "materialised"
+    fallback: Optional[str] = None
     resize_method: Method = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -155,12 +188,14 @@ class ResizeOptions:
         if self.absorb_only is None:
             object.__setattr__(self, "absorb_only", bool(self.absorb))
         grids = dict(self.grids) if not isinstance(self.grids, Mapping) else self.grids
-        object.__setattr__(self, "grids", tuple((str(k), _grid_shape(k, v)) for k, v in dict(grids).items()))
-        layers = tuple(r if isinstance(r, LayerRule) else LayerRule(**r) for r in self.layers)
+        object.__setattr__(self, "grids", tuple((str(k), grid_layout(v, f"grid {k!r}")) for k, v in dict(grids).items()))
+        layers = tuple(_rule(LayerRule, r, "layer rule") for r in self.layers)
         object.__setattr__(self, "layers", layers)
-        attention = tuple(r if isinstance(r, AttentionRule) else AttentionRule(**r) for r in self.attention)
+        attention = tuple(_rule(AttentionRule, r, "attention rule") for r in self.attention)
         object.__setattr__(self, "attention", attention)
         check_choice("execution", self.execution, EXECUTIONS)
+        if self.fallback is not None:
+            check_choice("fallback", self.fallback, METHODS)
 
     def to_json(self) -> dict[str, Any]:
         """The options as JSON-able data, for the manifest."""
@@ -173,24 +208,25 @@ class ResizeOptions:
             "include": list(self.include),
             "exclude": list(self.exclude),
             "absorb": list(self.absorb),
-            "grids": {name: list(shape) for name, shape in self.grids},
+            "grids": {name: grid.to_json() for name, grid in self.grids},
             "layers": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(r).items() if v is not None} for r in self.layers],
             "geometry_only": self.geometry_only,
             "absorb_only": self.absorb_only,
+            "fallback": self.fallback,
             "disperse": vars(self.disperse).copy(),
             "attention": [{k: v for k, v in vars(r).items() if v is not None} for r in self.attention],
             "execution": self.execution,
         }
 
 
-def _grid_shape(name: str, shape: Any) -> tuple[int, int, int]:
-    try:
-        values = tuple(int(v) for v in shape)
-    except (TypeError, ValueError):
-        raise InvalidOptionError(f"grid {name!r}: expected C,H,W, got {shape!r}") from None
-    if len(values) != 3 or min(values) < 1:
-        raise InvalidOptionError(f"grid {name!r}: expected three positive sizes C,H,W, got {shape!r}")
-    return values  # type: ignore[return-value]
+def resize_options(**given: Any) -> ResizeOptions:
+    """ResizeOptions from keyword arguments, as the Python API's ``**options`` pass them: a key that
+    is not one of its fields raises InvalidOptionError naming it (not Python's TypeError)."""
+    known = [f.name for f in fields(ResizeOptions) if f.init]
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise InvalidOptionError(f"unknown option(s) {', '.join(map(repr, unknown))}; expected some of {', '.join(known)}")
+    return ResizeOptions(**given)
 
 
 @dataclass(frozen=True)
@@ -348,7 +384,7 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
     # a layer held by weight norm (v, g) or spectral norm (its raw weight) is planned under its
     # stand-in <layer>.weight: a grid naming a real tensor of it applies to the stand-in
     stand_in_of = {name: layer.stand_in.name for layer in reparametrized for name in layer.aliases}
-    grid_tensor: dict[str, tuple[int, int, int]] = {}
+    grid_tensor: dict[str, GridLayout] = {}
     grid_source: dict[str, str] = {}
     for grid_name in grids:
         tensor = grid_name if grid_name in rule_names else f"{grid_name}.weight"
@@ -356,8 +392,8 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
             raise InvalidOptionError(f"grid {grid_name!r}: no tensor named {grid_name!r} or {grid_name + '.weight'!r}")
         tensor = stand_in_of.get(tensor, tensor)
         if tensor in grid_tensor and grid_tensor[tensor] != grids[grid_name]:
-            raise InvalidOptionError(f"grids {grid_source[tensor]!r} ({','.join(map(str, grid_tensor[tensor]))}) and {grid_name!r} "
-                                     f"({','.join(map(str, grids[grid_name]))}) name the same weight {tensor}; give one")
+            raise InvalidOptionError(f"grids {grid_source[tensor]!r} ({grid_tensor[tensor].text}) and {grid_name!r} "
+                                     f"({grids[grid_name].text}) name the same weight {tensor}; give one")
         grid_tensor[tensor], grid_source[tensor] = grids[grid_name], grid_name
     for what, patterns in (("--include", options.include), ("--absorb", options.absorb), ("layer rule", [r.pattern for r in options.layers]),
                            ("attention rule", [r.pattern for r in options.attention])):
@@ -373,20 +409,53 @@ def plan_tensors(specs: Iterable[TensorSpec], options: ResizeOptions) -> Plan:
             raise type(exc)(layer.renamed(str(exc))) from None
         restored.update(layer.restore(decision, _copy))
     entries = [restored.get(spec.name) or _plan_one(spec, options, grid_tensor.get(spec.name)) for spec in specs]
-    # The extra padding pixel of a half-pixel kernel alternates sides from layer to layer. A
-    # state dict has no topology, so "next layer" is the next name in natural order (conv2
-    # before conv10): the same for a module's state dict and for any file order of its tensors.
-    half_pixel = sorted((i for i, e in enumerate(entries) if e.record is not None and e.record.half_pixel),
-                        key=lambda i: natural_key(entries[i].name))
-    for turn, i in enumerate(half_pixel):
-        entries[i] = replace(entries[i], record=replace(entries[i].record, pad_extra=("after", "before")[turn % 2]))
-    if options.execution == "factored":
-        from kernelscale.factored_plan import factor_entry
+    # A state dict has no topology or strides: every half-pixel layer counts as one input pixel per
+    # pixel, in natural name order (conv2 before conv10), so the sides alternate; the nn adapter,
+    # which sees the module's strides and pools, re-chooses them (with_half_pixel_sides).
+    plan = with_half_pixel_sides(Plan(tuple(entries), options), {})
+    if options.execution != "factored":
+        return plan
+    from kernelscale.factored_plan import factor_entry
 
-        entries = [factor_entry(e)[0] for e in entries]
+    entries = [factor_entry(e)[0] for e in plan.entries]
     final = {e.name: e for e in entries}
     entries = [replace(e, partner=final[e.partner.name]) if e.partner is not None else e for e in entries]
-    return Plan(tuple(entries), options)
+    return replace(plan, entries=tuple(entries))
+
+
+def half_pixel_sides(jumps: Sequence[tuple[str, float]]) -> dict[str, str]:
+    """The side (``"after"``: +½, ``"before"``: −½ of the layer's own pixel) of the extra padding
+    pixel of each half-pixel layer, chosen so that the shifts cancel in input pixels.
+
+    ``jumps``: ``(name, J)`` in network order, J the input pixels per pixel at the layer (the
+    product of the strides of the convs and pools before it), so a layer's shift is ±J/2 input
+    pixels. Chosen greedily from the largest J down (ties in the given order), each against the
+    sum so far: where every J divides the larger ones (strides 2, 2, …), the net shift is at most
+    half the smallest J — half a fine input pixel when some layer sits at J = 1. All J equal gives
+    plain alternation, after first.
+    """
+    order = sorted(range(len(jumps)), key=lambda i: -jumps[i][1])
+    total, sides = 0.0, {}
+    for i in order:
+        name, jump = jumps[i]
+        side = "before" if total > 0 else "after"
+        total += jump / 2 if side == "after" else -jump / 2
+        sides[name] = side
+    return sides
+
+
+def with_half_pixel_sides(plan: Plan, jumps: Mapping[str, float]) -> Plan:
+    """``plan`` with every half-pixel record's ``pad_extra`` chosen by :func:`half_pixel_sides`:
+    layers in natural name order, ``jumps[name]`` (default 1) input pixels per pixel at each."""
+    entries = list(plan.entries)
+    half_pixel = sorted((i for i, e in enumerate(entries) if e.record is not None and e.record.half_pixel),
+                        key=lambda i: natural_key(entries[i].name))
+    sides = half_pixel_sides([(entries[i].name, float(jumps.get(entries[i].name, 1.0))) for i in half_pixel])
+    for i in half_pixel:
+        entries[i] = replace(entries[i], record=replace(entries[i].record, pad_extra=sides[entries[i].name]))
+    final = {e.name: e for e in entries}
+    entries = [replace(e, partner=final[e.partner.name]) if e.partner is not None else e for e in entries]
+    return replace(plan, entries=tuple(entries))
 
 
 def natural_key(name: str) -> tuple:
@@ -413,7 +482,7 @@ def _plan_attention(spec: TensorSpec, rule: AttentionRule, scale: Scale) -> Tens
                       spec.shape, record=record, operator=ScaleFactor(factor))
 
 
-def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[tuple[int, int, int]],
+def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[GridLayout],
               aliases: tuple[str, ...] = ()) -> TensorPlan:
     """The decision for one tensor; globs match its name or any of ``aliases``."""
     names = (spec.name, *aliases)
@@ -424,8 +493,8 @@ def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[tuple[int
     if grid is not None:
         if spec.dtype not in RESIZABLE:
             raise InvalidOptionError(f"grid for {spec.name}: cannot resize a {spec.dtype} tensor")
-        if len(spec.shape) != 2 or spec.shape[1] != math.prod(grid):
-            raise InvalidOptionError(f"grid {grid!r} for {spec.name}: {math.prod(grid)} cells, but the tensor has shape {spec.shape}")
+        if len(spec.shape) != 2 or spec.shape[1] != grid.cells:
+            raise InvalidOptionError(f"grid {grid.text} for {spec.name}: {grid.cells} cells, but the tensor has shape {spec.shape}")
         why = "declared grid"
     else:
         candidate, why = is_conv_candidate(spec)
@@ -454,10 +523,13 @@ def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[tuple[int
     if all(s == 1.0 for s in scales):
         return _copy(spec, f"scale 1 ({source})")
     if absorb:
+        if resize.method == "dilate":  # zero insertion has no cells form: its kernel is aligned by taps
+            return _plan_conv(spec, scales, replace(resize, align="taps"), f"absorbs the scale ({source}); dilate zero-inserts, "
+                              "aligned by taps", absorb=True)
         return _plan_conv(spec, scales, replace(resize, align="cells"), f"absorbs the scale ({source})", absorb=True)
     if resize.method == "dilate" and options.geometry_only:
         return _plan_geometry(spec, scales, source)
-    return _plan_conv(spec, scales, resize, source)
+    return _plan_conv(spec, scales, resize, source, fallback=options.fallback)
 
 
 def _named(name: str, build, *args):
@@ -467,16 +539,31 @@ def _named(name: str, build, *args):
         raise InvalidOptionError(f"{name}: {exc}") from None
 
 
-def _plan_conv(spec: TensorSpec, scales: tuple[float, ...], resize: Method, reason: str, absorb: bool = False) -> TensorPlan:
+def _plan_conv(spec: TensorSpec, scales: tuple[float, ...], resize: Method, reason: str, absorb: bool = False,
+               fallback: Optional[str] = None) -> TensorPlan:
     spatial = tuple(spec.shape[2:])
     resize = resize.for_kernel()
-    operator = _named(spec.name, kernel_resize, spatial, scales, resize)
+    asked = None
+    try:
+        operator = _named(spec.name, kernel_resize, spatial, scales, resize)
+    except InvalidOptionError as exc:
+        if fallback is None or fallback == resize.method:
+            if resize.method in FALLIBLE and fallback is None:
+                raise InvalidOptionError(f"{exc}; --fallback METHOD (plan file: fallback = \"interp\") resizes such layers "
+                                         "by another method") from None
+            raise
+        asked, resize = resize.method, replace(resize, method=fallback)
+        try:
+            operator = _named(spec.name, kernel_resize, spatial, scales, resize)
+        except InvalidOptionError as again:
+            raise InvalidOptionError(f"{exc}; the fallback {fallback} cannot resize it either: {again}") from None
+        reason = f"{reason}; fallback: {asked} cannot resize it ({_cause(exc, spec.name)})"
     if absorb and any(not float(s).is_integer() for s in scales):
         raise InvalidOptionError(f"{spec.name}: an absorbing layer needs integer scales, got {scales!r}")
     new_shape = tuple(spec.shape[:2]) + operator.out_shape
     centre_offset = tuple(a.centre_offset if not absorb else 0.0 for a in operator.axes) or (0.0,) * len(spatial)
     record = ConvRecord(resize.method, resize.mode, resize.align, resize.coef, tuple(scales), spatial, operator.out_shape,
-                        centre_offset, absorb)
+                        centre_offset, absorb, fallback=asked)
     label = resize.label
     if resize.method == "disperse":
         disperse = resize.disperse
@@ -485,6 +572,16 @@ def _plan_conv(spec: TensorSpec, scales: tuple[float, ...], resize: Method, reas
         label = f"disperse k'={operator.out_shape[0]} m={disperse.probe} eta={disperse.eta}"
     return TensorPlan(spec.name, spec.dtype, spec.shape, Action.RESIZE, f"{label} ({reason})", new_shape, resize, record,
                       operator=operator)
+
+
+FALLIBLE = ("dilate", "pinv", "disperse")
+"""Methods that refuse some kernels (an even size, a non-integer scale): their refusal names --fallback."""
+
+
+def _cause(exc: Exception, name: str) -> str:
+    """An error's message without the tensor name it starts with."""
+    text = str(exc)
+    return text[len(name) + 2:] if text.startswith(f"{name}: ") else text
 
 
 def _plan_geometry(spec: TensorSpec, scales, reason: str) -> TensorPlan:
@@ -500,17 +597,20 @@ def _plan_geometry(spec: TensorSpec, scales, reason: str) -> TensorPlan:
                       Method("dilate", align="taps"), record)
 
 
-def _plan_grid(spec: TensorSpec, grid, scale: Scale, resize: Method, source: str, rule: Optional[LayerRule]) -> TensorPlan:
-    c, h, w = grid
-    scales = axis_scales(scale, 2, name=spec.name, trailing=True)
+def _plan_grid(spec: TensorSpec, grid: GridLayout, scale: Scale, resize: Method, source: str, rule: Optional[LayerRule]) -> TensorPlan:
+    spatial = grid.spatial
+    scales = axis_scales(scale, len(spatial), name=spec.name, trailing=True)
     if resize.method not in ("interp", "pinv"):
         if rule is not None and rule.method == resize.method:
             raise InvalidOptionError(f"{spec.name}: a grid is resized with interp (cells) or pinv, not {resize.method}")
-        resize, source = replace(resize, method="interp"), f"{source}; {resize.method} does not apply to a grid"
+        resize, source = replace(resize, method="interp"), f"{source}; {resize.method} does not apply to a grid: resized by interp"
     resize = replace(resize, align="cells").for_grid()
-    operator = GridResize((c, h, w), _named(spec.name, grid_resize, (h, w), scales, resize))
-    new_spatial = operator.planes.out_shape
-    new_shape = (spec.shape[0], c * new_spatial[0] * new_spatial[1])
-    record = GridRecord(resize.method, resize.mode, "cells", resize.coef, tuple(scales), (c, h, w), (h, w), new_spatial)
-    return TensorPlan(spec.name, spec.dtype, spec.shape, Action.RESIZE, f"grid {c}×{h}×{w} ({source})", new_shape, resize, record,
+    operator = GridResize(grid, _named(spec.name, grid_resize, spatial, scales, resize))
+    out_grid = operator.out_grid
+    new_shape = (spec.shape[0], out_grid.cells)
+    record = GridRecord(resize.method, resize.mode, "cells", resize.coef, tuple(scales), grid.canonical, spatial, out_grid.spatial,
+                        centre_offset=(0.0,) * len(spatial), layout=None if grid.is_canonical else grid.layout)
+    layout = "" if grid.is_canonical else f", layout {','.join(grid.layout)}"
+    return TensorPlan(spec.name, spec.dtype, spec.shape, Action.RESIZE,
+                      f"grid {'×'.join(map(str, grid.canonical))}{layout} {resize.label} ({source})", new_shape, resize, record,
                       operator=operator)

@@ -4,9 +4,11 @@ Three formats, chosen by the file name:
 
 - ``*.toml`` (TOML) and ``*.json`` (JSON): a table with any of the keys ``scale``, ``method``,
   ``mode``, ``align``, ``coef``, ``include``, ``exclude``, ``absorb``, ``grids``
-  (``{name = [C, H, W]}``), ``layers`` (a list of ``{pattern, scale, method, mode, align, coef}``
+  (``{name = [C, H, W]}``, or ``{name = "H,W,C:4,4,32"}`` / ``{name = {layout = "HWC", shape = [4, 4, 32]}}``
+  giving the axis order of the flattened features), ``layers`` (a list of ``{pattern, scale, method, mode, align, coef}``
   tables, or a ``{pattern = scale}`` table), ``geometry_only``, ``disperse`` (``{size, probe,
-  eta}``) and ``attention`` (a list of ``{pattern, tokens, new_tokens}`` tables).
+  eta}``), ``attention`` (a list of ``{pattern, tokens, new_tokens}`` tables) and ``fallback`` (the
+  method for layers the chosen one cannot handle).
 - anything else: ScaleCrafter's settings text, one ``name:factor`` per line (``#`` starts a
   comment; blank lines are ignored). Each line becomes a layer rule; the global scale is 1, so
   layers not listed keep their weights, as in ScaleCrafter.
@@ -22,6 +24,7 @@ import sys
 from typing import Any, Mapping
 
 from kernelscale.errors import InvalidOptionError, KernelscaleError
+from kernelscale.grid import grid_layout
 from kernelscale.io.files import read_small_file
 from kernelscale.plan import LayerRule, ResizeOptions
 
@@ -34,7 +37,7 @@ MAX_PLAN_BYTES = 16_000_000
 """Largest plan file read, in bytes: a larger one (or a FIFO, /dev/zero) is refused before reading."""
 
 PLAN_KEYS = ("scale", "method", "mode", "align", "coef", "include", "exclude", "absorb", "grids", "layers",
-             "geometry_only", "disperse", "attention")
+             "geometry_only", "disperse", "attention", "fallback")
 """The keys a TOML or JSON plan file may hold: the fields of ResizeOptions."""
 
 LAYER_KEYS = ("pattern", "scale", "method", "mode", "align", "coef")
@@ -61,12 +64,16 @@ def load_plan_file(path: "str | os.PathLike[str]") -> dict[str, Any]:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise InvalidOptionError(f"plan file {path}: invalid TOML: {exc}") from None
+        except RecursionError:
+            raise InvalidOptionError(f"plan file {path}: nested too deeply to read (a plan file is a flat table)") from None
         return _from_mapping(data, path)
     if lower.endswith(".json"):
         try:
             data = json.loads(text)
         except ValueError as exc:
             raise InvalidOptionError(f"plan file {path}: invalid JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidOptionError(f"plan file {path}: nested too deeply to read (a plan file is a flat table)") from None
         return _from_mapping(data, path)
     return _from_scalecrafter(text, path)
 
@@ -79,7 +86,7 @@ def _from_mapping(data: Any, path: str) -> dict[str, Any]:
         raise InvalidOptionError(f"plan file {path}: unknown key(s) {', '.join(map(repr, unknown))}; "
                                  f"expected some of {', '.join(PLAN_KEYS)}")
     fields: dict[str, Any] = {}
-    for key in ("scale", "method", "mode", "align", "coef", "geometry_only", "disperse"):
+    for key in ("scale", "method", "mode", "align", "coef", "geometry_only", "disperse", "fallback"):
         if key in data:
             fields[key] = _plain(data[key], key, path)
     for key in ("include", "exclude", "absorb"):
@@ -112,19 +119,24 @@ def _globs(value: Any, key: str, path: str) -> tuple[str, ...]:
     return tuple(values)
 
 
-def _grids(value: Any, path: str) -> dict[str, tuple[int, ...]]:
+def _grids(value: Any, path: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
-        raise InvalidOptionError(f"plan file {path}: grids must be a table of name = [C, H, W], got {value!r}")
+        raise InvalidOptionError(f"plan file {path}: grids must be a table of name = [C, H, W] (or \"H,W,C:4,4,32\"), got {value!r}")
     grids = {}
     for name, shape in value.items():
-        if isinstance(shape, str):
+        if isinstance(shape, str) and ":" not in shape:
             shape = shape.split(",")
-        if not isinstance(shape, (list, tuple)) or len(shape) != 3:
-            raise InvalidOptionError(f"plan file {path}: grid {name!r} must be [C, H, W], got {shape!r}")
+        if isinstance(shape, (list, tuple)):
+            if len(shape) != 3:
+                raise InvalidOptionError(f"plan file {path}: grid {name!r} must be [C, H, W], got {shape!r}")
+            try:
+                shape = tuple(_positive_int(v) for v in shape)
+            except ValueError:
+                raise InvalidOptionError(f"plan file {path}: grid {name!r} must be three positive integers, got {shape!r}") from None
         try:
-            grids[name] = tuple(_positive_int(v) for v in shape)
-        except ValueError:
-            raise InvalidOptionError(f"plan file {path}: grid {name!r} must be three positive integers, got {shape!r}") from None
+            grids[name] = grid_layout(shape, f"grid {name!r}")
+        except KernelscaleError as exc:
+            raise InvalidOptionError(f"plan file {path}: {exc}") from None
     return grids
 
 

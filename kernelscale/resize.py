@@ -12,11 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from kernelscale.errors import InvalidOptionError, UnsupportedTensorError
 from kernelscale.execute import TensorLike, as_torch, execute
 from kernelscale.geometry import ConvGeometry, PaddingSpec, as_tuple, conv_padding, integer_factor, resized_geometry
+from kernelscale.grid import GridLayout, grid_layout
 from kernelscale.method import Coef, DisperseParams, Method, axis_scales, method_of
 from kernelscale.transforms import GridResize, KernelResize, ScaleFactor, grid_resize, kernel_resize
 
@@ -145,7 +147,7 @@ def resize_conv(
 
 def resize_grid_linear(
     weight: TensorLike,
-    grid: Sequence[int],
+    grid: Union[Sequence[int], str, GridLayout],
     scale: Union[float, Sequence[float]],
     *,
     method: Union[str, Method, None] = None,
@@ -156,27 +158,32 @@ def resize_grid_linear(
     out_dtype: Optional[torch.dtype] = None,
     backend: Optional[str] = None,
 ) -> TensorLike:
-    """Resize a Linear weight ``(out, C·H·W)`` whose input is a flattened ``(C, H, W)`` grid.
+    """Resize a Linear weight ``(out, cells)`` whose input is a flattened grid.
 
-    Rows are reshaped to the grid, each ``(H, W)`` plane resized (cells by default, coefficient
-    HW/(H'W'); or ``method="pinv"``; ``method`` a Method or its fields, align and coef left None
-    taking the grid defaults cells and paper), and flattened back: ``(out, C·H'·W')``. T6: with pinv,
-    ``W' · flatten(U x) = W · flatten(x)`` exactly for U the cells upsampler of ``mode``.
+    ``grid``: ``(C, H, W)`` for a plain ``flatten`` of an ``(N, C, H, W)`` map, or the axis order of
+    the flattened features and their sizes (:func:`kernelscale.grid.grid_layout`): ``"H,W,C:4,4,32"``
+    for a model that permutes to channels-last before flattening, 1-D (``"C,L:64,10"``) and 3-D
+    (``"C,D,H,W:…"``) grids too. Rows are reshaped to the grid, each channel's map resized (cells by
+    default, coefficient ∏n/∏n'; or ``method="pinv"``; ``method`` a Method or its fields, align
+    and coef left None taking the grid defaults cells and paper), and flattened back in the same
+    layout: ``(out, cells')``. T6: with pinv, ``W' · flatten(U x) = W · flatten(x)`` exactly for U
+    the cells upsampler of ``mode``. ``scale``: one number or one per spatial axis (order D, H, W).
     Overflow: as :func:`resize_kernel` (NonFiniteResultError).
     """
     x = as_torch(weight, name)
-    grid = tuple(int(g) for g in grid)
-    if len(grid) != 3 or min(grid) < 1:
-        raise InvalidOptionError(f"{name}: a grid is (C, H, W) with positive sizes, got {grid!r}")
-    c, h, w = grid
-    if x.ndim != 2 or x.shape[1] != c * h * w:
-        raise InvalidOptionError(f"{name}: grid {grid!r} has {c * h * w} cells but the weight has shape {tuple(x.shape)}")
-    scales = axis_scales(scale, 2, name=name)
+    if isinstance(grid, (tuple, list)) and len(grid) == 3 and not all(
+            isinstance(g, (int, np.integer)) and not isinstance(g, bool) and g >= 1 for g in grid):
+        raise InvalidOptionError(f"{name}: a grid is (C, H, W), three positive integers, got {grid!r}")
+    layout = grid_layout(grid, f"{name}: grid")
+    if x.ndim != 2 or x.shape[1] != layout.cells:
+        shown = repr(tuple(grid)) if isinstance(grid, (tuple, list)) else layout.text
+        raise InvalidOptionError(f"{name}: grid {shown} has {layout.cells} cells but the weight has shape {tuple(x.shape)}")
+    scales = axis_scales(scale, len(layout.spatial), name=name)
     resize = _method(name, method, mode=mode, align=align, coef=coef)
     try:
-        operator = GridResize(grid, grid_resize((h, w), scales, resize))
+        operator = GridResize(layout, grid_resize(layout.spatial, scales, resize))
     except InvalidOptionError as exc:
-        raise InvalidOptionError(f"{name} (grid {grid!r}): {exc}") from None
+        raise InvalidOptionError(f"{name} (grid {layout.text}): {exc}") from None
     return execute(operator, weight, name=name, out_dtype=out_dtype, backend=backend)
 
 

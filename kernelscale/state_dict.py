@@ -14,7 +14,7 @@ import torch
 
 from kernelscale.dtypes import dtype_name
 from kernelscale.errors import InvalidOptionError, UnsupportedTensorError
-from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, plan_tensors
+from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, plan_tensors, resize_options
 from kernelscale.execute import TensorLike, execute
 from kernelscale.manifest import Action
 from kernelscale.reparam import rescale_weight_norm_g, weight_norm_squares
@@ -97,7 +97,7 @@ def plan_state_dict(state_dict: Mapping[str, Any], options: Optional[ResizeOptio
     tensors all sit in nested dicts (``{'epoch': 3, 'state_dict': {…}}``: pass ``sd['state_dict']``).
     """
     if options is None:
-        options = ResizeOptions(**kwargs)
+        options = resize_options(**kwargs)
     elif kwargs:
         raise TypeError("give either options or keyword options, not both")
     _check_layout(state_dict)
@@ -201,7 +201,7 @@ def resize_state_dict(
     if plan is None:
         if scale is None:
             raise TypeError("resize_state_dict needs a scale (or a plan)")
-        plan = plan_state_dict(state_dict, ResizeOptions(scale=scale, **options))
+        plan = plan_state_dict(state_dict, resize_options(scale=scale, **options))
     entries = {entry.name: entry for entry in plan}
     missing = [name for name in entries if name not in state_dict]
     if missing:

@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from kernelscale.grid import GridLayout, grid_layout
 from kernelscale.errors import InvalidOptionError
 from kernelscale.method import (
     ALIGNS,
@@ -44,6 +45,11 @@ CUBIC_A = -0.75
 # 65536 taps: 128 MiB) and the resized tensor grows with it; a scale past this is a typo (1e9 for
 # 1.9), refused before anything is allocated.
 MAX_TAPS = 65536
+
+# The largest least-squares system method disperse builds, in float64 elements (512 MiB): the
+# calibration holds probe^d · ((probe−1)s+1)^d rows by k'^d + k^d columns (DESIGN §3), which
+# grows as s^(2d) — 5.7 TB at s = 100 — so it is bounded before anything is allocated.
+MAX_DISPERSE_ELEMENTS = 2**26
 
 
 def interpolation_kernel(mode: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -198,6 +204,17 @@ def check_taps(k: int, scale: float, size: int) -> None:
     """InvalidOptionError when a resize would make a k-tap axis longer than MAX_TAPS."""
     if size > MAX_TAPS:
         raise InvalidOptionError(f"scale {number_text(scale)} would make a {k}-tap axis {size} taps long (limit {MAX_TAPS})")
+
+
+def check_disperse_size(k: int, k_new: int, scale: int, probe: int, ndim: int) -> None:
+    """InvalidOptionError when method disperse's calibration system (k → k_new taps per axis at
+    integer ``scale``, ``probe``-pixel probes, ``ndim`` axes) would exceed MAX_DISPERSE_ELEMENTS."""
+    rows = probe**ndim * (((probe - 1) * scale + 1) ** ndim + probe**ndim)
+    elements = rows * (k_new**ndim + k**ndim)
+    if elements > MAX_DISPERSE_ELEMENTS:
+        raise InvalidOptionError(f"method 'disperse' at scale {scale} with probe {probe} ({k} -> {k_new} taps, {ndim}-D) needs a "
+                                 f"calibration system of {elements} values (limit {MAX_DISPERSE_ELEMENTS}); use a smaller scale "
+                                 "or probe, or another method")
 
 
 def _cells_size(k: int, scale: float) -> int:
@@ -364,16 +381,21 @@ class KernelResize:
 
 @dataclass(frozen=True)
 class GridResize:
-    """The resize of a Linear ``(out, C·H·W)`` whose input is a flattened ``grid`` (C, H, W)
-    (DESIGN §5): ``planes``, a separable resize of the (H, W) planes, applied to each of the C
-    planes of every row; the result is ``(out, C·H'·W')``."""
+    """The resize of a Linear ``(out, cells)`` whose input is a flattened ``grid``
+    (:class:`~kernelscale.grid.GridLayout`: its axis order and sizes; DESIGN §5): ``planes``, a
+    separable resize of the spatial axes (canonical order D, H, W), applied to each channel of every
+    row; the result is ``(out, cells')`` flattened in the same layout."""
 
-    grid: tuple[int, int, int]
+    grid: GridLayout
     planes: KernelResize
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.grid, GridLayout):  # (C, H, W) sizes: a plain flatten
+            object.__setattr__(self, "grid", grid_layout(self.grid))
+
     @property
-    def out_grid(self) -> tuple[int, int, int]:
-        return (self.grid[0], *self.planes.out_shape)  # type: ignore[return-value]
+    def out_grid(self) -> GridLayout:
+        return self.grid.with_spatial(self.planes.out_shape)
 
     @property
     def is_identity(self) -> bool:
@@ -479,6 +501,7 @@ def _disperse_resize(kernel_shape: tuple[int, ...], scales: tuple[float, ...], p
         raise InvalidOptionError(f"method 'disperse' needs an integer scale >= 1, got {s!r}")
     size = params.size if params.size is not None else (k - 1) * int(s) + 1
     check_taps(k, s, int(size))
+    check_disperse_size(k, int(size), int(s), int(params.probe), len(kernel_shape))
     matrix, loss = disperse_matrix(k, int(size), float(s), int(params.probe), float(params.eta), len(kernel_shape))
     return KernelResize((), matrix, loss, (kernel_shape, (int(size),) * len(kernel_shape)))
 

@@ -399,10 +399,9 @@ def certify_grid(
     from kernelscale.transforms import cells_upsampler
 
     record = as_record(record, name)
-    c, h, w = record.grid
-    h_new, w_new = record.new_spatial
+    grid, new_grid = record.grid_layout, record.new_grid_layout
     mode = record.mode or "linear"
-    bh, bw = cells_upsampler(h, h_new, mode), cells_upsampler(w, w_new, mode)
+    ups = [cells_upsampler(n, m, mode) for n, m in zip(grid.spatial, new_grid.spatial)]
     rng = np.random.default_rng(seed)
 
     def dct(n: int) -> np.ndarray:
@@ -410,19 +409,30 @@ def certify_grid(
         i = np.arange(n) + 0.5
         return np.stack([np.cos(np.pi * f * i / n) for f in range(count)], axis=1)
 
-    dh, dw = dct(h), dct(w)
-    w_old = original.double().numpy().reshape(-1, c, h, w)
-    w_new_ = converted.double().numpy().reshape(-1, c, h_new, w_new)
+    def along(matrices: Sequence[np.ndarray], x: np.ndarray) -> np.ndarray:
+        """Each matrix applied along its spatial axis of ``x`` (C, *spatial)."""
+        for axis, m in enumerate(matrices, start=1):
+            x = np.moveaxis(np.tensordot(m, x, axes=(1, axis)), 0, axis)
+        return x
+
+    def canonical(weight: torch.Tensor, layout: Any) -> np.ndarray:
+        """The weight's rows as (out, C, *spatial) maps, whatever the layout of the flattened features."""
+        rows = weight.double().numpy().reshape(-1, *layout.sizes)
+        return rows.transpose(0, *(1 + a for a in layout.to_canonical))
+
+    bases = [dct(n) for n in grid.spatial]
+    w_old, w_new_ = canonical(original, grid), canonical(converted, new_grid)
+    spatial_axes = tuple(range(1, 2 + len(grid.spatial)))
     err = ref = 0.0
     for _ in range(probes):
-        x = np.einsum("hf,cfg,wg->chw", dh, rng.standard_normal((c, dh.shape[1], dw.shape[1])), dw)
-        up = np.einsum("Hh,chw,Ww->cHW", bh, x, bw)
-        y_old = np.einsum("ochw,chw->o", w_old, x)
-        y_new = np.einsum("ochw,chw->o", w_new_, up)
+        x = along(bases, rng.standard_normal((grid.channels, *(b.shape[1] for b in bases))))
+        up = along(ups, x)
+        y_old = np.tensordot(w_old, x, axes=(spatial_axes, tuple(a - 1 for a in spatial_axes)))
+        y_new = np.tensordot(w_new_, up, axes=(spatial_axes, tuple(a - 1 for a in spatial_axes)))
         err += float(((y_new - y_old) ** 2).sum())
         ref += float((y_old**2).sum())
     # A flat input upsamples to a flat input, so the DC gain is each row's sum over all cells.
-    dc_old, dc_new = w_old.sum(axis=(1, 2, 3)), w_new_.sum(axis=(1, 2, 3))
+    dc_old, dc_new = w_old.sum(axis=spatial_axes), w_new_.sum(axis=spatial_axes)
     dc = _dc_ratio(float((dc_new * dc_old).sum()), float((dc_old**2).sum()))
     return LayerCertificate(name, record.method or "", tuple(original.shape), tuple(converted.shape),
                             _ratio(err, ref), 0.0, dc, nonfinite=_count_nonfinite(converted),

@@ -16,6 +16,7 @@ import safetensors.torch
 import torch
 
 from kernelscale import __version__
+from kernelscale.grid import GridLayout
 from kernelscale import cli
 from kernelscale.cli import Command, build_parser, main, options_from_args, register_command
 from kernelscale.io.safetensors_io import read_header
@@ -89,7 +90,7 @@ def test_geometry_only_implies_dilate_and_flags_override_the_plan_file(tmp_path:
                                       "--grid", "head=2,4,4", "--geometry-only"])
     options = options_from_args(args)
     assert options.scale == 2.0 and options.mode == "cubic" and options.include == ("block.*",)
-    assert options.grids == (("head", (2, 4, 4)),) and options.method == "dilate" and options.geometry_only
+    assert options.grids == (("head", GridLayout("CHW", (2, 4, 4))),) and options.method == "dilate" and options.geometry_only
 
 
 def test_inspect_plain_planned_and_converted(tmp_path: Path, checkpoint: Path, capsys) -> None:

@@ -69,7 +69,9 @@ def test_a_deeply_nested_config_json_is_left_as_it_is(tmp_path: Path, capsys) ->
     ('{"format_version": 1, "tensors": {"conv.weight": {"kind": "conv", "scale": [2, 2], "old_spatial": 3, '
      '"new_spatial": [7, 7]}}}', "old_spatial must be a list of positive integers, got 3"),
     ('{"format_version": 1, "tensors": {"conv.weight": {"kind": "grid", "scale": [2, 2], "grid": [1, 2], '
-     '"old_spatial": [3, 3], "new_spatial": [7, 7]}}}', "grid must be [C, H, W] of positive integers, got [1, 2]"),
+     '"old_spatial": [3, 3], "new_spatial": [7, 7]}}}', "grid must be [C, *spatial] with one size per axis of old_spatial [3, 3], got [1, 2]"),
+    ('{"format_version": 1, "tensors": {"fc.weight": {"kind": "grid", "scale": [2, 2], "grid": [1, 2, 2], "layout": "HXC", '
+     '"old_spatial": [2, 2], "new_spatial": [4, 4]}}}', "grid layout 'HXC'"),
     ('{"format_version": 1, "tensors": {"conv.weight": {"kind": "attention", "factor": "x"}}}', "factor must be a finite number, got 'x'"),
     ('{"format_version": 1, "tensors": {"conv.weight": {"kind": ["conv"]}}}', "unknown kind"),
     ('{"format_version": 1, "tensors": {"conv.weight": 3}}', "unknown kind"),

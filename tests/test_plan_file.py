@@ -10,6 +10,7 @@ import torch
 
 from kernelscale import LayerRule, ResizeOptions, plan_state_dict
 from kernelscale.errors import InvalidOptionError
+from kernelscale.grid import GridLayout
 from kernelscale.plan_file import PLAN_KEYS, load_plan_file
 
 TOML_PLAN = """
@@ -47,7 +48,7 @@ def test_toml_plan_gives_every_field(tmp_path: Path) -> None:
     assert fields["scale"] == (2, 1.5)
     assert fields["mode"] == "cubic" and fields["align"] == "cells" and fields["coef"] == 0.25
     assert fields["include"] == ("down.*", "mid.*") and fields["exclude"] == ("down.skip",) and fields["absorb"] == ("stem",)
-    assert fields["grids"] == {"fc": (32, 4, 4)}
+    assert fields["grids"] == {"fc": GridLayout("CHW", (32, 4, 4))}
     assert fields["layers"] == (LayerRule("mid.conv", scale=4, method="dilate"), LayerRule("down.0", coef="paper"))
     options = ResizeOptions(**fields)
     assert options.disperse.probe == 9 and options.scale == (2.0, 1.5)
@@ -59,7 +60,7 @@ def test_json_plan_with_layer_table_and_string_grid(tmp_path: Path) -> None:
                                 "grids": {"head": "8,2,2"}, "attention": [{"pattern": "*to_q", "tokens": 64}]}))
     fields = load_plan_file(path)
     assert fields["layers"] == (LayerRule("a.conv", scale=1), LayerRule("b.conv", scale=3, mode="nearest"))
-    assert fields["grids"] == {"head": (8, 2, 2)}
+    assert fields["grids"] == {"head": GridLayout("CHW", (8, 2, 2))}
     assert ResizeOptions(**fields).attention[0].tokens == 64
 
 
@@ -130,7 +131,8 @@ def test_plan_keys_are_resize_option_fields() -> None:
     (["convert", "--scale", "2", "--coef", "0"], "coef must be a finite number > 0, got 0"),
     (["convert", "--scale", "2", "--coef", "-1"], "coef must be a finite number > 0, got -1"),
     (["convert", "--plan", "{plan}"], "coef must be a finite number > 0, got 0"),
-    (["convert", "--scale", "1e9", "--dry-run"], "c.weight: scale 1000000000 would make a 3-tap axis 3999999999 taps long (limit 65536)"),
+    (["convert", "--scale", "1e9", "--dry-run"], "--scale: scale must be between 1/65536 and 65536 (limit 65536 taps per axis), got 1000000000"),
+    (["convert", "--scale", "40000", "--dry-run"], "c.weight: scale 40000 would make a 3-tap axis 159999 taps long (limit 65536)"),
     (["inspect", "--scale", "1e9"], "limit 65536"),
 ])
 def test_the_command_line_refuses_bad_coefficients_and_scales_in_one_line(tmp_path: Path, capsys, args, needle) -> None:

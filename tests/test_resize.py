@@ -153,7 +153,9 @@ def test_cuda_tensors_stay_on_their_device():
 
 def test_a_huge_scale_is_refused_by_name_before_anything_is_allocated():
     # Without the limit: torch's allocator fails on R (4·10⁷ × 3 taps), or MemoryError.
-    with pytest.raises(InvalidOptionError, match=r"enc\.conv.*scale 10000000 would make a 3-tap axis 39999999 taps long \(limit 65536\)"):
+    with pytest.raises(InvalidOptionError, match=r"enc\.conv.*scale 40000 would make a 3-tap axis 159999 taps long \(limit 65536\)"):
+        resize_kernel(torch.randn(2, 2, 3, 3), 4e4, name="enc.conv")
+    with pytest.raises(InvalidOptionError, match=r"enc\.conv.*scale must be between 1/65536 and 65536"):
         resize_kernel(torch.randn(2, 2, 3, 3), 1e7, name="enc.conv")
     with pytest.raises(InvalidOptionError, match="limit 65536"):
         resize_conv(torch.randn(2, 2, 3, 3), 1e9, name="enc.conv")

@@ -175,11 +175,14 @@ def test_coef_must_be_a_finite_number_above_zero(coef):
                                                  ("interp", "cubic", "cells"), ("pinv", "linear", "cells"),
                                                  ("dilate", "linear", "taps")])
 def test_a_huge_scale_is_refused_before_anything_is_allocated(method, mode, align):
-    # 1e9 taps of float64 would be 8 GB for R's offsets alone; the size is known from k and s.
-    with pytest.raises(InvalidOptionError, match=r"scale 1000000000 would make a 3-tap axis \d+ taps long \(limit 65536\)"):
+    # 1e9 taps of float64 would be 8 GB for R's offsets alone: a scale past 65536 is refused as it
+    # enters; below it, the size is known from k and s.
+    with pytest.raises(InvalidOptionError, match=r"scale must be between 1/65536 and 65536 \(limit 65536 taps per axis\), got 1000000000"):
         build_axis_resize(3, 1e9, method, mode, align)
+    with pytest.raises(InvalidOptionError, match=r"scale 40000 would make a 3-tap axis \d+ taps long \(limit 65536\)"):
+        build_axis_resize(3, 40000, method, mode, align)
     with pytest.raises(InvalidOptionError, match="limit 65536"):
-        build_kernel_resize((3, 3), (1, 1e9), method, mode, align)
+        build_kernel_resize((3, 3), (1, 40000), method, mode, align)
 
 
 def test_the_tap_limit_is_exact_and_long_kernels_stay_within_it():
