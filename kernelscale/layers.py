@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernelscale.errors import GeometryError, InvalidOptionError, UnsupportedTensorError
+from kernelscale.geometry import as_tuple
 from kernelscale.method import Coef, Method, axis_scales, method_of
 from kernelscale.transforms import build_kernel_resize
 
@@ -186,15 +187,6 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _as_tuple(value: IntOrTuple, ndim: int, what: str) -> tuple[int, ...]:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return (int(value),) * ndim
-    values = tuple(value)
-    if len(values) != ndim or any(isinstance(v, bool) or int(v) != v or v < 0 for v in values):
-        raise InvalidOptionError(f"{what} must be a non-negative integer or {ndim} of them, got {value!r}")
-    return tuple(int(v) for v in values)
-
-
 def conv_pads(padding: Union[str, IntOrTuple], kernel_shape: Sequence[int], dilation: Sequence[int],
               stride: Sequence[int]) -> Pads:
     """A conv's padding as PyTorch applies it, per axis ``(before, after)``: a number or one per
@@ -210,7 +202,10 @@ def conv_pads(padding: Union[str, IntOrTuple], kernel_shape: Sequence[int], dila
             totals = [d * (k - 1) for k, d in zip(kernel_shape, dilation)]
             return tuple((t // 2, t - t // 2) for t in totals)
         raise InvalidOptionError(f"padding must be 'same', 'valid' or integers, got {padding!r}")
-    return tuple((p, p) for p in _as_tuple(padding, ndim, "padding"))
+    pads = as_tuple(padding, ndim, "padding", "factored_conv")
+    if min(pads) < 0:
+        raise InvalidOptionError(f"factored_conv: padding must be >= 0 on every axis, got {padding!r}")
+    return tuple((p, p) for p in pads)
 
 
 def state_geometry(factored: FactoredResize, pads: Pads, dilation: Sequence[int], state: str) -> tuple[Pads, tuple[int, ...]]:
@@ -322,8 +317,8 @@ def factored_conv(
                                  f"factored resize of a {factored.kernel_shape} kernel")
     if padding_mode not in PADDING_MODES:
         raise InvalidOptionError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {padding_mode!r}")
-    stride_t = _as_tuple(stride, ndim, "stride")
-    dil = _as_tuple(dilation, ndim, "dilation")
+    stride_t = as_tuple(stride, ndim, "stride", "factored_conv")
+    dil = as_tuple(dilation, ndim, "dilation", "factored_conv")
     pads, conv_dilation = state_geometry(factored, conv_pads(padding, factored.kernel_shape, dil, stride_t), dil, state)
     if state == "interpolated" and filters is None:
         filters = [None if _is_unit(h) else torch.tensor(h, dtype=x.dtype, device=x.device) for h in factored.prefilters]

@@ -355,6 +355,15 @@ def test_refusals():
         FactoredConv(nn.Conv2d(2, 2, 3), factor_resize((5, 5), 2))
 
 
+@pytest.mark.parametrize("bad", [{"stride": 0}, {"stride": (1, 0)}, {"dilation": 0}, {"dilation": (2, -1)},
+                                 {"padding": -1}, {"padding": (1, 2.5)}])
+def test_factored_conv_refuses_impossible_geometry(bad):
+    weight = torch.randn(3, 2, 3, 3)
+    args = {"stride": 1, "padding": 1, "dilation": 1, **bad}
+    with pytest.raises(InvalidOptionError, match=next(iter(bad))):
+        factored_conv(torch.randn(1, 2, 12, 12), weight, None, factor_resize((3, 3), 2), **args)
+
+
 def test_even_kernel_same_padding_keeps_its_half_pixel_offset():
     """PyTorch pads an even 'same' kernel ⌊d(k−1)/2⌋ before: the offset scales (s·before, s·after)
     and the prefilter adds its half-width on both sides — the DESIGN §3 rule per side."""
