@@ -29,11 +29,10 @@ def why_not_factored(record: Optional[object]) -> Optional[str]:
     geometry-only re-dilation) is not a candidate at all: ``"not a resized conv kernel"``."""
     if not isinstance(record, ConvRecord) or record.dilation:
         return "not a resized conv kernel"
-    from kernelscale.layers import NotFactorableError, factor_resize
+    from kernelscale.layers import NotFactorableError
 
     try:
-        factor_resize(record.old_spatial, record.scale, method=record.method or "interp", mode=record.mode or "linear",
-                      align=record.align or "taps", coef=record.coef if record.coef is not None else "mass")
+        factored_resize_of(record)
     except NotFactorableError as exc:
         return str(exc).split(":")[0]
     if record.method == "dilate":  # zero insertion asked for explicitly; geometry_only is its kept-weights form

@@ -766,8 +766,7 @@ def _unfactorable_layer(path: str, layer: nn.Module, holder: Optional[nn.Module]
 
 def _materialised_note(record: ConvRecord) -> str:
     """Why a resize of this record cannot run factored ("" when it could: it was materialised as asked)."""
-    why = why_not_factored(record)
-    return "" if why is None else why
+    return why_not_factored(record) or ""
 
 
 def _factored_note(resize: FactoredResize) -> str:
