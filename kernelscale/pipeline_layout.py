@@ -85,7 +85,8 @@ def _scale_pair(scale: Any) -> tuple[float, float]:
     return float(scale), float(scale)
 
 
-def _size_pair(sample_size: Any) -> tuple[int, int]:
+def size_pair(sample_size: Any) -> tuple[int, int]:
+    """A diffusers ``sample_size`` (an int or ``[h, w]``, latent cells) as (height, width)."""
     if isinstance(sample_size, (list, tuple)):
         return int(sample_size[0]), int(sample_size[1])
     return int(sample_size), int(sample_size)
@@ -96,7 +97,7 @@ def scaled_sample_size(sample_size: Any, scale: Any) -> Any:
     (height, width)); an int when the result is square and the input was one. InvalidOptionError
     for a result that is not whole latent cells."""
     sh, sw = _scale_pair(scale)
-    h, w = _size_pair(sample_size)
+    h, w = size_pair(sample_size)
     new = (h * sh, w * sw)
     if any(abs(v - round(v)) > 1e-9 for v in new):
         raise InvalidOptionError(f"scale {scale!r}: sample_size {sample_size!r} × scale = {new}, not whole latent cells; "

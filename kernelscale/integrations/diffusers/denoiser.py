@@ -42,6 +42,7 @@ from kernelscale.errors import (
 from kernelscale.manifest import ConvRecord, as_record
 from kernelscale.pipeline_layout import (
     CONFIG_KEY, DENOISERS, WEIGHTS_NAME, check_class, config_record, denoiser_config_text, scaled_sample_size,
+    size_pair,
 )
 from kernelscale.method import EXECUTIONS
 from kernelscale.plan import AttentionRule, LayerRule
@@ -86,12 +87,6 @@ def check_denoiser(model: Any, where: str = "the denoiser") -> str:
     return check_class(type(model).__name__, where)
 
 
-def _size_pair(sample_size: Any) -> tuple[int, int]:
-    if isinstance(sample_size, (list, tuple)):
-        return int(sample_size[0]), int(sample_size[1])
-    return int(sample_size), int(sample_size)
-
-
 def _levels(model: nn.Module) -> dict[str, int]:
     """Block prefix (``down_blocks.i``, ``mid_block``, ``up_blocks.j``) → its level: how many
     ×2 down-samplings lie between the input and the block's feature map."""
@@ -114,7 +109,7 @@ def attention_rules(model: nn.Module, sample_size: Any = None) -> tuple[Attentio
     """One AttentionRule per self-attention layer's query projection, with n = its level's latent
     area: ⌈h/2^L⌉·⌈w/2^L⌉ for the config's ``sample_size`` (h, w) (or the one given) at level L
     (the ×2 down-samplers above it). Cross-attention is left out (its key count is the text's)."""
-    h, w = _size_pair(sample_size if sample_size is not None else model.config.sample_size)
+    h, w = size_pair(sample_size if sample_size is not None else model.config.sample_size)
     levels = _levels(model)
     rules = []
     for name, layer in model.named_modules():

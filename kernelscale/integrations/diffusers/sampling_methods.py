@@ -45,14 +45,15 @@ from kernelscale.sampling import (
     annealed_factor,
     fouriscale_conv,
     check_alphas_cumprod,
-    dilation_at_step,
     get_preset,
     guidance_weight,
+    layer_dilations,
     low_res_step,
     resolve_preset,
     resolve_settings,
 )
 from kernelscale.sampling.redilation import redilated_conv
+from kernelscale.sampling.schedules import VP_PREDICTION_TYPES
 from kernelscale.sampling.upsample_guidance import check_factors, guide
 
 #: Schedulers whose denoiser input is the VP sample x_t (see the module docstring).
@@ -147,7 +148,7 @@ class _Schedule:
     steps: int = 50
 
     def at(self, step: int) -> dict[str, float]:
-        return {n: dilation_at_step(d, step, self.tau, progressive=self.progressive) for n, d in self.factors.items()}
+        return layer_dilations(self.factors, step, self.tau, progressive=self.progressive)
 
 
 def _denoiser(pipe: Any) -> nn.Module:
@@ -319,7 +320,7 @@ def sampling(pipe: Any, *, upsample_guidance: Union[UpsampleGuidance, Mapping, N
     unet = _denoiser(pipe)
     scheduler = pipe.scheduler
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
-    if prediction_type not in ("epsilon", "v_prediction", "sample"):
+    if prediction_type not in VP_PREDICTION_TYPES:
         raise InvalidOptionError(f"{type(pipe).__name__}: prediction_type {prediction_type!r} is not epsilon, v_prediction or sample")
     alphas_cumprod = check_alphas_cumprod(scheduler.alphas_cumprod)
     train_steps = alphas_cumprod.numel()
