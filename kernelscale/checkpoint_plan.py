@@ -43,6 +43,10 @@ OUTPUT_DTYPES: dict[str, Optional[str]] = {"keep": None, "float16": "F16", "bflo
 # --- the plan of a whole checkpoint --------------------------------------------------------------
 
 
+OUTCOMES = ("resize", "rescale", "dilate", "factored", "cast", "copy")
+"""The keys of FilePlan.counts and CheckpointPlan.counts, in summary order."""
+
+
 @dataclass(frozen=True)
 class WeightNormSource:
     """Where a renormed weight-norm g finds its v: the file (``path``), v's header entry there, and
@@ -91,7 +95,7 @@ class FilePlan:
         """Tensors per outcome: ``resize`` (new kernels, weight norm's g with them), ``rescale``
         (values only: an attention temperature's query projection), ``dilate``, ``factored`` (bytes
         kept, a prefilter and dilation recorded), ``cast``, ``copy``."""
-        counts = {"resize": 0, "rescale": 0, "dilate": 0, "factored": 0, "cast": 0, "copy": 0}
+        counts = dict.fromkeys(OUTCOMES, 0)
         for i in range(len(self.entries)):
             op = self.operation(i)
             if op == Action.RESIZE and self.entries[i].kind == "attention":
@@ -153,7 +157,7 @@ class CheckpointPlan:
         return sum(f.work_bytes(i) for f in self.files for i in range(len(f.entries)))
 
     def counts(self) -> dict[str, int]:
-        total = {"resize": 0, "rescale": 0, "dilate": 0, "factored": 0, "cast": 0, "copy": 0}
+        total = dict.fromkeys(OUTCOMES, 0)
         for f in self.files:
             for k, v in f.counts().items():
                 total[k] += v

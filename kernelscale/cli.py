@@ -405,7 +405,6 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def _report_conversion(args: argparse.Namespace, summary: Any, verify: bool) -> int:
-
     for path in summary.cleaned:
         _stderr(f"kernelscale: removed {path}, left by an interrupted run")
     if args.dry_run and not args.json:
@@ -477,7 +476,7 @@ def _record_text(record: Record) -> str:
         text += f"/{record.align}"
     text += f" {scale} {_dims(record.old_spatial)} -> {_dims(record.new_spatial)}"
     if isinstance(record, GridRecord):
-        return f"grid {_dims(record.grid)}{', layout ' + ','.join(record.layout) if getattr(record, 'layout', None) else ''}: " + text
+        return f"grid {_dims(record.grid)}{', layout ' + ','.join(record.layout) if record.layout else ''}: " + text
     if record.dilation:
         text += f", dilation {_dims(record.dilation)}"
     if record.absorb:

@@ -214,7 +214,7 @@ class ConvertSummary:
 def summarize(plan: CheckpointPlan, dst: str, device: str, seconds: float, dry_run: bool, cleaned: Sequence[str] = ()) -> ConvertSummary:
     """The summary of converting (or, with ``dry_run``, planning) ``plan`` to ``dst`` on ``device`` in ``seconds``."""
     counts = plan.counts()
-    files = tuple({"input": fp.src, "output": fp.rel or dst, **{k: v for k, v in fp.counts().items()},
+    files = tuple({"input": fp.src, "output": fp.rel or dst, **fp.counts(),
                    "bytes_in": fp.bytes_in, "bytes_out": fp.bytes_out} for fp in plan.files)
     return ConvertSummary(
         src=plan.src, dst=dst, layout=plan.layout, dry_run=dry_run, device=device, dtype=plan.dtype,

@@ -110,6 +110,17 @@ def test_inspect_plain_planned_and_converted(tmp_path: Path, checkpoint: Path, c
     assert {t["name"]: t.get("record", {}).get("new_spatial") for t in data["files"][0]["tensors"]}["block.conv.weight"] == [7, 7]
 
 
+@pytest.mark.parametrize("grid, text", [("fc=32,4,4", "grid 32×4×4: interp/linear/cells ×2,2 4×4 -> 8×8"),
+                                        ("fc=H,W,C:4,4,32", "grid 32×4×4, layout H,W,C: interp/linear/cells ×2,2 4×4 -> 8×8")])
+def test_inspect_describes_a_grid_record_and_its_layout(tmp_path: Path, capsys, grid: str, text: str) -> None:
+    src = save({"fc.weight": torch.randn(10, 4 * 4 * 32), "fc.bias": torch.randn(10)}, tmp_path / "fc.safetensors")
+    out = tmp_path / "out.safetensors"
+    assert main(["convert", str(src), str(out), "--scale", "2", "--grid", grid]) == 0
+    capsys.readouterr()
+    code, stdout, _ = call(capsys, "inspect", out)
+    assert code == 0 and f"fc.weight  F32  10×2048  converted: {text}\n" in stdout
+
+
 def test_inspect_names_the_file_whose_manifest_is_corrupt(tmp_path: Path, capsys) -> None:
     bad = save(mixed_state_dict(), tmp_path / "bad_manifest.safetensors", {"kernelscale": "{not json"})
     before = sha256(bad)
