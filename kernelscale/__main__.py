@@ -1,7 +1,5 @@
 """``python -m kernelscale``: the same command line as the ``kernelscale`` script."""
 
-import sys
+from kernelscale.cli import console
 
-from kernelscale.cli import main
-
-sys.exit(main())
+console()

@@ -9,6 +9,8 @@ Never imports triton or ``kernelscale.triton_ops``: dispatch is the only module 
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from kernelscale.errors import InvalidOptionError
@@ -49,14 +51,25 @@ def _check_matrix(matrix: torch.Tensor, k_in: int, what: str, role: str) -> None
         )
 
 
-def apply_dense_torch(x: torch.Tensor, matrix: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+def _check_out(out: torch.Tensor, shape: tuple[int, ...], out_dtype: torch.dtype, device: torch.device, what: str) -> None:
+    if out.dtype != out_dtype or tuple(out.shape) != shape or out.device != device or not out.is_contiguous():
+        raise InvalidOptionError(
+            f"{what}: out is a {'contiguous' if out.is_contiguous() else 'strided'} {tuple(out.shape)} {out.dtype} tensor on "
+            f"{out.device}, expected a contiguous {shape} {out_dtype} tensor on {device}"
+        )
+
+
+def apply_dense_torch(x: torch.Tensor, matrix: torch.Tensor, out_dtype: torch.dtype,
+                      out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Apply one dense map to every row: ``(N, K_in) → (N, K_out)``, ``y[n] = R · x[n]``.
 
     ``x`` may have any strides and dtype float16/bfloat16/float32/float64; ``matrix`` is R
     ``(K_out, K_in)`` with the coefficient folded in (float32, or float64 for float64 input; it
     is converted to the compute dtype if not). Computes ``x.to(compute) @ R.T`` with compute =
     float64 for float64 input, float32 otherwise, and casts once. Returns a contiguous
-    ``(N, K_out)`` tensor of ``out_dtype`` on ``x``'s device.
+    ``(N, K_out)`` tensor of ``out_dtype`` on ``x``'s device: ``out`` when given (a contiguous
+    tensor of that shape, dtype and device, written in place: the result is computed straight into
+    it, block by block on CPU, with the same values as without it).
     """
     _check_dtypes(x, out_dtype, "apply_dense")
     if x.ndim != 2:
@@ -65,10 +78,15 @@ def apply_dense_torch(x: torch.Tensor, matrix: torch.Tensor, out_dtype: torch.dt
     compute = _compute_dtype(x)
     r_t = matrix.to(device=x.device, dtype=compute).T
     n = x.shape[0]
+    if out is not None:
+        _check_out(out, (n, r_t.shape[1]), out_dtype, x.device, "apply_dense")
     block = _cpu_block_rows(r_t.shape[1], compute)
     if x.device.type != "cpu" or n <= block:
-        return (x.to(compute) @ r_t).to(out_dtype).contiguous()
-    out = torch.empty(n, r_t.shape[1], dtype=out_dtype)
+        if out is None:
+            return (x.to(compute) @ r_t).to(out_dtype).contiguous()
+        return out.copy_(x.to(compute) @ r_t)
+    if out is None:
+        out = torch.empty(n, r_t.shape[1], dtype=out_dtype)
     buffer = torch.empty(block, r_t.shape[1], dtype=compute)
     for start in range(0, n, block):
         stop = min(n, start + block)

@@ -383,6 +383,15 @@ def _keep_freed_blocks() -> None:
         pass
 
 
+def prepare_convert(argv: Sequence[str]) -> None:
+    """Start reading IN into the page cache while torch is imported (:mod:`kernelscale.io.prefetch`),
+    when IN is the first argument after ``convert`` (as in every example) and something will be written."""
+    if argv and not argv[0].startswith("-") and not {"--dry-run", "-h", "--help"} & set(argv):
+        from kernelscale.io.prefetch import prefetch
+
+        prefetch(argv[0])
+
+
 def run_convert(args: argparse.Namespace) -> int:
     from kernelscale.convert import convert_checkpoint
 
@@ -441,6 +450,7 @@ CONVERT_COMMAND = Command(
            "  kernelscale convert digits.safetensors digits_x2.safetensors --scale 2 --grid fc=32,4,4 --dry-run",
     add_arguments=_add_convert_arguments,
     run=run_convert,
+    prepare=prepare_convert,
 )
 
 
@@ -615,6 +625,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         argv = sys.argv[1:] if argv is None else [os.fspath(a) for a in argv]
         # the command is the first argument that is not an option (the top level has no option with a value)
         chosen = [a for a in argv if not a.startswith("-")][:1]
+        if chosen and chosen[0] in COMMANDS and COMMANDS[chosen[0]].prepare is not None:
+            COMMANDS[chosen[0]].prepare(argv[argv.index(chosen[0]) + 1:])
         try:
             args = build_parser(only=chosen).parse_args(argv)
         except UsageError as exc:
@@ -648,5 +660,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def console() -> None:
+    """The ``kernelscale`` script: :func:`main`, then exit at once with its code, without tearing the
+    interpreter down (every file is closed and committed by then; with torch loaded, the teardown
+    took 0.35–0.45 s of a command's time for nothing)."""
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        code = EXIT_BROKEN_PIPE
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

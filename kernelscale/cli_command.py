@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 EXIT_OK = 0
 EXIT_TOLERANCE = 1  # verify, convert --verify: a layer fails its check
@@ -25,7 +25,9 @@ class Command:
     """One subcommand: its name, one-line help, long description, arguments and action.
 
     ``run(args)`` returns the exit code; it raises KernelscaleError for bad input, which
-    :func:`kernelscale.cli.main` prints as one line with exit code 2.
+    :func:`kernelscale.cli.main` prints as one line with exit code 2. ``prepare(argv)``, if given,
+    runs first, before ``add_arguments`` imports the command's modules (torch among them, a second
+    or more): work that can overlap that start-up, which must never fail or print.
     """
 
     name: str
@@ -34,3 +36,4 @@ class Command:
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
     epilog: str = ""
+    prepare: Optional[Callable[[Sequence[str]], None]] = None

@@ -66,9 +66,11 @@ def select_backend(x: torch.Tensor, backend: Optional[str] = None) -> tuple[str,
 
 
 def apply_dense(
-    x: torch.Tensor, matrix: torch.Tensor, out_dtype: torch.dtype, backend: Optional[str] = None
+    x: torch.Tensor, matrix: torch.Tensor, out_dtype: torch.dtype, backend: Optional[str] = None,
+    out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """``(N, K_in) → (N, K_out)``, ``y[n] = R · x[n]``, on the selected backend (see ``apply_dense_torch``).
+    """``(N, K_in) → (N, K_out)``, ``y[n] = R · x[n]``, on the selected backend (see ``apply_dense_torch``),
+    into ``out`` when given (a contiguous ``(N, K_out)`` tensor of ``out_dtype``).
 
     The Triton kernel takes ``K_in ≤ 64`` and ``K_out ≤ 256``: under ``auto`` a larger R runs on
     torch; with Triton forced it raises :class:`InvalidOptionError`.
@@ -78,8 +80,9 @@ def apply_dense(
     if chosen == "triton" and (fits or forced):
         from kernelscale.triton_ops.dense import apply_dense_triton
 
-        return apply_dense_triton(x, matrix, out_dtype)
-    return apply_dense_torch(x, matrix, out_dtype)
+        result = apply_dense_triton(x, matrix, out_dtype)
+        return result if out is None else out.copy_(result)
+    return apply_dense_torch(x, matrix, out_dtype, out=out)
 
 
 def apply_separable(

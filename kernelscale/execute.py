@@ -173,6 +173,17 @@ def like_input(result: torch.Tensor, original: TensorLike) -> TensorLike:
     return result.numpy() if isinstance(original, np.ndarray) else result
 
 
+def _check_out(out: torch.Tensor, shape: Sequence[int], out_dtype: torch.dtype) -> None:
+    if not isinstance(out, torch.Tensor) or out.dtype != out_dtype or tuple(out.shape) != tuple(shape) or not out.is_contiguous():
+        what = f"a {tuple(out.shape)} {out.dtype} tensor" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InvalidOptionError(f"out is {what}, expected a contiguous {tuple(shape)} {out_dtype} tensor")
+
+
+def _into(result: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
+    """``result``, or ``out`` holding it (one rounding: the cast happens in the copy)."""
+    return result if out is None else out.copy_(result)
+
+
 def _torch_matrix(matrix: np.ndarray, x: torch.Tensor) -> torch.Tensor:
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     return torch.tensor(matrix, dtype=dtype, device=x.device)
@@ -183,23 +194,33 @@ def apply_kernel_resize(
     operator: KernelResize,
     out_dtype: Optional[torch.dtype] = None,
     backend: Optional[str] = None,
+    out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Apply ``operator`` to a batch of kernel slices ``(N, *k_in)`` → ``(N, *k_out)``.
 
     Dense (one product with R_1⊗…⊗R_d) when the kernel has ≤ 64 input and ≤ 256 output taps;
     otherwise separable, one axis at a time. Accumulation in float32 (float64 for float64 input),
-    one rounding to ``out_dtype`` (default: the input's dtype).
+    one rounding to ``out_dtype`` (default: the input's dtype). ``out``: a contiguous ``(N, *k_out)``
+    tensor of ``out_dtype`` the result is written into (the dense product computes straight into it).
     """
     out_dtype = out_dtype or slices.dtype
     n = slices.shape[0]
     k_in, k_out = operator.in_shape, operator.out_shape
     n_in, n_out = int(np.prod(k_in)), int(np.prod(k_out))
-    if n_in <= DENSE_MAX_IN and n_out <= DENSE_MAX_OUT:
-        out = dispatch.apply_dense(slices.reshape(n, n_in), _torch_matrix(operator.dense(), slices), out_dtype, backend=backend)
-        return out.reshape(n, *k_out)
-    if not operator.separable:  # a dense operator beyond the fused kernel's register budget
-        out = dispatch.apply_dense(slices.reshape(n, n_in), _torch_matrix(operator.dense(), slices), out_dtype, backend="torch")
-        return out.reshape(n, *k_out)
+    if out is not None:
+        _check_out(out, (n, *k_out), out_dtype)
+    fits = n_in <= DENSE_MAX_IN and n_out <= DENSE_MAX_OUT
+    if fits or not operator.separable:  # not fitting: a dense operator beyond the fused kernel's registers, on torch
+        flat = None if out is None else out.view(n, n_out)
+        result = dispatch.apply_dense(slices.reshape(n, n_in), _torch_matrix(operator.dense(), slices), out_dtype,
+                                      backend=backend if fits else "torch", out=flat)
+        return result.reshape(n, *k_out) if out is None else out
+    return _into(_separable_kernel_resize(slices, operator, out_dtype, backend), out)
+
+
+def _separable_kernel_resize(slices: torch.Tensor, operator: KernelResize, out_dtype: torch.dtype,
+                             backend: Optional[str]) -> torch.Tensor:
+    n, k_in, k_out = slices.shape[0], operator.in_shape, operator.out_shape
     if len(k_in) <= 2:
         rows = operator.axes[0].matrix if len(k_in) == 2 else np.ones((1, 1))
         cols = operator.axes[-1].matrix
@@ -211,8 +232,6 @@ def apply_kernel_resize(
     for axis, a in enumerate(operator.axes):
         out = torch.movedim(torch.tensordot(out, _torch_matrix(a.matrix, out), dims=([axis + 1], [1])), -1, axis + 1)
     return out.to(out_dtype)
-
-
 
 
 def gains(operator: Operator) -> tuple[float, float]:
@@ -233,31 +252,42 @@ def out_shape(operator: Operator, shape: Sequence[int]) -> tuple[int, ...]:
     return (*shape[:2], *operator.out_shape)
 
 
-def apply(operator: Operator, x: torch.Tensor, out_dtype: torch.dtype, backend: Optional[str] = None) -> torch.Tensor:
+def apply(operator: Operator, x: torch.Tensor, out_dtype: torch.dtype, backend: Optional[str] = None,
+          out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``operator`` applied to ``x`` without the overflow check, rounded once to ``out_dtype``:
     a conv weight ``(A, B, *k)`` → ``(A, B, *k')``; a grid Linear ``(N, C·H·W)`` → ``(N, C·H'·W')``;
-    any tensor times a :class:`ScaleFactor`. ``backend``: :mod:`kernelscale.dispatch`'s choice."""
+    any tensor times a :class:`ScaleFactor`. ``backend``: :mod:`kernelscale.dispatch`'s choice.
+    ``out``: a contiguous tensor of the result's shape (:func:`out_shape`) and ``out_dtype`` to write
+    the result into (a conv kernel's dense product is computed straight into it); returned."""
+    if out is not None:
+        _check_out(out, out_shape(operator, x.shape), out_dtype)
     if isinstance(operator, ScaleFactor):
-        return (x.to(_compute_dtype(x.dtype)) * operator.factor).to(out_dtype)
+        return _into((x.to(_compute_dtype(x.dtype)) * operator.factor).to(out_dtype), out)
     if isinstance(operator, GridResize):
-        grid, n = operator.grid, x.shape[0]
-        # the layout's axes to (C, *spatial), each channel's map resized, and back to the layout
-        canonical = x.reshape(n, *grid.sizes).permute(0, *(1 + a for a in grid.to_canonical))
-        planes = canonical.reshape(n * grid.channels, *grid.spatial)
-        if len(grid.spatial) == 2:
-            rows, cols = (_torch_matrix(a.matrix, x) for a in operator.planes.axes)
-            out = dispatch.apply_separable(planes.contiguous(), rows, cols, out_dtype, backend=backend)
-        else:
-            out = apply_kernel_resize(planes.contiguous(), operator.planes, out_dtype, backend)
-        out_grid = operator.out_grid
-        out = out.reshape(n, *out_grid.canonical)
-        back = [0] * len(grid.layout)
-        for i, a in enumerate(grid.to_canonical):
-            back[a] = i
-        return out.permute(0, *(1 + b for b in back)).reshape(n, out_grid.cells)
+        return _into(_apply_grid(operator, x, out_dtype, backend), out)
     slices = x.reshape(-1, *x.shape[2:])
-    out = apply_kernel_resize(slices, operator, out_dtype, backend)
-    return out.reshape(*x.shape[:2], *operator.out_shape)
+    flat = None if out is None else out.view(-1, *operator.out_shape)
+    result = apply_kernel_resize(slices, operator, out_dtype, backend, out=flat)
+    return result.reshape(*x.shape[:2], *operator.out_shape) if out is None else out
+
+
+def _apply_grid(operator: GridResize, x: torch.Tensor, out_dtype: torch.dtype, backend: Optional[str]) -> torch.Tensor:
+    """A grid Linear's rows ``(N, cells)`` resized as the images they flatten, in their layout."""
+    grid, n = operator.grid, x.shape[0]
+    # the layout's axes to (C, *spatial), each channel's map resized, and back to the layout
+    canonical = x.reshape(n, *grid.sizes).permute(0, *(1 + a for a in grid.to_canonical))
+    planes = canonical.reshape(n * grid.channels, *grid.spatial)
+    if len(grid.spatial) == 2:
+        rows, cols = (_torch_matrix(a.matrix, x) for a in operator.planes.axes)
+        out = dispatch.apply_separable(planes.contiguous(), rows, cols, out_dtype, backend=backend)
+    else:
+        out = apply_kernel_resize(planes.contiguous(), operator.planes, out_dtype, backend)
+    out_grid = operator.out_grid
+    out = out.reshape(n, *out_grid.canonical)
+    back = [0] * len(grid.layout)
+    for i, a in enumerate(grid.to_canonical):
+        back[a] = i
+    return out.permute(0, *(1 + b for b in back)).reshape(n, out_grid.cells)
 
 
 def overflow_check(operator: Operator, x: torch.Tensor, out_dtype: torch.dtype) -> Optional[float]:
@@ -279,18 +309,20 @@ def check_result(operator: Operator, x: torch.Tensor, y: torch.Tensor, out_dtype
 
 
 def execute(operator: Operator, tensor: TensorLike, *, name: str = "weight", out_dtype: Optional[torch.dtype] = None,
-            backend: Optional[str] = None) -> TensorLike:
+            backend: Optional[str] = None, out: Optional[torch.Tensor] = None) -> TensorLike:
     """``operator`` applied to ``tensor`` (torch or numpy; same kind back, plain tensor without
     autograd history), rounded once to ``out_dtype`` (default: its dtype). An identity resize with
     the dtype kept returns ``tensor`` itself. A finite tensor whose result would overflow raises
     NonFiniteResultError naming ``name`` (the exact check runs only where the a-priori bound
-    max|x|·gain allows an overflow); a tensor already holding inf or NaN is resized as it is."""
+    max|x|·gain allows an overflow); a tensor already holding inf or NaN is resized as it is.
+    ``out``: a contiguous torch tensor of the result's shape and dtype to write the result into,
+    with the same values (returned; the streaming converter computes into its output blocks so)."""
     x = as_torch(tensor, name)
     out_dtype = check_out_dtype(out_dtype, name) or x.dtype
     if operator.is_identity and out_dtype == x.dtype:
-        return tensor
+        return tensor if out is None else out.copy_(x)
     magnitude = overflow_check(operator, x, out_dtype)
-    y = apply(operator, x, out_dtype, backend)
+    y = apply(operator, x, out_dtype, backend, out=out)
     if magnitude is not None:
         check_result(operator, x, y, out_dtype, magnitude, name)
-    return like_input(y, tensor)
+    return y if out is not None else like_input(y, tensor)

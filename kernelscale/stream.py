@@ -1,15 +1,19 @@
 """Streaming one planned file from the input to its place in the output (DESIGN §6).
 
-Per tensor either a raw byte copy, a cast, or read → resize (the entry's operator by :mod:`kernelscale.execute`,
-in blocks of rows) → write; weight norm's g is read, rescaled for its resized v (v read and
-resized again in the same blocks of rows, wherever it sits in the file or in another shard:
-:func:`_renormed`) → written. A reader thread reads blocks in order and hands them to the
-resize workers (:func:`compute_workers`: on CPU one single-threaded worker per usable core, at
-most QUEUE_DEPTH + 1; on CUDA two, each on its own stream); the main thread writes the results in order from a queue of
-depth 2 while the next blocks are read and resized, and writer threads put the bytes on disk
-(:class:`kernelscale.io.sink.DirectFileSink`, O_DIRECT where possible). Peak memory is a few blocks, whatever the checkpoint's size. The input
-is only read; each written file is fsynced, and :func:`verify_output` reopens it with
-kernelscale's own header reader (nothing mapped) and checks it against its plan.
+Per tensor either a raw byte copy, a cast, or read → resize (the entry's operator by
+:mod:`kernelscale.execute`, in blocks of rows) → write; weight norm's g is read, rescaled for its
+resized v (v read and resized again in the same blocks of rows, wherever it sits in the file or in
+another shard: :func:`_renorm`) → written.
+
+One thread lays the file out in order: it reserves each block's bytes in the output
+(:class:`kernelscale.io.sink.DirectFileSink`, page-aligned blocks written with O_DIRECT where
+possible), reads raw copies straight into them, and hands blocks to resize or cast to the workers
+(:func:`compute_workers`: on CPU one single-threaded worker per usable core; on CUDA two, each on
+its own stream), which compute straight into their reserved bytes; the sink's writer threads put
+each block on disk once every reservation in it is filled. No result is copied between threads,
+and the sink's fixed blocks bound memory, whatever the checkpoint's size. The input is only read;
+each written file is fsynced, and :func:`verify_output` reopens it with kernelscale's own header
+reader (nothing mapped) and checks it against its plan.
 
 Test hook: ``KERNELSCALE_TEST_SLOW_WRITE=<seconds>`` sleeps that long after writing each
 tensor, so tests can interrupt a conversion mid-write.
@@ -17,17 +21,17 @@ tensor, so tests can interrupt a conversion mid-write.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
-import queue
 import shutil
 import threading
 import time
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 
 from kernelscale.checkpoint_plan import ExtraFile, FilePlan, WeightNormSource
@@ -35,8 +39,8 @@ from kernelscale.errors import InvalidCheckpointError
 from kernelscale.execute import apply, check_result, execute, overflow_check
 from kernelscale.io.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
 from kernelscale.io.output import OutputError, fsync_path
-from kernelscale.io.sink import DirectFileSink
-from kernelscale.io.safetensors_io import PathLike, SafetensorsReader, SafetensorsWriter, TensorInfo, torch_dtype
+from kernelscale.io.sink import DirectFileSink, Reservation
+from kernelscale.io.safetensors_io import PathLike, SafetensorsReader, TensorInfo, encode_header, torch_dtype
 from kernelscale.manifest import FORMAT_VERSION, Action
 from kernelscale.plan import TensorPlan
 from kernelscale.reparam import rescale_weight_norm_g, weight_norm_squares
@@ -44,13 +48,8 @@ from kernelscale.reparam import rescale_weight_norm_g, weight_norm_squares
 
 SLOW_WRITE_ENV = "KERNELSCALE_TEST_SLOW_WRITE"
 
-QUEUE_DEPTH = 2
-"""Items waiting for the writer (raw chunks, or the future of a resized block). The reader blocks
-when the queue is full, so at most QUEUE_DEPTH + 2 blocks are in memory at once (waiting, being
-handed over, being written): with SD 1.5 at --scale 2, a peak RSS of 0.36 GB, torch included."""
-
 BLOCK_BYTES = 8 << 20
-"""Bytes per raw-copy chunk (and per group of cast chunks)."""
+"""Bytes per raw-copy chunk (and per group of cast elements)."""
 
 COMPUTE_BYTES = {"cpu": 16 << 20, "cuda": 64 << 20}
 """Output elements × 4 bytes per operator call, i.e. 8 MiB of fp16 output on CPU: bounds the
@@ -58,51 +57,15 @@ memory of a block in flight (the torch path blocks its float32 intermediate itse
 larger calls amortise the transfers."""
 
 
-class _End:
-    """Marks the end of one tensor's blocks in the queue."""
-
-
-@dataclass
-class _Failed:
-    error: BaseException
-
-
-def _put(items: "queue.Queue[Any]", item: Any, stop: threading.Event) -> bool:
-    while not stop.is_set():
-        try:
-            items.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
 def _as_bytes(tensor: torch.Tensor) -> memoryview:
-    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy())
+    return memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
-def _gather(buffers: Iterator[memoryview]) -> Iterator[list[memoryview]]:
-    block: list[memoryview] = []
-    size = 0
-    for buf in buffers:
-        block.append(buf)
-        size += buf.nbytes
-        if size >= BLOCK_BYTES:
-            yield block
-            block, size = [], 0
-    if block:
-        yield block
-
-
-def _resized(reader: SafetensorsReader, info: TensorInfo, entry: TensorPlan, out_dtype: str, device: torch.device,
-             pool: Executor) -> Iterator[Future]:
-    """The resized tensor as raw bytes, one future per block of leading-axis rows (rows of a conv
-    weight are independent slices, rows of a grid Linear independent outputs): the blocks are read
-    here, in order, and resized by the pool's workers side by side."""
-    dst_dtype = torch_dtype(out_dtype)
-    for x in _row_blocks(reader, info, entry, device):
-        yield pool.submit(_resize_block, entry, x, dst_dtype, device)
+def _read_rows(reader: SafetensorsReader, info: TensorInfo, begin: int, nbytes: int) -> torch.Tensor:
+    """``nbytes`` of tensor ``info`` from byte ``begin`` on, read straight into a new uint8 tensor."""
+    raw = torch.empty(nbytes, dtype=torch.uint8)
+    reader.read_into(info.name, begin, [raw.numpy()])
+    return raw
 
 
 def _row_blocks(reader: SafetensorsReader, info: TensorInfo, entry: TensorPlan, device: torch.device) -> Iterator[torch.Tensor]:
@@ -113,17 +76,78 @@ def _row_blocks(reader: SafetensorsReader, info: TensorInfo, entry: TensorPlan, 
     in_dtype = torch_dtype(info.dtype)
     row_shape = info.shape[1:] if info.shape else ()
     row_bytes = info.nbytes // (info.shape[0] if info.shape else 1)
-    for raw in reader.iter_chunks(info.name, _rows_per_call(info, entry, device) * row_bytes):
-        x = torch.frombuffer(bytearray(raw), dtype=in_dtype)
+    step = _rows_per_call(info, entry, device) * row_bytes
+    for begin in range(0, info.nbytes, step):
+        x = _read_rows(reader, info, begin, min(step, info.nbytes - begin)).view(in_dtype)
         yield x.reshape(-1, *row_shape) if info.shape else x.reshape(())
 
 
-def _renormed(reader: SafetensorsReader, info: TensorInfo, entry: TensorPlan, out_dtype: str, source: WeightNormSource,
-              device: torch.device, pool: Executor) -> Iterator[Future]:
-    """Weight norm's g rescaled for its resized v (as :func:`kernelscale.state_dict.apply_renorm` does it), as
-    one future of raw bytes."""
-    if info.nbytes:
-        yield pool.submit(_renorm, reader, info, entry, out_dtype, source, device)
+def _fill_rows(views: Sequence[np.ndarray], rows: int, row_shape: Sequence[int], dtype: torch.dtype,
+               into: Callable[[int, int, torch.Tensor], Any]) -> None:
+    """Write rows ``[0, rows)`` of a result (each ``row_shape``, ``dtype``) into ``views``, the
+    consecutive uint8 ranges of a :class:`~kernelscale.io.sink.Reservation`, by ``into(r0, r1, out)``,
+    which computes rows ``r0 … r1 - 1`` into ``out`` (a contiguous ``(r1 - r0, *row_shape)`` tensor):
+    straight into the views, except a row split between two views (or a misaligned view), which
+    goes through a temporary."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    row_nbytes = math.prod(row_shape) * itemsize
+    if row_nbytes == 0 or rows == 0:
+        return
+    row = 0
+    carry: Optional[np.ndarray] = None  # the rest of a row split between two views
+    for view in views:
+        at = 0
+        if carry is not None:
+            take = min(len(carry), len(view))
+            view[:take] = carry[:take]
+            carry, at = (carry[take:] if take < len(carry) else None), take
+            if carry is not None:
+                continue
+        whole = min(rows - row, (len(view) - at) // row_nbytes)
+        if whole:
+            target = view[at:at + whole * row_nbytes]
+            if target.ctypes.data % itemsize == 0:
+                into(row, row + whole, torch.from_numpy(target).view(dtype).view(whole, *row_shape))
+            else:
+                temporary = torch.empty(whole, *row_shape, dtype=dtype)
+                into(row, row + whole, temporary)
+                target[:] = temporary.reshape(-1).view(torch.uint8).numpy()
+            row, at = row + whole, at + whole * row_nbytes
+        if at < len(view):  # row ``row`` starts here and ends in the next view
+            temporary = torch.empty(1, *row_shape, dtype=dtype)
+            into(row, row + 1, temporary)
+            raw = temporary.reshape(-1).view(torch.uint8).numpy()
+            view[at:] = raw[:len(view) - at]
+            carry, row = raw[len(view) - at:], row + 1
+    if row != rows or carry is not None:
+        raise RuntimeError(f"{rows} rows of {row_nbytes} bytes do not fill {sum(len(v) for v in views)} reserved bytes")
+
+
+def _copy_into(views: Sequence[np.ndarray], data: memoryview) -> None:
+    source = np.frombuffer(data, dtype=np.uint8)
+    at = 0
+    for view in views:
+        view[:] = source[at:at + len(view)]
+        at += len(view)
+
+
+def _resize_into(views: Sequence[np.ndarray], entry: TensorPlan, x: torch.Tensor, dst_dtype: torch.dtype,
+                 device: torch.device) -> None:
+    """One block of leading-axis rows resized by the entry's operator into the output's views."""
+    rows = x.shape[0] if x.ndim else 1
+    row_shape = tuple(entry.new_shape[1:]) if entry.new_shape else ()
+    if device.type != "cpu":
+        _copy_into(views, _as_bytes(_resize_block_cuda(entry, x, dst_dtype, device)))
+    elif x.ndim == 0:
+        _copy_into(views, _as_bytes(_resize_rows(entry, x, dst_dtype, device)))
+    else:
+        _fill_rows(views, rows, row_shape, dst_dtype,
+                   lambda r0, r1, out: execute(entry.operator, x[r0:r1], name=entry.name, out_dtype=dst_dtype, out=out))
+
+
+def _cast_into(views: Sequence[np.ndarray], x: torch.Tensor, dst_dtype: torch.dtype) -> None:
+    """Elements ``x`` (1-D) cast to ``dst_dtype`` (one rounding) into the output's views."""
+    _fill_rows(views, x.numel(), (), dst_dtype, lambda r0, r1, out: out.copy_(x[r0:r1]))
 
 
 def _renorm(reader: SafetensorsReader, info: TensorInfo, entry: TensorPlan, out_dtype: str, source: WeightNormSource,
@@ -156,8 +180,9 @@ def _renorm(reader: SafetensorsReader, info: TensorInfo, entry: TensorPlan, out_
     return _as_bytes(rescale_weight_norm_g(g, squares, new_squares, torch_dtype(out_dtype), name=info.name))
 
 
-def _resize_block(entry: TensorPlan, x: torch.Tensor, dst_dtype: torch.dtype, device: torch.device) -> memoryview:
-    return _as_bytes(_resize_rows(entry, x, dst_dtype, device))
+def _renorm_into(views: Sequence[np.ndarray], reader: SafetensorsReader, info: TensorInfo, entry: TensorPlan, out_dtype: str,
+                 source: WeightNormSource, device: torch.device) -> None:
+    _copy_into(views, _renorm(reader, info, entry, out_dtype, source, device))
 
 
 def _resize_rows(entry: TensorPlan, x: torch.Tensor, dst_dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -205,30 +230,9 @@ def _rows_per_call(info: TensorInfo, entry: TensorPlan, device: torch.device) ->
     return max(1, min(rows, COMPUTE_BYTES[device.type] // max(1, out_row * 4)))
 
 
-def _cast(reader: SafetensorsReader, info: TensorInfo, out_dtype: str) -> Iterator[memoryview]:
-    """The tensor's values in another dtype (one rounding), as raw bytes, a block at a time."""
-    in_dtype, dst_dtype = torch_dtype(info.dtype), torch_dtype(out_dtype)
-    itemsize = torch.empty((), dtype=in_dtype).element_size()
-    for raw in reader.iter_chunks(info.name, max(1, BLOCK_BYTES // 4) * itemsize):
-        yield _as_bytes(torch.frombuffer(bytearray(raw), dtype=in_dtype).to(dst_dtype))
-
-
-def _blocks(reader: SafetensorsReader, fp: FilePlan, i: int, device: torch.device, pool: Executor) -> Iterator[Any]:
-    """Tensor i's output as queue items: a list of raw buffers, or a future of one."""
-    info, entry, out_dtype = fp.tensors[i], fp.entries[i], fp.out_dtypes[i]
-    op = fp.operation(i)
-    if op == Action.RESIZE:
-        return _resized(reader, info, entry, out_dtype, device, pool)
-    if op == Action.RENORM:
-        return _renormed(reader, info, entry, out_dtype, fp.weight_norm_sources[entry.name], device, pool)
-    if op == Action.CAST or (op in (Action.GEOMETRY, Action.FACTORED) and out_dtype != info.dtype):
-        return _gather(_cast(reader, info, out_dtype))
-    return ([chunk] for chunk in reader.iter_chunks(info.name, BLOCK_BYTES))
-
-
 def compute_workers(device: torch.device) -> int:
-    """Resize workers: on CPU one single-threaded worker per usable core (at most QUEUE_DEPTH + 1,
-    the blocks that can be in flight); on CUDA two, each with its own stream, so that one block's
+    """Resize workers: on CPU one single-threaded worker per usable core (at most the sink's
+    SLOTS - 2: more could not all have a block to fill); on CUDA two, each with its own stream, so that one block's
     transfers overlap the other's.
 
     Why single-threaded workers rather than torch's own threads: OpenMP threads spin-wait between
@@ -241,7 +245,7 @@ def compute_workers(device: torch.device) -> int:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    return max(1, min(cores, QUEUE_DEPTH + 1))
+    return max(1, min(cores, DirectFileSink.SLOTS - 2))
 
 
 def _single_threaded() -> None:
@@ -281,33 +285,93 @@ class _Readahead:
             self._fd = -1
 
 
-def _produce(reader: SafetensorsReader, fp: FilePlan, device: torch.device, items: "queue.Queue[Any]", stop: threading.Event,
-             pool: Executor) -> None:
-    readahead = _Readahead(fp.src)
-    try:
-        for i in range(len(fp.tensors)):
-            readahead.before(fp.tensors[i])
-            for block in _blocks(reader, fp, i, device, pool):
-                if not _put(items, block, stop):
-                    return
-            if not _put(items, _End, stop):
-                return
-    except BaseException as exc:  # handed to the writer thread, which raises it
-        _put(items, _Failed(exc), stop)
-    finally:
-        readahead.close()
+class _Jobs:
+    """Blocks computed by the worker pool straight into their reserved output (each job fills one
+    :class:`~kernelscale.io.sink.Reservation` and releases it, even when it fails). The one thread
+    laying the file out submits them in file order; progress is ticked in that order as they finish,
+    and the first failure is raised to that thread."""
+
+    def __init__(self, pool: Executor, tick: Callable[[int], None]) -> None:
+        self._pool = pool
+        self._tick = tick
+        self._pending: collections.deque[tuple[Future, int]] = collections.deque()
+
+    @staticmethod
+    def _run(fill: Callable[..., None], reservation: Reservation, *args: Any) -> None:
+        try:
+            fill(reservation.views, *args)
+        finally:
+            reservation.release()
+
+    def submit(self, fill: Callable[..., None], reservation: Reservation, *args: Any) -> None:
+        self._pending.append((self._pool.submit(self._run, fill, reservation, *args), reservation.nbytes))
+        self._collect(wait=False)
+
+    def _collect(self, wait: bool) -> None:
+        while self._pending and (wait or self._pending[0][0].done()):
+            future, nbytes = self._pending.popleft()
+            future.result()
+            self._tick(nbytes)
+
+    def wait(self) -> None:
+        """Until every job submitted has finished; raises the first failure."""
+        self._collect(wait=True)
 
 
-def _drain(items: "queue.Queue[Any]", tick: Callable[[int], None]) -> Iterator[memoryview]:
-    while True:
-        item = items.get()
-        if item is _End:
-            return
-        if isinstance(item, _Failed):
-            raise item.error
-        for buf in ([item.result()] if isinstance(item, Future) else item):
-            yield buf
-            tick(len(memoryview(buf).cast("B")))
+def _lay_out_resized(reader: SafetensorsReader, info: TensorInfo, entry: TensorPlan, out_dtype: str, device: torch.device,
+                     sink: DirectFileSink, jobs: _Jobs) -> None:
+    """A resized tensor: blocks of leading-axis rows (rows of a conv weight are independent slices,
+    rows of a grid Linear independent outputs) read here, in order, and resized by the workers side
+    by side straight into the output."""
+    dst_dtype = torch_dtype(out_dtype)
+    out_row = math.prod(entry.new_shape[1:]) if entry.new_shape else 1
+    itemsize = torch.empty((), dtype=dst_dtype).element_size()
+    for x in _row_blocks(reader, info, entry, device):
+        nbytes = (x.shape[0] if x.ndim else 1) * out_row * itemsize
+        if nbytes > sink.largest_reservation:  # one row beyond the sink's blocks: computed, then copied in
+            jobs.wait()
+            sink.write(_as_bytes(_resize_rows(entry, x, dst_dtype, device)))
+            continue
+        jobs.submit(_resize_into, sink.reserve(nbytes), entry, x, dst_dtype, device)
+
+
+def _lay_out_cast(reader: SafetensorsReader, info: TensorInfo, out_dtype: str, sink: DirectFileSink, jobs: _Jobs) -> None:
+    """The tensor's values in another dtype (one rounding), a block of elements at a time."""
+    in_dtype, dst_dtype = torch_dtype(info.dtype), torch_dtype(out_dtype)
+    itemsize = torch.empty((), dtype=in_dtype).element_size()
+    out_itemsize = torch.empty((), dtype=dst_dtype).element_size()
+    step = max(1, BLOCK_BYTES // 4) * itemsize
+    for begin in range(0, info.nbytes, step):
+        x = _read_rows(reader, info, begin, min(step, info.nbytes - begin)).view(in_dtype)
+        jobs.submit(_cast_into, sink.reserve(x.numel() * out_itemsize), x, dst_dtype)
+
+
+def _lay_out_copy(reader: SafetensorsReader, info: TensorInfo, sink: DirectFileSink, tick: Callable[[int], None]) -> None:
+    """The tensor's bytes read straight into the output."""
+    for begin in range(0, info.nbytes, BLOCK_BYTES):
+        reservation = sink.reserve(min(BLOCK_BYTES, info.nbytes - begin))
+        try:
+            reader.read_into(info.name, begin, reservation.views)
+        finally:
+            reservation.release()
+        tick(reservation.nbytes)
+
+
+def _lay_out(reader: SafetensorsReader, fp: FilePlan, i: int, device: torch.device, sink: DirectFileSink, jobs: _Jobs,
+             tick: Callable[[int], None]) -> None:
+    """Tensor i's output bytes, reserved in the sink in file order and filled here or by the workers."""
+    info, entry, out_dtype = fp.tensors[i], fp.entries[i], fp.out_dtypes[i]
+    op = fp.operation(i)
+    if op == Action.RESIZE:
+        _lay_out_resized(reader, info, entry, out_dtype, device, sink, jobs)
+    elif op == Action.RENORM:
+        if info.nbytes:
+            nbytes = math.prod(info.shape) * torch.empty((), dtype=torch_dtype(out_dtype)).element_size()
+            jobs.submit(_renorm_into, sink.reserve(nbytes), reader, info, entry, out_dtype, fp.weight_norm_sources[entry.name], device)
+    elif op == Action.CAST or (op in (Action.GEOMETRY, Action.FACTORED) and out_dtype != info.dtype):
+        _lay_out_cast(reader, info, out_dtype, sink, jobs)
+    else:
+        _lay_out_copy(reader, info, sink, tick)
 
 
 def _slow_write_delay() -> float:
@@ -319,32 +383,38 @@ def _slow_write_delay() -> float:
 
 
 def write_safetensors(fp: FilePlan, out_path: str, device: torch.device, tick: Callable[[int], None]) -> None:
-    """Stream one output file: header first, then each tensor, a producer thread computing ahead."""
+    """Stream one output file: the header, then each tensor laid out in file order by this thread
+    (raw copies read straight into the output, blocks to resize handed to the workers, which compute
+    them straight into it), while the sink's writer threads put finished blocks on disk. The file is
+    fsynced before this returns."""
     delay = _slow_write_delay()
     with SafetensorsReader(fp.src) as reader:
         if tuple(reader.tensors.values()) != fp.tensors:
             raise InvalidCheckpointError(f"{fp.src}: the file changed since it was planned")
-        with DirectFileSink(out_path) as fh:
-            writer = SafetensorsWriter(fh, fp.specs(), dict(fp.metadata))
-            tick(fp.header_size)
-            items: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_DEPTH)
-            stop = threading.Event()
+        head, infos = encode_header(fp.specs(), dict(fp.metadata))
+        with DirectFileSink(out_path) as sink:
+            sink.write(head)
+            tick(len(head))
             pool = ThreadPoolExecutor(max_workers=compute_workers(device), thread_name_prefix="kernelscale-resize",
                                       initializer=_single_threaded if device.type == "cpu" else None)
-            producer = threading.Thread(target=_produce, args=(reader, fp, device, items, stop, pool), name="kernelscale-reader",
-                                        daemon=True)
-            producer.start()
+            jobs = _Jobs(pool, tick)
+            readahead = _Readahead(fp.src)
             try:
-                for info in fp.tensors:
-                    writer.write_raw(info.name, _drain(items, tick))
+                for i, written in enumerate(infos):
+                    readahead.before(fp.tensors[i])
+                    _lay_out(reader, fp, i, device, sink, jobs, tick)
+                    if sink.position != written.end:
+                        raise RuntimeError(f"{out_path}: tensor {written.name!r} laid out to byte {sink.position}, "
+                                           f"planned to end at {written.end}")
                     if delay:
+                        jobs.wait()
                         time.sleep(delay)
+                jobs.wait()
             finally:
-                stop.set()
-                producer.join()
+                readahead.close()
                 pool.shutdown(wait=True, cancel_futures=True)
-            writer.fsync()
-            writer.close()
+            sink.flush()
+            os.fsync(sink.fileno())
 
 
 def write_extra(extra: ExtraFile, out_path: str) -> None:
@@ -360,7 +430,7 @@ def write_extra(extra: ExtraFile, out_path: str) -> None:
     fsync_path(out_path)
 
 
-CHECK_BYTES = 1 << 20
+CHECK_BYTES = 64 << 10
 """Bytes read back from each end of every written tensor by :func:`verify_output`."""
 
 

@@ -73,3 +73,40 @@ def test_overflow_checked_once_and_named():
     # inf in, inf out: garbage is passed through, not refused
     x[0, 0, 1, 1] = float("inf")
     assert overflow_check(big, x, torch.float16) is None
+
+
+@pytest.mark.parametrize("operator, shape", [
+    (CONV, (4, 3, 3, 3)),
+    (kernel_resize((5, 5, 5), (2.0, 2.0, 2.0), Method(mode="lanczos3")), (2, 2, 5, 5, 5)),  # separable, 3-D
+    (kernel_resize((9,), (2.0,), Method()), (3, 2, 9)),
+    (GRID, (5, 2 * 3 * 4)),
+    (ScaleFactor(1.1), (7, 5)),
+])
+@pytest.mark.parametrize("out_dtype", [torch.float16, torch.float32])
+def test_out_receives_the_same_values(operator, shape, out_dtype) -> None:
+    """``out=`` (the converter computes into its output blocks so) gives the bytes of the plain call,
+    one rounding."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(2)).half()
+    expected = execute(operator, x, name="w", out_dtype=out_dtype)
+    out = torch.full(out_shape(operator, x.shape), float("nan"), dtype=out_dtype)
+    assert execute(operator, x, name="w", out_dtype=out_dtype, out=out) is out
+    assert torch.equal(out, expected)
+
+
+def test_out_receives_a_blocked_product_whole() -> None:
+    big = torch.randn(10000, 1, 3, 3, generator=torch.Generator().manual_seed(3)).half()  # beyond one CPU block of rows
+    out = torch.empty(out_shape(CONV, big.shape), dtype=torch.float16)
+    execute(CONV, big, out_dtype=torch.float16, out=out)
+    assert torch.equal(out, execute(CONV, big, out_dtype=torch.float16))
+
+
+def test_out_of_the_wrong_shape_or_dtype_is_refused() -> None:
+    from kernelscale.errors import InvalidOptionError
+
+    x = torch.randn(2, 3, 3, 3)
+    with pytest.raises(InvalidOptionError, match=r"expected a contiguous \(2, 3, 11, 11\) torch.float32"):
+        execute(CONV, x, out=torch.empty(2, 3, 11, 10))
+    with pytest.raises(InvalidOptionError, match="torch.float16"):
+        execute(CONV, x, out_dtype=torch.float16, out=torch.empty(2, 3, 11, 11))
+    with pytest.raises(InvalidOptionError, match="contiguous"):
+        execute(CONV, x, out=torch.empty(2, 3, 11, 22)[..., ::2])

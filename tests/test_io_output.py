@@ -135,11 +135,11 @@ def test_writability_probe_leaves_nothing_behind(tmp_path: Path, checkpoint: Pat
 def test_failure_mid_write_leaves_nothing(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
     calls = []
 
-    def failing(operator, tensor, *, name="weight", out_dtype=None, backend=None):
-        calls.append(name)
+    def failing(operator, tensor, **keywords):
+        calls.append(keywords["name"])
         if len(calls) == 3:
-            raise InvalidOptionError(f"{name}: injected failure")
-        return execute(operator, tensor, name=name, out_dtype=out_dtype, backend=backend)
+            raise InvalidOptionError(f"{keywords['name']}: injected failure")
+        return execute(operator, tensor, **keywords)
 
     monkeypatch.setattr(stream_module, "execute", failing)
     out = tmp_path / "out.safetensors"

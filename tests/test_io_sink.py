@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -49,3 +50,69 @@ def test_output_file_blocks_tail_and_fallback(tmp_path: Path, monkeypatch, refus
     assert path.read_bytes() == expected
     if refuse_direct:
         assert refused and not out.direct
+
+
+def _expected_blocks(total: int, seed: int) -> bytes:
+    return torch.randint(0, 256, (total,), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8).numpy().tobytes()
+
+
+def test_reservations_filled_by_threads_in_any_order_land_at_their_offsets(tmp_path: Path, monkeypatch) -> None:
+    """Reserved in file order, filled and released by other threads in reverse: the file holds every
+    byte at its place, ranges crossing block boundaries included, and at most SLOTS blocks are held."""
+    import threading
+
+    monkeypatch.setattr(sink_module.DirectFileSink, "BUFFER", 8192)
+    monkeypatch.setattr(sink_module.DirectFileSink, "SLOTS", 4)
+    path = tmp_path / "reserved.bin"
+    sizes = [10, 8182, 5000, 12000, 1, 0, 7001, 24000, 3]  # crossing 1, 2 and 3 block boundaries
+    expected = _expected_blocks(sum(sizes), 5)
+    with sink_module.DirectFileSink(str(path)) as out:
+        assert out.largest_reservation == 3 * 8192
+        batch: list = []
+        at = 0
+        for n in sizes:
+            batch.append((out.reserve(n), expected[at:at + n]))
+            at += n
+            assert out.position == at
+            if len(batch) == 2 or n == sizes[-1]:  # two reservations at a time, filled newest first
+                threads = [threading.Thread(target=_fill, args=item) for item in reversed(batch)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                batch = []
+        with pytest.raises(ValueError, match="exceeds"):
+            out.reserve(out.largest_reservation + 1)
+    assert path.read_bytes() == expected
+
+
+def _fill(reservation, data: bytes) -> None:
+    at = 0
+    for view in reservation.views:
+        view[:] = np.frombuffer(data[at:at + len(view)], dtype=np.uint8)
+        at += len(view)
+    assert at == reservation.nbytes == len(data)
+    reservation.release()
+    reservation.release()  # a second release does nothing
+
+
+def test_a_flush_with_a_reservation_held_is_refused(tmp_path: Path) -> None:
+    out = sink_module.DirectFileSink(str(tmp_path / "held.bin"))
+    held = out.reserve(100)
+    with pytest.raises(RuntimeError, match="not released"):
+        out.flush()
+    held.release()
+    out.close()
+    assert (tmp_path / "held.bin").stat().st_size == 100
+
+
+def test_a_failed_disk_write_reaches_the_thread_that_reserves(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(sink_module.DirectFileSink, "BUFFER", 8192)
+    monkeypatch.setattr(sink_module.DirectFileSink, "SLOTS", 3)
+    monkeypatch.setattr(sink_module.os, "pwrite", lambda fd, data, offset: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    out = sink_module.DirectFileSink(str(tmp_path / "full.bin"))
+    with pytest.raises(OSError, match="No space left"):
+        for _ in range(10):  # the first full block fails; a later reservation (or the flush) says so
+            out.write(b"x" * 8192)
+        out.flush()
+    out.abandon()

@@ -165,3 +165,56 @@ def test_verify_catches_a_file_that_differs_from_its_plan(tmp_path: Path, checkp
     bad_entries = tuple(replace(e, new_shape=(1,)) if e.name == "steps" else e for e in fp.entries)
     with pytest.raises(OutputError, match="does not match its plan"):
         verify_output(out, replace(fp, entries=bad_entries))
+
+
+# --- results computed straight into the output's blocks ------------------------------------------
+
+
+@pytest.mark.parametrize("splits", [(0,), (1, 5, 6), (37,), (7, 7, 10, 3)])
+def test_fill_rows_splits_rows_across_views_as_one_result(splits) -> None:
+    """Rows computed into consecutive views (the ranges of a reservation that crosses blocks, cut
+    anywhere, misaligned too) hold the bytes of the whole result computed at once."""
+    import numpy as np
+
+    x = torch.randn(6, 2, 3, generator=torch.Generator().manual_seed(1))
+    whole = (x * 3).half().reshape(-1).view(torch.uint8).numpy().tobytes()
+    backing = np.zeros(len(whole) + 1, dtype=np.uint8)
+    memory = backing[1:]  # an odd address: float16 views cannot sit on it directly
+    cuts = [0]
+    for s in splits:
+        cuts.append(min(len(whole), cuts[-1] + s))
+    cuts.append(len(whole))
+    views = [memory[a:b] for a, b in zip(cuts, cuts[1:])]
+    calls = []
+
+    def into(r0: int, r1: int, out: torch.Tensor) -> None:
+        calls.append((r0, r1))
+        out.copy_(x[r0:r1] * 3)
+
+    stream_module._fill_rows(views, 6, (2, 3), torch.float16, into)
+    assert memory.tobytes() == whole
+    assert sorted(r for c in calls for r in range(*c)) == list(range(6))  # each row computed once
+
+
+def test_results_written_into_tiny_blocks_agree_with_the_state_dict_api(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
+    """With 4 KiB output blocks every tensor's rows cross block boundaries: the file still holds the
+    resize_state_dict result (same operator; BLAS may sum in another order with the row count), and
+    two runs give the same bytes."""
+    from kernelscale.io import sink as sink_module
+
+    monkeypatch.setattr(sink_module.DirectFileSink, "BUFFER", 4096)
+    monkeypatch.setattr(sink_module.DirectFileSink, "SLOTS", 4)
+    monkeypatch.setattr(stream_module, "COMPUTE_BYTES", {"cpu": 3000, "cuda": 3000})
+    small = tmp_path / "small.safetensors"
+    convert_checkpoint(checkpoint, small, OPTIONS, device="cpu")
+    again = tmp_path / "again.safetensors"
+    convert_checkpoint(checkpoint, again, OPTIONS, device="cpu")
+    assert sha256(small) == sha256(again)
+    sd = mixed_state_dict()
+    expected, _ = resize_state_dict(sd, plan=plan_state_dict(sd, OPTIONS))
+    loaded = safetensors.torch.load_file(str(small))
+    for name, tensor in expected.items():
+        if tensor.dtype.is_floating_point and tensor.dtype.itemsize > 1:
+            torch.testing.assert_close(loaded[name], tensor, rtol=1e-6 if tensor.dtype.itemsize >= 4 else 1e-2, atol=1e-7)
+        else:
+            assert as_bytes(loaded[name]) == as_bytes(tensor), name

@@ -532,6 +532,21 @@ refused by name, never opened for reading). No allocation depends on an unchecke
             raise InvalidOptionError(f"{self.path}: range [{begin!r}, {end!r}) lies outside tensor {name!r} of {info.nbytes} bytes")
         return _pread_exact(self._fd, end - begin, info.start + begin, self.path) if end > begin else b""
 
+    def read_into(self, name: str, begin: int, targets: Sequence[Any]) -> int:
+        """Fill the writable buffers ``targets`` (in order) with tensor ``name``'s raw bytes from
+        offset ``begin`` (relative to the tensor) on, reading straight into them; returns the bytes
+        read. InvalidOptionError when they reach past the tensor's end."""
+        info = self._info(name)
+        views = [memoryview(t).cast("B") for t in targets]
+        total = sum(len(v) for v in views)
+        if not (_is_int(begin) and 0 <= begin and begin + total <= info.nbytes):
+            raise InvalidOptionError(f"{self.path}: range [{begin!r}, {begin!r} + {total}) lies outside tensor {name!r} of {info.nbytes} bytes")
+        offset = info.start + begin
+        for view in views:
+            _read_into(self._fd, view, offset, self.path)
+            offset += len(view)
+        return total
+
     def iter_chunks(self, name: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
         """The raw bytes of tensor ``name`` as consecutive chunks of at most ``chunk_size``
         bytes; nothing for an empty tensor. Memory held: one chunk."""

@@ -1,7 +1,10 @@
-"""The file object the streaming writer writes a converted file into (DESIGN §6: streams, bounded memory).
+"""The file the streaming writer writes a converted file into (DESIGN §6: streams, bounded memory).
 
-:class:`DirectFileSink` is write-only and sequential: :class:`kernelscale.io.safetensors_io.SafetensorsWriter`
-calls ``write``; ``close`` (or leaving the ``with`` block) writes the rest and closes the file.
+:class:`DirectFileSink` is write-only and sequential in file order, but filled in parallel: the one
+thread that lays the file out calls :meth:`~DirectFileSink.reserve` for the next bytes and gets
+views straight into the page-aligned blocks that go to disk; whichever thread computes those bytes
+writes them there and calls :meth:`Reservation.release`. ``write`` is reserve + copy + release.
+``close`` (or leaving the ``with`` block) writes the rest and closes the file.
 """
 
 from __future__ import annotations
@@ -10,34 +13,72 @@ import errno
 import mmap
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import numpy as np
 
 
+@dataclass
+class _Block:
+    """One BUFFER-sized block of the file, held in buffer ``slot`` while it fills."""
+
+    slot: int
+    offset: int  # file offset of its first byte
+    holds: int = 0  # reservations not yet released
+    end: Optional[int] = None  # bytes laid out in it, once no further reservation reaches it
+
+
+@dataclass
+class Reservation:
+    """Bytes ``[offset, offset + nbytes)`` of the file: ``views`` are writable uint8 arrays, in
+    file order, straight into the blocks that go to disk (several when the range crosses a block
+    boundary). Fill them, then :meth:`release` exactly once (also on failure): the blocks it
+    touches are written once every reservation in them is released."""
+
+    offset: int
+    nbytes: int
+    views: list[np.ndarray]
+    _sink: "DirectFileSink"
+    _blocks: list[_Block] = field(repr=False)
+    _released: bool = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._sink._release(self._blocks)
+
+
 class DirectFileSink:
-    """The write-only file SafetensorsWriter streams into: bytes are gathered into page-aligned
-    blocks that background threads write at their offsets (so the disk works while the next block
-    fills), with ``O_DIRECT`` where the filesystem allows it.
+    """The write-only file the converter streams into: page-aligned blocks that background threads
+    write at their offsets (so the disk works while later blocks fill), with ``O_DIRECT`` where the
+    filesystem allows it. Results are computed straight into the blocks (:meth:`reserve`), so no
+    thread copies them again.
 
     Why, measured on the benchmark VM (6.5 GB): through the page cache the kernel spent 8–23 s of
     CPU (bookkeeping per 4 KiB page, on the core the resize needs); O_DIRECT took 0.6 s. One
     16 MiB O_DIRECT write at a time ran at 0.86 GB/s, two in flight at 1.40 GB/s, four at 1.12.
+    Copying every result into the blocks on one thread took 3.2 s of that thread's time for 6.5 GB,
+    the longest serial step of a conversion; reserving moved it into the resize itself.
     flush() writes the partial last block padded to the alignment and truncates the file back to
     its length, keeping the tail so that later writes extend it. A filesystem that refuses
     O_DIRECT gets the same blocks as buffered writes, from the start or the first refused block on.
+
+    Memory: SLOTS blocks of BUFFER bytes. :meth:`reserve` waits for a free one, so the caller can
+    run at most SLOTS blocks ahead of the disk; a reservation may span at most SLOTS - 1 blocks.
     """
 
     BUFFER = 16 << 20
     IO_DEPTH = 2
+    SLOTS = 6
 
     def __init__(self, path: str) -> None:
         self.name = path
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         self._align = 4096
         self.direct = False
-        self._lock = threading.Lock()
+        self._flag_lock = threading.Lock()
         try:
             self._align = max(self._align, os.fstatvfs(self._fd).f_bsize)
             if self.BUFFER % self._align == 0 and getattr(os, "O_DIRECT", 0):
@@ -45,22 +86,23 @@ class DirectFileSink:
         except OSError:
             self.direct = False
         self._size = max(self.BUFFER, self._align)
-        # one buffer filling while IO_DEPTH are written; round robin reuses only finished ones
-        self._buffers = [mmap.mmap(-1, self._size) for _ in range(self.IO_DEPTH + 1)]  # page-aligned
+        self._buffers = [mmap.mmap(-1, self._size) for _ in range(self.SLOTS)]  # page-aligned
         # numpy views of the buffers: copies into them run without the GIL (numpy releases it for
-        # plain byte copies), so the resize workers and the reader keep running meanwhile
+        # plain byte copies), and torch can compute into them (torch.from_numpy)
         self._arrays = [np.frombuffer(buffer, dtype=np.uint8) for buffer in self._buffers]
-        self._current = 0
-        self._fill = 0  # bytes gathered in the current buffer
-        self._offset = 0  # file offset of the current buffer's first byte (aligned)
-        self._dirty = False
-        self._pending: list[Any] = []
+        self._free = list(range(self.SLOTS))
+        self._blocks: dict[int, _Block] = {}  # by block index, while held or being written
+        self._position = 0  # file offset of the next reserved byte
+        self._length = 0  # file length so far (the truncation point of the tail)
+        self._cond = threading.Condition()
+        self._error: Optional[BaseException] = None
+        self._writes: list[Future] = []
         self._io = ThreadPoolExecutor(max_workers=self.IO_DEPTH, thread_name_prefix="kernelscale-writer")
 
     def _set_direct(self, on: bool) -> None:
         import fcntl
 
-        with self._lock:
+        with self._flag_lock:
             flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
             flag = getattr(os, "O_DIRECT", 0)
             fcntl.fcntl(self._fd, fcntl.F_SETFL, (flags | flag) if on else (flags & ~flag))
@@ -69,27 +111,97 @@ class DirectFileSink:
     def fileno(self) -> int:
         return self._fd
 
+    @property
+    def largest_reservation(self) -> int:
+        """The most bytes one :meth:`reserve` may ask for."""
+        return (self.SLOTS - 1) * self._size
+
+    @property
+    def position(self) -> int:
+        """File offset of the next byte :meth:`reserve` or :meth:`write` lays out."""
+        return self._position
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _block(self, index: int) -> _Block:
+        """Block ``index``, taking a free buffer for it (waiting for a write to finish) if new."""
+        block = self._blocks.get(index)
+        if block is None:
+            while not self._free:
+                self._raise_error()
+                self._cond.wait()
+            self._raise_error()
+            block = self._blocks[index] = _Block(self._free.pop(), index * self._size)
+        return block
+
+    def reserve(self, nbytes: int) -> Reservation:
+        """The next ``nbytes`` of the file as writable views (see :class:`Reservation`). Called from
+        one thread, in file order; waits while every buffer is held or being written. Raises the
+        error of a failed disk write."""
+        if nbytes > self.largest_reservation:
+            raise ValueError(f"a reservation of {nbytes} bytes exceeds the sink's {self.largest_reservation}")
+        views: list[np.ndarray] = []
+        blocks: list[_Block] = []
+        with self._cond:
+            self._raise_error()
+            start = position = self._position
+            end = start + nbytes
+            while position < end:
+                index, within = divmod(position, self._size)
+                block = self._block(index)
+                take = min(end - position, self._size - within)
+                views.append(self._arrays[block.slot][within:within + take])
+                block.holds += 1
+                blocks.append(block)
+                position += take
+            self._position = self._length = end
+            # every block before the one the position is now in is laid out to its end
+            for block in blocks:
+                if block.offset + self._size <= end:
+                    block.end = self._size
+        return Reservation(start, nbytes, views, self, blocks)
+
+    def _release(self, blocks: list[_Block]) -> None:
+        with self._cond:
+            for block in blocks:
+                block.holds -= 1
+                if block.holds == 0 and block.end == self._size:
+                    self._submit(block, self._size)
+
+    def _submit(self, block: _Block, length: int) -> None:
+        block.end = -1  # being written: never again
+        future = self._io.submit(self._write_block, self._buffers[block.slot], length, block.offset)
+        self._writes.append(future)
+        future.add_done_callback(lambda f, b=block: self._written(b, f))
+
+    def _written(self, block: _Block, future: Future) -> None:
+        with self._cond:
+            if future.exception() is not None and self._error is None:
+                self._error = future.exception()
+            self._blocks.pop(block.offset // self._size, None)
+            self._free.append(block.slot)
+            self._writes.remove(future)
+            self._cond.notify_all()
+
     def write(self, data: Any) -> int:
-        """Append the bytes of ``data`` (any buffer); returns their count. A full block goes to a
-        writer thread; at most IO_DEPTH blocks are in flight, so memory stays at IO_DEPTH + 1 blocks."""
+        """Append the bytes of ``data`` (any buffer) by copying them into reserved blocks; returns
+        their count."""
         view = memoryview(data).cast("B")
-        source = np.frombuffer(view, dtype=np.uint8)
-        done = 0
+        source = np.frombuffer(view, dtype=np.uint8) if len(view) else np.empty(0, np.uint8)
+        done, step = 0, self._size
         while done < len(view):
-            buffer = self._buffers[self._current]
-            take = min(len(view) - done, self._size - self._fill)
-            self._arrays[self._current][self._fill:self._fill + take] = source[done:done + take]
-            self._fill += take
+            take = min(step, len(view) - done)
+            reservation = self.reserve(take)
+            try:
+                at = done
+                for target in reservation.views:
+                    target[:] = source[at:at + len(target)]
+                    at += len(target)
+            finally:
+                reservation.release()
             done += take
-            self._dirty = True
-            if self._fill == self._size:
-                if len(self._pending) >= self.IO_DEPTH:
-                    self._pending.pop(0).result()
-                self._pending.append(self._io.submit(self._write_block, buffer, self._size, self._offset))
-                self._offset += self._size
-                self._current = (self._current + 1) % len(self._buffers)
-                self._fill = 0
-                self._dirty = False
         return len(view)
 
     def _write_block(self, buffer: mmap.mmap, length: int, offset: int) -> None:
@@ -107,22 +219,33 @@ class DirectFileSink:
         finally:
             block.release()
 
-    def _wait(self) -> None:
-        pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()
+    def _wait_writes(self) -> None:
+        with self._cond:
+            while self._writes:
+                self._cond.wait()
+            self._raise_error()
 
     def flush(self) -> None:
-        """Wait for the blocks in flight and write the partial block, so the file holds every byte written."""
-        self._wait()
-        if not self._dirty:
+        """Wait until every released byte is on its way and written, writing the partial last block
+        padded to the alignment (then truncating the file back), so the file holds every byte laid
+        out. Every reservation must have been released."""
+        with self._cond:
+            if any(block.holds for block in self._blocks.values()):
+                raise RuntimeError(f"{self.name}: flushed with reservations not released")
+            for block in list(self._blocks.values()):
+                if block.end == self._size:
+                    self._submit(block, self._size)
+        self._wait_writes()
+        with self._cond:
+            tail = self._blocks.get(self._length // self._size)
+        if tail is None:
             return
-        padded = -(-self._fill // self._align) * self._align
-        buffer = self._buffers[self._current]
-        buffer[self._fill:padded] = bytes(padded - self._fill)
-        self._write_block(buffer, padded, self._offset)
-        os.ftruncate(self._fd, self._offset + self._fill)
-        self._dirty = False
+        fill = self._length - tail.offset
+        padded = -(-fill // self._align) * self._align
+        self._arrays[tail.slot][fill:padded] = 0
+        self._write_block(self._buffers[tail.slot], padded, tail.offset)
+        os.ftruncate(self._fd, self._length)
+        # the tail block stays held, filled to ``fill``: later writes extend it and it is written again
 
     def close(self) -> None:
         """Flush, then close the file (a second call does nothing)."""
@@ -134,12 +257,23 @@ class DirectFileSink:
             self._io.shutdown(wait=True)
             os.close(self._fd)
             self._fd = -1
-            self._arrays = []  # the views hold the buffers' exports: released before closing them
-            for buffer in self._buffers:
-                buffer.close()
+            self._arrays = []  # the buffers go with the last view a caller still holds
+
+    def abandon(self) -> None:
+        """Close the file without flushing, after a failure (its content no longer matters): waits
+        only for the writes already in flight."""
+        if self._fd < 0:
+            return
+        self._io.shutdown(wait=True)
+        os.close(self._fd)
+        self._fd = -1
+        self._arrays = []
 
     def __enter__(self) -> "DirectFileSink":
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abandon()

@@ -1,0 +1,116 @@
+"""Start reading a command's input into the page cache while the process is still starting up.
+
+``kernelscale convert`` spends its first second importing torch, with the disk idle; the input is
+read later, while the output is being written, and the two share the disk. :func:`prefetch` asks
+the kernel (``posix_fadvise(WILLNEED)``, from a daemon thread) to read the input ahead during that
+second. It is only a hint: it reads nothing into this process, takes no lock, and ignores every
+error; anything that is not a regular file (a FIFO, a device) is never opened, and the bytes it
+asks for are bounded (:data:`PREFETCH_BYTES`, and a quarter of the memory available), so the page
+cache it fills stays reclaimable and small beside the machine.
+
+Imports nothing heavy (no torch, no numpy): it runs before the command's own modules are imported.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from typing import Iterator, Optional
+
+PREFETCH_BYTES = 2 << 30
+"""At most this many bytes are asked for: about what the disk reads while torch is imported."""
+
+SUFFIXES = (".safetensors",)
+
+
+def _available_memory() -> Optional[int]:
+    try:
+        with open("/proc/meminfo", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def input_files(path: str) -> Iterator[str]:
+    """The safetensors files a conversion of ``path`` reads, as far as a cheap look tells: the file
+    itself; for a folder, its ``*.safetensors`` files (top level, then one level of subfolders, in
+    name order); for a shard index, the ``*.safetensors`` files beside it. Regular files only."""
+    try:
+        if _regular(path):
+            if path.endswith(SUFFIXES):
+                yield path
+                return
+            if not path.endswith(".index.json"):
+                return
+            folder = os.path.dirname(path) or "."  # a shard index: its shards lie beside it
+        elif os.path.isdir(path):
+            folder = path
+        else:
+            return
+        names = _names(folder)
+        candidates = [os.path.join(folder, n) for n in names]
+        for sub in [c for c in candidates if os.path.isdir(c)]:
+            candidates += [os.path.join(sub, n) for n in _names(sub)]
+        for candidate in candidates:
+            if candidate.endswith(SUFFIXES) and _regular(candidate):
+                yield candidate
+    except (OSError, ValueError):
+        return
+
+
+def _names(folder: str) -> list[str]:
+    try:
+        return sorted(os.listdir(folder))
+    except OSError:
+        return []
+
+
+def _advise(paths: list[str], budget: int) -> None:
+    for path in paths:
+        if budget <= 0:
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            continue
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            length = min(os.fstat(fd).st_size, budget)
+            os.posix_fadvise(fd, 0, length, os.POSIX_FADV_WILLNEED)
+            budget -= length
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def prefetch(path: str, budget: int = PREFETCH_BYTES) -> Optional[threading.Thread]:
+    """Ask the kernel to read the first ``budget`` bytes of ``path``'s input files
+    (:func:`input_files`) into the page cache, from a daemon thread; returns it (None when there is
+    nothing to do). Never raises."""
+    if not hasattr(os, "posix_fadvise") or not isinstance(path, str) or not path:
+        return None
+    available = _available_memory()
+    if available is not None:
+        budget = min(budget, available // 4)
+    try:
+        paths = list(input_files(path))
+    except Exception:  # a hint only: whatever the filesystem does, the command itself reports it
+        return None
+    if not paths or budget <= 0:
+        return None
+    thread = threading.Thread(target=_advise, args=(paths, budget), name="kernelscale-prefetch", daemon=True)
+    thread.start()
+    return thread
