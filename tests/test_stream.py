@@ -42,12 +42,16 @@ def test_output_is_deterministic_and_row_blocks_agree_with_whole_tensors(tmp_pat
     # one row per resize call and tiny queue items: every tensor goes through the row-block path
     monkeypatch.setattr(stream_module, "COMPUTE_BYTES", {"cpu": 1, "cuda": 1})
     monkeypatch.setattr(stream_module, "BLOCK_BYTES", 100)
-    blocks = tmp_path / "blocks.safetensors"
-    convert_checkpoint(checkpoint, blocks, OPTIONS, device="cpu")
-    again = tmp_path / "blocks_again.safetensors"
-    convert_checkpoint(checkpoint, again, OPTIONS, device="cpu")
-    assert sha256(blocks) == sha256(again)
-    _assert_agrees_with_the_state_dict_api(blocks)
+    _assert_agrees_with_the_state_dict_api(_converted_twice(checkpoint, tmp_path / "blocks"))
+
+
+def _converted_twice(checkpoint: Path, stem: Path) -> Path:
+    """``checkpoint`` converted twice (to ``stem``.safetensors and a second file): the same bytes."""
+    first, again = stem.with_suffix(".safetensors"), stem.with_name(stem.name + "_again.safetensors")
+    for path in (first, again):
+        convert_checkpoint(checkpoint, path, OPTIONS, device="cpu")
+    assert sha256(first) == sha256(again)
+    return first
 
 
 def _assert_agrees_with_the_state_dict_api(path: Path) -> None:
@@ -209,9 +213,4 @@ def test_results_written_into_tiny_blocks_agree_with_the_state_dict_api(tmp_path
     monkeypatch.setattr(sink_module.DirectFileSink, "BUFFER", 4096)
     monkeypatch.setattr(sink_module.DirectFileSink, "SLOTS", 4)
     monkeypatch.setattr(stream_module, "COMPUTE_BYTES", {"cpu": 3000, "cuda": 3000})
-    small = tmp_path / "small.safetensors"
-    convert_checkpoint(checkpoint, small, OPTIONS, device="cpu")
-    again = tmp_path / "again.safetensors"
-    convert_checkpoint(checkpoint, again, OPTIONS, device="cpu")
-    assert sha256(small) == sha256(again)
-    _assert_agrees_with_the_state_dict_api(small)
+    _assert_agrees_with_the_state_dict_api(_converted_twice(checkpoint, tmp_path / "small"))
