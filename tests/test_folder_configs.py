@@ -112,3 +112,16 @@ def test_another_component_s_config_is_copied_byte_for_byte(sd_folder: Path, tmp
     assert call(capsys, "convert", src, out, "--scale", "2")[0] == 0
     assert (out / "vae" / "config.json").read_bytes() == (src / "vae" / "config.json").read_bytes()
     assert call(capsys, "verify", src, out)[0] == 0
+
+
+def test_verify_reads_no_config(sd_folder: Path, tmp_path: Path, capsys) -> None:
+    """verify certifies weights from their manifests: configs it cannot parse, on either side, change nothing."""
+    out = tmp_path / "out"
+    assert call(capsys, "convert", sd_folder, out, "--scale", "2")[0] == 0
+    src = tmp_path / "sd"
+    shutil.copytree(sd_folder, src)
+    for root in (src, out):
+        for rel in ("model_index.json", "unet/config.json", "vae/config.json"):
+            _write(root / rel, DEEP)
+    code, stdout, _ = call(capsys, "verify", src, out)
+    assert code == 0 and "unet/kernelscale_model.safetensors" in stdout
