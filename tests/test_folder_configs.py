@@ -125,3 +125,18 @@ def test_verify_reads_no_config(sd_folder: Path, tmp_path: Path, capsys) -> None
             _write(root / rel, DEEP)
     code, stdout, _ = call(capsys, "verify", src, out)
     assert code == 0 and "unet/kernelscale_model.safetensors" in stdout
+
+
+@pytest.mark.parametrize("rel, needle", [("model_index.json", "not a diffusers pipeline folder"),
+                                         ("unet/config.json", "no readable config.json")])
+def test_the_loaders_refuse_a_json_file_they_cannot_parse(sd_folder: Path, tmp_path: Path, capsys, rel: str, needle: str) -> None:
+    """load_pipeline and load_denoiser read the same files: an InvalidCheckpointError naming the
+    folder and the cause, never a RecursionError."""
+    from kernelscale.errors import InvalidCheckpointError
+    from kernelscale.integrations.diffusers import load_denoiser, load_pipeline
+
+    out = tmp_path / "out"
+    assert call(capsys, "convert", sd_folder, out, "--scale", "2")[0] == 0
+    _write(out / rel, DEEP)
+    with pytest.raises(InvalidCheckpointError, match=f"{needle} .*nested too deeply to parse"):
+        load_pipeline(out) if rel == "model_index.json" else load_denoiser(out / "unet")
