@@ -26,7 +26,7 @@ from kernelscale.method import check_choice
 from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, describe_entries, plan_tensors, shape_text
 from kernelscale.io.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
 from kernelscale.io.discovery import CheckpointScan, ModelUnit, scan_checkpoint
-from kernelscale.io.files import read_small_file
+from kernelscale.io.files import read_json_file
 from kernelscale.pipeline_layout import (
     DENOISER_PREFIX, OTHER_PREFIXES, WEIGHTS_NAME, PipelineLayout, components_listing, config_record, denoiser_config_text,
     detect_layout,
@@ -448,17 +448,33 @@ def _plan_units(unit_specs: list[list[TensorSpec]], options: ResizeOptions, wher
 
 
 MAX_CONFIG_BYTES = 16_000_000
-"""Largest config.json read beside a model; a larger one is left as it is."""
+"""Largest config.json read beside a model."""
 
 
 def _config_of(scan: CheckpointScan, unit: ModelUnit) -> Optional[dict[str, Any]]:
+    """The config.json object of a model whose shapes or geometry change; None where there is none.
+
+    Inside a folder IN the config is part of the output, and kernelscale reads it to name the
+    model's class in the loading recipe and to rewrite the kernel sizes stock loaders read from it
+    (conv_in/conv_out): one that is there but cannot be read as a JSON object (not a regular file,
+    too large, not UTF-8, not JSON, nested too deeply, not an object) raises InvalidCheckpointError
+    naming it and the cause, rather than being copied as if it did not matter. Beside a lone file
+    or shard index IN it is not part of the output and only names the class: it is then skipped.
+    """
     root = scan.src if scan.layout == "folder" else os.path.dirname(scan.src)
     path = os.path.join(root, unit.dir_rel, "config.json")
-    try:
-        data = json.loads(read_small_file(path, MAX_CONFIG_BYTES, InvalidCheckpointError, "config.json").decode("utf-8"))
-    except (InvalidCheckpointError, ValueError, RecursionError):  # no usable config: nothing to update
+    if not os.path.exists(path):
         return None
-    return data if isinstance(data, dict) else None
+    try:
+        data = read_json_file(path, MAX_CONFIG_BYTES, InvalidCheckpointError, "config.json")
+        if not isinstance(data, dict):
+            raise InvalidCheckpointError(f"{path}: config.json holds a JSON {type(data).__name__}, not an object")
+    except InvalidCheckpointError as exc:
+        if scan.layout != "folder":
+            return None
+        raise InvalidCheckpointError(f"{exc}; kernelscale reads the config.json of a model it resizes (to say how to load it and "
+                                     "to update the kernel sizes stock loaders read): repair it, or move it out of the folder") from None
+    return data
 
 
 def _stock_kernel_keys(entries: Sequence[TensorPlan], config: Mapping[str, Any]) -> Optional[dict[str, int]]:

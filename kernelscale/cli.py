@@ -136,7 +136,8 @@ def add_planning_arguments(parser: argparse.ArgumentParser) -> None:
                    help="resize the conv kernels that --method cannot handle (disperse on an even or non-square "
                         "kernel, dilate or disperse at a non-integer scale) by METHOD instead; each such layer is "
                         "named in the plan, the summary and its manifest record. Without it such a layer is refused. "
-                        "Example: --method disperse --fallback interp")
+                        "Declared grids under dilate or disperse fall back to METHOD (interp or pinv), without it to "
+                        "interp, named the same way. Example: --method disperse --fallback interp")
     g.add_argument("--mode", choices=MODES,
                    help="interpolation kernel for interp and pinv (default: linear). Example: --mode cubic")
     g.add_argument("--align", choices=ALIGNS,
@@ -485,6 +486,8 @@ def _record_text(record: Record) -> str:
     if record.align:
         text += f"/{record.align}"
     text += f" {scale} {_dims(record.old_spatial)} -> {_dims(record.new_spatial)}"
+    if record.fallback:
+        text += f" (fallback: {record.fallback} was asked for)"
     if isinstance(record, GridRecord):
         return f"grid {_dims(record.grid)}{', layout ' + ','.join(record.layout) if record.layout else ''}: " + text
     if record.dilation:

@@ -193,11 +193,12 @@ class GridRecord(_Record):
     """A Linear ``(out, cells)`` over a flattened ``grid`` (C, *spatial; sizes in that order): each
     channel's map resized by cells (or pinv) to ``new_spatial``. ``layout``: the axis order of the
     flattened features where it is not C then the spatial axes (e.g. ``"HWC"``, channels-last;
-    docs/format.md, "kind: grid")."""
+    docs/format.md, "kind: grid"); ``fallback``: the method the plan asked for where it does not
+    apply to a grid (dilate, disperse; ``method`` is then the one that ran)."""
 
     kind: ClassVar[str] = "grid"
     REQUIRED: ClassVar[tuple[str, ...]] = ("scale", "grid", "old_spatial", "new_spatial")
-    OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ("weight_norm", "layout")
+    OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ("weight_norm", "layout", "fallback")
 
     method: Optional[str]
     mode: Optional[str]
@@ -212,6 +213,7 @@ class GridRecord(_Record):
     dilation: None = None
     weight_norm: Optional[WeightNormLink] = None
     layout: Optional[str] = None
+    fallback: Optional[str] = None
 
     @property
     def grid_layout(self) -> GridLayout:
@@ -240,7 +242,8 @@ class GridRecord(_Record):
                    scale=_floats(data["scale"]), grid=_ints(data["grid"]),  # type: ignore[arg-type]
                    old_spatial=_ints(data["old_spatial"]), new_spatial=_ints(data["new_spatial"]),
                    centre_offset=(0.0,) * len(data["old_spatial"]),
-                   weight_norm=WeightNormLink(wn["g"], wn.get("dim")) if wn else None, layout=data.get("layout"))
+                   weight_norm=WeightNormLink(wn["g"], wn.get("dim")) if wn else None, layout=data.get("layout"),
+                   fallback=data.get("fallback"))
 
 
 @dataclass(frozen=True)

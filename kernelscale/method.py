@@ -209,8 +209,47 @@ class Method:
 
     @property
     def label(self) -> str:
-        """``method/mode/align`` as the plan describes it."""
-        return f"{self.method}/{self.mode}/{self.align or 'taps'}"
+        """``method/mode/align`` as the plan describes it: the fields the resize applies (:meth:`applied`)."""
+        return self.applied().label
+
+    def applied(self) -> "AppliedResize":
+        """What a resize by this method really applies, field by field (DESIGN §3), as its record
+        states it (docs/format.md); ``align`` and ``coef`` left None take the conv-kernel defaults.
+
+        - ``interp``: mode, align and coef as given.
+        - ``dilate``: zero insertion R[s·t, t] = 1: no interpolation kernel (mode None), the taps
+          centred (align ``taps``, whatever was asked), no coefficient (coef None) unless a number
+          was given, which is folded into the kernel (coef that number).
+        - ``pinv``: R = pinv(Bᵀ), B the cells upsampler of ``mode``: mode kept, align ``cells``
+          (k′ = round(k·s)), no coefficient (coef None: ⟨R w, B x⟩ = ⟨w, x⟩ fixes the scale).
+        - ``disperse``: a least-squares fit: mode None, align ``taps`` (a centred kernel), coef None.
+        """
+        align = self.align or "taps"
+        coef: Optional[Coef] = "mass" if self.coef is None else self.coef
+        if self.method == "dilate":
+            return AppliedResize("dilate", None, "taps", None if isinstance(coef, str) else coef)
+        if self.method == "pinv":
+            return AppliedResize("pinv", self.mode, "cells", None)
+        if self.method == "disperse":
+            return AppliedResize("disperse", None, "taps", None)
+        return AppliedResize(self.method, self.mode, align, coef)
+
+
+@dataclass(frozen=True)
+class AppliedResize:
+    """The fields of a resize as it is applied and recorded (:meth:`Method.applied`): ``mode`` None
+    where no interpolation kernel enters (dilate, disperse), ``coef`` None where no coefficient
+    is folded into the weights (dilate without a number, pinv, disperse)."""
+
+    method: str
+    mode: Optional[str]
+    align: str
+    coef: Optional[Coef]
+
+    @property
+    def label(self) -> str:
+        """``method/mode/align`` without the fields that do not apply: ``interp/linear/taps``, ``dilate/taps``."""
+        return "/".join(v for v in (self.method, self.mode, self.align) if v)
 
 
 def method_of(method: Union[str, Method, None] = None, *, mode: Any = None, align: Any = None, coef: Any = None,

@@ -31,7 +31,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError, UnsupportedDenoiserError
 from kernelscale.io.discovery import CheckpointScan, ModelUnit
-from kernelscale.io.files import read_small_file
+from kernelscale.io.files import read_json_file
 from kernelscale.text import quoted_names
 
 __all__ = [
@@ -126,7 +126,7 @@ def denoiser_config_text(config: Mapping[str, Any], record: Mapping[str, Any]) -
 def pipeline_denoiser(path: Union[str, os.PathLike]) -> Optional[str]:
     """The denoiser component (``unet``, ``transformer``, …) that the ``model_index.json`` of the
     folder ``path`` names; None when ``path`` is not a diffusers pipeline folder or names none."""
-    index = _read_json(os.path.join(os.fspath(path), "model_index.json")) if os.path.isdir(path) else None
+    index = _read_json(os.path.join(os.fspath(path), "model_index.json"), _INDEX_USE) if os.path.isdir(path) else None
     if index is None:
         return None
     named = [n for n in DENOISER_COMPONENTS if isinstance(index.get(n), list) and len(index[n]) == 2 and index[n][1]]
@@ -182,19 +182,27 @@ class PipelineLayout:
 
 
 MAX_JSON_BYTES = 16_000_000
-"""Largest model_index.json or denoiser config.json read; a larger one is not a pipeline's."""
+"""Largest model_index.json or denoiser config.json read; a larger one is refused (no pipeline's is)."""
+
+_INDEX_USE = "to find a diffusers pipeline's denoiser (without it the folder would be converted as plain models)"
 
 
-def _read_json(path: str) -> Optional[dict[str, Any]]:
-    """The JSON object in the regular file ``path``; None when there is none (missing, not a
-    regular file, too large, not JSON, not an object)."""
+def _read_json(path: str, needed_for: str) -> Optional[dict[str, Any]]:
+    """The JSON object in the file ``path``; None when no file is there. A file that is there but
+    cannot be read as a JSON object (not a regular file, above :data:`MAX_JSON_BYTES`, not UTF-8,
+    not JSON, nested too deeply, not an object) raises InvalidCheckpointError naming it, the cause
+    and what kernelscale reads it for (``needed_for``): model_index.json decides whether a folder is
+    a pipeline and the denoiser's config.json how it is converted, so neither is read as absent."""
     if not os.path.exists(path):
         return None
+    name = os.path.basename(path)
     try:
-        data = json.loads(read_small_file(path, MAX_JSON_BYTES, InvalidCheckpointError, os.path.basename(path)).decode("utf-8"))
-    except (InvalidCheckpointError, ValueError, RecursionError):
-        return None
-    return data if isinstance(data, dict) else None
+        data = read_json_file(path, MAX_JSON_BYTES, InvalidCheckpointError, name)
+        if not isinstance(data, dict):
+            raise InvalidCheckpointError(f"{path}: {name} holds a JSON {type(data).__name__}, not an object")
+    except InvalidCheckpointError as exc:
+        raise InvalidCheckpointError(f"{exc}; kernelscale reads it {needed_for}: repair it (or move it out of the folder)") from None
+    return data
 
 
 def detect_layout(scan: CheckpointScan) -> Optional[PipelineLayout]:
@@ -208,7 +216,7 @@ def detect_layout(scan: CheckpointScan) -> Optional[PipelineLayout]:
 
 
 def _folder_layout(scan: CheckpointScan, component: str) -> PipelineLayout:
-    index = _read_json(os.path.join(scan.src, "model_index.json")) or {}
+    index = _read_json(os.path.join(scan.src, "model_index.json"), _INDEX_USE) or {}
     class_name = str(index[component][1])
     try:
         check_class(class_name, f"the pipeline's {component!r}")
@@ -235,7 +243,10 @@ def _folder_layout(scan: CheckpointScan, component: str) -> PipelineLayout:
     left_out = tuple(f.rel for i in units if i != chosen for f in scan.units[i].files)
     left_out += tuple(scan.units[i].index.rel for i in units if i != chosen and scan.units[i].index is not None)
     config_rel = posixpath.join(component, "config.json")
-    config = _read_json(os.path.join(scan.src, config_rel))
+    try:
+        config = _read_json(os.path.join(scan.src, config_rel), "for the denoiser's sample_size and architecture")
+    except InvalidCheckpointError as exc:
+        return PipelineLayout("folder", component, class_name, refusal=exc)
     if config is None:
         refusal = InvalidCheckpointError(f"{os.path.join(scan.src, config_rel)}: no readable config.json for the denoiser")
         return PipelineLayout("folder", component, class_name, refusal=refusal)

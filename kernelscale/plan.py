@@ -138,6 +138,8 @@ class ResizeOptions:
     ``fallback``: a method for the conv kernels the chosen one cannot handle (disperse on an even
     or non-square kernel, dilate or disperse at a non-integer scale): such a layer is resized by
     it, and its plan line and record (``fallback``: the method asked for) say so. None: refused.
+    A declared grid under dilate or disperse (which act on conv taps) falls back the same way, to
+    interp when None; a fallback that is not interp or pinv is refused for it.
     ``execution``: ``"materialised"`` (the default: resized kernels written out, loadable by any
     framework that sets the recorded geometry) or ``"factored"``: every conv resize that factors
     (interp/taps at integer scales: :mod:`kernelscale.factored_plan`) keeps its weight and
@@ -517,7 +519,7 @@ def _plan_one(spec: TensorSpec, options: ResizeOptions, grid: Optional[GridLayou
     source = f"layer rule {rule.pattern!r}" if rule is not None else why
 
     if grid is not None:
-        return _plan_grid(spec, grid, scale, resize, source, rule)
+        return _plan_grid(spec, grid, scale, resize, source, rule, options.fallback)
     spatial = spec.shape[2:]
     scales = axis_scales(scale, len(spatial), name=spec.name, trailing=True)
     if all(s == 1.0 for s in scales):
@@ -562,13 +564,13 @@ def _plan_conv(spec: TensorSpec, scales: tuple[float, ...], resize: Method, reas
         raise InvalidOptionError(f"{spec.name}: an absorbing layer needs integer scales, got {scales!r}")
     new_shape = tuple(spec.shape[:2]) + operator.out_shape
     centre_offset = tuple(a.centre_offset if not absorb else 0.0 for a in operator.axes) or (0.0,) * len(spatial)
-    record = ConvRecord(resize.method, resize.mode, resize.align, resize.coef, tuple(scales), spatial, operator.out_shape,
+    done = resize.applied()  # the record says what the operator applies, not what was asked (docs/format.md)
+    record = ConvRecord(done.method, done.mode, done.align, done.coef, tuple(scales), spatial, operator.out_shape,
                         centre_offset, absorb, fallback=asked)
-    label = resize.label
+    label = done.label
     if resize.method == "disperse":
         disperse = resize.disperse
-        fit = DisperseFit(operator.out_shape[0], disperse.probe, disperse.eta, operator.relative_loss)
-        record = replace(record, mode=None, coef=None, disperse=fit)
+        record = replace(record, disperse=DisperseFit(operator.out_shape[0], disperse.probe, disperse.eta, operator.relative_loss))
         label = f"disperse k'={operator.out_shape[0]} m={disperse.probe} eta={disperse.eta}"
     return TensorPlan(spec.name, spec.dtype, spec.shape, Action.RESIZE, f"{label} ({reason})", new_shape, resize, record,
                       operator=operator)
@@ -597,20 +599,38 @@ def _plan_geometry(spec: TensorSpec, scales, reason: str) -> TensorPlan:
                       Method("dilate", align="taps"), record)
 
 
-def _plan_grid(spec: TensorSpec, grid: GridLayout, scale: Scale, resize: Method, source: str, rule: Optional[LayerRule]) -> TensorPlan:
+GRID_METHODS = ("interp", "pinv")
+"""The methods that resize a Linear over a grid (DESIGN §5): dilate and disperse act on conv taps."""
+
+
+def _plan_grid(spec: TensorSpec, grid: GridLayout, scale: Scale, resize: Method, source: str, rule: Optional[LayerRule],
+               fallback: Optional[str] = None) -> TensorPlan:
+    """A declared grid's entry. A method that does not apply to a grid (dilate, disperse) falls back
+    to ``fallback`` when given (refused unless it is one of :data:`GRID_METHODS`), else to interp —
+    unless a layer rule named that method for this grid, which is refused without a fallback; the
+    record's ``fallback`` and the reason name the method asked for either way."""
     spatial = grid.spatial
     scales = axis_scales(scale, len(spatial), name=spec.name, trailing=True)
-    if resize.method not in ("interp", "pinv"):
-        if rule is not None and rule.method == resize.method:
-            raise InvalidOptionError(f"{spec.name}: a grid is resized with interp (cells) or pinv, not {resize.method}")
-        resize, source = replace(resize, method="interp"), f"{source}; {resize.method} does not apply to a grid: resized by interp"
+    asked = None
+    if resize.method not in GRID_METHODS:
+        asked = resize.method
+        cause = f"a grid is resized by {' or '.join(GRID_METHODS)}, not {asked}"
+        if fallback is None and rule is not None and rule.method == asked:
+            raise InvalidOptionError(f"{spec.name}: {cause}; --fallback METHOD (plan file: fallback = \"interp\") resizes "
+                                     "such layers by another method")
+        if fallback is not None and fallback not in GRID_METHODS:
+            raise InvalidOptionError(f"{spec.name}: {cause}; the fallback {fallback} cannot resize it either")
+        chosen = fallback or "interp"
+        resize = replace(resize, method=chosen)
+        source = f"{source}; fallback: {cause}" + ("" if fallback else " (no --fallback given: interp)")
     resize = replace(resize, align="cells").for_grid()
     operator = GridResize(grid, _named(spec.name, grid_resize, spatial, scales, resize))
     out_grid = operator.out_grid
     new_shape = (spec.shape[0], out_grid.cells)
-    record = GridRecord(resize.method, resize.mode, "cells", resize.coef, tuple(scales), grid.canonical, spatial, out_grid.spatial,
-                        centre_offset=(0.0,) * len(spatial), layout=None if grid.is_canonical else grid.layout)
+    done = resize.applied()
+    record = GridRecord(done.method, done.mode, done.align, done.coef, tuple(scales), grid.canonical, spatial, out_grid.spatial,
+                        centre_offset=(0.0,) * len(spatial), layout=None if grid.is_canonical else grid.layout, fallback=asked)
     layout = "" if grid.is_canonical else f", layout {','.join(grid.layout)}"
     return TensorPlan(spec.name, spec.dtype, spec.shape, Action.RESIZE,
-                      f"grid {'×'.join(map(str, grid.canonical))}{layout} {resize.label} ({source})", new_shape, resize, record,
+                      f"grid {'×'.join(map(str, grid.canonical))}{layout} {done.label} ({source})", new_shape, resize, record,
                       operator=operator)

@@ -75,7 +75,7 @@ def test_dry_run_lists_every_decision_and_writes_nothing(tmp_path: Path, checkpo
     out = tmp_path / "out.safetensors"
     code, stdout, stderr = call(capsys, "convert", checkpoint, out, "--scale", "2", "--method", "dilate", "--dry-run")
     assert code == 0 and not out.exists()
-    assert "stem.weight  F32  8×3×3×3 -> 8×3×5×5  resize: dilate/linear/taps (conv kernel)" in stdout
+    assert "stem.weight  F32  8×3×3×3 -> 8×3×5×5  resize: dilate/taps (conv kernel)" in stdout
     assert stderr.splitlines()[-1].startswith("kernelscale: dry run:")
     code, stdout, _ = call(capsys, "convert", checkpoint, out, "--scale", "2", "--dry-run", "--json")
     data = json.loads(stdout)

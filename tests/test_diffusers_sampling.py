@@ -222,3 +222,19 @@ def test_nd_cfg_base_settings_need_the_pipelines_own_unet(pipe):
     with pytest.raises(InvalidOptionError, match="base_settings re-dilate the pipeline's own UNet"):
         with sampling(pipe, nd_cfg=NoiseDampedCFG(tau=35, base=P.sd_unet(), base_settings={CONV: 2})):
             pass
+
+
+def test_upsample_guidance_builds_the_log_snr_table_once_per_with_block(pipe, monkeypatch):
+    """Each guided denoiser call needs ā_t, τ and ā_τ from the schedule's log-SNR table: built once
+    when the block is entered (kernelscale.sampling.vp_schedule), not at every use."""
+    from kernelscale.sampling import schedules
+
+    builds = []
+    build = schedules.log_snr_table
+    monkeypatch.setattr(schedules, "log_snr_table", lambda a: builds.append(1) or build(a))
+    x, text = _inputs()
+    with torch.no_grad(), sampling(pipe, upsample_guidance=UpsampleGuidance(w=1.2, eta=0.6)):
+        assert len(builds) == 1
+        for t in (981.0, 900.0, 850.5):
+            pipe.unet(x, t, encoder_hidden_states=text)
+    assert len(builds) == 1

@@ -53,13 +53,13 @@ def test_a_deeply_nested_shard_index_is_an_input_error(tmp_path: Path, capsys) -
     one_error_line(capsys, "inspect", tmp_path / "in", needle="nested too deeply")
 
 
-def test_a_deeply_nested_config_json_is_left_as_it_is(tmp_path: Path, capsys) -> None:
+def test_a_deeply_nested_config_json_of_a_resized_model_is_an_input_error(tmp_path: Path, capsys) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     save({"conv_in.weight": torch.randn(2, 2, 3, 3)}, folder / "model.safetensors")
     (folder / "config.json").write_text('{"conv_in_kernel": ' + DEEP + "}")
-    assert call(capsys, "convert", folder, tmp_path / "out", "--scale", "2")[0] == 0
-    assert (tmp_path / "out" / "config.json").read_text() == (folder / "config.json").read_text()
+    one_error_line(capsys, "convert", folder, tmp_path / "out", "--scale", "2", needle="config.json is JSON nested too deeply")
+    assert not (tmp_path / "out").exists()  # more cases: tests/test_folder_configs.py
 
 
 @pytest.mark.parametrize("manifest, needle", [

@@ -287,3 +287,11 @@ def test_parse_settings_reads_scalecrafters_format_and_names_bad_lines():
         parse_settings("a:0.5")
     with pytest.raises(InvalidOptionError, match="line 2: layer 'a' given twice"):
         parse_settings("a:2\na:3")
+
+
+@pytest.mark.parametrize("stride", [0, (2, 0), (2.5, 1), (1, 1, 1), True])
+def test_a_bad_stride_is_refused_naming_the_function(stride):
+    """The stride is checked by the converter's own :func:`kernelscale.geometry.as_tuple`."""
+    x, w = torch.randn(1, 2, 7, 6), torch.randn(3, 2, 3, 3)
+    with pytest.raises(InvalidOptionError, match=r"^redilated_conv: stride"):
+        redilated_conv(x, w, None, 2.0, stride=stride)

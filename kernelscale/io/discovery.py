@@ -22,7 +22,6 @@ holds several and is refused with their names.
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
 from kernelscale.errors import InvalidCheckpointError
-from kernelscale.io.files import kind_of, read_small_file
+from kernelscale.io.files import kind_of, read_json_file
 from kernelscale.io.output import parse_temp_entry
 from kernelscale.io.safetensors_io import PathLike, TensorInfo, read_header
 from kernelscale.text import quoted_names
@@ -144,13 +143,7 @@ MAX_INDEX_BYTES = 100_000_000
 
 
 def _read_json(path: str, what: str) -> Any:
-    raw = read_small_file(path, MAX_INDEX_BYTES, InvalidCheckpointError, what)
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except RecursionError:
-        raise InvalidCheckpointError(f"{path}: {what} is JSON nested too deeply") from None
-    except ValueError as exc:
-        raise InvalidCheckpointError(f"{path}: {what} is not valid JSON: {exc}") from None
+    return read_json_file(path, MAX_INDEX_BYTES, InvalidCheckpointError, what)
 
 
 def _shard_names(index_path: str, data: Any) -> list[str]:

@@ -10,9 +10,10 @@ plus one byte, never to their end.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
-from typing import Type
+from typing import Any, Type
 
 from kernelscale.errors import KernelscaleError
 
@@ -73,3 +74,17 @@ def read_small_file(path: str, limit: int, error: Type[KernelscaleError], what: 
         raise error(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
+
+
+def read_json_file(path: str, limit: int, error: Type[KernelscaleError], what: str) -> Any:
+    """The JSON value in the regular file ``path`` (UTF-8, at most ``limit`` bytes), read as
+    :func:`read_small_file` does. ``error`` naming ``path`` and ``what`` for a file that cannot be
+    read so, is not UTF-8, is not JSON, or nests deeper than the parser's recursion limit
+    (100,000 nested lists raise RecursionError in ``json.loads``)."""
+    raw = read_small_file(path, limit, error, what)
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise error(f"{path}: {what} is JSON nested too deeply to parse") from None
+    except ValueError as exc:  # UnicodeDecodeError and json.JSONDecodeError included
+        raise error(f"{path}: {what} is not valid JSON: {exc}") from None

@@ -33,6 +33,7 @@ from kernelscale.sampling.presets import (
 )
 from kernelscale.sampling.redilation import dilation_at_step, layer_dilations, progressive_factor, redilated_conv
 from kernelscale.sampling.schedules import (
+    VPSchedule,
     alpha_bar_at,
     check_alphas_cumprod,
     flow_from_epsilon,
@@ -44,6 +45,7 @@ from kernelscale.sampling.schedules import (
     snr,
     timestep_from_snr,
     to_epsilon,
+    vp_schedule,
 )
 from kernelscale.sampling.upsample_guidance import (
     LowResStep,
@@ -58,10 +60,11 @@ from kernelscale.sampling.upsample_guidance import (
 )
 
 __all__ = [
-    "LowResStep", "PRESETS", "RedilationPreset", "ResolvedPreset", "alpha_bar_at", "annealed_factor", "cells_averaged", "cfg",
+    "LowResStep", "PRESETS", "RedilationPreset", "ResolvedPreset", "VPSchedule", "alpha_bar_at", "annealed_factor", "cells_averaged", "cfg",
     "check_alphas_cumprod", "dilation_at_step", "downsample_mean", "flow_from_epsilon", "flow_low_res_step", "flow_sigma_from_snr",
     "flow_snr", "flow_to_epsilon", "fouriscale_conv", "fouriscale_guidance", "from_epsilon", "get_preset", "guidance_weight",
     "layer_dilations", "log_snr_table", "low_res_step", "lowpass", "lowpass_mask", "lowpass_mask_1d", "lowpass_prefilter",
     "matched_alpha_bar", "nd_cfg", "nd_cfg_active", "parse_settings", "power", "progressive_factor", "redilated_conv",
     "resolve_preset", "resolve_settings", "snr", "timestep_from_snr", "to_epsilon", "upsample_guidance", "upsample_nearest",
+    "vp_schedule",
 ]

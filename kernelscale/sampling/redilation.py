@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from kernelscale.errors import InvalidOptionError
+from kernelscale.geometry import as_tuple
 
 _MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
@@ -55,13 +56,6 @@ def layer_dilations(settings: Mapping[str, float], step_index: int, tau: int, *,
     return {name: dilation_at_step(d, step_index, tau, progressive=progressive) for name, d in settings.items()}
 
 
-def _tuple(value: Union[int, Sequence[int]], n: int, what: str) -> tuple[int, ...]:
-    out = (value,) * n if isinstance(value, int) else tuple(value)
-    if len(out) != n or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in out):
-        raise InvalidOptionError(f"{what} must be a positive integer or {n} of them, got {value!r}")
-    return out
-
-
 def redilated_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, d: float, *,
                    stride: Union[int, Sequence[int]] = 1, groups: int = 1) -> torch.Tensor:
     """A same-padded conv (odd kernel, padding (K−1)/2, zero padding) run at re-dilation factor d.
@@ -86,7 +80,7 @@ def redilated_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     ks = tuple(weight.shape[2:])
     if any(k % 2 == 0 for k in ks):
         raise InvalidOptionError(f"re-dilation keeps 'same' padding, which needs odd kernel sizes, got {ks}")
-    strides = _tuple(stride, nd, "stride")
+    strides = as_tuple(stride, nd, "stride", "redilated_conv")
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
     half = tuple((k - 1) // 2 for k in ks)
     if d == 1:

@@ -15,7 +15,7 @@ sample (e.g. shape (B, 1, 1, 1) for one value per sample).
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import NamedTuple, Union
 
 import torch
 
@@ -68,11 +68,40 @@ def log_snr_table(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     return torch.log(a) - torch.log1p(-a)
 
 
-def alpha_bar_at(alphas_cumprod: torch.Tensor, t: Scalar) -> torch.Tensor:
+class VPSchedule(NamedTuple):
+    """A VP schedule validated once with its log-SNR table (:func:`vp_schedule`). Pass it wherever
+    a function takes ``alphas_cumprod`` (:func:`alpha_bar_at`, :func:`timestep_from_snr`,
+    :func:`~kernelscale.sampling.low_res_step`): a sampler calling them at every step then neither
+    re-validates the schedule nor rebuilds the table."""
+
+    #: ā_t at the integer steps, float64, shape (T,), strictly decreasing in (0, 1).
+    alphas_cumprod: torch.Tensor
+    #: log SNR(t) at the integer steps, float64, shape (T,) (:func:`log_snr_table`).
+    log_snr: torch.Tensor
+
+
+#: What the schedule functions take: ``alphas_cumprod`` as a tensor, or a :class:`VPSchedule`.
+Schedule = Union[torch.Tensor, VPSchedule]
+
+
+def vp_schedule(alphas_cumprod: Schedule) -> VPSchedule:
+    """``alphas_cumprod`` validated (:func:`check_alphas_cumprod`) with its log-SNR table, built once;
+    a VPSchedule is returned as it is."""
+    if isinstance(alphas_cumprod, VPSchedule):
+        return alphas_cumprod
+    return VPSchedule(check_alphas_cumprod(alphas_cumprod), log_snr_table(alphas_cumprod))
+
+
+def _log_snr(schedule: Schedule) -> torch.Tensor:
+    return schedule.log_snr if isinstance(schedule, VPSchedule) else log_snr_table(schedule)
+
+
+def alpha_bar_at(alphas_cumprod: Schedule, t: Scalar) -> torch.Tensor:
     """ā at a continuous step t ∈ [0, T−1] (float or tensor of any shape): linear interpolation of
     log-SNR between the integer steps ⌊t⌋ and ⌈t⌉, then ā = sigmoid(log SNR). Exact (to rounding)
-    at integer t. Returns float64 of t's shape. Raises InvalidOptionError for t outside [0, T−1]."""
-    table = log_snr_table(alphas_cumprod)
+    at integer t. Returns float64 of t's shape. Raises InvalidOptionError for t outside [0, T−1].
+    ``alphas_cumprod``: the schedule's tensor or a :class:`VPSchedule`."""
+    table = _log_snr(alphas_cumprod)
     tt = torch.as_tensor(t, dtype=torch.float64, device=table.device)
     last = table.numel() - 1
     if bool(((tt < 0) | (tt > last) | ~torch.isfinite(tt)).any()):
@@ -83,7 +112,7 @@ def alpha_bar_at(alphas_cumprod: torch.Tensor, t: Scalar) -> torch.Tensor:
     return torch.sigmoid(lam)
 
 
-def timestep_from_snr(alphas_cumprod: torch.Tensor, target_snr: Scalar, *, discrete: bool = False,
+def timestep_from_snr(alphas_cumprod: Schedule, target_snr: Scalar, *, discrete: bool = False,
                       clamp: bool = False) -> torch.Tensor:
     """The step t with SNR(t) = target_snr (inverse of :func:`alpha_bar_at`'s interpolant).
 
@@ -92,8 +121,9 @@ def timestep_from_snr(alphas_cumprod: torch.Tensor, target_snr: Scalar, *, discr
     with ``clamp=True``, gives the end step 0 or T−1.
     ``discrete=True``: the integer step minimising |log SNR(k) − log target| (the choice of the
     unofficial upsample-guidance code for models that only take integer steps), int64; any
-    positive target is accepted and clamps to the ends."""
-    table = log_snr_table(alphas_cumprod)
+    positive target is accepted and clamps to the ends. ``alphas_cumprod``: the schedule's tensor or
+    a :class:`VPSchedule`."""
+    table = _log_snr(alphas_cumprod)
     target = torch.as_tensor(target_snr, dtype=torch.float64, device=table.device)
     if bool((~(target > 0) | ~torch.isfinite(target)).any()):
         raise InvalidOptionError(f"target SNR must be positive and finite, got {target_snr!r}")

@@ -28,12 +28,13 @@ import torch
 from kernelscale.errors import InvalidOptionError
 from kernelscale.sampling.schedules import (
     Scalar,
+    Schedule,
     alpha_bar_at,
-    check_alphas_cumprod,
     from_epsilon,
     snr,
     timestep_from_snr,
     to_epsilon,
+    vp_schedule,
 )
 
 
@@ -110,7 +111,7 @@ class LowResStep(NamedTuple):
     alpha_bar: torch.Tensor
 
 
-def low_res_step(x_t: torch.Tensor, alphas_cumprod: torch.Tensor, t: Scalar, factors: Sequence[int], *,
+def low_res_step(x_t: torch.Tensor, alphas_cumprod: Schedule, t: Scalar, factors: Sequence[int], *,
                  discrete: bool = False) -> LowResStep:
     """The input and step of the low-resolution pass for a VP model at step t (float or 0-d
     tensor; a tensor of shape (B,) gives one τ per sample).
@@ -120,13 +121,14 @@ def low_res_step(x_t: torch.Tensor, alphas_cumprod: torch.Tensor, t: Scalar, fac
     (``discrete=True``). Where k·SNR(t) exceeds SNR(0) (the last steps: the schedule has no step
     that clean) τ is clamped to step 0 and ``alpha_bar`` is ā₀, not ā_t/P_t. The input is
     D(x_t)/√P_t with P_t from ā_t itself (the power adjustment does not depend on which τ is
-    chosen). x_t: (B, C, *fine axes)."""
+    chosen). x_t: (B, C, *fine axes). ``alphas_cumprod``: the schedule's tensor or a
+    :class:`~kernelscale.sampling.schedules.VPSchedule` (validated, its log-SNR table built once)."""
     fs = check_factors(factors)
     k = math.prod(fs)
-    a = check_alphas_cumprod(alphas_cumprod)
-    ab_t = alpha_bar_at(a, t)
-    tau = timestep_from_snr(a, k * snr(ab_t), discrete=discrete, clamp=True)
-    ab_tau = a[tau] if discrete else alpha_bar_at(a, tau)
+    schedule = vp_schedule(alphas_cumprod)
+    ab_t = alpha_bar_at(schedule, t)
+    tau = timestep_from_snr(schedule, k * snr(ab_t), discrete=discrete, clamp=True)
+    ab_tau = schedule.alphas_cumprod[tau] if discrete else alpha_bar_at(schedule, tau)
     p = power(ab_t, k)
     p = p.reshape(p.shape + (1,) * (x_t.ndim - p.ndim)) if p.ndim else p
     sample = downsample_mean(x_t, fs) / torch.sqrt(p).to(device=x_t.device, dtype=x_t.dtype)

@@ -36,12 +36,13 @@ from torch import nn
 import kernelscale.nn as knn
 from kernelscale.io.checkpoint import MANIFEST_KEY, read_headers
 from kernelscale.io.discovery import model_files
+from kernelscale.io.files import read_json_file
 from kernelscale.errors import (
     ExecutionUnavailableError, InvalidCheckpointError, InvalidOptionError, UnsupportedDenoiserError,
 )
 from kernelscale.manifest import ConvRecord, as_record
 from kernelscale.pipeline_layout import (
-    CONFIG_KEY, DENOISERS, WEIGHTS_NAME, check_class, config_record, denoiser_config_text, scaled_sample_size,
+    CONFIG_KEY, DENOISERS, MAX_JSON_BYTES, WEIGHTS_NAME, check_class, config_record, denoiser_config_text, scaled_sample_size,
     size_pair,
 )
 from kernelscale.method import EXECUTIONS
@@ -318,10 +319,25 @@ def load_denoiser(
 
 
 def read_config(folder: Path) -> dict[str, Any]:
+    """The JSON object of ``folder``'s config.json; InvalidCheckpointError naming the folder and the
+    cause for one that is missing, not a regular file, too large, not JSON, nested too deeply or
+    not an object."""
+    return _json_object(folder, "config.json", "no readable config.json")
+
+
+def read_model_index(folder: Path) -> dict[str, Any]:
+    """The JSON object of ``folder``'s model_index.json, refused as :func:`read_config` refuses."""
+    return _json_object(folder, "model_index.json", "not a diffusers pipeline folder")
+
+
+def _json_object(folder: Path, name: str, refusal: str) -> dict[str, Any]:
     try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InvalidCheckpointError(f"{folder}: no readable config.json ({exc})") from None
+        data = read_json_file(os.fspath(Path(folder) / name), MAX_JSON_BYTES, InvalidCheckpointError, name)
+        if not isinstance(data, dict):
+            raise InvalidCheckpointError(f"{name} holds a JSON {type(data).__name__}, not an object")
+    except InvalidCheckpointError as exc:
+        raise InvalidCheckpointError(f"{folder}: {refusal} ({exc})") from None
+    return data
 
 
 def _load_folder(folder: Path) -> nn.Module:

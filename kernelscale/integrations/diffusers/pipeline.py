@@ -14,7 +14,6 @@ refused with the command that converts the denoiser only.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -24,7 +23,7 @@ import torch
 from kernelscale.io.checkpoint import read_headers
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
 from kernelscale.integrations.diffusers.denoiser import (
-    DenoiserReport, _load_folder, check_class, check_denoiser, dtype_keyword, supersample_denoiser,
+    DenoiserReport, _load_folder, check_class, check_denoiser, dtype_keyword, read_model_index, supersample_denoiser,
 )
 from kernelscale.plan import LayerRule
 
@@ -80,13 +79,6 @@ def supersample_pipeline(
     return report
 
 
-def _model_index(folder: Path) -> dict[str, Any]:
-    try:
-        return json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InvalidCheckpointError(f"{folder}: not a diffusers pipeline folder (model_index.json: {exc})") from None
-
-
 def _refuse_resized_components(folder: Path, index: dict[str, Any], denoiser: str) -> None:
     """A converted pipeline whose VAE or text encoder was resized too cannot generate: they must
     keep their trained geometry (module docstring). Refused with the command that fits."""
@@ -140,7 +132,7 @@ def load_pipeline(
         raise InvalidOptionError(f"{path}: a pipeline folder carries its own configs; config= is for single files")
     from diffusers import DiffusionPipeline
 
-    index = _model_index(path)
+    index = read_model_index(path)
     names = [n for n in _DENOISER_COMPONENTS if isinstance(index.get(n), list) and index[n][1] is not None]
     if not names:
         raise InvalidCheckpointError(f"{path}: model_index.json names no denoiser ('unet' or 'transformer')")

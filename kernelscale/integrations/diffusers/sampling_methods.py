@@ -44,7 +44,6 @@ from kernelscale.sampling import (
     alpha_bar_at,
     annealed_factor,
     fouriscale_conv,
-    check_alphas_cumprod,
     get_preset,
     guidance_weight,
     layer_dilations,
@@ -53,7 +52,7 @@ from kernelscale.sampling import (
     resolve_settings,
 )
 from kernelscale.sampling.redilation import redilated_conv
-from kernelscale.sampling.schedules import VP_PREDICTION_TYPES
+from kernelscale.sampling.schedules import VP_PREDICTION_TYPES, vp_schedule
 from kernelscale.sampling.upsample_guidance import check_factors, guide
 
 #: Schedulers whose denoiser input is the VP sample x_t (see the module docstring).
@@ -322,8 +321,8 @@ def sampling(pipe: Any, *, upsample_guidance: Union[UpsampleGuidance, Mapping, N
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
     if prediction_type not in VP_PREDICTION_TYPES:
         raise InvalidOptionError(f"{type(pipe).__name__}: prediction_type {prediction_type!r} is not epsilon, v_prediction or sample")
-    alphas_cumprod = check_alphas_cumprod(scheduler.alphas_cumprod)
-    train_steps = alphas_cumprod.numel()
+    schedule = vp_schedule(scheduler.alphas_cumprod)  # validated, its log-SNR table built once per with block
+    train_steps = schedule.alphas_cumprod.numel()
     main, base = _schedules(unet, rd, nd)
     if fs is not None:
         resolve_settings(dict.fromkeys(fs.layers, 1.0), _conv_names(unet))
@@ -349,11 +348,11 @@ def sampling(pipe: Any, *, upsample_guidance: Union[UpsampleGuidance, Mapping, N
             w = guidance_weight(t, w=ug.w, eta=ug.eta, t_max=train_steps)
             if w != 0.0:
                 dtype = _compute_dtype(sample.device)
-                low = low_res_step(sample.to(dtype), alphas_cumprod, t, ug.factors, discrete=ug.discrete)
+                low = low_res_step(sample.to(dtype), schedule, t, ug.factors, discrete=ug.discrete)
                 low_model = ug.model if ug.model is not None else inner
                 tau = low.timestep.to(torch.float32) if not ug.discrete else low.timestep
                 low_pred = _prediction(low_model(low.sample.to(sample.dtype), tau, *args, **kwargs))
-                ab_t = alpha_bar_at(alphas_cumprod, t)
+                ab_t = alpha_bar_at(schedule, t)
                 pred = guide(pred.to(dtype), sample.to(dtype), ab_t, low_pred.to(dtype), low, ug.factors, w, prediction_type).to(pred.dtype)
         if base is not None and pipe.do_classifier_free_guidance:
             step = _step_index(t, train_steps, base.steps)

@@ -15,7 +15,6 @@ dict. A single file does not say which architecture it holds precisely enough to
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -25,7 +24,7 @@ from torch import nn
 
 from kernelscale.io.checkpoint import MANIFEST_KEY, parse_manifest
 from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
-from kernelscale.integrations.diffusers.denoiser import build_and_load, dtype_keyword, read_config
+from kernelscale.integrations.diffusers.denoiser import build_and_load, dtype_keyword, read_config, read_model_index
 from kernelscale.pipeline_layout import CONFIG_KEY, DENOISER_PREFIX, OTHER_PREFIXES, check_class
 
 __all__ = ["DENOISER_PREFIX", "OTHER_PREFIXES", "load_single_file_denoiser", "load_single_file_pipeline"]
@@ -127,7 +126,7 @@ def load_single_file_pipeline(path: Path, config: ConfigSource, *, dtype: Option
                                  "the same architecture (model_index.json, the tokenizers and configs); got "
                                  f"{config!r}. For the denoiser alone: load_denoiser(file, config=...)")
     folder = Path(config)
-    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    index = read_model_index(folder)
     denoiser = load_single_file_denoiser(path, folder)
     if dtype is not None:
         denoiser = denoiser.to(dtype)
