@@ -196,7 +196,7 @@ class WeightNorm:
                 f"rescaled g of that shape keeps w = g·v/‖v‖; {remove_weight_norm_hint(layer, v.name)}")
         v_entry = replace(decision, name=v.name, reason=f"{who}: {decision.reason}",
                           record=replace(decision.record, weight_norm=WeightNormLink(g.name, dim)))
-        norms = "one norm over all of v" if dim is None else f"one norm per index of axis {dim}"
+        norms = norms_text(dim)
         g_entry = replace(decision, name=g.name, dtype=g.dtype, shape=g.shape, action=Action.RENORM,
                           reason=f"{who}: rescaled for the resized {v.name}, g·‖v′‖/‖v‖ ({norms})", new_shape=g.shape,
                           method=None, record=RenormRecord(v.name, dim), partner=v_entry, operator=None)
@@ -332,6 +332,77 @@ def rescale_weight_norm_g(g: TensorLike, squares: torch.Tensor, new_squares: tor
         gain = float(ratio.max()) if ratio.numel() else 1.0
         raise NonFiniteResultError(overflow_message(name, torch.float64, out_dtype or x.dtype, magnitude, gain, largest))
     return like_input(result, g)
+
+# --- executing: the entry points the state-dict API, the stream, nn and verify call --------------
+
+
+def rescaled_g(entry: "TensorPlan", g: TensorLike, v_rows: Iterable[tuple[TensorLike, TensorLike]],
+               out_dtype: Optional[torch.dtype] = None) -> TensorLike:
+    """Execute a ``renorm`` entry (weight norm's g, partner: its v's entry): g' = g·‖v'‖/‖v‖,
+    norms over every axis of v but the record's ``dim``, so that g'·v'/‖v'‖ = c·R·(g·v/‖v‖).
+
+    ``v_rows``: v and the v' stored beside g', as matching ``(v rows, v' rows)`` blocks of
+    leading-axis rows in order (one pair: the whole tensors). Norms are taken of v' as given,
+    rounded values included. The squared norms are summed in float64 block by block (per row for
+    ``dim`` 0: concatenated; otherwise added), so only one block is held at a time and blocks give
+    the same g' as the whole v up to float64 rounding. No block at all (an empty v): g in
+    ``out_dtype``. Computed in float64, rounded once to ``out_dtype`` (default g's dtype); same
+    kind as ``g``. InvalidOptionError for an entry that is not a renorm entry."""
+    if entry.action != Action.RENORM or entry.partner is None or not isinstance(entry.record, RenormRecord):
+        raise InvalidOptionError(f"{entry.name}: rescaled_g executes weight norm's renorm entries, not {str(entry.action)!r} ones")
+    dim, v_name = entry.record.dim, entry.partner.name
+    per_row, old, new = [], None, None
+    for v, v_resized in v_rows:
+        squares, new_squares = weight_norm_squares(v, dim, v_name), weight_norm_squares(v_resized, dim, v_name)
+        if dim == 0:  # one norm per row: the blocks' norms line up
+            per_row.append((squares, new_squares))
+        else:  # every norm spans all rows: the blocks' sums add up
+            old, new = (squares, new_squares) if old is None else (old + squares, new + new_squares)
+    if per_row:
+        old, new = torch.cat([o for o, _ in per_row]), torch.cat([n for _, n in per_row])
+    if old is None:  # an empty v (no channels): no norms to follow
+        x = as_torch(g, entry.name)
+        return like_input(x.to(out_dtype or x.dtype), g)
+    return rescale_weight_norm_g(g, old, new, out_dtype, name=entry.name)
+
+
+def plain_weight(v: torch.Tensor, g: torch.Tensor, link: WeightNormLink, name: str = "weight_v") -> torch.Tensor:
+    """The plain weight a weight-normed layer computes from its stored ``v`` and ``g`` (``link``:
+    g's name and weight norm's ``dim``, as v's record has it): :func:`effective_weight`, in float64."""
+    return effective_weight(v, g, link.dim, name)
+
+
+def g_fits(g_shape: Sequence[int], v_shape: Sequence[int], dim: Optional[int]) -> bool:
+    """Whether a g of shape ``g_shape`` is weight norm's g of a v of shape ``v_shape`` with norm axis
+    ``dim`` (None: one norm over all of v, g a scalar or all ones)."""
+    if dim is None:
+        return all(n == 1 for n in g_shape) and len(g_shape) in (0, len(v_shape))
+    return len(g_shape) == len(v_shape) and all(n == (v_shape[a] if a == dim else 1) for a, n in enumerate(g_shape))
+
+
+def weight_norm_g_name(v: str) -> Optional[str]:
+    """The name weight norm's g has beside ``v`` when ``v`` is weight norm's v (``<layer>.weight_g``
+    for ``<layer>.weight_v``, …original0 for …original1), else None."""
+    parts = weight_norm_parts(v)
+    return parts[2] if parts is not None and parts[1] == v else None
+
+
+def norm_dim(g: str, g_shape: Sequence[int], v: str, v_shape: Sequence[int]) -> Optional[int]:
+    """Weight norm's ``dim`` read from the shapes of its ``g`` and ``v`` (the first that
+    :func:`g_fits`: None, one norm over all of v, before any axis); WeightNormError naming g when its
+    shape fits none."""
+    g_shape, v_shape = tuple(g_shape), tuple(v_shape)
+    for dim in (None, *range(len(v_shape))):
+        if g_fits(g_shape, v_shape, dim):
+            return dim
+    raise WeightNormError(f"{g} is {_shape_text(g_shape)}, which is neither a scalar nor v's size on one axis and 1 on "
+                          f"the others (v {v} is {_shape_text(v_shape)}), so it is no weight norm's g")
+
+
+def norms_text(dim: Optional[int]) -> str:
+    """How weight norm with this ``dim`` norms v, in words."""
+    return "one norm over all of v" if dim is None else f"one norm per index of axis {dim}"
+
 
 # --- modules: which form a live layer uses ------------------------------------------------------
 
