@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from kernelscale.dtypes import RESIZABLE
-from kernelscale.errors import InvalidOptionError, NonFiniteResultError, SpectralNormError, WeightNormError
+from kernelscale.errors import GeometryError, InvalidOptionError, NonFiniteResultError, SpectralNormError, WeightNormError
 from kernelscale.execute import TensorLike, as_torch, like_input, overflow_message
 from kernelscale.manifest import Action, AttentionRecord, GridRecord, RenormRecord, SpectralNormLink, WeightNormLink
 
@@ -436,6 +436,44 @@ def _weight_reparametrized_by(layer: nn.Module, hook_type: type, parametrization
         chain = chains["weight"]
         if len(chain) == 1 and type(chain[0]).__name__ == parametrization:
             return "parametrization"
+    return None
+
+
+def reparametrized_by(layer: nn.Module) -> Optional[str]:
+    """``"weight norm"`` or ``"spectral norm"`` when a live layer's weight is computed by one of
+    them (either of torch's forms: :func:`weight_norm_of`, :func:`spectral_norm_of`), else None."""
+    if weight_norm_of(layer) is not None:
+        return "weight norm"
+    return "spectral norm" if spectral_norm_of(layer) is not None else None
+
+
+def weight_layer(tensor_name: str) -> Optional[str]:
+    """The layer whose weight ``tensor_name`` stands for in the plan (weight norm's v, spectral
+    norm's raw weight), else None (g, the power iteration's vectors and plain tensors)."""
+    spectral = spectral_norm_layer(tensor_name)
+    if spectral is not None:
+        return spectral
+    parts = weight_norm_parts(tensor_name)
+    return parts[0] if parts is not None and parts[1] == tensor_name else None
+
+
+def planned_weight(name: str, layer: nn.Module, tensor_name: str) -> Optional[str]:
+    """``"weight"`` when ``tensor_name`` is the tensor a reparametrized layer's weight is planned as
+    (:func:`weight_layer`) and the live ``layer`` (named ``name``) has that reparametrization on its
+    weight, so the adapter patches it as the layer's weight; None for any other tensor.
+    GeometryError naming both when the layer lacks it."""
+    if spectral_norm_layer(tensor_name) is not None:
+        # The planner lets only geometry-only re-dilation through (the weight is kept, so is σ).
+        if spectral_norm_of(layer) is None:
+            raise GeometryError(f"{tensor_name}: named as spectral norm's raw weight, but {name!r} has no spectral norm "
+                                "on its weight, so kernelscale.nn cannot patch it; exclude it or patch it yourself")
+        return "weight"
+    if weight_layer(tensor_name) is not None:
+        if weight_norm_of(layer) is None:
+            raise GeometryError(f"{tensor_name}: named as weight norm's v, but {name!r} has no weight norm (torch.nn.utils."
+                                "weight_norm or parametrizations.weight_norm alone on its weight), so kernelscale.nn cannot "
+                                "patch it; exclude it or patch it yourself")
+        return "weight"
     return None
 
 
