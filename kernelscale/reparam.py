@@ -19,11 +19,14 @@ planning it maps the decision for that plain weight back to its own tensors (:me
 - spectral norm: geometry-only re-dilation keeps every byte (exact); any other change is refused
   (SpectralNormError), since no stored values make the normalised weight the resized one.
 
-The tensor side maps v and g to the plain weight (:func:`effective_weight`, which verify
-certifies) and a resized v back to its g (:func:`weight_norm_squares`, :func:`rescale_weight_norm_g`,
-which the state-dict API and the stream execute a ``renorm`` entry with). The module side (which
-form a live ``nn.Module`` layer uses, recomputing the hook form's weight) is here too:
-:func:`weight_norm_of`, :func:`spectral_norm_of`, :func:`refresh_weight_norm`.
+Execution is here too, so that the state-dict API, the stream, the nn adapter and verify see plain
+tensors: :func:`rescaled_g` executes a ``renorm`` entry (g' from v and v' handed over block by
+block of rows), :func:`plain_weight` gives verify the plain weight of a stored pair
+(:func:`weight_norm_g_name`, :func:`norm_dim` and :func:`g_fits` find and check the pair from the
+headers). The module side (which form a live ``nn.Module`` layer uses, which live layer a planned v
+or raw weight patches, recomputing the hook form's weight) is here as well:
+:func:`weight_norm_of`, :func:`spectral_norm_of`, :func:`reparametrized_by`, :func:`planned_weight`,
+:func:`refresh_weight_norm`.
 """
 
 from __future__ import annotations
