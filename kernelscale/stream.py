@@ -1,9 +1,9 @@
 """Streaming one planned file from the input to its place in the output (DESIGN §6).
 
 Per tensor either a raw byte copy, a cast, or read → resize (the entry's operator by :mod:`kernelscale.execute`,
-in blocks of rows) → write; a renorm entry (weight norm's g) is executed by
-:func:`kernelscale.reparam.rescaled_g` on its v, read and resized again in the same blocks of
-rows, wherever it sits in the file or in another shard (:func:`_renormed`) → written. A reader thread reads blocks in order and hands them to the
+in blocks of rows) → write; weight norm's g is read, rescaled for its resized v (v read and
+resized again in the same blocks of rows, wherever it sits in the file or in another shard:
+:func:`_renormed`) → written. A reader thread reads blocks in order and hands them to the
 resize workers (:func:`compute_workers`: on CPU one single-threaded worker per usable core, at
 most QUEUE_DEPTH + 1; on CUDA two, each on its own stream); the main thread writes the results in order from a queue of
 depth 2 while the next blocks are read and resized, and writer threads put the bytes on disk
