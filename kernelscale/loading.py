@@ -77,7 +77,8 @@ def load(
     check_choice("padding", padding, PADDINGS)
     files = model_files(path)
     manifest, where = read_headers(files)
-    records = Manifest.from_json(manifest, path).tensors if manifest is not None else {}
+    typed = Manifest.from_json(manifest, path) if manifest is not None else None  # checked once, here
+    records = dict(typed.tensors) if typed is not None else {}
     state = module.state_dict(keep_vars=True)
     if prefix is not None and names is not None:
         raise InvalidOptionError("give prefix= or names=, not both")
@@ -160,8 +161,8 @@ def load(
     if refits:
         raise refit_error(refits, load_recipe(refits, manifest))
     skipped: list[tuple[str, str]] = []
-    if pools and manifest is not None:
-        opts = dict(manifest["options"])
+    if pools and typed is not None:
+        opts = dict(typed.options)
         options = ResizeOptions(scale=opts["scale"], include=tuple(opts.get("include", ())), exclude=tuple(opts.get("exclude", ())),
                                 layers=tuple(opts.get("layers", ())))
         pool_pending, skipped = pool_changes(module, options)
