@@ -402,6 +402,8 @@ FIELD_TYPES: dict[str, tuple[Any, str, bool]] = {
     "pad_extra": (lambda v: isinstance(v, str), "a string or null", True),
     "fallback": (lambda v: isinstance(v, str), "a string or null", True),
     "absorb": (lambda v: isinstance(v, bool), "true, false or null", True),
+    "weight_norm": (lambda v: isinstance(v, dict) and isinstance(v.get("g"), str) and (v.get("dim") is None or _is_int(v["dim"])),
+                    "an object {\"g\": g's name, \"dim\": an axis of v or null}, or null", True),
     "resized_spatial": (lambda v: _nonneg_ints(v) and all(d > 0 for d in v), "a list of positive integers", False),
     "prefilter": (lambda v: _prefilter_ok(v), "an object {method, mode, align, coef, scale, kernel_shape, taps} "
                   "(strings, a coefficient, positive scales, positive kernel sizes)", False),

@@ -19,11 +19,14 @@ planning it maps the decision for that plain weight back to its own tensors (:me
 - spectral norm: geometry-only re-dilation keeps every byte (exact); any other change is refused
   (SpectralNormError), since no stored values make the normalised weight the resized one.
 
-The tensor side maps v and g to the plain weight (:func:`effective_weight`, which verify
-certifies) and a resized v back to its g (:func:`weight_norm_squares`, :func:`rescale_weight_norm_g`,
-which the state-dict API and the stream execute a ``renorm`` entry with). The module side (which
-form a live ``nn.Module`` layer uses, recomputing the hook form's weight) is here too:
-:func:`weight_norm_of`, :func:`spectral_norm_of`, :func:`refresh_weight_norm`.
+Execution is here too, so that the state-dict API, the stream, the nn adapter and verify see plain
+tensors: :func:`rescaled_g` executes a ``renorm`` entry (g' from v and v' handed over block by
+block of rows), :func:`plain_weight` gives verify the plain weight of a stored pair
+(:func:`weight_norm_g_name`, :func:`norm_dim` and :func:`g_fits` find and check the pair from the
+headers). The module side (which form a live ``nn.Module`` layer uses, which live layer a planned v
+or raw weight patches, recomputing the hook form's weight) is here as well:
+:func:`weight_norm_of`, :func:`spectral_norm_of`, :func:`reparametrized_by`, :func:`planned_weight`,
+:func:`refresh_weight_norm`.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import torch
 from torch import nn
 
 from kernelscale.dtypes import RESIZABLE
-from kernelscale.errors import InvalidOptionError, NonFiniteResultError, SpectralNormError, WeightNormError
+from kernelscale.errors import GeometryError, InvalidOptionError, NonFiniteResultError, SpectralNormError, WeightNormError
 from kernelscale.execute import TensorLike, as_torch, like_input, overflow_message
 from kernelscale.manifest import Action, AttentionRecord, GridRecord, RenormRecord, SpectralNormLink, WeightNormLink
 
@@ -196,7 +199,7 @@ class WeightNorm:
                 f"rescaled g of that shape keeps w = g·v/‖v‖; {remove_weight_norm_hint(layer, v.name)}")
         v_entry = replace(decision, name=v.name, reason=f"{who}: {decision.reason}",
                           record=replace(decision.record, weight_norm=WeightNormLink(g.name, dim)))
-        norms = "one norm over all of v" if dim is None else f"one norm per index of axis {dim}"
+        norms = norms_text(dim)
         g_entry = replace(decision, name=g.name, dtype=g.dtype, shape=g.shape, action=Action.RENORM,
                           reason=f"{who}: rescaled for the resized {v.name}, g·‖v′‖/‖v‖ ({norms})", new_shape=g.shape,
                           method=None, record=RenormRecord(v.name, dim), partner=v_entry, operator=None)
@@ -333,6 +336,77 @@ def rescale_weight_norm_g(g: TensorLike, squares: torch.Tensor, new_squares: tor
         raise NonFiniteResultError(overflow_message(name, torch.float64, out_dtype or x.dtype, magnitude, gain, largest))
     return like_input(result, g)
 
+# --- executing: the entry points the state-dict API, the stream, nn and verify call --------------
+
+
+def rescaled_g(entry: "TensorPlan", g: TensorLike, v_rows: Iterable[tuple[TensorLike, TensorLike]],
+               out_dtype: Optional[torch.dtype] = None) -> TensorLike:
+    """Execute a ``renorm`` entry (weight norm's g, partner: its v's entry): g' = g·‖v'‖/‖v‖,
+    norms over every axis of v but the record's ``dim``, so that g'·v'/‖v'‖ = c·R·(g·v/‖v‖).
+
+    ``v_rows``: v and the v' stored beside g', as matching ``(v rows, v' rows)`` blocks of
+    leading-axis rows in order (one pair: the whole tensors). Norms are taken of v' as given,
+    rounded values included. The squared norms are summed in float64 block by block (per row for
+    ``dim`` 0: concatenated; otherwise added), so only one block is held at a time and blocks give
+    the same g' as the whole v up to float64 rounding. No block at all (an empty v): g in
+    ``out_dtype``. Computed in float64, rounded once to ``out_dtype`` (default g's dtype); same
+    kind as ``g``. InvalidOptionError for an entry that is not a renorm entry."""
+    if entry.action != Action.RENORM or entry.partner is None or not isinstance(entry.record, RenormRecord):
+        raise InvalidOptionError(f"{entry.name}: rescaled_g executes weight norm's renorm entries, not {str(entry.action)!r} ones")
+    dim, v_name = entry.record.dim, entry.partner.name
+    per_row, old, new = [], None, None
+    for v, v_resized in v_rows:
+        squares, new_squares = weight_norm_squares(v, dim, v_name), weight_norm_squares(v_resized, dim, v_name)
+        if dim == 0:  # one norm per row: the blocks' norms line up
+            per_row.append((squares, new_squares))
+        else:  # every norm spans all rows: the blocks' sums add up
+            old, new = (squares, new_squares) if old is None else (old + squares, new + new_squares)
+    if per_row:
+        old, new = torch.cat([o for o, _ in per_row]), torch.cat([n for _, n in per_row])
+    if old is None:  # an empty v (no channels): no norms to follow
+        x = as_torch(g, entry.name)
+        return like_input(x.to(out_dtype or x.dtype), g)
+    return rescale_weight_norm_g(g, old, new, out_dtype, name=entry.name)
+
+
+def plain_weight(v: torch.Tensor, g: torch.Tensor, link: WeightNormLink, name: str = "weight_v") -> torch.Tensor:
+    """The plain weight a weight-normed layer computes from its stored ``v`` and ``g`` (``link``:
+    g's name and weight norm's ``dim``, as v's record has it): :func:`effective_weight`, in float64."""
+    return effective_weight(v, g, link.dim, name)
+
+
+def g_fits(g_shape: Sequence[int], v_shape: Sequence[int], dim: Optional[int]) -> bool:
+    """Whether a g of shape ``g_shape`` is weight norm's g of a v of shape ``v_shape`` with norm axis
+    ``dim`` (None: one norm over all of v, g a scalar or all ones)."""
+    if dim is None:
+        return all(n == 1 for n in g_shape) and len(g_shape) in (0, len(v_shape))
+    return len(g_shape) == len(v_shape) and all(n == (v_shape[a] if a == dim else 1) for a, n in enumerate(g_shape))
+
+
+def weight_norm_g_name(v: str) -> Optional[str]:
+    """The name weight norm's g has beside ``v`` when ``v`` is weight norm's v (``<layer>.weight_g``
+    for ``<layer>.weight_v``, …original0 for …original1), else None."""
+    parts = weight_norm_parts(v)
+    return parts[2] if parts is not None and parts[1] == v else None
+
+
+def norm_dim(g: str, g_shape: Sequence[int], v: str, v_shape: Sequence[int]) -> Optional[int]:
+    """Weight norm's ``dim`` read from the shapes of its ``g`` and ``v`` (the first that
+    :func:`g_fits`: None, one norm over all of v, before any axis); WeightNormError naming g when its
+    shape fits none."""
+    g_shape, v_shape = tuple(g_shape), tuple(v_shape)
+    for dim in (None, *range(len(v_shape))):
+        if g_fits(g_shape, v_shape, dim):
+            return dim
+    raise WeightNormError(f"{g} is {_shape_text(g_shape)}, which is neither a scalar nor v's size on one axis and 1 on "
+                          f"the others (v {v} is {_shape_text(v_shape)}), so it is no weight norm's g")
+
+
+def norms_text(dim: Optional[int]) -> str:
+    """How weight norm with this ``dim`` norms v, in words."""
+    return "one norm over all of v" if dim is None else f"one norm per index of axis {dim}"
+
+
 # --- modules: which form a live layer uses ------------------------------------------------------
 
 
@@ -365,6 +439,44 @@ def _weight_reparametrized_by(layer: nn.Module, hook_type: type, parametrization
         chain = chains["weight"]
         if len(chain) == 1 and type(chain[0]).__name__ == parametrization:
             return "parametrization"
+    return None
+
+
+def reparametrized_by(layer: nn.Module) -> Optional[str]:
+    """``"weight norm"`` or ``"spectral norm"`` when a live layer's weight is computed by one of
+    them (either of torch's forms: :func:`weight_norm_of`, :func:`spectral_norm_of`), else None."""
+    if weight_norm_of(layer) is not None:
+        return "weight norm"
+    return "spectral norm" if spectral_norm_of(layer) is not None else None
+
+
+def weight_layer(tensor_name: str) -> Optional[str]:
+    """The layer whose weight ``tensor_name`` stands for in the plan (weight norm's v, spectral
+    norm's raw weight), else None (g, the power iteration's vectors and plain tensors)."""
+    spectral = spectral_norm_layer(tensor_name)
+    if spectral is not None:
+        return spectral
+    parts = weight_norm_parts(tensor_name)
+    return parts[0] if parts is not None and parts[1] == tensor_name else None
+
+
+def planned_weight(name: str, layer: nn.Module, tensor_name: str) -> Optional[str]:
+    """``"weight"`` when ``tensor_name`` is the tensor a reparametrized layer's weight is planned as
+    (:func:`weight_layer`) and the live ``layer`` (named ``name``) has that reparametrization on its
+    weight, so the adapter patches it as the layer's weight; None for any other tensor.
+    GeometryError naming both when the layer lacks it."""
+    if spectral_norm_layer(tensor_name) is not None:
+        # The planner lets only geometry-only re-dilation through (the weight is kept, so is σ).
+        if spectral_norm_of(layer) is None:
+            raise GeometryError(f"{tensor_name}: named as spectral norm's raw weight, but {name!r} has no spectral norm "
+                                "on its weight, so kernelscale.nn cannot patch it; exclude it or patch it yourself")
+        return "weight"
+    if weight_layer(tensor_name) is not None:
+        if weight_norm_of(layer) is None:
+            raise GeometryError(f"{tensor_name}: named as weight norm's v, but {name!r} has no weight norm (torch.nn.utils."
+                                "weight_norm or parametrizations.weight_norm alone on its weight), so kernelscale.nn cannot "
+                                "patch it; exclude it or patch it yourself")
+        return "weight"
     return None
 
 

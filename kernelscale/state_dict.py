@@ -17,7 +17,7 @@ from kernelscale.errors import InvalidOptionError, UnsupportedTensorError
 from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, plan_tensors, resize_options
 from kernelscale.execute import TensorLike, execute
 from kernelscale.manifest import Action
-from kernelscale.reparam import rescale_weight_norm_g, weight_norm_squares
+from kernelscale.reparam import rescaled_g
 
 
 def is_tensor(value: Any) -> bool:
@@ -160,23 +160,16 @@ def apply_renorm(
     out_dtype: Optional[torch.dtype] = None,
     backend: Optional[str] = None,
 ) -> TensorLike:
-    """Execute a ``"renorm"`` entry: weight norm's g for its resized v, g' = g·‖v'‖/‖v‖ (norms over
-    every axis of v but the record's ``dim``), so that g'·v'/‖v'‖ equals the resized effective
-    weight c·R·(g·v/‖v‖) up to rounding.
-
-    ``v`` is the original v; ``v_resized`` the v' that is stored beside g' (default: v resized by
-    ``entry.partner``, in v's dtype). Norms are taken of v' as given, rounded values included, so
-    the effective weight carries no error of its own beyond v' and g' rounding. Computed in float64
-    and rounded once to ``out_dtype`` (default g's dtype); same kind as ``g``.
+    """Execute a ``"renorm"`` entry (weight norm's g) in memory: :func:`kernelscale.reparam.rescaled_g`
+    on the whole ``v`` (the original v) and ``v_resized``, the v' stored beside g' (default: v
+    resized by ``entry.partner``, in v's dtype). Rounded once to ``out_dtype`` (default g's dtype);
+    same kind as ``g``.
     """
-    if entry.action != "renorm" or entry.partner is None:
+    if entry.action != Action.RENORM or entry.partner is None:
         raise InvalidOptionError(f"{entry.name}: apply_renorm executes weight norm's renorm entries, not {entry.action!r} ones")
-    dim = entry.record.dim
     if v_resized is None:
         v_resized = apply_entry(entry.partner, v, backend=backend)
-    v_name = entry.partner.name
-    return rescale_weight_norm_g(g, weight_norm_squares(v, dim, v_name), weight_norm_squares(v_resized, dim, v_name), out_dtype,
-                                 name=entry.name)
+    return rescaled_g(entry, g, [(v, v_resized)], out_dtype)
 
 
 def resize_state_dict(
@@ -206,11 +199,11 @@ def resize_state_dict(
     missing = [name for name in entries if name not in state_dict]
     if missing:
         raise InvalidOptionError(f"the plan names {missing[0]!r}, which the state dict does not hold")
-    out = {name: value if name not in entries or entries[name].action == "renorm" else apply_entry(entries[name], value, backend=backend)
+    out = {name: value if name not in entries or entries[name].action == Action.RENORM else apply_entry(entries[name], value, backend=backend)
            for name, value in state_dict.items()}
-    for entry in plan:  # weight norm's g, from its v and the v' just computed
-        if entry.action == "renorm":
+    for entry in plan:  # renorm entries (weight norm's g), from their v and the v' just computed
+        if entry.action == Action.RENORM:
             v = entry.partner.name
-            v_resized = out[v] if v in entries and entries[v].action == "resize" else None
+            v_resized = out[v] if v in entries and entries[v].action == Action.RESIZE else None
             out[entry.name] = apply_renorm(entry, state_dict[entry.name], state_dict[v], v_resized, backend=backend)
     return out, plan.manifest()

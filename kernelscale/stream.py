@@ -43,7 +43,7 @@ from kernelscale.io.sink import DirectFileSink, Reservation
 from kernelscale.io.safetensors_io import PathLike, SafetensorsReader, TensorInfo, encode_header, torch_dtype
 from kernelscale.manifest import FORMAT_VERSION, Action
 from kernelscale.plan import TensorPlan
-from kernelscale.reparam import rescale_weight_norm_g, weight_norm_squares
+from kernelscale.reparam import rescaled_g
 
 
 SLOW_WRITE_ENV = "KERNELSCALE_TEST_SLOW_WRITE"
@@ -152,32 +152,23 @@ def _cast_into(views: Sequence[np.ndarray], x: torch.Tensor, dst_dtype: torch.dt
 
 def _renorm(reader: SafetensorsReader, info: TensorInfo, entry: TensorPlan, out_dtype: str, source: WeightNormSource,
             device: torch.device) -> memoryview:
-    """g' = g·‖v'‖/‖v‖, v read from its file (``reader``'s, or another shard's) and resized again
-    in the same blocks of rows as when it is written, hence to the same v' bit for bit: the norms
-    are those of the stored v'. Squared norms add up block by block in float64 (concatenated per
-    row for dim 0), so memory stays at one block of v and its v' (about COMPUTE_BYTES of output,
-    as for any resized tensor) whatever v's size."""
-    dim = entry.record.dim
+    """The renorm entry executed by :func:`kernelscale.reparam.rescaled_g` on v read from its file
+    (``reader``'s, or another shard's) and resized again in the same blocks of rows as when it is
+    written, by the same operator and rounding, so the norms are those of the stored v' (to the
+    float32 summation order of BLAS, which may change where an output block boundary splits a
+    block). The blocks are handed over one at a time, so memory stays at one block of v and its v'
+    (about COMPUTE_BYTES of output, as for any resized tensor) whatever v's size."""
     g = reader.read_tensor(info.name)
     v_reader = reader if os.path.abspath(source.path) == os.path.abspath(reader.path) else SafetensorsReader(source.path)
     try:
         if v_reader.tensors.get(source.info.name) != source.info:
             raise InvalidCheckpointError(f"{source.path}: the file changed since it was planned")
         v_dtype = torch_dtype(source.out_dtype)
-        old, new = [], []
-        for x in _row_blocks(v_reader, source.info, entry.partner, device):
-            old.append(weight_norm_squares(x, dim))
-            new.append(weight_norm_squares(_resize_rows(entry.partner, x, v_dtype, device), dim))
+        rows = ((x, _resize_rows(entry.partner, x, v_dtype, device)) for x in _row_blocks(v_reader, source.info, entry.partner, device))
+        return _as_bytes(rescaled_g(entry, g, rows, torch_dtype(out_dtype)))
     finally:
         if v_reader is not reader:
             v_reader.close()
-    if not old:  # an empty v (no channels): no norms to follow
-        return _as_bytes(g.to(torch_dtype(out_dtype)))
-    if dim == 0:
-        squares, new_squares = torch.cat(old), torch.cat(new)
-    else:
-        squares, new_squares = sum(old[1:], old[0]), sum(new[1:], new[0])
-    return _as_bytes(rescale_weight_norm_g(g, squares, new_squares, torch_dtype(out_dtype), name=info.name))
 
 
 def _renorm_into(views: Sequence[np.ndarray], reader: SafetensorsReader, info: TensorInfo, entry: TensorPlan, out_dtype: str,

@@ -36,16 +36,16 @@ import math
 import os
 import posixpath
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
+from kernelscale.errors import InvalidCheckpointError, InvalidOptionError, WeightNormError
 from kernelscale.geometry import window_shift
-from kernelscale.manifest import ConvRecord, FactoredRecord, GridRecord, Record, as_record, record_from_json
-from kernelscale.reparam import effective_weight
+from kernelscale.manifest import (AttentionRecord, ConvRecord, FactoredRecord, GridRecord, Manifest, Record, RenormRecord,
+                                  WeightNormLink, as_record)
+from kernelscale.reparam import g_fits, norm_dim, norms_text, plain_weight, weight_norm_g_name
 
 DEFAULT_BAND = 0.25
 DEFAULT_PROBES = 4
@@ -342,11 +342,10 @@ def _dc_ratio(inner: float, reference: float) -> Optional[float]:
 
 @dataclass(frozen=True)
 class WeightNorm:
-    """Weight norm's g of a v being certified: its name, ``dim`` (None: one norm over all of v),
-    and its ORIG and CONVERTED values."""
+    """Weight norm's g of a v being certified: ``link`` (g's name and weight norm's ``dim``, as v's
+    record names them) and g's ORIG and CONVERTED values."""
 
-    name: str
-    dim: Optional[int]
+    link: WeightNormLink
     original: torch.Tensor
     converted: torch.Tensor
 
@@ -362,15 +361,16 @@ def certify_record(
 ) -> LayerCertificate:
     """Certificate of one changed tensor from its manifest record (DESIGN §5).
 
-    ``weight_norm``: when ``name`` is weight norm's v, its g; the layer is then measured on its
-    effective weight g·v/‖v‖ on both sides (float64), and the non-finite counts are of v and g."""
+    ``weight_norm``: when ``name`` is weight norm's v, its g; the layer is then measured on the
+    plain weight :func:`kernelscale.reparam.plain_weight` gives on both sides (float64), and the
+    non-finite counts are of v and g."""
     if weight_norm is not None:
         counts = {"nonfinite": _count_nonfinite(converted, weight_norm.converted),
                   "nonfinite_original": _count_nonfinite(original, weight_norm.original)}
-        original = effective_weight(original, weight_norm.original, weight_norm.dim, name)
-        converted = effective_weight(converted, weight_norm.converted, weight_norm.dim, name)
+        original = plain_weight(original, weight_norm.original, weight_norm.link, name)
+        converted = plain_weight(converted, weight_norm.converted, weight_norm.link, name)
         cert = certify_record(name, original, converted, record, **options)
-        return replace(cert, weight_norm_g=weight_norm.name, **counts)
+        return replace(cert, weight_norm_g=weight_norm.link.g, **counts)
     record = as_record(record, name)
     if isinstance(record, FactoredRecord):
         converted, record = materialise_factored(name, converted, record)
@@ -533,11 +533,11 @@ class _Job:
     """One recorded tensor to certify: where it is on each side, and its record."""
 
     name: str
-    record: Record  # read from the manifest once its shapes are checked (_check_shapes)
+    record: Record
     original: str  # path of the ORIG file holding it
     converted: str  # path of the CONVERTED file holding it
     rel: str  # the converted file, relative to CONVERTED
-    g: Optional[tuple[str, Optional[int], str, str]] = None  # weight norm's g: name, dim, ORIG and CONVERTED file
+    g: Optional[tuple[WeightNormLink, str, str]] = None  # weight norm's g (its link), ORIG and CONVERTED file
 
 
 def _shown(arg: Any, scan: Any, rel: str) -> str:
@@ -588,14 +588,7 @@ def _dims(values: Sequence[Any]) -> str:
     return "×".join(str(v) for v in values) or "scalar"
 
 
-def _ints(record: Mapping[str, Any], key: str, name: str, where: str) -> tuple[int, ...]:
-    value = record.get(key)
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
-        raise InvalidCheckpointError(f"{where}: manifest record of {name!r}: {key} must be a list of positive integers, got {value!r}")
-    return tuple(value)
-
-
-def _check_shapes(name: str, record: Mapping[str, Any], old: tuple[int, ...], new: tuple[int, ...],
+def _check_shapes(name: str, record: Union[ConvRecord, GridRecord, FactoredRecord], old: tuple[int, ...], new: tuple[int, ...],
                   orig_file: str, conv_file: str) -> None:
     """Refuse a recorded tensor whose ORIG or CONVERTED shape is not the one its record describes.
 
@@ -606,10 +599,9 @@ def _check_shapes(name: str, record: Mapping[str, Any], old: tuple[int, ...], ne
 
     hint_orig = "(is ORIG the checkpoint that was converted?)"
     hint_conv = "(was it changed after it was converted?)"
-    old_spatial = _ints(record, "old_spatial", name, conv_file)
-    new_spatial = _ints(record, "new_spatial", name, conv_file)
-    if record["kind"] == "grid":
-        grid = _ints(record, "grid", name, conv_file)
+    old_spatial, new_spatial = record.old_spatial, record.new_spatial  # positive integers (check_record)
+    if isinstance(record, GridRecord):
+        grid = record.grid
         if len(grid) != 3 or len(new_spatial) != 2:
             raise InvalidCheckpointError(f"{conv_file}: manifest record of {name!r}: a grid record needs grid [C, H, W] "
                                          f"and new_spatial [H', W'], got {list(grid)!r} and {list(new_spatial)!r}")
@@ -638,54 +630,42 @@ def _check_shapes(name: str, record: Mapping[str, Any], old: tuple[int, ...], ne
                                  f"the channel axes differ {hint_orig}")
 
 
-def _g_fits(g: tuple[int, ...], v: tuple[int, ...], dim: Optional[int]) -> bool:
-    """Whether a g of shape ``g`` is weight norm's g of a v of shape ``v`` with norm axis ``dim``."""
-    if dim is None:
-        return all(n == 1 for n in g) and len(g) in (0, len(v))
-    return len(g) == len(v) and all(n == (v[a] if a == dim else 1) for a, n in enumerate(g))
-
-
-def _weight_norm_job(name: str, record: Mapping[str, Any], v_old: tuple[int, ...], o_tensors: Mapping[str, Any],
+def _weight_norm_job(name: str, record: Record, v_old: tuple[int, ...], o_tensors: Mapping[str, Any],
                      c_tensors: Mapping[str, Any], orig_file: str, conv_file: str, shown: Callable[[Any, str], str]
-                     ) -> Optional[tuple[str, Optional[int], str, str]]:
-    """Weight norm's g of the recorded tensor ``name``, checked from the headers: ``(g, dim, ORIG
+                     ) -> Optional[tuple[WeightNormLink, str, str]]:
+    """Weight norm's g of the recorded tensor ``name``, checked from the headers: ``(link, ORIG
     file, CONVERTED file)``, or None when ``name`` is no weight-normed v.
 
     Resized pairs name g in v's record (``weight_norm: {g, dim}``); geometry-only ones (v and g kept)
-    do not, and g is then found by name (``<layer>.weight_g`` for ``<layer>.weight_v``, …original0
-    for …original1) when ORIG holds it, with dim read from its shape. ORIG's g must fit v and dim,
-    CONVERTED's g must have ORIG's shape (weight norm's g never changes shape)."""
+    do not, and g is then found by name (:func:`kernelscale.reparam.weight_norm_g_name`) when ORIG
+    holds it, with dim read from its shape (:func:`kernelscale.reparam.norm_dim`). ORIG's g must fit v
+    and dim (:func:`kernelscale.reparam.g_fits`), CONVERTED's g must have ORIG's shape (weight norm's
+    g never changes shape)."""
     from kernelscale.plan import shape_text
-    from kernelscale.reparam import weight_norm_parts
 
-    recorded = record.get("weight_norm")
-    if recorded is not None:
-        g, dim = (recorded.get("g"), recorded.get("dim")) if isinstance(recorded, Mapping) else (None, None)
-        valid_dim = dim is None or (isinstance(dim, int) and not isinstance(dim, bool) and 0 <= dim < len(v_old))
-        if not isinstance(recorded, Mapping) or not isinstance(g, str) or not valid_dim:
+    link = getattr(record, "weight_norm", None)
+    if link is not None:
+        if link.dim is not None and not 0 <= link.dim < len(v_old):
             raise InvalidCheckpointError(f"{conv_file}: manifest record of {name!r}: weight_norm must be {{\"g\": g's name, "
-                                         f"\"dim\": an axis of v or null}}, got {recorded!r}")
-        if g not in o_tensors:
-            raise InvalidOptionError(f"{orig_file}: has no tensor {g!r}, which the manifest of {conv_file} records as weight "
+                                         f"\"dim\": an axis of v or null}}, got {link.to_json()!r}")
+        if link.g not in o_tensors:
+            raise InvalidOptionError(f"{orig_file}: has no tensor {link.g!r}, which the manifest of {conv_file} records as weight "
                                      f"norm's g of {name} (is ORIG the checkpoint that was converted?)")
     else:
-        parts = weight_norm_parts(name)
-        if parts is None or parts[1] != name or parts[2] not in o_tensors:
+        g = weight_norm_g_name(name)
+        if g is None or g not in o_tensors:
             return None
-        g = parts[2]
-        g_old = tuple(o_tensors[g][1].shape)
-        dim = next((d for d in [None, *range(len(v_old))] if _g_fits(g_old, v_old, d)), -1)
-        if dim == -1:
-            raise InvalidOptionError(f"{shown(o_tensors[g][0], 'ORIG')}: ORIG {g} is {shape_text(g_old)}, which is neither "
-                                     f"a scalar nor v's size on one axis and 1 on the others (v {name} is "
-                                     f"{shape_text(v_old)}), so it is no weight norm's g")
+        try:
+            link = WeightNormLink(g, norm_dim(g, tuple(o_tensors[g][1].shape), name, v_old))
+        except WeightNormError as exc:
+            raise InvalidOptionError(f"{shown(o_tensors[g][0], 'ORIG')}: ORIG {exc}") from None
+    g = link.g
     o_src, o_info = o_tensors[g]
     g_orig_file = shown(o_src, "ORIG")
     g_old = tuple(o_info.shape)
-    if not _g_fits(g_old, v_old, dim):
-        axis = "one norm over all of v" if dim is None else f"one norm per index of axis {dim}"
+    if not g_fits(g_old, v_old, link.dim):
         raise InvalidOptionError(f"{g_orig_file}: ORIG {g} is {shape_text(g_old)}, but the manifest of {conv_file} records it "
-                                 f"as weight norm's g of {name} ({shape_text(v_old)}) with {axis} "
+                                 f"as weight norm's g of {name} ({shape_text(v_old)}) with {norms_text(link.dim)} "
                                  "(is ORIG the checkpoint that was converted?)")
     if g not in c_tensors:
         raise InvalidCheckpointError(f"{conv_file}: the manifest records {g!r} as weight norm's g of {name}, but the "
@@ -695,13 +675,13 @@ def _weight_norm_job(name: str, record: Mapping[str, Any], v_old: tuple[int, ...
     if tuple(c_info.shape) != g_old:
         raise InvalidOptionError(f"{g_conv_file}: CONVERTED {g} is {shape_text(tuple(c_info.shape))} but ORIG's is "
                                  f"{shape_text(g_old)}: weight norm's g keeps its shape (was it changed after it was converted?)")
-    return g, dim, o_src.path, c_src.path
+    return link, o_src.path, c_src.path
 
 
 def _plan_jobs(original: Any, converted: Any) -> tuple[list[_Job], list[tuple[str, str, str]]]:
     """Every recorded tensor to certify, checked from the headers alone, and each converted file
     as (rel, ORIG file(s), CONVERTED file), in CONVERTED's order."""
-    from kernelscale.io.checkpoint import MANIFEST_KEY, parse_manifest
+    from kernelscale.io.checkpoint import MANIFEST_KEY, load_manifest_json
     from kernelscale.io.discovery import scan_checkpoint
 
     c_scan = scan_checkpoint(converted)
@@ -735,10 +715,10 @@ def _plan_jobs(original: Any, converted: Any) -> tuple[list[_Job], list[tuple[st
             if text is None:
                 raise InvalidOptionError(f"{conv_file}: no kernelscale manifest, though other files of "
                                          f"{os.fspath(converted)} have one; is it a converted file?")
-            manifest = parse_manifest(text, Path(conv_file))
+            manifest = Manifest.from_json(load_manifest_json(text, conv_file), conv_file)  # typed here, read typed below
             c_tensors = {t.name: t for t in src.tensors}
-            for name, record in manifest["tensors"].items():
-                if record["kind"] in ("attention", "weight_norm"):  # values rescaled, shape kept: nothing to certify (a g's v is)
+            for name, record in manifest.tensors.items():
+                if isinstance(record, (AttentionRecord, RenormRecord)):  # values rescaled, shape kept: nothing to certify (a g's v is)
                     continue
                 if name not in c_tensors:
                     raise InvalidCheckpointError(f"{conv_file}: the manifest records {name!r}, which the file does not hold")
@@ -749,7 +729,7 @@ def _plan_jobs(original: Any, converted: Any) -> tuple[list[_Job], list[tuple[st
                 orig_file = _shown(original, o_scan, o_src.rel)
                 _check_shapes(name, record, tuple(o_info.shape), tuple(c_tensors[name].shape), orig_file, conv_file)
                 g = _weight_norm_job(name, record, tuple(o_info.shape), o_tensors, c_unit_tensors, orig_file, conv_file, shown)
-                jobs.append(_Job(name, record_from_json(record), o_src.path, src.path, rel, g))
+                jobs.append(_Job(name, record, o_src.path, src.path, rel, g))
     return jobs, files
 
 
@@ -799,13 +779,13 @@ def verify_checkpoints(
         for job in jobs:
             weight_norm = None
             if job.g is not None:
-                g, dim, g_orig, g_conv = job.g
-                weight_norm = WeightNorm(g, dim, read(g_orig, g), read(g_conv, g))
+                link, g_orig, g_conv = job.g
+                weight_norm = WeightNorm(link, read(g_orig, link.g), read(g_conv, link.g))
             original_t, converted_t = read(job.original, job.name), read(job.converted, job.name)
             if original_t.numel() == 0 or converted_t.numel() == 0:
                 # a layer with no weights (a zero-size axis; the others may be huge): nothing to measure,
                 # and the responses would be arrays over those other axes
-                cert = LayerCertificate(job.name, job.record.get("method") or "", tuple(original_t.shape),
+                cert = LayerCertificate(job.name, getattr(job.record, "method", None) or "", tuple(original_t.shape),
                                         tuple(converted_t.shape), 0.0, 0.0, None)
             else:
                 cert = certify_record(job.name, original_t, converted_t, job.record, weight_norm=weight_norm, band=band,

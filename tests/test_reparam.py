@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from kernelscale.errors import SpectralNormError, WeightNormError
+from kernelscale.errors import InvalidOptionError, SpectralNormError, WeightNormError
 from kernelscale.manifest import Action, RenormRecord, SpectralNormLink, WeightNormLink
 from kernelscale.plan import AttentionRule, ResizeOptions, TensorPlan, TensorSpec, plan_tensors
 from kernelscale.reparam import (
@@ -144,3 +144,123 @@ def test_v_and_g_to_the_plain_weight_and_back(dim, g_shape):
     g_new = rescale_weight_norm_g(g, weight_norm_squares(v, dim), weight_norm_squares(v_new, dim))
     assert g_new.shape == g.shape
     assert torch.allclose(effective_weight(v_new, g_new, dim), resize_kernel(w, 2, mode="cubic"), rtol=0, atol=1e-12)
+
+
+# --- execution: g' from v' block by block, the plain weight for verify, the live layer's weight ----
+
+
+def _weight_normed(api: str, dim, layer=None):
+    import warnings
+
+    torch.manual_seed(3)
+    layer = layer if layer is not None else nn.Conv2d(3, 6, (3, 5), padding=(1, 2)).double()
+    if api == "hook":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            layer = nn.utils.weight_norm(layer, dim=dim)
+    else:
+        layer = nn.utils.parametrizations.weight_norm(layer, dim=dim)
+    with torch.no_grad():  # g ≠ ‖v‖, as after training
+        for name, p in layer.named_parameters():
+            if name.endswith(("weight_g", "original0")):
+                p.mul_(torch.rand(p.shape, dtype=p.dtype) + 0.5)
+        layer(torch.zeros(1, 3, 5, 5, dtype=torch.float64))  # torch's own hook recomputes the hook form's weight
+    return layer
+
+
+def _renorm_entries(state):
+    from kernelscale.state_dict import plan_state_dict
+
+    plan = plan_state_dict(state, scale=2)
+    g_entry = next(e for e in plan if e.action == Action.RENORM)
+    return g_entry, g_entry.partner
+
+
+EPS64 = 2.0 ** -53
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4])
+@pytest.mark.parametrize("api, dim", [("hook", 0), ("hook", 1), ("hook", None), ("parametrization", 0), ("parametrization", 1)])
+def test_rescaled_g_from_blocks_of_rows_is_g_from_the_whole_v(api, dim, rows):
+    """g' from v and v' handed over in blocks of ``rows`` rows equals g' from the whole tensors:
+    the squared norms are float64 sums of at most numel(v') squares, reordered across blocks, so
+    they agree to numel·ε relative (a square root halves it, the product with g adds an ulp)."""
+    from kernelscale.reparam import rescaled_g
+    from kernelscale.state_dict import apply_entry
+
+    state = {k: t.detach().clone() for k, t in _weight_normed(api, dim).state_dict().items()}
+    g_entry, v_entry = _renorm_entries(state)
+    v, g = state[v_entry.name], state[g_entry.name]
+    v_new = apply_entry(v_entry, v)
+    whole = rescaled_g(g_entry, g, [(v, v_new)])
+    blocks = rescaled_g(g_entry, g, ((v[i:i + rows], v_new[i:i + rows]) for i in range(0, v.shape[0], rows)))
+    assert blocks.shape == whole.shape == g.shape and blocks.dtype == g.dtype
+    torch.testing.assert_close(blocks, whole, rtol=(v.numel() + v_new.numel() + 4) * EPS64, atol=0)
+    assert not torch.equal(whole, g)  # the resize changed the norms: g' is not g
+
+
+@pytest.mark.parametrize("api, dim", [("hook", 0), ("hook", 1), ("hook", None), ("parametrization", 0), ("parametrization", 1)])
+def test_plain_weight_is_torchs_weight_norm_and_follows_the_resize(api, dim):
+    """plain_weight(v, g) is the weight torch's weight norm computes (both forms; float64: equal to
+    the rounding of a norm over n squares, (n + 4)·ε relative), and after a resize the plain weight
+    of (v', g') is c·R applied to the old plain weight (float64 algebra, 1e-12 of the largest tap as
+    in tests/test_weight_norm.py)."""
+    from kernelscale.reparam import norm_dim, plain_weight, rescaled_g
+    from kernelscale.resize import resize_kernel
+    from kernelscale.state_dict import apply_entry
+
+    layer = _weight_normed(api, dim)
+    state = {k: t.detach().clone() for k, t in layer.state_dict().items()}
+    g_entry, v_entry = _renorm_entries(state)
+    v, g = state[v_entry.name], state[g_entry.name]
+    link = v_entry.record.weight_norm
+    assert link == WeightNormLink(g_entry.name, dim) and norm_dim(link.g, g.shape, v_entry.name, v.shape) == dim
+    w = plain_weight(v, g, link)
+    n = v.numel() // (v.shape[dim] if dim is not None else 1)
+    torch.testing.assert_close(w, layer.weight.detach(), rtol=(n + 4) * EPS64, atol=0)
+    v_new = apply_entry(v_entry, v)
+    w_new = plain_weight(v_new, rescaled_g(g_entry, g, [(v, v_new)]), link)
+    expected = resize_kernel(w, 2)
+    torch.testing.assert_close(w_new, expected, rtol=0, atol=1e-12 * expected.abs().max().item())
+
+
+def test_rescaled_g_refuses_other_entries_and_keeps_g_of_an_empty_v():
+    from kernelscale.reparam import rescaled_g
+
+    state = {k: t.detach().clone() for k, t in _weight_normed("hook", 0).state_dict().items()}
+    g_entry, v_entry = _renorm_entries(state)
+    with pytest.raises(InvalidOptionError, match=r"^weight_v: rescaled_g executes weight norm's renorm entries, not 'resize' ones"):
+        rescaled_g(v_entry, state["weight_v"], [])
+    kept = rescaled_g(g_entry, state["weight_g"], [], out_dtype=torch.float16)  # no rows of v: nothing to follow
+    assert kept.dtype == torch.float16 and torch.equal(kept, state["weight_g"].half())
+
+
+def test_g_found_by_name_and_its_dim_by_shape():
+    from kernelscale.reparam import g_fits, norm_dim, weight_norm_g_name
+
+    assert weight_norm_g_name("a.weight_v") == "a.weight_g"
+    assert weight_norm_g_name("a.parametrizations.weight.original1") == "a.parametrizations.weight.original0"
+    assert weight_norm_g_name("a.weight_g") is None and weight_norm_g_name("a.weight") is None
+    assert g_fits((4, 1, 1), (4, 2, 3), 0) and g_fits((1, 2, 1), (4, 2, 3), 1) and g_fits((), (4, 2, 3), None)
+    assert not g_fits((4, 1, 1), (4, 2, 3), 1) and not g_fits((4,), (4, 2, 3), 0)
+    assert norm_dim("g", (1, 1, 1), "v", (1, 2, 3)) is None  # size 1 on the axis: dim 0 and None are the same norm
+    with pytest.raises(WeightNormError, match=r"^g is 4×2×1, which is neither a scalar nor v's size on one axis .*v v is 4×2×3"):
+        norm_dim("g", (4, 2, 1), "v", (4, 2, 3))
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm.* is deprecated:FutureWarning")
+def test_which_live_layer_a_planned_weight_patches():
+    from kernelscale.errors import GeometryError
+    from kernelscale.reparam import planned_weight, reparametrized_by, weight_layer
+
+    hook, param = nn.utils.weight_norm(nn.Conv2d(2, 4, 3)), nn.utils.parametrizations.weight_norm(nn.Conv2d(2, 4, 3))
+    spectral, plain = nn.utils.spectral_norm(nn.Conv2d(2, 4, 3)), nn.Conv2d(2, 4, 3)
+    assert [reparametrized_by(m) for m in (hook, param, spectral, plain)] == ["weight norm", "weight norm", "spectral norm", None]
+    assert [weight_layer(n) for n in ("c.weight_v", "c.parametrizations.weight.original1", "c.weight_orig", "c.weight_g",
+                                      "c.weight_u", "c.weight")] == ["c", "c", "c", None, None, None]
+    assert planned_weight("c", hook, "c.weight_v") == planned_weight("c", param, "c.parametrizations.weight.original1") == "weight"
+    assert planned_weight("c", spectral, "c.weight_orig") == "weight" and planned_weight("c", plain, "c.weight") is None
+    with pytest.raises(GeometryError, match=r"^c\.weight_v: named as weight norm's v, but 'c' has no weight norm"):
+        planned_weight("c", plain, "c.weight_v")
+    with pytest.raises(GeometryError, match=r"^c\.weight_orig: named as spectral norm's raw weight, but 'c' has no spectral norm"):
+        planned_weight("c", hook, "c.weight_orig")

@@ -339,6 +339,7 @@ def test_weight_norm_g_in_another_shard_than_v(tmp_path):
                "with one norm per index of axis 0 (is ORIG the checkpoint that was converted?)"),
     ("drop_g", "the manifest records '0.weight_g' as weight norm's g of 0.weight_v, but the converted checkpoint does not"),
     ("bad_dim", "manifest record of '0.weight_v': weight_norm must be"),
+    ("bad_link", "manifest record of '0.weight_v': weight_norm must be an object"),
 ])
 def test_weight_norm_g_is_checked_against_orig(tmp_path, edit, needle):
     from safetensors import safe_open
@@ -359,8 +360,10 @@ def test_weight_norm_g_is_checked_against_orig(tmp_path, edit, needle):
         with safe_open(str(conv), "pt") as f:
             metadata, sd = f.metadata(), {k: f.get_tensor(k) for k in f.keys() if k != "0.weight_g"}
         conv = _save(sd, tmp_path / "no_g.safetensors", metadata)
-    else:
+    elif edit == "bad_dim":
         conv = _rewrite(conv, tmp_path / "dim.safetensors", manifest={"0.weight_v": {"weight_norm": {"g": "0.weight_g", "dim": 5}}})
+    else:  # refused where the manifest enters (kernelscale.manifest.check_record), before any record is read
+        conv = _rewrite(conv, tmp_path / "link.safetensors", manifest={"0.weight_v": {"weight_norm": "0.weight_g"}})
     with pytest.raises(KernelscaleError) as info:
         verify_checkpoints(src, conv)
     assert needle.format(conv=conv) in str(info.value)
