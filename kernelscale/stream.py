@@ -39,6 +39,7 @@ from kernelscale.errors import InvalidCheckpointError
 from kernelscale.execute import apply, check_result, execute, overflow_check
 from kernelscale.io.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
 from kernelscale.io.output import OutputError, fsync_path
+from kernelscale.io.prefetch import advise_willneed
 from kernelscale.io.sink import DirectFileSink, Reservation
 from kernelscale.io.safetensors_io import PathLike, SafetensorsReader, TensorInfo, encode_header, torch_dtype
 from kernelscale.manifest import FORMAT_VERSION, Action
@@ -244,15 +245,19 @@ def _single_threaded() -> None:
 
 
 class _Readahead:
-    """Asks the kernel to read the input ahead of the producer (posix_fadvise WILLNEED over the
-    next READAHEAD bytes), so reading overlaps resizing instead of preceding it; the window keeps
-    the page cache it fills bounded, whatever the checkpoint's size."""
+    """Has the kernel read the input ahead of the thread laying the output out (posix_fadvise
+    WILLNEED over the next READAHEAD bytes, from a thread of its own, since the advice blocks while
+    the disk's queue is full), so reading overlaps resizing instead of preceding it; the window
+    keeps the page cache it fills bounded, whatever the checkpoint's size."""
 
     READAHEAD = 256 << 20
 
     def __init__(self, path: str) -> None:
         self._fd = -1
-        self._advised = 0
+        self._advised = 0  # advice given up to here
+        self._wanted = 0  # advice asked for up to here
+        self._cond = threading.Condition()
+        self._thread: Optional[threading.Thread] = None
         if hasattr(os, "posix_fadvise"):
             try:
                 self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -260,20 +265,42 @@ class _Readahead:
                 self._fd = -1
 
     def before(self, info: TensorInfo) -> None:
+        """The layout reached tensor ``info``: keep READAHEAD bytes past its end advised."""
         end = info.end + self.READAHEAD
-        if self._fd < 0 or end <= self._advised + self.READAHEAD // 4:
+        if self._fd < 0 or end <= self._wanted + self.READAHEAD // 4:
             return
-        start = max(info.start, self._advised)
-        try:
-            os.posix_fadvise(self._fd, start, end - start, os.POSIX_FADV_WILLNEED)
-        except OSError:
-            pass
-        self._advised = end
+        with self._cond:
+            self._wanted = end
+            if self._advised < info.start:
+                self._advised = info.start  # what lies before was read already
+            self._cond.notify()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._advise, name="kernelscale-readahead", daemon=True)
+            self._thread.start()
+
+    def _advise(self) -> None:
+        while True:
+            with self._cond:
+                while self._fd >= 0 and self._advised >= self._wanted:
+                    self._cond.wait()
+                if self._fd < 0:
+                    return
+                start, end = self._advised, min(self._wanted, self._advised + (16 << 20))
+                self._advised = end
+                fd = self._fd
+            try:
+                advise_willneed(fd, start, end - start)
+            except OSError:
+                return
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._cond:
+            fd, self._fd = self._fd, -1
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+        if fd >= 0:
+            os.close(fd)
 
 
 class _Jobs:

@@ -79,3 +79,13 @@ def test_convert_prefetches_its_input_before_importing_torch(tmp_path: Path) -> 
     dry = subprocess.run([sys.executable, "-c", code, "convert", str(src), str(tmp_path / "o.safetensors"), "--scale", "2", "--dry-run"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert "[]" in dry.stdout  # nothing is written: nothing to hurry
+
+
+def test_advice_covers_the_whole_range_a_chunk_at_a_time(monkeypatch) -> None:
+    """Linux reads at most its readahead size per WILLNEED call and drops the rest of the range:
+    the advice is given ADVISE_CHUNK at a time, over every byte asked for."""
+    advised: list[tuple[int, int]] = []
+    monkeypatch.setattr(prefetch_module.os, "posix_fadvise", lambda fd, offset, length, advice: advised.append((offset, length)))
+    chunk = prefetch_module.ADVISE_CHUNK
+    prefetch_module.advise_willneed(3, 100, 2 * chunk + 5)
+    assert advised == [(100, chunk), (100 + chunk, chunk), (100 + 2 * chunk, 5)]

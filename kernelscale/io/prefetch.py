@@ -21,6 +21,20 @@ from typing import Iterator, Optional
 PREFETCH_BYTES = 2 << 30
 """At most this many bytes are asked for: about what the disk reads while torch is imported."""
 
+ADVISE_CHUNK = 1 << 20
+"""Bytes per ``posix_fadvise(WILLNEED)`` call. Linux reads at most max(read_ahead_kb,
+max_sectors_kb) per call and silently drops the rest of the range (one call over 1 GiB read 8 MiB
+on the benchmark VM); 1 MiB is below both on common disks, and a loop of calls queues the whole
+range (1.72 GB in the page cache 0.9 s after the calls began there)."""
+
+
+def advise_willneed(fd: int, start: int, length: int) -> None:
+    """Ask the kernel to read bytes ``[start, start + length)`` of ``fd`` into the page cache, all
+    of them (:data:`ADVISE_CHUNK` at a time). May block while the disk's queue is full; raises OSError."""
+    end = start + length
+    for offset in range(start, end, ADVISE_CHUNK):
+        os.posix_fadvise(fd, offset, min(ADVISE_CHUNK, end - offset), os.POSIX_FADV_WILLNEED)
+
 SUFFIXES = (".safetensors",)
 
 
@@ -88,8 +102,8 @@ def _advise(paths: list[str], budget: int) -> None:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 continue
             length = min(os.fstat(fd).st_size, budget)
-            os.posix_fadvise(fd, 0, length, os.POSIX_FADV_WILLNEED)
             budget -= length
+            advise_willneed(fd, 0, length)
         except OSError:
             pass
         finally:
