@@ -14,7 +14,9 @@ kernel counters):
 - ``naive``: ``safetensors.torch.load_file`` → per conv kernel ``F.interpolate`` to the same size
   as kernelscale's (bilinear, ×1/s²) → ``save_file`` → fsync.
 
-Before kernelscale and naive, the input's pages are dropped from the page cache with
+Before every kernelscale run and every floor run, the previous output is deleted outside the timed
+region and the disk left to settle (:func:`settle`: a filesystem mounted with ``discard`` trims a
+deleted file's blocks afterwards). Before kernelscale and naive, the input's pages are dropped from the page cache with
 ``posix_fadvise(DONTNEED)`` and the fraction still cached is measured with ``mincore``.
 Targets: kernelscale ≤ 1.5× the O_DIRECT floor (aim 1.2) and ≤ 1.5× the copy's wall time, ≥ 3× faster and ≥ 5× lower peak RSS than
 naive, peak RSS ≤ 3 × the largest output tensor + 300 MB. Results are printed as a table;
@@ -103,6 +105,19 @@ class Run:
     bytes_out: int
     input_cached: float
     inner: float = float("nan")  # kernelscale's own timer (its --json "seconds"): the run without start-up
+
+
+SETTLE_SECONDS = 3.0
+
+
+def settle(path: Path) -> None:
+    """Remove ``path`` (a previous run's output) outside the timed region, sync, and let the disk
+    settle: on a filesystem mounted with ``discard`` the blocks of a deleted 6.5 GB file are
+    trimmed after the unlink, and a run started meanwhile shares the disk with the trim (a run
+    with the input cached came out 1.2 s slower than one reading it from disk)."""
+    path.unlink(missing_ok=True)
+    os.sync()
+    time.sleep(SETTLE_SECONDS)
 
 
 def drop_cache(path: Path) -> None:
@@ -244,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         for route, device in routes.items():
             cmd = [*convert_cmd, "--device", device]
             for name in (route, f"{route}, input cached"):
+                settle(out)
                 if name == route:
                     drop_cache(src)
                 else:
@@ -251,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name].append(timed(name, cmd, out, src))
                 print(f"{name} run {i + 1}: {runs[name][-1]}", file=sys.stderr)
                 if name == route and device == devices[0]:  # the floor right after it: one pair
-                    os.sync()
+                    settle(floor)
                     runs["O_DIRECT floor"].append(
                         timed("O_DIRECT floor", [sys.executable, "-c", FLOOR, str(floor), str(out.stat().st_size)], floor, None))
                     print(f"O_DIRECT floor run {i + 1}: {runs['O_DIRECT floor'][-1]}", file=sys.stderr)
@@ -331,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {info['python']}, torch {torch.__version__}, {torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}; load average {load[0]:.2f} at the end (other jobs shared the machine).",
         f"Peak RSS: {rss_method()}. Page cache: the input was dropped with posix_fadvise(DONTNEED) before kernelscale and naive "
         "(\"input cached at start\" is mincore's count; \"kernelscale, input cached\" ran right after reading it); the copy's source (the converted file) was read into the cache first, so the "
-        "copy measures writing alone. kernelscale and both copies with fsync are durable; \"copy, no fsync\" only reaches the page cache.",
+        "copy measures writing alone. kernelscale and both copies with fsync are durable; \"copy, no fsync\" only reaches the page cache. "
+        f"Each kernelscale and floor run starts on a fresh output: the previous one deleted, synced and {SETTLE_SECONDS:g} s of settling "
+        "(the disk is mounted with discard), outside the timed region.",
         "",
         "Commands:", "",
         "```sh",
