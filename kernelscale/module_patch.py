@@ -171,11 +171,12 @@ def change_entry(name: str, layer: nn.Module, record: Record, padding: str, side
 
 
 def _method_label(record: Union[ConvRecord, GridRecord]) -> str:
-    if record.dilation:
+    """What was applied, as the record says it: ``interp/cubic/taps``; a method the plan asked for and
+    replaced by a fallback for this layer is named, ``interp/linear/taps (fallback for disperse)``."""
+    if getattr(record, "dilation", None):
         return "dilate (geometry only)"
-    if record.method in ("dilate", "disperse"):
-        return record.method
-    return f"{record.method}/{record.mode}/{record.align}"
+    label = "/".join(str(part) for part in (record.method, record.mode, record.align) if part is not None)
+    return f"{label} (fallback for {record.fallback})" if record.fallback else label
 
 
 def _matches(name: str, pattern: str) -> bool:

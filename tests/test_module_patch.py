@@ -108,3 +108,17 @@ def test_require_module_and_lazy_tensors():
     with pytest.raises(InvalidOptionError, match=r"^kernelscale\.nn\.load takes a torch nn\.Module, got a builtins\.dict$"):
         require_module({}, "load")
     assert is_lazy(nn.LazyConv2d(1, 3).weight) and not is_lazy(conv.weight)
+
+
+def test_the_report_names_what_each_layer_got_and_a_fallback():
+    """Each line says the method as applied (dilate has no mode) and, where a layer took the
+    fallback, the method the plan asked for."""
+    from kernelscale.nn import supersample
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.Conv2d(4, 4, 2))
+    report = supersample(model, 2, method="disperse", fallback="interp", execution="materialised")
+    lines = {change.name: change.method for change in report}
+    assert lines == {"0": "disperse/taps", "1": "interp/linear/taps (fallback for disperse)"}, lines
+    assert "(fallback for disperse)" in str(report)
+    dilated = supersample(torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1)), 2, method="dilate")
+    assert dilated["0"].method == "dilate/taps"
