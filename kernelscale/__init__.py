@@ -20,7 +20,7 @@ from kernelscale.version import __version__  # noqa: F401  (kernelscale.__versio
 from kernelscale.errors import KernelscaleError  # noqa: F401
 
 _EXPORTS = {
-    "AttentionRule": "plan", "LayerRule": "plan", "Plan": "plan", "ResizeOptions": "plan", "TensorPlan": "plan",
+    "AttentionRule": "options", "LayerRule": "options", "Plan": "plan", "ResizeOptions": "options", "TensorPlan": "plan",
     "TensorSpec": "plan", "plan_tensors": "plan",
     "ConvGeometry": "geometry", "new_padding": "geometry", "Method": "method", "ResizedConv": "resize", "resize_conv": "resize",
     "resize_grid_linear": "resize", "resize_kernel": "resize",
@@ -31,7 +31,8 @@ _EXPORTS = {
 __all__ = sorted(["KernelscaleError", *_EXPORTS])
 
 if TYPE_CHECKING:
-    from kernelscale.plan import AttentionRule, LayerRule, Plan, ResizeOptions, TensorPlan, TensorSpec, plan_tensors  # noqa: F401
+    from kernelscale.plan import Plan, TensorPlan, TensorSpec, plan_tensors  # noqa: F401
+    from kernelscale.options import AttentionRule, LayerRule, ResizeOptions  # noqa: F401
     from kernelscale.geometry import ConvGeometry, new_padding  # noqa: F401
     from kernelscale.method import Method  # noqa: F401
     from kernelscale.resize import ResizedConv, resize_conv, resize_grid_linear, resize_kernel  # noqa: F401

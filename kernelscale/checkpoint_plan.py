@@ -23,7 +23,8 @@ from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
 from kernelscale.geometry import LOADER_CHANGES, loader_change
 from kernelscale.manifest import Action, ConvRecord
 from kernelscale.method import check_choice
-from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, describe_entries, plan_tensors, shape_text
+from kernelscale.plan import Plan, TensorPlan, TensorSpec, describe_entries, plan_tensors, shape_text
+from kernelscale.options import ResizeOptions
 from kernelscale.io.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
 from kernelscale.io.discovery import CheckpointScan, ModelUnit, scan_checkpoint
 from kernelscale.io.files import read_json_file

@@ -217,7 +217,7 @@ def parse_grid(text: str) -> tuple[str, Any]:
 
 def parse_attention(text: str) -> Any:
     """``GLOB=N`` or ``GLOB=N:N2`` → AttentionRule; InvalidOptionError for anything else."""
-    from kernelscale.plan import AttentionRule
+    from kernelscale.options import AttentionRule
 
     pattern, sep, counts = text.partition("=")
     parts = counts.split(":")
@@ -276,7 +276,7 @@ def options_from_args(args: argparse.Namespace, *, require_scale: bool = True):
     """ResizeOptions from the plan file (if any) overridden by the flags; None when no scale is
     given and ``require_scale`` is False (inspect without planning)."""
     from kernelscale.method import scale_value
-    from kernelscale.plan import ResizeOptions
+    from kernelscale.options import ResizeOptions
     from kernelscale.plan_file import load_plan_file
 
     fields: dict[str, Any] = dict(load_plan_file(args.plan)) if args.plan else {}

@@ -21,7 +21,7 @@ from kernelscale.checkpoint_plan import CheckpointPlan, plan_checkpoint
 from kernelscale.errors import BackendUnavailableError, InvalidOptionError
 from kernelscale.io.safetensors_io import PathLike
 from kernelscale.io.output import AtomicOutput, OutputError, check_free_space, clean_stale, resolve_output
-from kernelscale.plan import ResizeOptions
+from kernelscale.options import ResizeOptions
 from kernelscale.stream import verify_output, write_extra, write_safetensors
 from kernelscale.text import human_bytes
 

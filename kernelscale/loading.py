@@ -29,7 +29,7 @@ from kernelscale.module_patch import (PADDINGS, Pending, apply_pending, change_e
                                       materialised_note, ordered_changes, owner, pool_changes, replace_data, require_module,
                                       unfactorable_layer)
 from kernelscale.module_report import LayerChange, SupersampleReport
-from kernelscale.plan import ResizeOptions
+from kernelscale.options import ResizeOptions
 from kernelscale.recipes import listing, load_recipe, refit_error
 from kernelscale.reparam import refresh_weight_norm
 

@@ -25,7 +25,7 @@ from kernelscale.method import axis_scales
 from kernelscale.module_geometry import (CONVS, POOLS, TRANSPOSED, layer_geometry, pool_ndim, set_conv_geometry,
                                          set_pool_geometry)
 from kernelscale.module_report import LayerChange
-from kernelscale.plan import ResizeOptions
+from kernelscale.options import ResizeOptions
 from kernelscale.reparam import planned_weight, reparametrized_layer
 
 PADDINGS = ("exact", "asymmetric")

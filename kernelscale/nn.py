@@ -97,7 +97,8 @@ from kernelscale.module_geometry import CONVS, TRANSPOSED, Sides, input_jumps, i
 from kernelscale.module_patch import (PADDINGS, Pending, apply_pending, change_entry, check_layer, factored_note, is_lazy, locate,
                                       materialised_note, ordered_changes, owner, pool_changes, require_module, unfactorable_layer)
 from kernelscale.module_report import LayerChange, SupersampleReport
-from kernelscale.plan import Plan, ResizeOptions, TensorSpec, module_name, plan_tensors, resize_options, with_half_pixel_sides
+from kernelscale.plan import Plan, TensorSpec, module_name, plan_tensors, with_half_pixel_sides
+from kernelscale.options import ResizeOptions, resize_options
 from kernelscale.recipes import refit_error, supersample_recipe
 from kernelscale.reparam import refresh_weight_norm, reparametrized_by, weight_layer
 from kernelscale.state_dict import apply_entry, apply_renorm

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 from kernelscale.errors import InvalidOptionError, KernelscaleError
 from kernelscale.grid import grid_layout
 from kernelscale.io.files import read_small_file
-from kernelscale.plan import LayerRule, ResizeOptions
+from kernelscale.options import LayerRule, ResizeOptions
 
 if sys.version_info >= (3, 11):
     import tomllib

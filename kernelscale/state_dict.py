@@ -14,7 +14,8 @@ import torch
 
 from kernelscale.dtypes import dtype_name
 from kernelscale.errors import InvalidOptionError, UnsupportedTensorError
-from kernelscale.plan import Plan, ResizeOptions, TensorPlan, TensorSpec, plan_tensors, resize_options
+from kernelscale.plan import Plan, TensorPlan, TensorSpec, plan_tensors
+from kernelscale.options import ResizeOptions, resize_options
 from kernelscale.execute import TensorLike, execute
 from kernelscale.manifest import Action
 from kernelscale.reparam import rescaled_g

@@ -29,7 +29,8 @@ from kernelscale.integrations.diffusers import (  # noqa: E402
     WEIGHTS_NAME, load_denoiser, load_pipeline, pipeline_options, supersample_pipeline,
 )
 from kernelscale.io.safetensors_io import read_header  # noqa: E402
-from kernelscale.plan import AttentionRule, ResizeOptions  # noqa: E402
+from kernelscale.plan import ResizeOptions  # noqa: E402
+from kernelscale.options import AttentionRule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from kernelscale.nn import load, supersample
-from kernelscale.plan import ResizeOptions
+from kernelscale.options import ResizeOptions
 
 EXACT = 1e-12  # float64; outputs are sums of ≤ 24 products of O(1) numbers
 

@@ -49,7 +49,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from kernelscale.nn import load, supersample
-from kernelscale.plan import ResizeOptions
+from kernelscale.options import ResizeOptions
 
 diffusers = pytest.importorskip("diffusers")
 

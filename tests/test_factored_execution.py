@@ -223,7 +223,8 @@ def test_a_factored_record_on_a_transposed_conv_is_refused_with_the_fix(tmp_path
 
 
 def test_plan_entries_of_a_factored_conversion():
-    from kernelscale.plan import ResizeOptions, TensorSpec, plan_tensors
+    from kernelscale.plan import TensorSpec, plan_tensors
+    from kernelscale.options import ResizeOptions
 
     specs = [TensorSpec("a.weight", "F32", (4, 4, 3, 3)), TensorSpec("b.weight", "F32", (4, 4, 3, 3))]
     plan = plan_tensors(specs, ResizeOptions(scale=2, execution="factored", layers=[{"pattern": "b", "method": "pinv"}]))

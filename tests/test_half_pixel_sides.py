@@ -85,7 +85,7 @@ def test_loading_a_converted_file_chooses_the_same_sides(tmp_path) -> None:
     from safetensors.torch import save_file
 
     from kernelscale.convert import convert_checkpoint
-    from kernelscale.plan import ResizeOptions
+    from kernelscale.options import ResizeOptions
 
     net = _chain()
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "in.safetensors"))

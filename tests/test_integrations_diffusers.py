@@ -253,7 +253,7 @@ def test_sdxl_round_trip(tmp_path):
 
 def converted_folder(tmp_path: Path, **options) -> Path:
     from kernelscale.convert import convert_checkpoint
-    from kernelscale.plan import ResizeOptions
+    from kernelscale.options import ResizeOptions
 
     P.sd_pipeline(tmp_path).save_pretrained(tmp_path / "orig")
     out = tmp_path / "converted"
@@ -336,7 +336,7 @@ def single_file(tmp_path: Path, pipe, **options) -> Path:
     from safetensors.torch import save_file
 
     from kernelscale.convert import convert_checkpoint
-    from kernelscale.plan import ResizeOptions
+    from kernelscale.options import ResizeOptions
 
     save_file({k: v.contiguous() for k, v in P.original_file_layout(pipe).items()}, str(tmp_path / "model.safetensors"))
     out = tmp_path / "model_x2.safetensors"

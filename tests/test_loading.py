@@ -13,7 +13,7 @@ import kernelscale.nn
 from kernelscale.convert import convert_checkpoint
 from kernelscale.errors import GeometryError, InvalidCheckpointError
 from kernelscale.loading import ORIGINAL_DENOISER_PREFIX, load
-from kernelscale.plan import ResizeOptions
+from kernelscale.options import ResizeOptions
 
 
 def _net(weight_norm: bool = False) -> nn.Module:

@@ -13,7 +13,7 @@ from kernelscale.manifest import Action, ConvRecord
 from kernelscale.module_patch import (Pending, apply_pending, change_entry, check_layer, is_lazy, locate, ordered_changes, owner,
                                       pool_changes, replace_data, require_module)
 from kernelscale.module_report import LayerChange, SupersampleReport
-from kernelscale.plan import ResizeOptions
+from kernelscale.options import ResizeOptions
 
 
 def test_owner_and_locate_give_the_layer_a_tensor_belongs_to():

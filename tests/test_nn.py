@@ -24,7 +24,7 @@ import kernelscale.nn as knn
 from kernelscale.nn import LayerChange, SupersampleReport, load, plan_module, read_manifest
 from kernelscale.nn import supersample as _supersample
 from kernelscale.manifest import FORMAT_VERSION
-from kernelscale.plan import ResizeOptions
+from kernelscale.options import ResizeOptions
 from kernelscale.state_dict import resize_state_dict
 
 
@@ -304,7 +304,7 @@ def assert_vocoder_resized(model: nn.Module, report: SupersampleReport) -> None:
 def test_vocoder_transposed_convs_are_refused_with_the_layer_rules_that_fit():
     """The default taps resize gives both upsamplers a half-pixel padding; the one error names both
     and the LayerRule list that fits, which then works as printed."""
-    from kernelscale.plan import LayerRule
+    from kernelscale.options import LayerRule
 
     model = seeded(Vocoder())
     assert model(torch.randn(1, 2, 10, dtype=torch.float64)).shape == (1, 1, 160)
@@ -320,7 +320,7 @@ def test_vocoder_transposed_convs_are_refused_with_the_layer_rules_that_fit():
 
 def test_dilate_on_a_strided_transposed_conv_names_the_resize_that_fits():
     """align does not apply to dilate: the error says what does (interp, and the align that fits)."""
-    from kernelscale.plan import LayerRule
+    from kernelscale.options import LayerRule
 
     model = seeded(nn.Sequential(nn.Conv1d(1, 2, 3, padding=1), nn.ConvTranspose1d(2, 2, 4, stride=2, padding=1)))
     with pytest.raises(GeometryError, match=r"^1: a stride-2 transposed conv re-dilated by 2 leaves output phases empty") as info:
@@ -805,7 +805,7 @@ def _prefixed_checkpoint(tmp_path, prefix, extra=None):
     from safetensors.torch import save_file
 
     from kernelscale.convert import convert_checkpoint
-    from kernelscale.plan import ResizeOptions
+    from kernelscale.options import ResizeOptions
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.Conv2d(3, 2, 3, padding=1))
@@ -852,7 +852,7 @@ def test_load_strips_a_prefix_and_finds_the_single_file_one(tmp_path):
 @pytest.mark.parametrize("call", ["supersample", "load", "plan_module"])
 def test_not_a_module_is_refused_naming_its_type_and_for_a_pipeline_the_integration(call, tmp_path):
     from kernelscale.errors import InvalidOptionError
-    from kernelscale.plan import ResizeOptions
+    from kernelscale.options import ResizeOptions
 
     class FakePipeline:  # what diffusers pipelines have and modules do not
         components = {"unet": None}

@@ -261,7 +261,7 @@ def test_geometry_only_implies_dilate_and_refuses_another_method():
     from kernelscale import resize_conv
     from kernelscale.errors import InvalidOptionError
     from kernelscale.method import Method
-    from kernelscale.plan import ResizeOptions
+    from kernelscale.options import ResizeOptions
 
     assert ResizeOptions(scale=2, geometry_only=True).method == "dilate"
     assert ResizeOptions(scale=2).method == "interp"

@@ -7,7 +7,8 @@ from torch import nn
 
 from kernelscale.errors import InvalidOptionError, SpectralNormError, WeightNormError
 from kernelscale.manifest import Action, RenormRecord, SpectralNormLink, WeightNormLink
-from kernelscale.plan import AttentionRule, ResizeOptions, TensorPlan, TensorSpec, plan_tensors
+from kernelscale.plan import TensorPlan, TensorSpec, plan_tensors
+from kernelscale.options import AttentionRule, ResizeOptions
 from kernelscale.reparam import (
     SpectralNorm,
     WeightNorm,

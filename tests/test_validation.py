@@ -15,7 +15,7 @@ import kernelscale
 from kernelscale.cli import main
 from kernelscale.errors import InvalidOptionError, KernelscaleError, UnsupportedTensorError
 from kernelscale.method import MAX_SCALE, DisperseParams, Method, whole_number
-from kernelscale.plan import AttentionRule, LayerRule, ResizeOptions
+from kernelscale.options import AttentionRule, LayerRule, ResizeOptions
 from kernelscale.plan_file import load_plan_file
 from kernelscale.resize import resize_conv, resize_grid_linear, resize_kernel
 from kernelscale.transforms import MAX_DISPERSE_ELEMENTS, build_axis_resize, build_kernel_resize

@@ -33,7 +33,7 @@ from kernelscale.cli import main
 from kernelscale.checkpoint_plan import plan_checkpoint
 from kernelscale.errors import GeometryError, InvalidOptionError, WeightNormError
 from kernelscale.nn import load, supersample
-from kernelscale.plan import ResizeOptions
+from kernelscale.options import ResizeOptions
 from kernelscale.resize import resize_grid_linear, resize_kernel
 from kernelscale.io.safetensors_io import SafetensorsWriter, read_header
 from kernelscale.state_dict import apply_entry, apply_renorm

@@ -24,7 +24,7 @@ from kernelscale.errors import InvalidOptionError
 from kernelscale.integrations.diffusers.denoiser import convert_rules
 from kernelscale.io.discovery import scan_checkpoint
 from kernelscale.pipeline_layout import DENOISER_PREFIX, detect_layout
-from kernelscale.plan import AttentionRule, ResizeOptions
+from kernelscale.options import AttentionRule, ResizeOptions
 
 __all__ = ["pipeline_options"]
 

@@ -46,7 +46,7 @@ from kernelscale.pipeline_layout import (
     size_pair,
 )
 from kernelscale.method import EXECUTIONS
-from kernelscale.plan import AttentionRule, LayerRule
+from kernelscale.options import AttentionRule, LayerRule
 
 __all__ = [
     "CONFIG_KEY", "DENOISERS", "EXECUTIONS", "WEIGHTS_NAME", "DenoiserReport", "ExecutionUnavailableError",

@@ -25,7 +25,7 @@ from kernelscale.errors import InvalidCheckpointError, InvalidOptionError
 from kernelscale.integrations.diffusers.denoiser import (
     DenoiserReport, _load_folder, check_class, check_denoiser, dtype_keyword, read_model_index, supersample_denoiser,
 )
-from kernelscale.plan import LayerRule
+from kernelscale.options import LayerRule
 
 __all__ = ["denoiser_name", "load_pipeline", "supersample_pipeline"]
 
