@@ -214,3 +214,29 @@ def test_results_written_into_tiny_blocks_agree_with_the_state_dict_api(tmp_path
     monkeypatch.setattr(sink_module.DirectFileSink, "SLOTS", 4)
     monkeypatch.setattr(stream_module, "COMPUTE_BYTES", {"cpu": 3000, "cuda": 3000})
     _assert_agrees_with_the_state_dict_api(_converted_twice(checkpoint, tmp_path / "small"))
+
+
+def test_a_row_larger_than_the_sink_can_reserve_is_computed_then_written(tmp_path: Path, monkeypatch) -> None:
+    """One leading-axis row beyond the sink's largest reservation (here 8 KiB) goes the long way:
+    computed whole, then copied into the blocks; the file is the same as with large blocks."""
+    from kernelscale.io import sink as sink_module
+
+    sd = {"wide.weight": torch.randn(3, 64, 3, 3, generator=torch.Generator().manual_seed(4)),  # 12.5 kB per output row
+          "narrow.weight": torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(5))}
+    src = tmp_path / "in.safetensors"
+    safetensors.torch.save_file(sd, str(src))
+    reference = tmp_path / "reference.safetensors"
+    convert_checkpoint(src, reference, ResizeOptions(scale=2), device="cpu")
+    monkeypatch.setattr(sink_module.DirectFileSink, "BUFFER", 4096)
+    monkeypatch.setattr(sink_module.DirectFileSink, "SLOTS", 3)
+    monkeypatch.setattr(stream_module, "COMPUTE_BYTES", {"cpu": 1, "cuda": 1})
+    whole_rows: list[str] = []
+    resize_rows = stream_module._resize_rows
+    monkeypatch.setattr(stream_module, "_resize_rows", lambda entry, *a: whole_rows.append(entry.name) or resize_rows(entry, *a))
+    small = tmp_path / "small.safetensors"
+    convert_checkpoint(src, small, ResizeOptions(scale=2), device="cpu")
+    assert whole_rows == ["wide.weight"] * 3  # each of its rows the long way; the narrow ones into the blocks
+    got, expected = safetensors.torch.load_file(str(small)), safetensors.torch.load_file(str(reference))
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-7)  # BLAS's order may change with the rows
