@@ -43,7 +43,10 @@ def test_a_fifo_is_never_opened(tmp_path: Path) -> None:
     fifo = tmp_path / "f.safetensors"
     os.mkfifo(fifo)
     assert list(input_files(str(fifo))) == [] and list(input_files(str(tmp_path))) == []
-    assert prefetch(str(fifo)) is None and prefetch(str(tmp_path)) is None
+    for path in (fifo, tmp_path):
+        thread = prefetch(str(path))
+        thread.join(10)
+        assert not thread.is_alive()
 
 
 def test_the_hint_is_bounded_and_read_ahead(tmp_path: Path, monkeypatch) -> None:

@@ -13,6 +13,7 @@ Imports nothing heavy (no torch, no numpy): it runs before the command's own mod
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 import threading
@@ -36,6 +37,9 @@ def advise_willneed(fd: int, start: int, length: int) -> None:
         os.posix_fadvise(fd, offset, min(ADVISE_CHUNK, end - offset), os.POSIX_FADV_WILLNEED)
 
 SUFFIXES = (".safetensors",)
+
+MAX_FILES = 10_000
+"""At most this many files are looked for (a folder IN of millions of entries costs no more)."""
 
 
 def _available_memory() -> Optional[int]:
@@ -110,21 +114,27 @@ def _advise(paths: list[str], budget: int) -> None:
             os.close(fd)
 
 
+def _prefetch(path: str, budget: int) -> None:
+    try:
+        paths = list(itertools.islice(input_files(path), MAX_FILES))
+        if paths:
+            _advise(paths, budget)
+    except Exception:  # a hint only: whatever the filesystem does, the command itself reports it
+        return
+
+
 def prefetch(path: str, budget: int = PREFETCH_BYTES) -> Optional[threading.Thread]:
     """Ask the kernel to read the first ``budget`` bytes of ``path``'s input files
-    (:func:`input_files`) into the page cache, from a daemon thread; returns it (None when there is
-    nothing to do). Never raises."""
+    (:func:`input_files`, at most MAX_FILES of them) into the page cache; finding them and asking
+    both happen on a daemon thread, which is returned (None when there is nothing to do: no path,
+    no budget, no posix_fadvise). Never raises, never blocks the caller."""
     if not hasattr(os, "posix_fadvise") or not isinstance(path, str) or not path:
         return None
     available = _available_memory()
     if available is not None:
         budget = min(budget, available // 4)
-    try:
-        paths = list(input_files(path))
-    except Exception:  # a hint only: whatever the filesystem does, the command itself reports it
+    if budget <= 0:
         return None
-    if not paths or budget <= 0:
-        return None
-    thread = threading.Thread(target=_advise, args=(paths, budget), name="kernelscale-prefetch", daemon=True)
+    thread = threading.Thread(target=_prefetch, args=(path, budget), name="kernelscale-prefetch", daemon=True)
     thread.start()
     return thread
