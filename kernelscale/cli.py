@@ -669,8 +669,9 @@ def console() -> None:
     took 0.35–0.45 s of a command's time for nothing)."""
     code = main()
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # None: the process started with that descriptor closed
+                stream.flush()
     except BrokenPipeError:
         code = EXIT_BROKEN_PIPE
     os._exit(code)
