@@ -320,7 +320,10 @@ def execute(operator: Operator, tensor: TensorLike, *, name: str = "weight", out
     x = as_torch(tensor, name)
     out_dtype = check_out_dtype(out_dtype, name) or x.dtype
     if operator.is_identity and out_dtype == x.dtype:
-        return tensor if out is None else out.copy_(x)
+        if out is None:
+            return tensor
+        _check_out(out, x.shape, out_dtype)
+        return out.copy_(x)
     magnitude = overflow_check(operator, x, out_dtype)
     y = apply(operator, x, out_dtype, backend, out=out)
     if magnitude is not None:

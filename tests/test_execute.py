@@ -110,3 +110,15 @@ def test_out_of_the_wrong_shape_or_dtype_is_refused() -> None:
         execute(CONV, x, out_dtype=torch.float16, out=torch.empty(2, 3, 11, 11))
     with pytest.raises(InvalidOptionError, match="contiguous"):
         execute(CONV, x, out=torch.empty(2, 3, 11, 22)[..., ::2])
+
+
+@pytest.mark.parametrize("out", [torch.empty(4, 3, 3, 3), torch.empty(2, 3, 3, 3, dtype=torch.float16)],
+                         ids=["broadcast-shape", "other-dtype"])
+def test_an_identity_refuses_an_out_it_cannot_return(out) -> None:
+    # the identity shortcut copies x into out: a wrong shape would broadcast, a wrong dtype cast
+    from kernelscale.errors import InvalidOptionError
+
+    identity = kernel_resize((3, 3), (1.0, 1.0), Method())
+    x = torch.randn(1 if out.dtype == torch.float32 else 2, 3, 3, 3)
+    with pytest.raises(InvalidOptionError, match="expected a contiguous"):
+        execute(identity, x, out=out)
