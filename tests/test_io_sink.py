@@ -116,3 +116,39 @@ def test_a_failed_disk_write_reaches_the_thread_that_reserves(tmp_path: Path, mo
             out.write(b"x" * 8192)
         out.flush()
     out.abandon()
+
+
+def test_abandon_waits_only_for_the_writes_in_flight(tmp_path: Path, monkeypatch, caplog) -> None:
+    """After a failure the file no longer matters: blocks queued behind the IO_DEPTH writes in
+    flight are dropped, not written, and dropping them logs nothing."""
+    import threading
+
+    monkeypatch.setattr(sink_module.DirectFileSink, "BUFFER", 8192)
+    monkeypatch.setattr(sink_module.DirectFileSink, "SLOTS", 6)
+    real_pwrite = os.pwrite
+    started, go = threading.Semaphore(0), threading.Event()
+    offsets: list[int] = []
+
+    def pwrite(fd, data, offset):
+        offsets.append(offset)
+        started.release()
+        go.wait(timeout=60)
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(sink_module.os, "pwrite", pwrite)
+    out = sink_module.DirectFileSink(str(tmp_path / "abandoned.bin"))
+    real_shutdown = out._io.shutdown
+
+    def shutdown(wait: bool = True, *, cancel_futures: bool = False) -> None:
+        real_shutdown(wait=False, cancel_futures=cancel_futures)  # what is queued is dropped (or not) now
+        go.set()  # then the writes in flight finish
+        real_shutdown(wait=wait)
+
+    out._io.shutdown = shutdown
+    for _ in range(4):  # four full blocks: IO_DEPTH (2) being written, two queued
+        out.write(b"x" * 8192)
+    for _ in range(out.IO_DEPTH):
+        assert started.acquire(timeout=60)
+    out.abandon()
+    assert sorted(offsets) == [0, 8192]
+    assert not [r for r in caplog.records if r.name == "concurrent.futures"]

@@ -178,7 +178,8 @@ class DirectFileSink:
 
     def _written(self, block: _Block, future: Future) -> None:
         with self._cond:
-            if future.exception() is not None and self._error is None:
+            # a cancelled write (abandon drops the queued ones) failed nothing: its content no longer matters
+            if not future.cancelled() and future.exception() is not None and self._error is None:
                 self._error = future.exception()
             self._blocks.pop(block.offset // self._size, None)
             self._free.append(block.slot)
@@ -264,7 +265,7 @@ class DirectFileSink:
         only for the writes already in flight."""
         if self._fd < 0:
             return
-        self._io.shutdown(wait=True)
+        self._io.shutdown(wait=True, cancel_futures=True)
         os.close(self._fd)
         self._fd = -1
         self._arrays = []
