@@ -337,7 +337,7 @@ class _Jobs:
 
 
 def _lay_out_resized(reader: SafetensorsReader, info: TensorInfo, entry: TensorPlan, out_dtype: str, device: torch.device,
-                     sink: DirectFileSink, jobs: _Jobs) -> None:
+                     sink: DirectFileSink, jobs: _Jobs, tick: Callable[[int], None]) -> None:
     """A resized tensor: blocks of leading-axis rows (rows of a conv weight are independent slices,
     rows of a grid Linear independent outputs) read here, in order, and resized by the workers side
     by side straight into the output."""
@@ -349,6 +349,7 @@ def _lay_out_resized(reader: SafetensorsReader, info: TensorInfo, entry: TensorP
         if nbytes > sink.largest_reservation:  # one row beyond the sink's blocks: computed, then copied in
             jobs.wait()
             sink.write(_as_bytes(_resize_rows(entry, x, dst_dtype, device)))
+            tick(nbytes)
             continue
         jobs.submit(_resize_into, sink.reserve(nbytes), entry, x, dst_dtype, device)
 
@@ -381,7 +382,7 @@ def _lay_out(reader: SafetensorsReader, fp: FilePlan, i: int, device: torch.devi
     info, entry, out_dtype = fp.tensors[i], fp.entries[i], fp.out_dtypes[i]
     op = fp.operation(i)
     if op == Action.RESIZE:
-        _lay_out_resized(reader, info, entry, out_dtype, device, sink, jobs)
+        _lay_out_resized(reader, info, entry, out_dtype, device, sink, jobs, tick)
     elif op == Action.RENORM:
         if info.nbytes:
             nbytes = math.prod(info.shape) * torch.empty((), dtype=torch_dtype(out_dtype)).element_size()

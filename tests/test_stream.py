@@ -240,3 +240,26 @@ def test_a_row_larger_than_the_sink_can_reserve_is_computed_then_written(tmp_pat
     assert got.keys() == expected.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-7)  # BLAS's order may change with the rows
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_progress_ticks_add_up_to_the_file(tmp_path: Path, checkpoint: Path, monkeypatch, wide: bool) -> None:
+    """Every byte written is ticked once (the progress bar ends at the file's size), rows the sink
+    cannot reserve, written the long way, included."""
+    from kernelscale.checkpoint_plan import plan_checkpoint
+    from kernelscale.io import sink as sink_module
+
+    src, options = checkpoint, OPTIONS
+    if wide:
+        sd = {"wide.weight": torch.randn(3, 64, 3, 3, generator=torch.Generator().manual_seed(4)),  # 12.5 kB per output row
+              "narrow.weight": torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(5))}
+        src, options = tmp_path / "wide.safetensors", ResizeOptions(scale=2)
+        safetensors.torch.save_file(sd, str(src))
+    monkeypatch.setattr(sink_module.DirectFileSink, "BUFFER", 4096)
+    monkeypatch.setattr(sink_module.DirectFileSink, "SLOTS", 3)
+    monkeypatch.setattr(stream_module, "COMPUTE_BYTES", {"cpu": 1, "cuda": 1})
+    fp = plan_checkpoint(src, options).files[0]
+    ticks: list[int] = []
+    out = tmp_path / "out.safetensors"
+    stream_module.write_safetensors(fp, str(out), torch.device("cpu"), ticks.append)
+    assert sum(ticks) == fp.bytes_out == out.stat().st_size
