@@ -83,6 +83,9 @@ def test_reservations_filled_by_threads_in_any_order_land_at_their_offsets(tmp_p
                 batch = []
         with pytest.raises(ValueError, match="exceeds"):
             out.reserve(out.largest_reservation + 1)
+        with pytest.raises(ValueError, match="-1 bytes"):  # would move the position back over laid-out bytes
+            out.reserve(-1)
+        assert out.position == at
     assert path.read_bytes() == expected
 
 

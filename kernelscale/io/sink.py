@@ -140,6 +140,8 @@ class DirectFileSink:
         """The next ``nbytes`` of the file as writable views (see :class:`Reservation`). Called from
         one thread, in file order; waits while every buffer is held or being written. Raises the
         error of a failed disk write."""
+        if nbytes < 0:
+            raise ValueError(f"a reservation of {nbytes} bytes: the count of bytes cannot be negative")
         if nbytes > self.largest_reservation:
             raise ValueError(f"a reservation of {nbytes} bytes exceeds the sink's {self.largest_reservation}")
         views: list[np.ndarray] = []
