@@ -674,7 +674,7 @@ def console() -> None:
                 stream.flush()
     except BrokenPipeError:
         code = EXIT_BROKEN_PIPE
-    os._exit(code)
+    os._exit(code if isinstance(code, int) else EXIT_OK)
 
 
 if __name__ == "__main__":

@@ -132,8 +132,8 @@ def convert_checkpoint(
 
 
 def _progress_bar(progress: Optional[bool], total: int):
-    if progress is None:
-        progress = sys.stderr.isatty()
+    if progress is None:  # sys.stderr is None when the process started with it closed
+        progress = sys.stderr is not None and sys.stderr.isatty()
     if not progress:
         return None
     from tqdm import tqdm

@@ -125,7 +125,10 @@ def _fill_rows(views: Sequence[np.ndarray], rows: int, row_shape: Sequence[int],
 
 
 def _copy_into(views: Sequence[np.ndarray], data: memoryview) -> None:
-    source = np.frombuffer(data, dtype=np.uint8)
+    """``data`` copied into the reserved ``views``, whose total length must be its length."""
+    source = np.frombuffer(data, dtype=np.uint8) if len(memoryview(data).cast("B")) else np.empty(0, np.uint8)
+    if len(source) != sum(len(view) for view in views):
+        raise RuntimeError(f"a result of {len(source)} bytes for {sum(len(view) for view in views)} reserved bytes")
     at = 0
     for view in views:
         view[:] = source[at:at + len(view)]

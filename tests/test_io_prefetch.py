@@ -29,14 +29,23 @@ def test_the_files_a_conversion_reads(tmp_path: Path) -> None:
     assert list(input_files(str(folder))) == [str(folder / r) for r in
                                               ("top.safetensors", "unet/a.safetensors", "unet/b.safetensors", "vae/v.safetensors")]
     index = folder / "unet" / "model.safetensors.index.json"
-    index.write_text("{}")
-    assert list(input_files(str(index))) == [str(folder / "unet" / n) for n in ("a.safetensors", "b.safetensors")]
+    index.write_text('{"weight_map": {"x": "b.safetensors", "y": "b.safetensors", "z": "missing.safetensors"}}')
+    assert list(input_files(str(index))) == [str(folder / "unet" / "b.safetensors")]  # the shards it names, once
+    index.write_text("[" * 100_000)
+    assert list(input_files(str(index))) == []
     assert list(input_files(str(folder / "unet" / "config.json"))) == []  # not an index: nothing to guess
     assert list(input_files(str(tmp_path / "missing.safetensors"))) == []
     assert list(input_files("")) == [] and prefetch("") is None
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_folder_is_looked_at_a_bounded_number_of_entries(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(prefetch_module, "MAX_FILES", 5)
+    for i in range(20):
+        (tmp_path / f"m{i:02d}.safetensors").write_bytes(b"x")
+    assert len(list(input_files(str(tmp_path)))) == 5
+
+
 def test_a_fifo_is_never_opened(tmp_path: Path) -> None:
     """Opening a FIFO for reading blocks until a writer comes: a FIFO given as IN, or named
     *.safetensors in a folder, is skipped without being opened."""

@@ -14,6 +14,7 @@ Imports nothing heavy (no torch, no numpy): it runs before the command's own mod
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import stat
 import threading
@@ -39,7 +40,10 @@ def advise_willneed(fd: int, start: int, length: int) -> None:
 SUFFIXES = (".safetensors",)
 
 MAX_FILES = 10_000
-"""At most this many files are looked for (a folder IN of millions of entries costs no more)."""
+"""At most this many folder entries are looked at (a folder IN of millions of entries costs no more)."""
+
+MAX_INDEX_BYTES = 64 << 20
+"""A shard index larger than this is not read for the prefetch (the converter judges it)."""
 
 
 def _available_memory() -> Optional[int]:
@@ -62,36 +66,52 @@ def _regular(path: str) -> bool:
 
 def input_files(path: str) -> Iterator[str]:
     """The safetensors files a conversion of ``path`` reads, as far as a cheap look tells: the file
-    itself; for a folder, its ``*.safetensors`` files (top level, then one level of subfolders, in
-    name order); for a shard index, the ``*.safetensors`` files beside it. Regular files only."""
+    itself; for a shard index, the shards its ``weight_map`` names (an index over MAX_INDEX_BYTES or
+    that does not parse: none); for a folder, its ``*.safetensors`` files (top level, then one level
+    of subfolders, in name order), looking at MAX_FILES entries at most. Regular files only."""
     try:
         if _regular(path):
             if path.endswith(SUFFIXES):
                 yield path
-                return
-            if not path.endswith(".index.json"):
-                return
-            folder = os.path.dirname(path) or "."  # a shard index: its shards lie beside it
-        elif os.path.isdir(path):
-            folder = path
-        else:
+            elif path.endswith(".index.json"):
+                yield from _shards(path)
             return
-        names = _names(folder)
-        candidates = [os.path.join(folder, n) for n in names]
+        if not os.path.isdir(path):
+            return
+        budget = [MAX_FILES]
+        names = _names(path, budget)
+        candidates = [os.path.join(path, n) for n in names]
         for sub in [c for c in candidates if os.path.isdir(c)]:
-            candidates += [os.path.join(sub, n) for n in _names(sub)]
+            candidates += [os.path.join(sub, n) for n in _names(sub, budget)]
         for candidate in candidates:
             if candidate.endswith(SUFFIXES) and _regular(candidate):
                 yield candidate
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return
 
 
-def _names(folder: str) -> list[str]:
+def _shards(index: str) -> Iterator[str]:
+    if os.path.getsize(index) > MAX_INDEX_BYTES:
+        return
+    with open(index, "rb") as fh:
+        weight_map = json.loads(fh.read()).get("weight_map")
+    folder = os.path.dirname(index) or "."
+    if isinstance(weight_map, dict):
+        for name in dict.fromkeys(v for v in weight_map.values() if isinstance(v, str)):
+            shard = os.path.normpath(os.path.join(folder, name))
+            if shard.endswith(SUFFIXES) and _regular(shard):
+                yield shard
+
+
+def _names(folder: str, budget: list[int]) -> list[str]:
+    """Up to ``budget[0]`` entry names of ``folder``, sorted; the count is taken from the budget."""
     try:
-        return sorted(os.listdir(folder))
+        with os.scandir(folder) as entries:
+            names = [entry.name for entry in itertools.islice(entries, max(0, budget[0]))]
     except OSError:
         return []
+    budget[0] -= len(names)
+    return sorted(names)
 
 
 def _advise(paths: list[str], budget: int) -> None:
@@ -116,7 +136,7 @@ def _advise(paths: list[str], budget: int) -> None:
 
 def _prefetch(path: str, budget: int) -> None:
     try:
-        paths = list(itertools.islice(input_files(path), MAX_FILES))
+        paths = list(input_files(path))
         if paths:
             _advise(paths, budget)
     except Exception:  # a hint only: whatever the filesystem does, the command itself reports it

@@ -66,7 +66,8 @@ class DirectFileSink:
     O_DIRECT gets the same blocks as buffered writes, from the start or the first refused block on.
 
     Memory: SLOTS blocks of BUFFER bytes. :meth:`reserve` waits for a free one, so the caller can
-    run at most SLOTS blocks ahead of the disk; a reservation may span at most SLOTS - 1 blocks.
+    run at most SLOTS blocks ahead of the disk; one reservation holds at most :attr:`largest_reservation`
+    bytes ((SLOTS - 1) blocks' worth, so at most SLOTS blocks when it starts inside one).
     """
 
     BUFFER = 16 << 20
