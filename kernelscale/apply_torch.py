@@ -9,7 +9,7 @@ Never imports triton or ``kernelscale.triton_ops``: dispatch is the only module 
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -51,7 +51,12 @@ def _check_matrix(matrix: torch.Tensor, k_in: int, what: str, role: str) -> None
         )
 
 
-def _check_out(out: torch.Tensor, shape: tuple[int, ...], out_dtype: torch.dtype, device: torch.device, what: str) -> None:
+def check_out(out: object, shape: Sequence[int], out_dtype: torch.dtype, device: torch.device, what: str) -> None:
+    """InvalidOptionError naming ``what`` unless ``out`` is a contiguous tensor of ``shape`` and
+    ``out_dtype`` on ``device``: the one check of every ``out=`` a result is written into."""
+    shape = tuple(shape)
+    if not isinstance(out, torch.Tensor):
+        raise InvalidOptionError(f"{what}: out is a {type(out).__name__}, expected a contiguous {shape} {out_dtype} tensor on {device}")
     if out.dtype != out_dtype or tuple(out.shape) != shape or out.device != device or not out.is_contiguous():
         raise InvalidOptionError(
             f"{what}: out is a {'contiguous' if out.is_contiguous() else 'strided'} {tuple(out.shape)} {out.dtype} tensor on "
@@ -79,7 +84,7 @@ def apply_dense_torch(x: torch.Tensor, matrix: torch.Tensor, out_dtype: torch.dt
     r_t = matrix.to(device=x.device, dtype=compute).T
     n = x.shape[0]
     if out is not None:
-        _check_out(out, (n, r_t.shape[1]), out_dtype, x.device, "apply_dense")
+        check_out(out, (n, r_t.shape[1]), out_dtype, x.device, "apply_dense")
     block = _cpu_block_rows(r_t.shape[1], compute)
     if x.device.type != "cpu" or n <= block:
         if out is None:

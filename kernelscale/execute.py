@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from kernelscale import dispatch
+from kernelscale.apply_torch import check_out
 from kernelscale.errors import InvalidOptionError, NonFiniteResultError, UnsupportedTensorError
 from kernelscale.transforms import GridResize, KernelResize, Operator, ScaleFactor
 
@@ -173,12 +174,6 @@ def like_input(result: torch.Tensor, original: TensorLike) -> TensorLike:
     return result.numpy() if isinstance(original, np.ndarray) else result
 
 
-def _check_out(out: torch.Tensor, shape: Sequence[int], out_dtype: torch.dtype) -> None:
-    if not isinstance(out, torch.Tensor) or out.dtype != out_dtype or tuple(out.shape) != tuple(shape) or not out.is_contiguous():
-        what = f"a {tuple(out.shape)} {out.dtype} tensor" if isinstance(out, torch.Tensor) else type(out).__name__
-        raise InvalidOptionError(f"out is {what}, expected a contiguous {tuple(shape)} {out_dtype} tensor")
-
-
 def _into(result: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
     """``result``, or ``out`` holding it (one rounding: the cast happens in the copy)."""
     return result if out is None else out.copy_(result)
@@ -201,14 +196,13 @@ def apply_kernel_resize(
     Dense (one product with R_1⊗…⊗R_d) when the kernel has ≤ 64 input and ≤ 256 output taps;
     otherwise separable, one axis at a time. Accumulation in float32 (float64 for float64 input),
     one rounding to ``out_dtype`` (default: the input's dtype). ``out``: a contiguous ``(N, *k_out)``
-    tensor of ``out_dtype`` the result is written into (the dense product computes straight into it).
+    tensor of ``out_dtype`` the result is written into (the dense product computes straight into it),
+    as :func:`apply` has checked it.
     """
     out_dtype = out_dtype or slices.dtype
     n = slices.shape[0]
     k_in, k_out = operator.in_shape, operator.out_shape
     n_in, n_out = int(np.prod(k_in)), int(np.prod(k_out))
-    if out is not None:
-        _check_out(out, (n, *k_out), out_dtype)
     fits = n_in <= DENSE_MAX_IN and n_out <= DENSE_MAX_OUT
     if fits or not operator.separable:  # not fitting: a dense operator beyond the fused kernel's registers, on torch
         flat = None if out is None else out.view(n, n_out)
@@ -260,7 +254,13 @@ def apply(operator: Operator, x: torch.Tensor, out_dtype: torch.dtype, backend: 
     ``out``: a contiguous tensor of the result's shape (:func:`out_shape`) and ``out_dtype`` to write
     the result into (a conv kernel's dense product is computed straight into it); returned."""
     if out is not None:
-        _check_out(out, out_shape(operator, x.shape), out_dtype)
+        check_out(out, out_shape(operator, x.shape), out_dtype, x.device, "apply")
+    return _apply(operator, x, out_dtype, backend, out)
+
+
+def _apply(operator: Operator, x: torch.Tensor, out_dtype: torch.dtype, backend: Optional[str],
+           out: Optional[torch.Tensor]) -> torch.Tensor:
+    """:func:`apply` with ``out`` already checked."""
     if isinstance(operator, ScaleFactor):
         return _into((x.to(_compute_dtype(x.dtype)) * operator.factor).to(out_dtype), out)
     if isinstance(operator, GridResize):
@@ -319,13 +319,12 @@ def execute(operator: Operator, tensor: TensorLike, *, name: str = "weight", out
     with the same values (returned; the streaming converter computes into its output blocks so)."""
     x = as_torch(tensor, name)
     out_dtype = check_out_dtype(out_dtype, name) or x.dtype
+    if out is not None:
+        check_out(out, out_shape(operator, x.shape), out_dtype, x.device, name)
     if operator.is_identity and out_dtype == x.dtype:
-        if out is None:
-            return tensor
-        _check_out(out, x.shape, out_dtype)
-        return out.copy_(x)
+        return tensor if out is None else out.copy_(x)
     magnitude = overflow_check(operator, x, out_dtype)
-    y = apply(operator, x, out_dtype, backend, out=out)
+    y = _apply(operator, x, out_dtype, backend, out)
     if magnitude is not None:
         check_result(operator, x, y, out_dtype, magnitude, name)
     return y if out is not None else like_input(y, tensor)

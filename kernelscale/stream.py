@@ -39,7 +39,7 @@ from kernelscale.errors import InvalidCheckpointError
 from kernelscale.execute import apply, check_result, execute, overflow_check
 from kernelscale.io.checkpoint import MANIFEST_KEY  # the metadata key of the manifest (docs/format.md)
 from kernelscale.io.output import OutputError, fsync_path
-from kernelscale.io.prefetch import advise_willneed
+from kernelscale.io.prefetch import Readahead
 from kernelscale.io.sink import DirectFileSink, Reservation
 from kernelscale.io.safetensors_io import PathLike, SafetensorsReader, TensorInfo, encode_header, torch_dtype
 from kernelscale.manifest import FORMAT_VERSION, Action
@@ -90,7 +90,7 @@ def _fill_rows(views: Sequence[np.ndarray], rows: int, row_shape: Sequence[int],
     which computes rows ``r0 … r1 - 1`` into ``out`` (a contiguous ``(r1 - r0, *row_shape)`` tensor):
     straight into the views, except a row split between two views (or a misaligned view), which
     goes through a temporary."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     row_nbytes = math.prod(row_shape) * itemsize
     if row_nbytes == 0 or rows == 0:
         return
@@ -124,34 +124,21 @@ def _fill_rows(views: Sequence[np.ndarray], rows: int, row_shape: Sequence[int],
         raise RuntimeError(f"{rows} rows of {row_nbytes} bytes do not fill {sum(len(v) for v in views)} reserved bytes")
 
 
-def _copy_into(views: Sequence[np.ndarray], data: memoryview) -> None:
-    """``data`` copied into the reserved ``views``, whose total length must be its length."""
-    source = np.frombuffer(data, dtype=np.uint8) if len(memoryview(data).cast("B")) else np.empty(0, np.uint8)
-    if len(source) != sum(len(view) for view in views):
-        raise RuntimeError(f"a result of {len(source)} bytes for {sum(len(view) for view in views)} reserved bytes")
-    at = 0
-    for view in views:
-        view[:] = source[at:at + len(view)]
-        at += len(view)
-
-
-def _resize_into(views: Sequence[np.ndarray], entry: TensorPlan, x: torch.Tensor, dst_dtype: torch.dtype,
+def _resize_into(reservation: Reservation, entry: TensorPlan, x: torch.Tensor, dst_dtype: torch.dtype,
                  device: torch.device) -> None:
-    """One block of leading-axis rows resized by the entry's operator into the output's views."""
-    rows = x.shape[0] if x.ndim else 1
-    row_shape = tuple(entry.new_shape[1:]) if entry.new_shape else ()
+    """One block of leading-axis rows resized by the entry's operator into its reserved output."""
     if device.type != "cpu":
-        _copy_into(views, _as_bytes(_resize_block_cuda(entry, x, dst_dtype, device)))
+        reservation.fill(_as_bytes(_resize_block_cuda(entry, x, dst_dtype, device)))
     elif x.ndim == 0:
-        _copy_into(views, _as_bytes(_resize_rows(entry, x, dst_dtype, device)))
+        reservation.fill(_as_bytes(_resize_rows(entry, x, dst_dtype, device)))
     else:
-        _fill_rows(views, rows, row_shape, dst_dtype,
+        _fill_rows(reservation.views, x.shape[0], tuple(entry.new_shape[1:]), dst_dtype,
                    lambda r0, r1, out: execute(entry.operator, x[r0:r1], name=entry.name, out_dtype=dst_dtype, out=out))
 
 
-def _cast_into(views: Sequence[np.ndarray], x: torch.Tensor, dst_dtype: torch.dtype) -> None:
-    """Elements ``x`` (1-D) cast to ``dst_dtype`` (one rounding) into the output's views."""
-    _fill_rows(views, x.numel(), (), dst_dtype, lambda r0, r1, out: out.copy_(x[r0:r1]))
+def _cast_into(reservation: Reservation, x: torch.Tensor, dst_dtype: torch.dtype) -> None:
+    """Elements ``x`` (1-D) cast to ``dst_dtype`` (one rounding) into their reserved output."""
+    _fill_rows(reservation.views, x.numel(), (), dst_dtype, lambda r0, r1, out: out.copy_(x[r0:r1]))
 
 
 def _renorm(reader: SafetensorsReader, info: TensorInfo, entry: TensorPlan, out_dtype: str, source: WeightNormSource,
@@ -175,9 +162,9 @@ def _renorm(reader: SafetensorsReader, info: TensorInfo, entry: TensorPlan, out_
             v_reader.close()
 
 
-def _renorm_into(views: Sequence[np.ndarray], reader: SafetensorsReader, info: TensorInfo, entry: TensorPlan, out_dtype: str,
+def _renorm_into(reservation: Reservation, reader: SafetensorsReader, info: TensorInfo, entry: TensorPlan, out_dtype: str,
                  source: WeightNormSource, device: torch.device) -> None:
-    _copy_into(views, _renorm(reader, info, entry, out_dtype, source, device))
+    reservation.fill(_renorm(reader, info, entry, out_dtype, source, device))
 
 
 def _resize_rows(entry: TensorPlan, x: torch.Tensor, dst_dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -247,65 +234,6 @@ def _single_threaded() -> None:
     torch.set_num_threads(1)  # per thread (OpenMP): the caller's own setting is untouched
 
 
-class _Readahead:
-    """Has the kernel read the input ahead of the thread laying the output out (posix_fadvise
-    WILLNEED over the next READAHEAD bytes, from a thread of its own, since the advice blocks while
-    the disk's queue is full), so reading overlaps resizing instead of preceding it; the window
-    keeps the page cache it fills bounded, whatever the checkpoint's size."""
-
-    READAHEAD = 256 << 20
-
-    def __init__(self, path: str) -> None:
-        self._fd = -1
-        self._advised = 0  # advice given up to here
-        self._wanted = 0  # advice asked for up to here
-        self._cond = threading.Condition()
-        self._thread: Optional[threading.Thread] = None
-        if hasattr(os, "posix_fadvise"):
-            try:
-                self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            except OSError:
-                self._fd = -1
-
-    def before(self, info: TensorInfo) -> None:
-        """The layout reached tensor ``info``: keep READAHEAD bytes past its end advised."""
-        end = info.end + self.READAHEAD
-        if self._fd < 0 or end <= self._wanted + self.READAHEAD // 4:
-            return
-        with self._cond:
-            self._wanted = end
-            if self._advised < info.start:
-                self._advised = info.start  # what lies before was read already
-            self._cond.notify()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._advise, name="kernelscale-readahead", daemon=True)
-            self._thread.start()
-
-    def _advise(self) -> None:
-        while True:
-            with self._cond:
-                while self._fd >= 0 and self._advised >= self._wanted:
-                    self._cond.wait()
-                if self._fd < 0:
-                    return
-                start, end = self._advised, min(self._wanted, self._advised + (16 << 20))
-                self._advised = end
-                fd = self._fd
-            try:
-                advise_willneed(fd, start, end - start)
-            except OSError:
-                return
-
-    def close(self) -> None:
-        with self._cond:
-            fd, self._fd = self._fd, -1
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join()
-        if fd >= 0:
-            os.close(fd)
-
-
 class _Jobs:
     """Blocks computed by the worker pool straight into their reserved output (each job fills one
     :class:`~kernelscale.io.sink.Reservation` and releases it, even when it fails). The one thread
@@ -320,7 +248,7 @@ class _Jobs:
     @staticmethod
     def _run(fill: Callable[..., None], reservation: Reservation, *args: Any) -> None:
         try:
-            fill(reservation.views, *args)
+            fill(reservation, *args)
         finally:
             reservation.release()
 
@@ -346,7 +274,7 @@ def _lay_out_resized(reader: SafetensorsReader, info: TensorInfo, entry: TensorP
     by side straight into the output."""
     dst_dtype = torch_dtype(out_dtype)
     out_row = math.prod(entry.new_shape[1:]) if entry.new_shape else 1
-    itemsize = torch.empty((), dtype=dst_dtype).element_size()
+    itemsize = dst_dtype.itemsize
     for x in _row_blocks(reader, info, entry, device):
         nbytes = (x.shape[0] if x.ndim else 1) * out_row * itemsize
         if nbytes > sink.largest_reservation:  # one row beyond the sink's blocks: computed, then copied in
@@ -360,12 +288,10 @@ def _lay_out_resized(reader: SafetensorsReader, info: TensorInfo, entry: TensorP
 def _lay_out_cast(reader: SafetensorsReader, info: TensorInfo, out_dtype: str, sink: DirectFileSink, jobs: _Jobs) -> None:
     """The tensor's values in another dtype (one rounding), a block of elements at a time."""
     in_dtype, dst_dtype = torch_dtype(info.dtype), torch_dtype(out_dtype)
-    itemsize = torch.empty((), dtype=in_dtype).element_size()
-    out_itemsize = torch.empty((), dtype=dst_dtype).element_size()
-    step = max(1, BLOCK_BYTES // 4) * itemsize
+    step = max(1, BLOCK_BYTES // 4) * in_dtype.itemsize
     for begin in range(0, info.nbytes, step):
         x = _read_rows(reader, info, begin, min(step, info.nbytes - begin)).view(in_dtype)
-        jobs.submit(_cast_into, sink.reserve(x.numel() * out_itemsize), x, dst_dtype)
+        jobs.submit(_cast_into, sink.reserve(x.numel() * dst_dtype.itemsize), x, dst_dtype)
 
 
 def _lay_out_copy(reader: SafetensorsReader, info: TensorInfo, sink: DirectFileSink, tick: Callable[[int], None]) -> None:
@@ -388,7 +314,7 @@ def _lay_out(reader: SafetensorsReader, fp: FilePlan, i: int, device: torch.devi
         _lay_out_resized(reader, info, entry, out_dtype, device, sink, jobs, tick)
     elif op == Action.RENORM:
         if info.nbytes:
-            nbytes = math.prod(info.shape) * torch.empty((), dtype=torch_dtype(out_dtype)).element_size()
+            nbytes = math.prod(info.shape) * torch_dtype(out_dtype).itemsize
             jobs.submit(_renorm_into, sink.reserve(nbytes), reader, info, entry, out_dtype, fp.weight_norm_sources[entry.name], device)
     elif op == Action.CAST or (op in (Action.GEOMETRY, Action.FACTORED) and out_dtype != info.dtype):
         _lay_out_cast(reader, info, out_dtype, sink, jobs)
@@ -420,10 +346,10 @@ def write_safetensors(fp: FilePlan, out_path: str, device: torch.device, tick: C
             pool = ThreadPoolExecutor(max_workers=compute_workers(device), thread_name_prefix="kernelscale-resize",
                                       initializer=_single_threaded if device.type == "cpu" else None)
             jobs = _Jobs(pool, tick)
-            readahead = _Readahead(fp.src)
+            readahead = Readahead(fp.src)
             try:
                 for i, written in enumerate(infos):
-                    readahead.before(fp.tensors[i])
+                    readahead.before(fp.tensors[i].start, fp.tensors[i].end)
                     _lay_out(reader, fp, i, device, sink, jobs, tick)
                     if sink.position != written.end:
                         raise RuntimeError(f"{out_path}: tensor {written.name!r} laid out to byte {sink.position}, "
@@ -474,7 +400,7 @@ def verify_output(path: PathLike, fp: FilePlan) -> None:
         if found != expected:
             bad = sorted(set(found) ^ set(expected)) or sorted(n for n in expected if found[n] != expected[n])
             raise OutputError(f"{path}: the written file does not match its plan (first difference: {bad[0]!r})")
-        size = os.fstat(reader._fd).st_size
+        size = reader.file_size
         if size != fp.bytes_out:
             raise OutputError(f"{path}: written {size} bytes, planned {fp.bytes_out}")
         try:

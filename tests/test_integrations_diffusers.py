@@ -306,7 +306,7 @@ def test_transformer_denoisers_are_refused_by_name(tmp_path):
 def test_refusals_name_the_fix(tmp_path):
     pipe = P.sd_pipeline(tmp_path)
     before = states(pipe.unet)
-    with pytest.raises(InvalidOptionError, match="execution must be one of materialised, factored"):
+    with pytest.raises(InvalidOptionError, match="unknown execution 'lazy'; expected one of materialised, factored"):
         supersample_pipeline(pipe, 2, execution="lazy")
     with pytest.raises(InvalidOptionError, match="geometry_only=True is re-dilation"):
         supersample_pipeline(pipe, 2, geometry_only=True, method="pinv")

@@ -101,3 +101,29 @@ def test_advice_covers_the_whole_range_a_chunk_at_a_time(monkeypatch) -> None:
     chunk = prefetch_module.ADVISE_CHUNK
     prefetch_module.advise_willneed(3, 100, 2 * chunk + 5)
     assert advised == [(100, chunk), (100 + chunk, chunk), (100 + 2 * chunk, 5)]
+
+
+def test_readahead_keeps_a_window_advised_past_the_reader(tmp_path: Path, monkeypatch) -> None:
+    """The converter's reader reports where it is; the window past it is advised on the readahead's
+    own thread, from where the reader is (never behind it), and the advice is not repeated."""
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(b"x" * 100)
+    advised: list[tuple[int, int]] = []
+    monkeypatch.setattr(prefetch_module.os, "posix_fadvise", lambda fd, offset, length, advice: advised.append((offset, length)))
+    monkeypatch.setattr(prefetch_module, "ADVISE_CHUNK", 1000)
+    monkeypatch.setattr(prefetch_module.Readahead, "READAHEAD", 4000)
+    readahead = prefetch_module.Readahead(str(path))
+
+    def advised_bytes(expected: int) -> int:
+        deadline = time.monotonic() + 10
+        while sum(n for _, n in advised) < expected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return sum(n for _, n in advised)
+
+    readahead.before(0, 10)
+    assert advised_bytes(4010) == 4010 and advised[0] == (0, 1000)  # [0, 4010), a chunk at a time
+    readahead.before(500, 600)  # within a quarter window of what was asked: nothing new
+    readahead.before(9000, 9500)  # jumped ahead: [9000, 13500), not the bytes behind the reader
+    assert advised_bytes(8510) == 8510
+    readahead.close()
+    assert [o for o, _ in advised if o >= 4010] == [9000, 10000, 11000, 12000, 13000] and sum(n for _, n in advised) == 8510

@@ -155,3 +155,16 @@ def test_abandon_waits_only_for_the_writes_in_flight(tmp_path: Path, monkeypatch
     out.abandon()
     assert sorted(offsets) == [0, 8192]
     assert not [r for r in caplog.records if r.name == "concurrent.futures"]
+
+
+def test_a_reservation_is_filled_with_exactly_its_bytes(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(sink_module.DirectFileSink, "BUFFER", 8192)
+    with sink_module.DirectFileSink(str(tmp_path / "fill.bin")) as out:
+        out.write(b"a" * 8000)
+        crossing = out.reserve(400)  # 192 bytes in the first block, 208 in the second
+        assert [len(v) for v in crossing.views] == [192, 208]
+        with pytest.raises(ValueError, match="399 bytes given for a reservation of 400"):
+            crossing.fill(b"b" * 399)
+        crossing.fill(bytes(range(200)) * 2)
+        crossing.release()
+    assert (tmp_path / "fill.bin").read_bytes() == b"a" * 8000 + bytes(range(200)) * 2

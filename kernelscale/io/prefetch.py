@@ -1,4 +1,5 @@
-"""Start reading a command's input into the page cache while the process is still starting up.
+"""Reading a command's input ahead: into the page cache while the process is still starting up
+(:func:`prefetch`), and ahead of the converter's reader (:class:`Readahead`).
 
 ``kernelscale convert`` spends its first second importing torch, with the disk idle; the input is
 read later, while the output is being written, and the two share the disk. :func:`prefetch` asks
@@ -158,3 +159,62 @@ def prefetch(path: str, budget: int = PREFETCH_BYTES) -> Optional[threading.Thre
     thread = threading.Thread(target=_prefetch, args=(path, budget), name="kernelscale-prefetch", daemon=True)
     thread.start()
     return thread
+
+
+class Readahead:
+    """Has the kernel read a file ahead of the thread reading it (posix_fadvise
+    WILLNEED over the next READAHEAD bytes, from a thread of its own, since the advice blocks while
+    the disk's queue is full), so reading overlaps resizing instead of preceding it; the window
+    keeps the page cache it fills bounded, whatever the checkpoint's size."""
+
+    READAHEAD = 256 << 20
+
+    def __init__(self, path: str) -> None:
+        self._fd = -1
+        self._advised = 0  # advice given up to here
+        self._wanted = 0  # advice asked for up to here
+        self._cond = threading.Condition()
+        self._thread: Optional[threading.Thread] = None
+        if hasattr(os, "posix_fadvise"):
+            try:
+                self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError:
+                self._fd = -1
+
+    def before(self, start: int, end: int) -> None:
+        """The reader reached bytes ``[start, end)`` of the file: keep READAHEAD bytes past ``end`` advised."""
+        end += self.READAHEAD
+        if self._fd < 0 or end <= self._wanted + self.READAHEAD // 4:
+            return
+        with self._cond:
+            self._wanted = end
+            if self._advised < start:
+                self._advised = start  # what lies before was read already
+            self._cond.notify()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._advise, name="kernelscale-readahead", daemon=True)
+            self._thread.start()
+
+    def _advise(self) -> None:
+        while True:
+            with self._cond:
+                while self._fd >= 0 and self._advised >= self._wanted:
+                    self._cond.wait()
+                if self._fd < 0:
+                    return
+                start, end = self._advised, min(self._wanted, self._advised + (16 << 20))
+                self._advised = end
+                fd = self._fd
+            try:
+                advise_willneed(fd, start, end - start)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        with self._cond:
+            fd, self._fd = self._fd, -1
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+        if fd >= 0:
+            os.close(fd)

@@ -508,6 +508,11 @@ refused by name, never opened for reading). No allocation depends on an unchecke
         return _parse_header(path, raw, data_start, size - data_start)
 
     @property
+    def file_size(self) -> int:
+        """The file's size in bytes now (fstat; a file that grew or shrank since the header was read shows it)."""
+        return os.fstat(self._fd).st_size
+
+    @property
     def _fd(self) -> int:
         if self._file is None:
             raise InvalidOptionError(f"{self.path}: reader is closed")

@@ -44,6 +44,18 @@ class Reservation:
     _blocks: list[_Block] = field(repr=False)
     _released: bool = False
 
+    def fill(self, data: Any) -> None:
+        """Copy the bytes of ``data`` (any buffer, exactly :attr:`nbytes` of them) into the views;
+        ValueError for another length. The copies run without the GIL (numpy byte copies)."""
+        view = memoryview(data).cast("B")
+        if len(view) != self.nbytes:
+            raise ValueError(f"{len(view)} bytes given for a reservation of {self.nbytes}")
+        source = np.frombuffer(view, dtype=np.uint8) if len(view) else np.empty(0, np.uint8)
+        at = 0
+        for target in self.views:
+            target[:] = source[at:at + len(target)]
+            at += len(target)
+
     def release(self) -> None:
         if not self._released:
             self._released = True
@@ -193,19 +205,13 @@ class DirectFileSink:
         """Append the bytes of ``data`` (any buffer) by copying them into reserved blocks; returns
         their count."""
         view = memoryview(data).cast("B")
-        source = np.frombuffer(view, dtype=np.uint8) if len(view) else np.empty(0, np.uint8)
-        done, step = 0, self._size
-        while done < len(view):
-            take = min(step, len(view) - done)
-            reservation = self.reserve(take)
+        for done in range(0, len(view), self._size):
+            chunk = view[done:done + self._size]
+            reservation = self.reserve(len(chunk))
             try:
-                at = done
-                for target in reservation.views:
-                    target[:] = source[at:at + len(target)]
-                    at += len(target)
+                reservation.fill(chunk)
             finally:
                 reservation.release()
-            done += take
         return len(view)
 
     def _write_block(self, buffer: mmap.mmap, length: int, offset: int) -> None:

@@ -45,7 +45,7 @@ from kernelscale.pipeline_layout import (
     CONFIG_KEY, DENOISERS, MAX_JSON_BYTES, WEIGHTS_NAME, check_class, config_record, denoiser_config_text, scaled_sample_size,
     size_pair,
 )
-from kernelscale.method import EXECUTIONS
+from kernelscale.method import EXECUTIONS, check_choice
 from kernelscale.options import AttentionRule, LayerRule
 
 __all__ = [
@@ -136,13 +136,6 @@ def _rules_from(attention: Any, model: nn.Module) -> tuple[AttentionRule, ...]:
     return tuple(r if isinstance(r, AttentionRule) else AttentionRule(**r) for r in attention)
 
 
-def check_execution(execution: str) -> None:
-    """Accept ``materialised`` and ``factored`` (kernelscale.nn.supersample's ``execution``:
-    FactoredConv where the resize factors, DESIGN §9); InvalidOptionError naming anything else."""
-    if execution not in EXECUTIONS:
-        raise InvalidOptionError(f"execution must be one of {', '.join(EXECUTIONS)}, got {execution!r}")
-
-
 def supersample_denoiser(
     model: nn.Module,
     scale: Union[float, Sequence[float]],
@@ -170,7 +163,7 @@ def supersample_denoiser(
     :func:`load_denoiser`). Everything is checked before the module is touched.
     """
     name = check_denoiser(model)
-    check_execution(execution)
+    check_choice("execution", execution, EXECUTIONS)
     if getattr(model, CONFIG_ATTR, None) is not None:
         raise InvalidOptionError(f"this {name} was supersampled already (scale {getattr(model, CONFIG_ATTR)['scale']}); "
                                  "supersample the original with the combined scale instead")
